@@ -1,0 +1,46 @@
+"""Raw echo server: every byte received is sent back (the benchmark target).
+
+    python examples/echo.py --port 1833 --loops 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from typing import Any
+
+import gevwire
+
+
+class Echo(gevwire.Handler):
+    """Returns each frame; with the raw codec a frame is whatever one read brought."""
+
+    def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+        return frame
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=1833)
+    parser.add_argument("--loops", type=int, default=1)
+    parser.add_argument("--reuse-port", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    server = gevwire.Server(
+        Echo(), address=f"{args.host}:{args.port}", loops=args.loops, reuse_port=args.reuse_port
+    )
+
+    def on_signal(signum: int, frame: Any) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    server.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Socket and fd syscalls: raw foreign functions for hot paths, checked wrappers for the rest.
+
+The ``raw_*`` functions return ``-1`` on failure and leave errno for
+:func:`~gevwire._sys._libc.get_errno`; they take only small ints, ``bytes`` and the pointer
+objects of :func:`~gevwire._sys._libc.pointer` (see ``_libc`` for why no ``argtypes``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import struct
+import sys
+from typing import Any
+
+from gevwire._sys._libc import alloc, check, foreign, get_errno, os_error
+
+__all__ = [
+    "EAGAIN",
+    "EINTR",
+    "IOVEC",
+    "Acceptor",
+    "Iovecs",
+    "close",
+    "raw_read",
+    "raw_readv",
+    "raw_write",
+    "raw_writev",
+    "read_into",
+    "readv_into",
+    "set_nodelay",
+    "shutdown",
+    "write",
+    "writev",
+]
+
+EAGAIN = errno.EAGAIN
+EWOULDBLOCK = errno.EWOULDBLOCK
+EINTR = errno.EINTR
+
+_ssize_t = ctypes.c_ssize_t
+
+#: ``ssize_t read(int fd, void *buf, size_t count)``
+raw_read: Any = foreign("read", _ssize_t)
+#: ``ssize_t write(int fd, const void *buf, size_t count)``
+raw_write: Any = foreign("write", _ssize_t)
+#: ``ssize_t readv(int fd, const struct iovec *iov, int iovcnt)``
+raw_readv: Any = foreign("readv", _ssize_t)
+#: ``ssize_t writev(int fd, const struct iovec *iov, int iovcnt)``
+raw_writev: Any = foreign("writev", _ssize_t)
+#: ``int close(int fd)``
+_close: Any = foreign("close")
+#: ``int shutdown(int sockfd, int how)``
+_shutdown: Any = foreign("shutdown")
+#: ``int accept4(int sockfd, struct sockaddr *addr, socklen_t *addrlen, int flags)``;
+#: absent on macOS, where ``accept`` plus ``fcntl`` stands in.
+_accept4: Any = foreign("accept4")
+#: ``int accept(int sockfd, struct sockaddr *addr, socklen_t *addrlen)``
+_accept: Any = foreign("accept")
+#: ``int setsockopt(int fd, int level, int name, const void *value, socklen_t len)``
+_setsockopt: Any = foreign("setsockopt")
+
+#: ``struct iovec { void *iov_base; size_t iov_len; }`` in native layout.
+IOVEC = struct.Struct("@PN")
+
+
+class Iovecs:
+    """A preallocated ``struct iovec`` array; fill it with ``struct.pack_into``.
+
+    ``formats[k]`` packs ``k`` entries at once (``pack_into(buffer, 0, base0, len0, ...)``),
+    so filling the array costs one ``struct`` call and creates no ctypes object.
+    """
+
+    __slots__ = ("buffer", "count", "formats", "ptr")
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.buffer, _, self.ptr = alloc(IOVEC.size * count)
+        self.formats = [struct.Struct("@" + "PN" * k) for k in range(count + 1)]
+
+
+def _fail(what: str) -> OSError:
+    return os_error(get_errno(), what)
+
+
+def read_into(fd: int, buffer: bytearray) -> int:
+    """Read into ``buffer``; return bytes read, 0 at EOF, -EAGAIN when nothing is there."""
+    n = len(buffer)
+    if not n:
+        return 0
+    view = (ctypes.c_char * n).from_buffer(buffer)
+    try:
+        while True:
+            result: int = raw_read(fd, view, n)
+            if result >= 0:
+                return result
+            err = get_errno()
+            if err == EINTR:
+                continue
+            if err in (EAGAIN, EWOULDBLOCK):
+                return -EAGAIN
+            raise os_error(err, "read")
+    finally:
+        del view
+
+
+def readv_into(fd: int, buffers: list[bytearray]) -> int:
+    """Scatter-read into ``buffers``; return bytes read, 0 at EOF, -EAGAIN when empty."""
+    iov = Iovecs(len(buffers))
+    views = [(ctypes.c_char * len(b)).from_buffer(b) for b in buffers]
+    args: list[int] = []
+    for view in views:
+        args += (ctypes.addressof(view), len(view))
+    iov.formats[len(buffers)].pack_into(iov.buffer, 0, *args)
+    try:
+        while True:
+            result: int = raw_readv(fd, iov.ptr, len(buffers))
+            if result >= 0:
+                return result
+            err = get_errno()
+            if err == EINTR:
+                continue
+            if err in (EAGAIN, EWOULDBLOCK):
+                return -EAGAIN
+            raise os_error(err, "readv")
+    finally:
+        del views
+
+
+def write(fd: int, data: bytes) -> int:
+    """Write ``data``; return bytes written or -EAGAIN when the socket is full."""
+    while True:
+        result: int = raw_write(fd, data, len(data))
+        if result >= 0:
+            return result
+        err = get_errno()
+        if err == EINTR:
+            continue
+        if err in (EAGAIN, EWOULDBLOCK):
+            return -EAGAIN
+        raise os_error(err, "write")
+
+
+def writev(fd: int, chunks: list[bytes]) -> int:
+    """Gather-write ``chunks``; return bytes written or -EAGAIN when the socket is full."""
+    iov = Iovecs(len(chunks))
+    keep = [ctypes.c_char_p(c) for c in chunks]
+    args: list[int] = []
+    for ptr, chunk in zip(keep, chunks, strict=True):
+        args += (ctypes.cast(ptr, ctypes.c_void_p).value or 0, len(chunk))
+    iov.formats[len(chunks)].pack_into(iov.buffer, 0, *args)
+    while True:
+        result: int = raw_writev(fd, iov.ptr, len(chunks))
+        if result >= 0:
+            return result
+        err = get_errno()
+        if err == EINTR:
+            continue
+        if err in (EAGAIN, EWOULDBLOCK):
+            return -EAGAIN
+        raise os_error(err, "writev")
+
+
+def close(fd: int) -> None:
+    """``close(2)``.  EINTR is not retried: on Linux the fd is gone either way."""
+    if _close(fd) == -1:
+        err = get_errno()
+        if err != EINTR:
+            raise os_error(err, "close")
+
+
+def shutdown(fd: int, how: int) -> None:
+    """``shutdown(2)``; ``how`` is ``socket.SHUT_RD``, ``SHUT_WR`` or ``SHUT_RDWR``."""
+    check(_shutdown(fd, how), "shutdown")
+
+
+_ONE = alloc(4)
+
+
+def set_nodelay(fd: int) -> None:
+    """Disable Nagle's algorithm on a TCP socket (errors ignored: not every fd is TCP)."""
+    buffer, _, ptr = _ONE
+    struct.pack_into("=i", buffer, 0, 1)
+    _setsockopt(fd, socket.IPPROTO_TCP, socket.TCP_NODELAY, ptr, 4)
+
+
+_SOCKADDR_SIZE = 128  # sizeof(struct sockaddr_storage)
+_BSD_SOCKADDR = not sys.platform.startswith("linux")  # BSDs start with a sa_len byte
+
+
+def parse_sockaddr(data: bytes | bytearray, length: int) -> Any:
+    """Decode a ``struct sockaddr`` into the tuple or path the ``socket`` module uses."""
+    if _BSD_SOCKADDR:
+        family = data[1]
+    else:
+        (family,) = struct.unpack_from("=H", data, 0)
+    if family == socket.AF_INET:
+        (port,) = struct.unpack_from("!H", data, 2)
+        return (socket.inet_ntop(socket.AF_INET, bytes(data[4:8])), port)
+    if family == socket.AF_INET6:
+        port, flowinfo = struct.unpack_from("!HI", data, 2)
+        (scope_id,) = struct.unpack_from("=I", data, 24)
+        host = socket.inet_ntop(socket.AF_INET6, bytes(data[8:24]))
+        return (host, port, flowinfo, scope_id)
+    if family == socket.AF_UNIX:
+        path = bytes(data[2:length]).split(b"\0", 1)[0]
+        return os.fsdecode(path)
+    return None
+
+
+class Acceptor:
+    """Accepts connections from one listening fd with ``accept4`` into preallocated memory."""
+
+    __slots__ = ("_addr", "_addr_ptr", "_len", "_len_ptr", "_listen_fd")
+
+    def __init__(self, listen_fd: int) -> None:
+        self._listen_fd = listen_fd
+        self._addr, _, self._addr_ptr = alloc(_SOCKADDR_SIZE)
+        self._len, _, self._len_ptr = alloc(4)
+
+    def accept(self) -> tuple[int, Any]:
+        """Return ``(fd, peer_address)``, or ``(-errno, None)`` (``-EAGAIN`` when none waits).
+
+        The new fd is non-blocking and close-on-exec.  Errors are values because the
+        caller must react to several of them (``EMFILE`` backs off, ``ECONNABORTED`` is
+        skipped) without the cost of raising.
+        """
+        struct.pack_into("=I", self._len, 0, _SOCKADDR_SIZE)
+        if _accept4 is not None:
+            fd: int = _accept4(
+                self._listen_fd,
+                self._addr_ptr,
+                self._len_ptr,
+                socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+            )
+        else:  # pragma: no cover - macOS
+            fd = _accept(self._listen_fd, self._addr_ptr, self._len_ptr)
+            if fd >= 0:
+                os.set_blocking(fd, False)
+                os.set_inheritable(fd, False)
+        if fd < 0:
+            return -get_errno(), None
+        (length,) = struct.unpack_from("=I", self._len, 0)
+        return fd, parse_sockaddr(self._addr, length)

@@ -1,0 +1,526 @@
+"""``Connection``: one accepted socket's read → frame → dispatch → write path.
+
+Foreign calls per echoed message on the fast path: one ``read`` (into the loop's spare
+buffer, because the connection's input ring is empty) and one ``write``; ``epoll_wait``
+is shared by every connection that was ready in the turn.  Frames are cut from the spare
+buffer directly; only an incomplete tail is copied into the connection's ring.
+
+Output is written first and buffered only for what the socket did not take; the output
+ring then drains on ``EV_WRITE``.  Water marks on the output ring pause and resume
+reading from the peer (so a peer that sends but never reads cannot make us buffer
+without bound), and a hard cap closes the connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gevwire._sys import (
+    EAGAIN,
+    EINTR,
+    EV_ERROR,
+    EV_HUP,
+    EV_RDHUP,
+    EV_READ,
+    EV_WRITE,
+    get_errno,
+    raw_read,
+    raw_readv,
+    raw_write,
+    raw_writev,
+)
+from gevwire._sys import (
+    close as sys_close,
+)
+from gevwire._sys import (
+    shutdown as sys_shutdown,
+)
+from gevwire.errors import ConnectionClosed, WriteBufferFull
+from gevwire.loop import SPARE_SIZE
+from gevwire.ringbuffer import RingBuffer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from gevwire.codec import BaseCodec
+    from gevwire.loop import EventLoop
+    from gevwire.timers import TimerHandle
+
+__all__ = ["Connection", "ConnectionOptions"]
+
+log = logging.getLogger("gevwire")
+
+_EWOULDBLOCK = errno.EWOULDBLOCK
+_READ_EVENTS = EV_READ | EV_ERROR | EV_HUP | EV_RDHUP
+_OPEN, _CLOSING, _CLOSED = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOptions:
+    """Per-connection limits, shared by every connection of a server.
+
+    ``write_high_water`` / ``write_low_water``: reading from the peer pauses when unsent
+    output exceeds the high mark and resumes below the low mark.  ``max_write_buffer``:
+    unsent output beyond this closes the connection (:class:`WriteBufferFull`).
+    ``close_timeout``: how long :meth:`Connection.close` waits for unsent output to drain
+    before dropping it.
+    """
+
+    write_high_water: int = 1 << 20
+    write_low_water: int = 256 << 10
+    max_write_buffer: int = 64 << 20
+    close_timeout: float = 10.0
+    tcp_nodelay: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.write_low_water <= self.write_high_water <= self.max_write_buffer:
+            raise ValueError(
+                "need 0 <= write_low_water <= write_high_water <= max_write_buffer"
+            )
+        if self.close_timeout < 0:
+            raise ValueError("close_timeout must be >= 0")
+
+
+class Connection:
+    """A TCP (or Unix) connection owned by one event loop.
+
+    ``send``, ``close``, ``shutdown_write`` and ``abort`` may be called from any thread;
+    from another thread they are queued to the loop.  Everything else about the
+    connection changes on its loop's thread only.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_close_timer",
+        "_codec",
+        "_decoder",
+        "_dispatching",
+        "_encode",
+        "_events",
+        "_fd",
+        "_handler",
+        "_input",
+        "_on_closed",
+        "_on_message",
+        "_options",
+        "_output",
+        "_pending",
+        "_read_paused",
+        "_state",
+        "_token",
+        "_write_shut",
+        "_xsend",
+        "_xsend_scheduled",
+        "context",
+        "loop",
+        "peer_addr",
+        "values",
+    )
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        fd: int,
+        peer_addr: Any,
+        handler: Any,
+        codec: BaseCodec,
+        options: ConnectionOptions,
+        on_closed: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.peer_addr = peer_addr
+        #: Free for the application: anything it wants to keep with the connection.
+        self.context: Any = None
+        self.values: dict[str, Any] = {}
+        self._fd = fd
+        self._handler = handler
+        self._on_message = handler.on_message
+        self._codec = codec
+        self._encode = codec.encode
+        self._decoder = codec.decoder()
+        self._options = options
+        self._on_closed = on_closed
+        self._input = RingBuffer()
+        self._output = RingBuffer()
+        self._pending: list[bytes] = []  # replies gathered while dispatching one read
+        self._dispatching = False
+        self._state = _OPEN
+        self._write_shut = 0  # 0: open, 1: shut down after the output drains, 2: done
+        self._read_paused = False
+        self._events = EV_READ
+        self._token = -1
+        self._xsend: deque[bytes] = deque()
+        self._xsend_scheduled = False
+        self._close_timer: TimerHandle | None = None
+
+    # -- public API --------------------------------------------------------------------
+
+    @property
+    def fd(self) -> int:
+        """The socket's fd (-1 once closed)."""
+        return self._fd
+
+    @property
+    def connected(self) -> bool:
+        """True until the connection starts closing."""
+        return self._state == _OPEN
+
+    @property
+    def read_buffer_length(self) -> int:
+        """Bytes received but not yet cut into a frame."""
+        return self._input._len
+
+    @property
+    def write_buffer_length(self) -> int:
+        """Bytes waiting to be written to the socket."""
+        return self._output._len + sum(len(d) for d in self._pending)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A value stored with :meth:`set` (gev's ``Get``)."""
+        return self.values.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        """Store a value with the connection (gev's ``Set``)."""
+        self.values[key] = value
+
+    def send(self, message: Any) -> None:
+        """Encode ``message`` with the connection's codec and send it; from any thread.
+
+        On the loop thread the bytes are written at once (or with the other replies of
+        the frame being handled); from another thread they are queued to the loop, and
+        each ``send`` reaches the peer whole and in the order of the calls.
+        Raises :class:`ConnectionClosed` once the connection is closing or its writing
+        half is shut down.
+        """
+        if self._state != _OPEN or self._write_shut:
+            raise ConnectionClosed(f"{self} is closed for writing")
+        data = self._encode(message)
+        if type(data) is not bytes:
+            data = bytes(data)
+        if threading.get_ident() == self.loop.thread_id:
+            if self._dispatching:
+                self._pending.append(data)
+            else:
+                self._write(data)
+        else:
+            self._xsend.append(data)
+            if not self._xsend_scheduled:
+                self._xsend_scheduled = True
+                self.loop.call_soon(self._drain_xsend)
+
+    def close(self) -> None:
+        """Stop reading, flush unsent output (up to ``close_timeout``), then close.
+
+        Idempotent; from any thread.  ``on_close`` runs once, after the fd is closed.
+        """
+        self.loop.run_in_loop(self._close_gracefully)
+
+    def abort(self) -> None:
+        """Close at once, dropping unsent output; from any thread."""
+        self.loop.run_in_loop(self._close_now)
+
+    def shutdown_write(self) -> None:
+        """Half-close: send FIN once every queued byte has been written; from any thread.
+
+        Reading goes on until the peer closes.  Unlike gev's, this never cuts off output
+        that is still buffered.
+        """
+        if self._state == _OPEN and not self._write_shut:
+            self._write_shut = 1
+            self.loop.run_in_loop(self._shutdown_write_in_loop)
+
+    def __repr__(self) -> str:
+        return f"<Connection fd={self._fd} peer={self.peer_addr!r}>"
+
+    # -- loop side ---------------------------------------------------------------------
+
+    def _start(self) -> None:
+        """Register with the loop and call ``on_connect`` (loop thread only)."""
+        self._token = self.loop.register(self._fd, self._on_events, EV_READ)
+        try:
+            self._handler.on_connect(self)
+        except Exception as exc:
+            self._fail(exc)
+            return
+        if self._pending and self._state != _CLOSED:
+            self._flush_pending()
+
+    def _on_events(self, events: int) -> None:
+        if events & _READ_EVENTS:
+            if self._state == _OPEN:
+                self._handle_read()
+            elif events & (EV_HUP | EV_ERROR):  # closing, and the peer is gone too
+                self._close_now()
+                return
+        if events & EV_WRITE and self._state != _CLOSED:
+            self._handle_write()
+
+    def _handle_read(self) -> None:
+        ring = self._input
+        loop = self.loop
+        if ring._len == 0:
+            n = raw_read(self._fd, loop.spare_ptr, SPARE_SIZE)
+            if n > 0:
+                self._cut_from_spare(n)
+                return
+        else:
+            a1, l1, a2, l2 = ring.write_regions()
+            iov = loop.iovecs
+            iov.formats[3].pack_into(iov.buffer, 0, a1, l1, a2, l2, loop.spare_address,
+                                     SPARE_SIZE)
+            n = raw_readv(self._fd, iov.ptr, 3)
+            if n > 0:
+                room = l1 + l2
+                if n <= room:
+                    ring.commit(n)
+                else:
+                    ring.commit(room)
+                    ring.write(loop.spare_view[: n - room])
+                self._cut_from_ring()
+                return
+        if n == 0:
+            self._on_eof()
+            return
+        err = get_errno()
+        if err == EAGAIN or err == EINTR or err == _EWOULDBLOCK:
+            return
+        log.debug("%r: read failed: %s", self, errno.errorcode.get(err, err))
+        self._close_now()
+
+    def _cut_from_spare(self, n: int) -> None:
+        view = self.loop.spare_view[:n]
+        try:
+            frames, used = self._decoder.decode_view(view)
+            if used < n:
+                self._input.write(view[used:])
+                if not frames:
+                    self._cut_from_ring()
+                    return
+        except Exception as exc:
+            self._fail(exc)
+            return
+        self._dispatch(frames)
+
+    def _cut_from_ring(self) -> None:
+        decode = self._decoder.decode
+        ring = self._input
+        frames = []
+        try:
+            while ring._len:
+                frame = decode(ring)
+                if frame is None:
+                    break
+                frames.append(frame)
+        except Exception as exc:
+            if frames:
+                self._dispatch(frames)
+            if self._state != _CLOSED:
+                self._fail(exc)
+            return
+        if frames:
+            self._dispatch(frames)
+
+    def _dispatch(self, frames: list[Any]) -> None:
+        on_message = self._on_message
+        encode = self._encode
+        pending = self._pending
+        self._dispatching = True
+        try:
+            for frame in frames:
+                reply = on_message(self, frame)
+                if reply is not None:
+                    pending.append(encode(reply))
+                if self._state != _OPEN:
+                    break
+        except Exception as exc:
+            self._dispatching = False
+            if pending:
+                self._flush_pending()
+            self._fail(exc)
+            return
+        self._dispatching = False
+        if pending:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        pending = self._pending
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        if type(data) is not bytes:
+            data = bytes(data)
+        if self._state != _CLOSED:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """Write now, buffering what the socket does not take (loop thread only)."""
+        output = self._output
+        if output._len:
+            output.write(data)
+            self._check_high_water()
+            return
+        size = len(data)
+        n = raw_write(self._fd, data, size)
+        if n == size:
+            return
+        if n < 0:
+            err = get_errno()
+            if err != EAGAIN and err != EINTR and err != _EWOULDBLOCK:
+                log.debug("%r: write failed: %s", self, errno.errorcode.get(err, err))
+                self._close_now()
+                return
+            n = 0
+        output.write(memoryview(data)[n:])
+        self._set_events(self._events | EV_WRITE)
+        self._check_high_water()
+
+    def _handle_write(self) -> None:
+        output = self._output
+        if output._len:
+            a1, l1, a2, l2 = output.read_regions()
+            iov = self.loop.iovecs
+            if l2:
+                iov.formats[2].pack_into(iov.buffer, 0, a1, l1, a2, l2)
+                n = raw_writev(self._fd, iov.ptr, 2)
+            else:
+                iov.formats[1].pack_into(iov.buffer, 0, a1, l1)
+                n = raw_writev(self._fd, iov.ptr, 1)
+            if n < 0:
+                err = get_errno()
+                if err == EAGAIN or err == EINTR or err == _EWOULDBLOCK:
+                    return
+                log.debug("%r: writev failed: %s", self, errno.errorcode.get(err, err))
+                self._close_now()
+                return
+            output.retrieve(n)
+            if output._len:
+                if self._read_paused and output._len <= self._options.write_low_water:
+                    self._resume_reading()
+                return
+        self._on_drained()
+
+    def _on_drained(self) -> None:
+        """The output ring is empty: stop watching writability, finish pending closes."""
+        events = self._events & ~EV_WRITE
+        if self._read_paused:
+            self._read_paused = False
+            if self._state == _OPEN:
+                events |= EV_READ
+        self._set_events(events)
+        if self._write_shut == 1:
+            self._do_shutdown_write()
+        if self._state == _CLOSING:
+            self._close_now()
+
+    def _set_events(self, events: int) -> None:
+        if events != self._events and self._state != _CLOSED:
+            self._events = events
+            self.loop.modify(self._fd, self._token, events)
+
+    def _check_high_water(self) -> None:
+        size = self._output._len
+        options = self._options
+        if size > options.max_write_buffer:
+            self._fail(WriteBufferFull(
+                f"{size} unsent bytes exceed max_write_buffer={options.max_write_buffer}"
+            ), abort=True)
+        elif size > options.write_high_water and not self._read_paused:
+            self._read_paused = True
+            self._set_events(self._events & ~EV_READ)
+
+    def _resume_reading(self) -> None:
+        self._read_paused = False
+        if self._state == _OPEN:
+            self._set_events(self._events | EV_READ)
+
+    def _drain_xsend(self) -> None:
+        self._xsend_scheduled = False  # before draining: see send()
+        queue = self._xsend
+        if self._state == _CLOSED or not queue:
+            queue.clear()
+            return
+        chunks = [queue.popleft() for _ in range(len(queue))]
+        self._write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _on_eof(self) -> None:
+        """The peer shut down its writing half: finish replies, then close (as asyncio)."""
+        if self._output._len or self._pending:
+            self._close_gracefully()
+        else:
+            self._close_now()
+
+    def _shutdown_write_in_loop(self) -> None:
+        if self._state == _CLOSED or self._write_shut != 1:
+            return
+        if not self._output._len:
+            self._do_shutdown_write()
+
+    def _do_shutdown_write(self) -> None:
+        self._write_shut = 2
+        try:
+            sys_shutdown(self._fd, socket.SHUT_WR)
+        except OSError as exc:
+            log.debug("%r: shutdown failed: %s", self, exc)
+
+    def _fail(self, error: BaseException, *, abort: bool = False) -> None:
+        """Report ``error`` to the handler's ``on_error`` (default: log and close)."""
+        on_error = getattr(self._handler, "on_error", None)
+        try:
+            if on_error is not None:
+                on_error(self, error)
+            else:
+                log.error("closing %r after error", self, exc_info=error)
+                self._close_gracefully()
+        except Exception:
+            log.exception("%r: on_error failed", self)
+            self._close_now()
+        if abort:
+            self._close_now()
+
+    def _close_gracefully(self) -> None:
+        if self._state != _OPEN:
+            return
+        if not self._output._len and not self._pending:
+            self._close_now()
+            return
+        self._state = _CLOSING
+        self._set_events(EV_WRITE)
+        if self._pending and not self._dispatching:
+            pending = self._pending
+            data = b"".join(pending)
+            pending.clear()
+            self._output.write(data)
+        timeout = self._options.close_timeout
+        self._close_timer = self.loop.run_after(timeout, self._close_now)
+
+    def _close_now(self) -> None:
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        fd, self._fd = self._fd, -1
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        try:
+            self.loop.unregister(fd, self._token)
+        except OSError as exc:
+            log.debug("%r: unregister failed: %s", self, exc)
+        try:
+            sys_close(fd)
+        except OSError as exc:
+            log.debug("close(%d) failed: %s", fd, exc)
+        self._input.reset()
+        self._output.reset()
+        self._pending.clear()
+        self._xsend.clear()
+        try:
+            self._handler.on_close(self)
+        except Exception:
+            log.exception("%r: on_close failed", self)
+        if self._on_closed is not None:
+            self._on_closed(self)

@@ -1,0 +1,35 @@
+"""``Handler``: the callbacks a server calls for each connection (gev's ``Handler``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gevwire.connection import Connection
+
+__all__ = ["Handler"]
+
+log = logging.getLogger("gevwire")
+
+
+class Handler:
+    """Subclass and override what you need; every callback runs on the connection's loop.
+
+    Callbacks must not block: a loop serves all of its connections in one thread.
+    """
+
+    def on_connect(self, conn: Connection) -> None:
+        """A connection was accepted."""
+
+    def on_message(self, conn: Connection, frame: Any) -> Any:
+        """A whole frame arrived; a non-None return value is encoded and sent back."""
+        return None
+
+    def on_close(self, conn: Connection) -> None:
+        """The connection closed (called exactly once, after the fd is closed)."""
+
+    def on_error(self, conn: Connection, error: BaseException) -> None:
+        """A frame was malformed or a callback raised: log it and close the connection."""
+        log.error("closing %s after error", conn, exc_info=error)
+        conn.close()

@@ -1,0 +1,214 @@
+"""``EventLoop``: one thread, one poller, the fds it owns, a task queue and timers.
+
+The loop knows fds, tokens and callbacks, nothing of connections or codecs.  Other
+threads reach it only through :meth:`EventLoop.call_soon`, which appends to a deque and
+writes the waker only when the loop may be asleep in ``poll`` (gev's ``needWake``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from gevwire._sys import EV_READ, Iovecs, Poller, Waker, alloc, new_poller
+from gevwire.timers import TimerHandle, TimerQueue
+
+__all__ = ["SPARE_SIZE", "EventLoop"]
+
+log = logging.getLogger("gevwire")
+
+#: Size of the loop-owned read buffer that backs every connection's input ring.
+SPARE_SIZE = 65536
+
+_WAKER_TOKEN = 0
+
+
+class EventLoop:
+    """A reactor loop.  Methods marked *loop thread only* must run on the loop's thread."""
+
+    def __init__(self, name: str = "gevwire-loop", *, max_events: int = 512) -> None:
+        self.name = name
+        self._poller: Poller = new_poller(max_events)
+        self._callbacks: dict[int, Callable[[int], None]] = {}
+        self._next_token = 1
+        self._tasks: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._timers = TimerQueue()
+        self._waker = Waker()
+        self._poller.register(self._waker.fileno(), _WAKER_TOKEN, EV_READ)
+        self._polling = False  # True while the loop may be blocked in poll()
+        self._wake_pending = False
+        self._running = False
+        self._stopping = False
+        self._closed = False
+        self.thread_id: int | None = None
+        # Read scratch space shared by every connection of this loop (muduo's extrabuf):
+        # a read lands here when the connection's own ring has no room, so a ring only
+        # grows when a frame really needs it.
+        self.spare, self.spare_address, self.spare_ptr = alloc(SPARE_SIZE)
+        self.spare_view = memoryview(self.spare)
+        self.iovecs = Iovecs(3)
+        #: Loop turns so far (one ``poll`` each).
+        self.turn_count = 0
+
+    # -- registration (loop thread only) -----------------------------------------------
+
+    def register(self, fd: int, callback: Callable[[int], None], events: int) -> int:
+        """Watch ``fd``; ``callback(events)`` runs on readiness.  Returns the token."""
+        token = self._next_token
+        self._next_token = token + 1
+        self._callbacks[token] = callback
+        try:
+            self._poller.register(fd, token, events)
+        except BaseException:
+            del self._callbacks[token]
+            raise
+        return token
+
+    def modify(self, fd: int, token: int, events: int) -> None:
+        """Change what ``fd`` is watched for."""
+        self._poller.modify(fd, token, events)
+
+    def unregister(self, fd: int, token: int) -> None:
+        """Stop watching ``fd`` and forget its callback; call before ``close(fd)``.
+
+        Events already fetched in this turn for ``token`` are dropped, so a new fd with
+        the same number (the kernel reuses numbers at once) never sees them.
+        """
+        self._callbacks.pop(token, None)
+        self._poller.unregister(fd)
+
+    @property
+    def registered(self) -> int:
+        """Number of fds watched, the waker excluded."""
+        return len(self._callbacks)
+
+    # -- threads -----------------------------------------------------------------------
+
+    def in_loop_thread(self) -> bool:
+        """True when called on this loop's thread."""
+        return threading.get_ident() == self.thread_id
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback(*args)`` on the loop thread at its next turn; from any thread."""
+        self._tasks.append((callback, args))
+        if self._polling and not self._wake_pending:
+            self._wake_pending = True
+            self._waker.wake()
+
+    def run_in_loop(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback`` now if on the loop thread, else queue it (muduo's runInLoop)."""
+        if threading.get_ident() == self.thread_id:
+            callback(*args)
+        else:
+            self.call_soon(callback, *args)
+
+    # -- timers ------------------------------------------------------------------------
+
+    def run_after(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Call ``callback(*args)`` on the loop after ``delay`` seconds; from any thread."""
+        return self._schedule(delay, None, callback, args)
+
+    def run_every(
+        self, interval: float, callback: Callable[..., Any], *args: Any
+    ) -> TimerHandle:
+        """Call ``callback(*args)`` every ``interval`` seconds until cancelled."""
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        return self._schedule(interval, interval, callback, args)
+
+    def _schedule(
+        self,
+        delay: float,
+        interval: float | None,
+        callback: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> TimerHandle:
+        handle = TimerHandle(self._timers, time.monotonic() + max(0.0, delay), interval,
+                             callback, args)
+        if threading.get_ident() == self.thread_id:
+            self._timers.push(handle)
+        else:
+            self.call_soon(self._timers.push, handle)
+        return handle
+
+    # -- running -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until :meth:`stop`; the calling thread becomes the loop thread."""
+        if self._running:
+            raise RuntimeError(f"{self.name} is already running")
+        if self._closed:
+            raise RuntimeError(f"{self.name} is closed")
+        self.thread_id = threading.get_ident()
+        self._running = True
+        poll = self._poller.poll
+        callbacks = self._callbacks
+        tasks = self._tasks
+        timers = self._timers
+        monotonic = time.monotonic
+        try:
+            while not self._stopping:
+                self._polling = True
+                if tasks:
+                    events = poll(0)
+                elif timers._heap:
+                    events = poll(timers.timeout_ms(monotonic()))
+                else:
+                    events = poll(-1)
+                self._polling = False
+                self.turn_count += 1
+                for mask, token in events:
+                    callback = callbacks.get(token)
+                    if callback is not None:
+                        try:
+                            callback(mask)
+                        except Exception:
+                            log.exception("%s: event callback failed", self.name)
+                    elif token == _WAKER_TOKEN:
+                        self._wake_pending = False
+                        self._waker.drain()
+                if tasks:
+                    self._run_tasks()
+                if timers._heap:
+                    timers.run_due(monotonic())
+        finally:
+            self._running = False
+            self._stopping = False
+
+    def _run_tasks(self) -> None:
+        # Reset before draining: a producer that saw the flag set appended before this
+        # point, so its task runs below; one that sees it cleared writes the waker.
+        self._wake_pending = False
+        tasks = self._tasks
+        for _ in range(len(tasks)):  # tasks queued by these tasks wait for the next turn
+            callback, args = tasks.popleft()
+            try:
+                callback(*args)
+            except Exception:
+                log.exception("%s: task %r failed", self.name, callback)
+
+    def stop(self) -> None:
+        """Ask the loop to return from :meth:`run` after this turn; from any thread."""
+        self._stopping = True
+        self._waker.wake()
+
+    @property
+    def running(self) -> bool:
+        """True while :meth:`run` is executing."""
+        return self._running
+
+    def close(self) -> None:
+        """Release the poller and waker (after :meth:`run` has returned)."""
+        if self._running:
+            raise RuntimeError("cannot close a running loop")
+        if not self._closed:
+            self._closed = True
+            self._poller.close()
+            self._waker.close()
+
+    def __repr__(self) -> str:
+        return f"<EventLoop {self.name} fds={len(self._callbacks)}>"

@@ -1,0 +1,344 @@
+"""``RingBuffer``: a growable circular byte buffer with gev's API.
+
+Each connection has one for unread input and one for unsent output.  Storage is taken
+from a :class:`BufferPool` on the first write and given back as soon as the buffer is
+empty again, so an idle connection holds no memory.  Storage addresses are taken once per
+allocation, so the connection can hand the free or readable regions straight to
+``readv`` / ``writev`` without a copy or a per-call ctypes object.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from gevwire._sys import address_of
+
+__all__ = ["BufferPool", "RingBuffer"]
+
+_EMPTY = memoryview(b"")
+
+
+class BufferPool:
+    """Reusable power-of-two byte buffers (with their addresses), bounded in total size.
+
+    Safe to share between threads: it relies only on ``list.pop`` / ``list.append``, which
+    are atomic in CPython.
+    """
+
+    __slots__ = ("_free", "_max_buffer", "_max_per_size")
+
+    def __init__(self, *, max_per_size: int = 64, max_buffer: int = 1 << 20) -> None:
+        self._free: dict[int, list[tuple[bytearray, int]]] = {}
+        self._max_per_size = max_per_size
+        self._max_buffer = max_buffer
+
+    def take(self, capacity: int) -> tuple[bytearray, int]:
+        """A buffer of exactly ``capacity`` bytes (a power of two) and its address."""
+        free = self._free.get(capacity)
+        if free:
+            try:
+                return free.pop()
+            except IndexError:
+                pass
+        buffer = bytearray(capacity)
+        return buffer, address_of(buffer)
+
+    def give(self, buffer: bytearray, address: int) -> None:
+        """Return a buffer for reuse; buffers over ``max_buffer`` are simply dropped."""
+        capacity = len(buffer)
+        if capacity > self._max_buffer:
+            return
+        free = self._free.setdefault(capacity, [])
+        if len(free) < self._max_per_size:
+            free.append((buffer, address))
+
+    def retained(self) -> int:
+        """Bytes held for reuse."""
+        return sum(size * len(free) for size, free in self._free.items())
+
+
+DEFAULT_POOL = BufferPool()
+
+
+class RingBuffer:
+    """A circular buffer that grows on demand and holds no storage while empty.
+
+    ``peek`` returns memoryviews into the storage: they are valid until the next call
+    that writes, retrieves, or resets.  The virtual-read calls (``virtual_read``,
+    ``virtual_flush``, ``virtual_revert``) read ahead without consuming, for parsers that
+    may find a frame incomplete and need to give the bytes back.
+    """
+
+    __slots__ = ("_addr", "_buf", "_cap", "_len", "_min", "_pool", "_r", "_view", "_vskip")
+
+    def __init__(self, min_capacity: int = 4096, pool: BufferPool | None = None) -> None:
+        if min_capacity < 1:
+            raise ValueError("min_capacity must be positive")
+        self._min = 1 << (min_capacity - 1).bit_length()
+        self._pool = pool if pool is not None else DEFAULT_POOL
+        self._buf: bytearray | None = None
+        self._view = _EMPTY
+        self._addr = 0
+        self._cap = 0
+        self._r = 0  # index of the first readable byte
+        self._len = 0  # readable bytes
+        self._vskip = 0  # bytes consumed by virtual_read, not yet flushed
+
+    # -- sizes -------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def length(self) -> int:
+        """Readable bytes."""
+        return self._len
+
+    @property
+    def capacity(self) -> int:
+        """Bytes of storage held now (0 while empty)."""
+        return self._cap
+
+    @property
+    def free(self) -> int:
+        """Bytes that can be written before the buffer must grow."""
+        return self._cap - self._len
+
+    def is_empty(self) -> bool:
+        """True when nothing is readable."""
+        return self._len == 0
+
+    def is_full(self) -> bool:
+        """True when the storage is full (the next write grows it)."""
+        return self._cap > 0 and self._len == self._cap
+
+    # -- storage -----------------------------------------------------------------------
+
+    def _release(self) -> None:
+        if self._buf is not None:
+            self._pool.give(self._buf, self._addr)
+            self._buf = None
+            self._view = _EMPTY
+            self._addr = 0
+            self._cap = 0
+        self._r = 0
+        self._vskip = 0
+
+    def reserve(self, extra: int) -> None:
+        """Make room for ``extra`` more bytes, growing to the next power of two."""
+        need = self._len + extra
+        if need <= self._cap:
+            return
+        capacity = max(self._min, 1 << (need - 1).bit_length())
+        buffer, address = self._pool.take(capacity)
+        if self._len:
+            first, second = self.peek_all()
+            n1 = len(first)
+            buffer[:n1] = first
+            if second:
+                buffer[n1 : self._len] = second
+        old = self._buf
+        if old is not None:
+            self._pool.give(old, self._addr)
+        self._buf = buffer
+        self._view = memoryview(buffer)
+        self._addr = address
+        self._cap = capacity
+        self._r = 0
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data`` (growing if needed); return its length."""
+        n = len(data)
+        if not n:
+            return 0
+        if self._len + n > self._cap:
+            self.reserve(n)
+        cap = self._cap
+        w = self._r + self._len
+        if w >= cap:
+            w -= cap
+        view = self._view
+        tail = cap - w
+        if n <= tail:
+            view[w : w + n] = data
+        else:
+            view[w:cap] = data[:tail]
+            view[: n - tail] = data[tail:]
+        self._len += n
+        return n
+
+    def write_regions(self) -> tuple[int, int, int, int]:
+        """The free space as ``(address, size, address, size)`` for ``readv``.
+
+        The second region is empty (``0, 0``) when the free space does not wrap.  After
+        the read, :meth:`commit` the number of bytes the kernel wrote.
+        """
+        cap = self._cap
+        free = cap - self._len
+        if not free:
+            return 0, 0, 0, 0
+        w = self._r + self._len
+        if w >= cap:
+            w -= cap
+        if w >= self._r:
+            tail = cap - w
+            return self._addr + w, tail, self._addr, free - tail
+        return self._addr + w, free, 0, 0
+
+    def commit(self, n: int) -> None:
+        """Mark ``n`` bytes written into :meth:`write_regions` as readable."""
+        if n < 0 or self._len + n > self._cap:
+            raise ValueError("commit beyond the free space")
+        self._len += n
+
+    # -- reading -----------------------------------------------------------------------
+
+    def peek(self, n: int) -> tuple[memoryview, memoryview]:
+        """Up to ``n`` readable bytes as one or two views, without consuming them."""
+        if n > self._len:
+            n = self._len
+        if n <= 0:
+            return _EMPTY, _EMPTY
+        r = self._r
+        end = r + n
+        if end <= self._cap:
+            return self._view[r:end], _EMPTY
+        return self._view[r:], self._view[: end - self._cap]
+
+    def peek_all(self) -> tuple[memoryview, memoryview]:
+        """Every readable byte as one or two views."""
+        return self.peek(self._len)
+
+    def read_regions(self) -> tuple[int, int, int, int]:
+        """The readable bytes as ``(address, size, address, size)`` for ``writev``."""
+        n = self._len
+        if not n:
+            return 0, 0, 0, 0
+        r = self._r
+        tail = self._cap - r
+        if n <= tail:
+            return self._addr + r, n, 0, 0
+        return self._addr + r, tail, self._addr, n - tail
+
+    def retrieve(self, n: int) -> None:
+        """Consume ``n`` bytes (all of them if ``n`` is larger)."""
+        if n <= 0:
+            return
+        if n >= self._len:
+            self._len = 0
+            self._release()
+            return
+        r = self._r + n
+        if r >= self._cap:
+            r -= self._cap
+        self._r = r
+        self._len -= n
+        self._vskip = 0
+
+    def retrieve_all(self) -> None:
+        """Consume everything."""
+        self._len = 0
+        self._release()
+
+    def read(self, n: int) -> bytes:
+        """Copy out and consume up to ``n`` bytes."""
+        first, second = self.peek(n)
+        data = bytes(first) + bytes(second) if second else bytes(first)
+        self.retrieve(len(data))
+        return data
+
+    def read_all(self) -> bytes:
+        """Copy out and consume everything."""
+        return self.read(self._len)
+
+    def to_bytes(self) -> bytes:
+        """Copy of every readable byte, not consumed."""
+        first, second = self.peek_all()
+        return bytes(first) + bytes(second) if second else bytes(first)
+
+    def contiguous(self, n: int) -> memoryview:
+        """The first ``n`` readable bytes as one view, moving data if they wrap.
+
+        Codecs use this to parse a frame in place; ``n`` must not exceed ``length``.
+        """
+        if n > self._len:
+            raise ValueError("not enough readable bytes")
+        r = self._r
+        if r + n <= self._cap:
+            return self._view[r : r + n]
+        # The frame wraps: rotate the readable bytes to the start of fresh storage.
+        buffer, address = self._pool.take(self._cap)
+        first, second = self.peek_all()
+        buffer[: len(first)] = first
+        buffer[len(first) : self._len] = second
+        assert self._buf is not None
+        self._pool.give(self._buf, self._addr)
+        self._buf, self._view, self._addr, self._r = buffer, memoryview(buffer), address, 0
+        return self._view[:n]
+
+    def unpack_from(self, fmt: struct.Struct, offset: int = 0) -> tuple[object, ...]:
+        """``fmt.unpack_from`` at ``offset`` readable bytes in, across the wrap if needed."""
+        end = offset + fmt.size
+        if end > self._len:
+            raise ValueError("not enough readable bytes")
+        start = self._r + offset
+        if start >= self._cap:
+            start -= self._cap
+        if start + fmt.size <= self._cap:
+            return fmt.unpack_from(self._view, start)
+        first, second = self.peek(end)
+        return fmt.unpack((bytes(first) + bytes(second))[offset:end])
+
+    def find(self, needle: bytes, start: int = 0, end: int | None = None) -> int:
+        """Offset (from the first readable byte) of ``needle`` in ``[start, end)``, or -1."""
+        limit = self._len if end is None else min(end, self._len)
+        if start >= limit:
+            return -1
+        r = self._r
+        buf = self._buf
+        assert buf is not None
+        if r + limit <= self._cap:
+            i = buf.find(needle, r + start, r + limit)
+            return i - r if i >= 0 else -1
+        # The readable bytes wrap (rare: only while a partial frame straddles the end).
+        return self.to_bytes().find(needle, start, limit)
+
+    # -- virtual reads -----------------------------------------------------------------
+
+    def virtual_read(self, n: int) -> bytes:
+        """Copy up to ``n`` bytes after the virtual read position and advance it."""
+        avail = self._len - self._vskip
+        if n > avail:
+            n = avail
+        if n <= 0:
+            return b""
+        first, second = self.peek(self._vskip + n)
+        skip = self._vskip
+        if skip < len(first):
+            data = bytes(first[skip:]) + bytes(second)
+        else:
+            data = bytes(second[skip - len(first) :])
+        self._vskip += n
+        return data
+
+    def virtual_length(self) -> int:
+        """Readable bytes after the virtual read position."""
+        return self._len - self._vskip
+
+    def virtual_flush(self) -> None:
+        """Consume everything read virtually."""
+        self.retrieve(self._vskip)
+        self._vskip = 0
+
+    def virtual_revert(self) -> None:
+        """Move the virtual read position back to the first readable byte."""
+        self._vskip = 0
+
+    def reset(self) -> None:
+        """Drop every byte and give the storage back."""
+        self.retrieve_all()
+
+    def __repr__(self) -> str:
+        return f"RingBuffer(length={self._len}, capacity={self._cap})"

@@ -1,0 +1,318 @@
+"""``Server``: options, listening socket, loop threads and lifecycle (gev's ``Server``)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+from gevwire._sys import close as sys_close
+from gevwire._sys import set_nodelay
+from gevwire.codec import BaseCodec, RawCodec
+from gevwire.connection import Connection, ConnectionOptions
+from gevwire.listener import Listener
+from gevwire.loop import EventLoop
+
+__all__ = ["Server", "parse_address"]
+
+log = logging.getLogger("gevwire")
+
+_REQUIRED = ("on_connect", "on_message", "on_close")
+
+
+def parse_address(address: str) -> tuple[int, Any]:
+    """``"host:port"``, ``":port"`` (every interface), ``"[v6]:port"`` → family and address."""
+    if address.startswith("["):
+        host, sep, port = address[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"bad address {address!r}: expected [host]:port")
+        return socket.AF_INET6, (host, _port(port, address))
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        raise ValueError(f"bad address {address!r}: expected host:port")
+    if ":" in host:
+        raise ValueError(f"bad address {address!r}: write IPv6 hosts as [host]:port")
+    return socket.AF_INET, (host or "0.0.0.0", _port(port, address))
+
+
+def _port(text: str, address: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(f"bad port in address {address!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in address {address!r}")
+    return port
+
+
+class Server:
+    """A TCP server: a listener and ``loops`` event-loop threads running ``handler``.
+
+    ``handler`` has ``on_connect(conn)``, ``on_message(conn, frame)`` and
+    ``on_close(conn)`` (and optionally ``on_error(conn, exc)``), e.g. a
+    :class:`~gevwire.Handler` subclass.  ``codec`` cuts frames and encodes replies
+    (default: :class:`~gevwire.codec.RawCodec`, bytes as they come).
+
+    With ``loops=1`` accepting and all I/O share one thread; with more, a separate
+    accept loop hands connections to the I/O loops round-robin.
+    """
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        address: str = "127.0.0.1:1833",
+        loops: int = 1,
+        reuse_port: bool = False,
+        codec: BaseCodec | None = None,
+        backlog: int = 1024,
+        write_high_water: int = 1 << 20,
+        write_low_water: int = 256 << 10,
+        max_write_buffer: int = 64 << 20,
+        close_timeout: float = 10.0,
+        tcp_nodelay: bool = True,
+    ) -> None:
+        missing = [name for name in _REQUIRED if not callable(getattr(handler, name, None))]
+        if missing:
+            raise TypeError(f"handler lacks {', '.join(missing)} (subclass gevwire.Handler)")
+        if loops < 1:
+            raise ValueError("loops must be at least 1")
+        self.handler = handler
+        self.codec: BaseCodec = codec if codec is not None else RawCodec()
+        self.options = ConnectionOptions(
+            write_high_water=write_high_water,
+            write_low_water=write_low_water,
+            max_write_buffer=max_write_buffer,
+            close_timeout=close_timeout,
+            tcp_nodelay=tcp_nodelay,
+        )
+        self._family, self._bind_address = parse_address(address)
+        self._loop_count = loops
+        self._reuse_port = reuse_port
+        self._backlog = backlog
+        self._sock: socket.socket | None = None
+        self._listener: Listener | None = None
+        self._accept_loop: EventLoop | None = None
+        self._loops: list[EventLoop] = []
+        self._threads: list[threading.Thread] = []
+        self._connections: dict[EventLoop, set[Connection]] = {}
+        self._next_loop = 0
+        self._nodelay = False
+        self._state = "new"  # new → running → stopping → stopped
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> Server:
+        """Bind, start the loop threads, and return once the server is accepting."""
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError(f"server is {self._state}; a server starts once")
+            self._state = "running"
+        try:
+            self._sock = self._bind()
+            self._nodelay = self.options.tcp_nodelay and self._family != socket.AF_UNIX
+            self._loops = [EventLoop(f"gevwire-loop-{i}") for i in range(self._loop_count)]
+            self._connections = {loop: set() for loop in self._loops}
+            if self._loop_count == 1:
+                self._accept_loop = self._loops[0]
+                all_loops = list(self._loops)
+            else:
+                self._accept_loop = EventLoop("gevwire-accept")
+                all_loops = [self._accept_loop, *self._loops]
+            self._listener = Listener(self._accept_loop, self._sock, self._on_accept)
+            ready = [threading.Event() for _ in all_loops]
+            self._accept_loop.call_soon(self._listener.start)
+            for loop, event in zip(all_loops, ready, strict=True):
+                loop.call_soon(event.set)
+                thread = threading.Thread(target=self._run_loop, args=(loop,), name=loop.name,
+                                          daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            for event in ready:
+                if not event.wait(10):
+                    raise RuntimeError("event loop did not start")
+        except BaseException:
+            self.stop()
+            raise
+        log.info("gevwire listening on %s with %d loop(s)", self.address, self._loop_count)
+        return self
+
+    def run(self) -> None:
+        """Start (if needed) and block until :meth:`stop` is called (or Ctrl-C)."""
+        if self._state == "new":
+            self.start()
+        try:
+            while not self._stopped.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            self.stop()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, flush and close every connection, and join the loop threads.
+
+        Unsent output gets up to ``timeout`` seconds; what is left then is dropped.
+        Safe from any thread (from a loop thread it returns at once and stops in the
+        background) and more than once.
+        """
+        with self._lock:
+            if self._state in ("stopping", "stopped"):
+                return
+            self._state = "stopping"
+        if any(loop.in_loop_thread() for loop in self._all_loops()):
+            threading.Thread(target=self._shutdown, args=(timeout,), daemon=True).start()
+        else:
+            self._shutdown(timeout)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped; False on timeout."""
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- information -------------------------------------------------------------------
+
+    @property
+    def address(self) -> Any:
+        """The bound address: ``(host, port)`` for IPv4, ``(host, port, flow, scope)``
+        for IPv6 (so port 0 shows the port the kernel chose)."""
+        if self._sock is None:
+            raise RuntimeError("server is not listening")
+        return self._sock.getsockname()
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        return int(self.address[1])
+
+    @property
+    def loops(self) -> list[EventLoop]:
+        """The I/O loops."""
+        return list(self._loops)
+
+    @property
+    def connection_count(self) -> int:
+        """Connections open now."""
+        return sum(len(conns) for conns in self._connections.values())
+
+    def connections(self) -> list[Connection]:
+        """A snapshot of the open connections (safe from any thread)."""
+        out: list[Connection] = []
+        for conns in list(self._connections.values()):
+            out.extend(list(conns))
+        return out
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _bind(self) -> socket.socket:
+        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if self._family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(self._bind_address)
+            sock.listen(self._backlog)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _all_loops(self) -> list[EventLoop]:
+        loops = list(self._loops)
+        if self._accept_loop is not None and self._accept_loop not in loops:
+            loops.append(self._accept_loop)
+        return loops
+
+    def _run_loop(self, loop: EventLoop) -> None:
+        try:
+            loop.run()
+        except BaseException:
+            log.exception("%s crashed", loop.name)
+
+    def _on_accept(self, fd: int, peer: Any) -> None:
+        """A new fd from the listener (accept loop thread)."""
+        if self._nodelay:
+            set_nodelay(fd)
+        loops = self._loops
+        loop = loops[self._next_loop]
+        self._next_loop = (self._next_loop + 1) % len(loops)
+        if loop is self._accept_loop:
+            self._add_connection(loop, fd, peer)
+        else:
+            loop.call_soon(self._add_connection, loop, fd, peer)
+
+    def _add_connection(self, loop: EventLoop, fd: int, peer: Any) -> None:
+        if self._state != "running":
+            sys_close(fd)
+            return
+        conn = Connection(loop, fd, peer, self.handler, self.codec, self.options,
+                          self._connection_closed)
+        self._connections[loop].add(conn)
+        conn._start()
+
+    def _connection_closed(self, conn: Connection) -> None:
+        self._connections[conn.loop].discard(conn)
+
+    def _shutdown(self, timeout: float) -> None:
+        listener = self._listener
+        if listener is not None and self._accept_loop is not None:
+            if self._accept_loop.running:
+                done = threading.Event()
+
+                def close_listener() -> None:
+                    listener.close()
+                    done.set()
+
+                self._accept_loop.call_soon(close_listener)
+                done.wait(timeout)
+            else:
+                listener.sock.close()
+        elif self._sock is not None:
+            self._sock.close()
+        for loop in self._loops:
+            if loop.running:
+                loop.call_soon(self._close_all, loop, False)
+        deadline = time.monotonic() + timeout
+        while self.connection_count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        for loop in self._loops:
+            if loop.running:
+                loop.call_soon(self._close_all, loop, True)
+        loops = self._all_loops()
+        for loop in loops:
+            loop.stop()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout + 5)
+        for loop in loops:
+            if not loop.running:
+                loop._run_tasks()  # connections handed over but never started: close them
+                for conn in list(self._connections.get(loop, ())):
+                    conn._close_now()
+                loop.close()
+        with self._lock:
+            self._state = "stopped"
+        self._stopped.set()
+
+    def _close_all(self, loop: EventLoop, now: bool) -> None:
+        for conn in list(self._connections[loop]):
+            if now:
+                conn._close_now()
+            else:
+                conn._close_gracefully()
