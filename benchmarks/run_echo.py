@@ -1,0 +1,545 @@
+#!/usr/bin/env python3
+"""Echo benchmark: gevwire against asyncio, uvloop and a minimal ctypes epoll loop.
+
+For every scenario, rounds are interleaved (round 1 runs every server once, then round 2,
+...; the server order rotates by one each round) and the median of the rounds is reported.
+Each run starts a fresh server pinned to one core, waits until its port accepts, warms it
+with one connect / echo / close, then runs ``bin/loadgen`` pinned to the other core.
+
+Server CPU time (utime + stime of the whole process, from ``/proc/PID/stat``) is sampled
+at the exact edges of the load generator's measured window: the load generator prints
+``#start`` / ``#end`` on stderr there (``--sync``), and keeps its connections open after
+``#end`` until the runner has taken the second sample. Connection setup, warmup and
+connection close are therefore outside the measurement. CPU per message is that CPU time
+divided by the round trips the load generator completed and verified in the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import selectors
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+LOADGEN_SRC = BENCH_DIR / "loadgen.c"
+LOADGEN_BIN = BENCH_DIR / "bin" / "loadgen"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HOST = "127.0.0.1"
+SETUP_TIMEOUT = 30.0
+SATURATED = 0.9  # server CPU share above which its qps is its own limit
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    conns: int
+    size: int
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("50x16B", 50, 16),
+    Scenario("50x1KiB", 50, 1024),
+    Scenario("50x4KiB", 50, 4096),
+    Scenario("1000x64B", 1000, 64),
+)
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    command: Callable[[int], list[str]]
+    available: Callable[[], str | None]  # None when available, else why it is skipped
+
+
+def _always() -> str | None:
+    return None
+
+
+def _gevwire_missing() -> str | None:
+    if (REPO_DIR / "examples" / "echo.py").is_file():
+        return None
+    return "examples/echo.py does not exist yet"
+
+
+def _uvloop_missing() -> str | None:
+    if importlib.util.find_spec("uvloop") is not None:
+        return None
+    return f"uvloop is not importable by {sys.executable} (make bench installs it)"
+
+
+SERVERS: tuple[Server, ...] = (
+    Server(
+        "gevwire",
+        lambda port: [sys.executable, "examples/echo.py", "--port", str(port), "--loops", "1"],
+        _gevwire_missing,
+    ),
+    Server(
+        "asyncio",
+        lambda port: [
+            sys.executable,
+            str(BENCH_DIR / "servers" / "asyncio_echo.py"),
+            "--port",
+            str(port),
+        ],
+        _always,
+    ),
+    Server(
+        "uvloop",
+        lambda port: [
+            sys.executable,
+            str(BENCH_DIR / "servers" / "asyncio_echo.py"),
+            "--port",
+            str(port),
+            "--uvloop",
+        ],
+        _uvloop_missing,
+    ),
+    Server(
+        "ctypes-floor",
+        lambda port: [
+            sys.executable,
+            str(BENCH_DIR / "servers" / "ctypes_floor.py"),
+            "--port",
+            str(port),
+        ],
+        _always,
+    ),
+)
+
+BASELINES = ("asyncio", "uvloop")
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    server: str
+    round: int
+    ok: bool
+    qps: float = 0.0
+    messages: int = 0
+    seconds: float = 0.0
+    server_cpu_s: float = 0.0
+    cpu_us_per_msg: float = 0.0
+    server_cpu_util: float = 0.0
+    client_cpu_util: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class Summary:
+    scenario: str
+    server: str
+    rounds_ok: int
+    qps: float
+    cpu_us_per_msg: float
+    server_cpu_util: float
+    client_cpu_util: float
+    qps_vs: dict[str, float | None]
+    cpu_vs: dict[str, float | None]
+
+
+class BenchError(Exception):
+    """A single run failed; the message says why."""
+
+
+def build_loadgen() -> None:
+    """Compile loadgen.c with ``cc -O2`` if the binary is missing or older than the source."""
+    if LOADGEN_BIN.exists() and LOADGEN_BIN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+        return
+    LOADGEN_BIN.parent.mkdir(parents=True, exist_ok=True)
+    cc = os.environ.get("CC", "cc")
+    cmd = [cc, "-O2", "-Wall", "-o", str(LOADGEN_BIN), str(LOADGEN_SRC)]
+    print("building:", " ".join(cmd), file=sys.stderr)
+    subprocess.run(cmd, check=True, timeout=120)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def proc_cpu_ticks(pid: int) -> int:
+    """utime + stime of the whole process (all threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rindex(b")") + 2 :].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return int(fields[11]) + int(fields[12])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"server exited with status {proc.returncode} before listening")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"server did not accept on port {port} within {timeout:.0f} s")
+
+
+def warm_server(port: int, size: int = 1024, timeout: float = 5.0) -> None:
+    """One connect / echo / close, so per-process first-use costs are paid up front."""
+    payload = bytes(range(256)) * (size // 256)
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(payload)
+        got = bytearray()
+        while len(got) < len(payload):
+            chunk = s.recv(65536)
+            if not chunk:
+                raise BenchError("server closed the warm-up connection")
+            got += chunk
+    if bytes(got) != payload:
+        raise BenchError("warm-up echo returned different bytes")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout`; always reaps the process."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+
+def read_tail(f: IO[bytes], lines: int = 8) -> str:
+    f.seek(0)
+    text = f.read().decode(errors="replace").strip()
+    return "\n    ".join(text.splitlines()[-lines:])
+
+
+def drive_loadgen(
+    loadgen: subprocess.Popen[bytes], server_pid: int, deadline: float
+) -> tuple[dict[str, Any], float, float]:
+    """Follow the load generator's stderr markers, sampling CPU times at the window edges.
+
+    Returns the load generator's JSON result and the CPU seconds the server and the load
+    generator used in the measured window.
+    """
+    assert loadgen.stderr is not None and loadgen.stdin is not None
+    assert loadgen.stdout is not None
+    cpu_start: tuple[int, int] | None = None
+    cpu_end: tuple[int, int] | None = None
+    other: list[str] = []
+    pending = b""
+    fd = loadgen.stderr.fileno()
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        eof = False
+        while not eof:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchError("load generator did not finish in time")
+            if not sel.select(remaining):
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                eof = True
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                if line == "#start":
+                    cpu_start = proc_cpu_ticks(server_pid), proc_cpu_ticks(loadgen.pid)
+                elif line == "#end":
+                    cpu_end = proc_cpu_ticks(server_pid), proc_cpu_ticks(loadgen.pid)
+                    loadgen.stdin.write(b"go\n")
+                    loadgen.stdin.close()
+                elif line:
+                    other.append(line)
+        if pending.strip():
+            other.append(pending.decode(errors="replace"))
+    rc = loadgen.wait(timeout=max(1.0, deadline - time.monotonic()))
+    out = loadgen.stdout.read().decode(errors="replace").strip()
+    try:
+        result: dict[str, Any] = json.loads(out.splitlines()[-1]) if out else {}
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"bad load generator output: {out!r}") from exc
+    if rc != 0 or not result or result.get("errors", 1) != 0:
+        detail = "; ".join(other) or out or "no output"
+        raise BenchError(f"load generator failed (status {rc}): {detail}")
+    if cpu_start is None or cpu_end is None:
+        raise BenchError("load generator printed no #start/#end markers")
+    server_s = (cpu_end[0] - cpu_start[0]) / CLK_TCK
+    client_s = (cpu_end[1] - cpu_start[1]) / CLK_TCK
+    return result, server_s, client_s
+
+
+def run_one(
+    scenario: Scenario, server: Server, round_no: int, args: argparse.Namespace
+) -> RunResult:
+    port = free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p)
+    res = RunResult(scenario.name, server.name, round_no, ok=False)
+    server_proc: subprocess.Popen[bytes] | None = None
+    loadgen: subprocess.Popen[bytes] | None = None
+    with tempfile.TemporaryFile() as server_log:
+        try:
+            server_proc = subprocess.Popen(
+                ["taskset", "-c", str(args.server_cpu), *server.command(port)],
+                cwd=REPO_DIR,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=server_log,
+                stderr=subprocess.STDOUT,
+            )
+            wait_for_port(port, server_proc)
+            warm_server(port)
+            cmd = [
+                "taskset", "-c", str(args.client_cpu), str(LOADGEN_BIN),
+                "--host", HOST, "--port", str(port),
+                "--conns", str(scenario.conns), "--size", str(scenario.size),
+                "--seconds", str(args.seconds), "--warmup", str(args.warmup),
+                "--pipeline", str(args.pipeline),
+                "--setup-timeout", str(SETUP_TIMEOUT), "--sync",
+            ]  # fmt: skip
+            loadgen = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            deadline = time.monotonic() + SETUP_TIMEOUT + args.warmup + args.seconds + 45.0
+            result, cpu_s, client_s = drive_loadgen(loadgen, server_proc.pid, deadline)
+            if server_proc.poll() is not None:
+                raise BenchError(f"server exited with status {server_proc.returncode}")
+            res.messages = int(result["messages"])
+            res.seconds = float(result["seconds"])
+            res.qps = float(result["qps"])
+            res.server_cpu_s = cpu_s
+            res.cpu_us_per_msg = cpu_s * 1e6 / res.messages
+            res.server_cpu_util = cpu_s / res.seconds
+            res.client_cpu_util = client_s / res.seconds
+            res.ok = True
+        except (BenchError, OSError, subprocess.SubprocessError) as exc:
+            res.error = str(exc)
+        finally:
+            if loadgen is not None:
+                stop_process(loadgen)
+                for stream in (loadgen.stdin, loadgen.stdout, loadgen.stderr):
+                    if stream is not None:
+                        stream.close()
+            if server_proc is not None:
+                stop_process(server_proc)
+                if res.ok and server_proc.returncode != 0:
+                    print(
+                        f"  warning: {server.name} exited with status "
+                        f"{server_proc.returncode} on SIGTERM",
+                        file=sys.stderr,
+                    )
+        if not res.ok:
+            log = read_tail(server_log)
+            if log:
+                res.error += f"\n  server output: {log}"
+    return res
+
+
+def summarize(
+    results: Sequence[RunResult], scenarios: Sequence[Scenario], servers: Sequence[Server]
+) -> list[Summary]:
+    medians: dict[tuple[str, str], Summary] = {}
+    for scn in scenarios:
+        for srv in servers:
+            ok = [r for r in results if r.scenario == scn.name and r.server == srv.name and r.ok]
+            if not ok:
+                continue
+            medians[scn.name, srv.name] = Summary(
+                scenario=scn.name,
+                server=srv.name,
+                rounds_ok=len(ok),
+                qps=statistics.median(r.qps for r in ok),
+                cpu_us_per_msg=statistics.median(r.cpu_us_per_msg for r in ok),
+                server_cpu_util=statistics.median(r.server_cpu_util for r in ok),
+                client_cpu_util=statistics.median(r.client_cpu_util for r in ok),
+                qps_vs={},
+                cpu_vs={},
+            )
+    for (scn_name, _), summary in medians.items():
+        for base in BASELINES:
+            ref = medians.get((scn_name, base))
+            summary.qps_vs[base] = summary.qps / ref.qps if ref and ref.qps else None
+            summary.cpu_vs[base] = (
+                summary.cpu_us_per_msg / ref.cpu_us_per_msg if ref and ref.cpu_us_per_msg else None
+            )
+    return list(medians.values())
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def table_rows(summaries: Sequence[Summary]) -> tuple[list[str], list[list[str]]]:
+    header = ["scenario", "server", "qps"]
+    header += [f"qps vs {b}" for b in BASELINES]
+    header += ["CPU µs/msg"]
+    header += [f"CPU vs {b}" for b in BASELINES]
+    header += ["server CPU", "loadgen CPU"]
+    rows = []
+    for s in summaries:
+        row = [s.scenario, s.server, f"{s.qps:,.0f}"]
+        row += [_ratio(s.qps_vs[b]) for b in BASELINES]
+        row += [f"{s.cpu_us_per_msg:.2f}"]
+        row += [_ratio(s.cpu_vs[b]) for b in BASELINES]
+        busy = f"{s.server_cpu_util * 100:.0f}%"
+        if s.server_cpu_util < SATURATED:
+            busy += "*"
+        row += [busy, f"{s.client_cpu_util * 100:.0f}%"]
+        rows.append(row)
+    return header, rows
+
+
+def format_text(summaries: Sequence[Summary]) -> str:
+    header, rows = table_rows(summaries)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate([header, *rows]):
+        cells = [
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_markdown(summaries: Sequence[Summary]) -> str:
+    header, rows = table_rows(summaries)
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def select(names: str | None, items: Sequence[Any], what: str) -> list[Any]:
+    if not names:
+        return list(items)
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = {item.name: item for item in items}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return [item for item in items if item.name in wanted]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=5.0, help="measured window per run (5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured load before it (1)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds, median (3)")
+    p.add_argument("--pipeline", type=int, default=1, help="messages in flight per conn (1)")
+    p.add_argument("--scenarios", help="comma list of: " + ", ".join(s.name for s in SCENARIOS))
+    p.add_argument("--servers", help="comma list of: " + ", ".join(s.name for s in SERVERS))
+    p.add_argument("--server-cpu", type=int, default=0, help="core for the server (0)")
+    p.add_argument("--client-cpu", type=int, default=1, help="core for the load generator (1)")
+    p.add_argument("--json", type=Path, help="write raw runs and medians to this file")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    args = p.parse_args(argv)
+    if args.seconds <= 0 or args.warmup < 0 or args.rounds < 1 or args.pipeline < 1:
+        p.error("--seconds and --rounds/--pipeline must be positive, --warmup >= 0")
+    if args.server_cpu == args.client_cpu:
+        p.error("--server-cpu and --client-cpu must differ")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if sys.platform != "linux":
+        raise SystemExit("this benchmark needs Linux (epoll, /proc, taskset)")
+    if shutil.which("taskset") is None:
+        raise SystemExit("taskset not found (util-linux)")
+    ncpu = os.cpu_count() or 1
+    if max(args.server_cpu, args.client_cpu) >= ncpu or min(args.server_cpu, args.client_cpu) < 0:
+        raise SystemExit(f"need cores {args.server_cpu} and {args.client_cpu}; have {ncpu}")
+    scenarios = select(args.scenarios, SCENARIOS, "scenario")
+    servers: list[Server] = []
+    for srv in select(args.servers, SERVERS, "server"):
+        reason = srv.available()
+        if reason is None:
+            servers.append(srv)
+        else:
+            print(f"skipping {srv.name}: {reason}", file=sys.stderr)
+    if not servers:
+        raise SystemExit("no server to benchmark")
+    build_loadgen()
+    # Keep this process (it sleeps, then samples /proc) off the server's core.
+    os.sched_setaffinity(0, {args.client_cpu})
+
+    total = len(scenarios) * args.rounds * len(servers)
+    print(
+        f"{total} runs of {args.warmup:g}+{args.seconds:g} s: server on cpu {args.server_cpu}, "
+        f"load generator on cpu {args.client_cpu}",
+        file=sys.stderr,
+    )
+    results: list[RunResult] = []
+    n = 0
+    for scn in scenarios:
+        for rnd in range(args.rounds):
+            shift = rnd % len(servers)
+            for srv in servers[shift:] + servers[:shift]:
+                n += 1
+                r = run_one(scn, srv, rnd + 1, args)
+                results.append(r)
+                head = f"[{n}/{total}] {scn.name} round {rnd + 1} {srv.name}:"
+                if r.ok:
+                    print(
+                        f"{head} {r.qps:,.0f} qps, {r.cpu_us_per_msg:.2f} µs CPU/msg, "
+                        f"server CPU {r.server_cpu_util * 100:.0f}%, "
+                        f"loadgen CPU {r.client_cpu_util * 100:.0f}%",
+                        file=sys.stderr,
+                    )
+                else:
+                    print(f"{head} FAILED: {r.error}", file=sys.stderr)
+
+    summaries = summarize(results, scenarios, servers)
+    print()
+    print(format_markdown(summaries) if args.markdown else format_text(summaries))
+    if any(s.server_cpu_util < SATURATED for s in summaries):
+        print(
+            f"\n* server below {SATURATED:.0%} CPU in the window: its qps was limited by the load"
+            " generator or by wake-up latency, not by the server; compare CPU µs/msg."
+        )
+    if args.json:
+        doc = {
+            "machine": {
+                "platform": platform.platform(),
+                "python": sys.version.split()[0],
+                "cpus": os.cpu_count(),
+                "clk_tck": CLK_TCK,
+            },
+            "settings": {
+                "seconds": args.seconds,
+                "warmup": args.warmup,
+                "rounds": args.rounds,
+                "pipeline": args.pipeline,
+                "server_cpu": args.server_cpu,
+                "client_cpu": args.client_cpu,
+            },
+            "runs": [asdict(r) for r in results],
+            "summary": [asdict(s) for s in summaries],
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

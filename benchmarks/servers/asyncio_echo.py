@@ -1,0 +1,55 @@
+"""asyncio echo server for the benchmarks: ``data_received`` -> ``transport.write(data)``.
+
+Usage: ``python asyncio_echo.py --port N [--uvloop]``. Listens on 127.0.0.1 only and
+exits with status 0 on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Callable
+from typing import cast
+
+
+class EchoProtocol(asyncio.Protocol):
+    """Writes every chunk straight back."""
+
+    transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the Transport API without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+async def serve(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    server = await loop.create_server(EchoProtocol, "127.0.0.1", port, backlog=1024)
+    await stop.wait()
+    # Not ``wait_closed()``: from Python 3.12 on it also waits for open connections.
+    server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
+    args = parser.parse_args()
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if args.uvloop:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(args.port))
+
+
+if __name__ == "__main__":
+    main()
