@@ -1,27 +1,32 @@
 """gevwire: fast non-blocking TCP servers in the reactor style of Go's gev."""
 
-from gevwire.codec import BaseCodec, Decoder, RawCodec
+from gevwire.codec import BaseCodec, Codec, Decoder, RawCodec
 from gevwire.connection import Connection, ConnectionOptions
 from gevwire.errors import (
     ConnectionClosed,
+    EncodeError,
     FrameError,
     FrameTooLarge,
     GevwireError,
+    RoutingError,
     WriteBufferFull,
 )
 from gevwire.handler import Handler
 from gevwire.loop import EventLoop
 from gevwire.ringbuffer import BufferPool, RingBuffer
+from gevwire.router import Router
 from gevwire.server import Server
 from gevwire.timers import TimerHandle
 
 __all__ = [
     "BaseCodec",
     "BufferPool",
+    "Codec",
     "Connection",
     "ConnectionClosed",
     "ConnectionOptions",
     "Decoder",
+    "EncodeError",
     "EventLoop",
     "FrameError",
     "FrameTooLarge",
@@ -29,6 +34,8 @@ __all__ = [
     "Handler",
     "RawCodec",
     "RingBuffer",
+    "Router",
+    "RoutingError",
     "Server",
     "TimerHandle",
     "WriteBufferFull",

@@ -6,11 +6,18 @@ of bytes, never a socket, so they are tested on byte strings alone.
 
 from __future__ import annotations
 
+import io
+import struct
+from collections.abc import Callable
 from typing import Any
 
+import construct  # type: ignore[import-untyped]
+
+from gevwire._fastcodec import Buffer, FrameLayout, analyse
+from gevwire.errors import EncodeError, FrameError, FrameTooLarge
 from gevwire.ringbuffer import RingBuffer
 
-__all__ = ["BaseCodec", "Decoder", "RawCodec"]
+__all__ = ["BaseCodec", "Codec", "Decoder", "RawCodec"]
 
 
 class Decoder:
@@ -88,3 +95,236 @@ class RawCodec(BaseCodec):
         if isinstance(message, str):
             return message.encode()
         raise TypeError(f"RawCodec sends bytes-like or str, not {type(message).__name__}")
+
+
+# -- construct schemas -----------------------------------------------------------------
+
+_OVERSIZE_MODES = ("close", "discard")
+
+
+class _RecordingStream(io.BytesIO):
+    """A stream that remembers the smallest total size a short read asked for.
+
+    construct raises ``StreamError`` on a short read; the recorded size tells the
+    decoder not to try again before that many bytes are buffered, so a frame that
+    arrives in many pieces is not re-parsed on every piece (no O(n²)).
+    """
+
+    need = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        if size is not None and size >= 0 and len(data) < size:
+            self.need = self.tell() + size - len(data)
+        return data
+
+
+def _prefix_layout(schema: Any) -> tuple[struct.Struct, bool] | None:
+    """``(length struct, includelength)`` for a top-level ``Prefixed(<int field>, ...)``."""
+    while type(schema) is construct.Renamed:
+        schema = schema.subcon
+    if type(schema) is not construct.Prefixed:
+        return None
+    length = schema.lengthfield
+    while type(length) is construct.Renamed:
+        length = length.subcon
+    if type(length) is not construct.FormatField or length.fmtstr[-1] not in "BHILQbhilq":
+        return None
+    return struct.Struct(length.fmtstr), bool(schema.includelength)
+
+
+class Codec(BaseCodec):
+    """Frames declared by a construct schema.
+
+    The frame boundary comes first, the parse second.  When the schema's frame length
+    can be read from a fixed header (``Prefixed(<int>, ...)``, ``Prefixed(VarInt, ...)``,
+    a ``Struct`` of fixed-size fields then ``Bytes(this.length)`` ...), the header is read
+    with ``struct``, a length over ``max_frame_size`` is rejected before the body is
+    buffered, and the frame is parsed once, when it is whole.  Schemas made only of
+    fixed-size fields, ``Bytes(this.x)`` and ``Prefixed`` are parsed by a ``struct``
+    decoder derived from the schema (same values as construct, about ten times faster); anything
+    else is parsed by construct's interpreter.  (construct's *compiled* parser is not
+    used: it returns silently truncated ``Bytes`` for a malformed frame instead of
+    raising.)
+
+    Other schemas are parsed from the buffered bytes and retried only once as many
+    bytes are buffered as the last short read asked for.  Such a schema must be
+    self-delimiting: a top-level ``GreedyBytes`` or ``GreedyRange`` would take whatever
+    one read happened to bring.
+
+    ``on_oversize="close"`` reports a fatal :class:`FrameTooLarge` (the connection
+    closes); ``"discard"`` skips exactly that frame's bytes, reports a non-fatal
+    ``FrameTooLarge`` to ``on_error`` and goes on with the next frame (netty's discard
+    mode; needs a schema whose length is in its header).
+
+    ``encode`` builds a message (a dict or ``Container``) with the schema.
+    """
+
+    def __init__(
+        self,
+        schema: Any,
+        *,
+        max_frame_size: int = 1 << 20,
+        on_oversize: str = "close",
+    ) -> None:
+        if max_frame_size <= 0:
+            raise ValueError("max_frame_size must be positive")
+        if on_oversize not in _OVERSIZE_MODES:
+            raise ValueError(f"on_oversize must be one of {_OVERSIZE_MODES}")
+        self.schema = schema
+        self.max_frame_size = max_frame_size
+        self.on_oversize = on_oversize
+        self.fast = analyse(schema)
+        self.layout: FrameLayout | None = None
+        if self.fast is not None:
+            self.layout = self.fast.layout
+            self.parse_frame: Callable[[Buffer, int, int], Any] = self.fast.decode
+            self._build: Callable[[Any], bytes] = self.fast.encode
+        else:
+            self.parse_frame = self._construct_parse
+            self._build = schema.build
+            prefix = _prefix_layout(schema)
+            if prefix is not None:
+                self.layout = _int_prefix_layout(*prefix)
+        if on_oversize == "discard" and self.layout is None:
+            raise ValueError("on_oversize='discard' needs a schema with its length in a header")
+
+    def _construct_parse(self, data: Buffer, start: int, end: int) -> Any:
+        try:
+            return self.schema.parse(bytes(data[start:end]))
+        except construct.ConstructError as exc:
+            raise FrameError(f"malformed frame: {_first_line(exc)}") from exc
+
+    def decoder(self) -> Decoder:
+        if self.layout is not None:
+            return _LayoutDecoder(self, self.layout)
+        return _StreamDecoder(self)
+
+    def encode(self, message: Any) -> bytes:
+        try:
+            return self._build(message)
+        except (construct.ConstructError, ValueError, TypeError, KeyError) as exc:
+            raise EncodeError(f"cannot encode {message!r}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def _int_prefix_layout(fmt: struct.Struct, includelength: bool) -> FrameLayout:
+    size = fmt.size
+    unpack_from = fmt.unpack_from
+
+    def frame_length(buf: Buffer, offset: int = 0) -> int:
+        if len(buf) - offset < size:
+            return -1
+        (value,) = unpack_from(buf, offset)
+        total: int = value if includelength else value + size
+        if total < size:
+            raise FrameError(f"impossible frame length {value}")
+        return total
+
+    return FrameLayout(size, size, frame_length)
+
+
+class _LayoutDecoder(Decoder):
+    """Frames whose length is in a header: checked before the body is buffered."""
+
+    __slots__ = ("_discard", "_frame_length", "_header", "_limit", "_max_header",
+                 "_mode_discard", "_parse")
+
+    def __init__(self, codec: Codec, layout: FrameLayout) -> None:
+        self._header = layout.header_size
+        self._max_header = layout.max_header_size
+        self._frame_length = layout.frame_length
+        self._parse = codec.parse_frame
+        self._limit = codec.max_frame_size
+        self._mode_discard = codec.on_oversize == "discard"
+        self._discard = 0  # bytes of an oversized frame still to skip
+
+    def decode(self, ring: RingBuffer) -> Any | None:
+        if self._discard:
+            skip = min(self._discard, ring._len)
+            ring.retrieve(skip)
+            self._discard -= skip
+            if self._discard:
+                return None
+        n = ring._len
+        if n < self._header:
+            return None
+        head = min(n, self._max_header)
+        length = self._frame_length(ring.contiguous(head), 0)
+        if length < 0:
+            return None
+        if length > self._limit:
+            if not self._mode_discard:
+                raise FrameTooLarge(length, self._limit)
+            skip = min(length, n)
+            ring.retrieve(skip)
+            self._discard = length - skip
+            raise FrameTooLarge(length, self._limit, fatal=False)
+        if n < length:
+            return None
+        frame = self._parse(ring.contiguous(length), 0, length)
+        ring.retrieve(length)
+        return frame
+
+    def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
+        if self._discard:
+            return [], 0  # the ring path does the skipping
+        frames: list[Any] = []
+        pos = 0
+        n = len(view)
+        header = self._header
+        frame_length = self._frame_length
+        parse = self._parse
+        limit = self._limit
+        try:
+            while n - pos >= header:
+                length = frame_length(view, pos)
+                if length < 0 or length > limit or n - pos < length:
+                    break
+                frames.append(parse(view, pos, pos + length))
+                pos += length
+        except FrameError:
+            pass  # decode() meets the same bytes again and raises in order
+        return frames, pos
+
+
+class _StreamDecoder(Decoder):
+    """Frames of schemas with no header layout: parse, remembering short reads."""
+
+    __slots__ = ("_limit", "_need", "_schema")
+
+    def __init__(self, codec: Codec) -> None:
+        self._schema = codec.schema
+        self._limit = codec.max_frame_size
+        self._need = 0
+
+    def decode(self, ring: RingBuffer) -> Any | None:
+        n = ring._len
+        if n < self._need or not n:
+            return None
+        size = min(n, self._limit)
+        stream = _RecordingStream(ring.contiguous(size).tobytes())
+        try:
+            frame = self._schema.parse_stream(stream)
+        except construct.StreamError as exc:
+            need = stream.need
+            if need > self._limit:
+                raise FrameTooLarge(need, self._limit) from exc
+            if need > size:
+                self._need = need
+                return None
+            if size == self._limit and n > size:
+                raise FrameTooLarge(-size, self._limit) from exc
+            raise FrameError(f"malformed frame: {_first_line(exc)}") from exc
+        except construct.ConstructError as exc:
+            raise FrameError(f"malformed frame: {_first_line(exc)}") from exc
+        used = stream.tell()
+        if used == 0:
+            raise FrameError("the schema parsed an empty frame: it cannot delimit a stream")
+        ring.retrieve(used)
+        self._need = 0
+        return frame

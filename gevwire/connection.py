@@ -41,7 +41,7 @@ from gevwire._sys import (
 from gevwire._sys import (
     shutdown as sys_shutdown,
 )
-from gevwire.errors import ConnectionClosed, WriteBufferFull
+from gevwire.errors import ConnectionClosed, FrameError, WriteBufferFull
 from gevwire.loop import SPARE_SIZE
 from gevwire.ringbuffer import RingBuffer
 
@@ -267,11 +267,13 @@ class Connection:
                 if n > 0:
                     try:
                         frames, used = self._decode_view(loop.spare_view[:n])
-                        if used < n:
-                            self._input.write(loop.spare_view[used:n])
                     except Exception as exc:
                         self._fail(exc)
                         return
+                    if used < n:
+                        # An incomplete frame, or one the view path leaves to decode()
+                        # (errors, discards): the ring takes it, decode() runs below.
+                        self._input.write(loop.spare_view[used:n])
                     if len(frames) == 1:
                         try:
                             reply = self._on_message(self, frames[0])
@@ -288,6 +290,8 @@ class Connection:
                             self._fail(exc)
                     elif frames:
                         self._dispatch(frames)
+                    if used < n and self._state == _OPEN:
+                        self._cut_from_ring()
                 elif n == 0:
                     self._on_eof()
                     return
@@ -330,19 +334,22 @@ class Connection:
     def _cut_from_ring(self) -> None:
         decode = self._decoder.decode
         ring = self._input
-        frames = []
-        try:
-            while ring._len:
+        frames: list[Any] = []
+        while ring._len and self._state == _OPEN:
+            try:
                 frame = decode(ring)
-                if frame is None:
-                    break
-                frames.append(frame)
-        except Exception as exc:
-            if frames:
-                self._dispatch(frames)
-            if self._state != _CLOSED:
-                self._fail(exc)
-            return
+            except Exception as exc:
+                if frames:
+                    self._dispatch(frames)
+                    frames = []
+                if self._state == _OPEN:
+                    self._fail(exc)
+                if getattr(exc, "fatal", True) or not isinstance(exc, FrameError):
+                    return
+                continue  # the codec skipped just that frame: go on with the next
+            if frame is None:
+                break
+            frames.append(frame)
         if frames:
             self._dispatch(frames)
 
@@ -511,6 +518,10 @@ class Connection:
             self._close_now()
         if abort:
             self._close_now()
+        elif isinstance(error, FrameError) and error.fatal and self._state == _OPEN:
+            # The stream is out of sync: no later byte can be framed, whatever the hook
+            # decided.  Replies already queued still go out.
+            self._close_gracefully()
 
     def _close_gracefully(self) -> None:
         if self._state != _OPEN:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 __all__ = [
     "ConnectionClosed",
+    "EncodeError",
     "FrameError",
     "FrameTooLarge",
     "GevwireError",
+    "RoutingError",
     "WriteBufferFull",
 ]
 
@@ -24,13 +26,33 @@ class WriteBufferFull(GevwireError):
 
 
 class FrameError(GevwireError, ValueError):
-    """The peer sent bytes that are not a valid frame for the connection's codec."""
+    """The peer sent bytes that are not a valid frame for the connection's codec.
+
+    ``fatal`` is True when the stream cannot be resynchronised (the connection is
+    closed by the default ``on_error``); False when the codec skipped exactly the bad
+    frame and goes on with the next one (e.g. an oversized frame in discard mode).
+    """
+
+    fatal: bool = True
 
 
 class FrameTooLarge(FrameError):
     """A frame's header announced more than the codec's ``max_frame_size``."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"frame of {size} bytes exceeds max_frame_size={limit}")
+    def __init__(self, size: int, limit: int, *, fatal: bool = True) -> None:
+        what = "at least " if size < 0 else ""
+        super().__init__(
+            f"frame of {what}{abs(size)} bytes exceeds max_frame_size={limit}"
+            + ("" if fatal else " (discarded)")
+        )
         self.size = size
         self.limit = limit
+        self.fatal = fatal
+
+
+class EncodeError(GevwireError, ValueError):
+    """A reply or ``send`` argument cannot be encoded by the connection's codec."""
+
+
+class RoutingError(GevwireError):
+    """A frame reached a :class:`~gevwire.Router` with no handler for its kind."""

@@ -30,6 +30,13 @@ class Handler:
         """The connection closed (called exactly once, after the fd is closed)."""
 
     def on_error(self, conn: Connection, error: BaseException) -> None:
-        """A frame was malformed or a callback raised: log it and close the connection."""
-        log.error("closing %s after error", conn, exc_info=error)
-        conn.close()
+        """A frame was malformed or a callback raised: log it and close the connection.
+
+        A non-fatal :class:`~gevwire.FrameError` (the codec skipped just that frame) is
+        logged as a warning and the connection stays open.
+        """
+        if getattr(error, "fatal", True):
+            log.error("closing %r after error", conn, exc_info=error)
+            conn.close()
+        else:
+            log.warning("%r: %s", conn, error)

@@ -1,0 +1,171 @@
+"""``Router``: a :class:`~gevwire.Handler` that dispatches each frame by one field."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from gevwire.errors import RoutingError
+from gevwire.handler import Handler
+
+if TYPE_CHECKING:
+    from gevwire.connection import Connection
+
+__all__ = ["Router"]
+
+log = logging.getLogger("gevwire")
+
+MessageHandler = Callable[["Connection", Any], Any]
+ConnHook = Callable[["Connection"], None]
+ErrorHook = Callable[["Connection", BaseException], None]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _key_getter(key: str | Callable[[Any], Hashable]) -> Callable[[Any], Hashable]:
+    if callable(key):
+        return key
+    if not key:
+        raise ValueError("key must be a field name, a dotted path or a callable")
+    path = key.split(".")
+    if len(path) == 1:
+        name = path[0]
+
+        def get_one(frame: Any) -> Hashable:
+            value: Hashable = frame[name]
+            return value
+
+        return get_one
+
+    def get_path(frame: Any) -> Hashable:
+        for part in path:
+            frame = frame[part]
+        value: Hashable = frame
+        return value
+
+    return get_path
+
+
+class Router(Handler):
+    """Dispatches each frame to the handler registered for the value of ``key``.
+
+    ``key`` is a field name (``"kind"``), a dotted path into nested structs
+    (``"header.kind"``) or a callable ``frame -> kind``.  Enum fields match by their
+    name (``@router.on("ping")``) as construct's ``EnumIntegerString`` is a ``str``.
+
+    Example::
+
+        router = Router(key="kind")
+
+        @router.on("ping")
+        def ping(conn, frame):
+            return {"kind": "pong", "id": frame.id}
+
+    A handler's non-None return value is encoded by the codec and sent.  Frames of an
+    unknown kind go to ``@router.default``, or raise :class:`RoutingError` (reported to
+    ``on_error``, whose default logs and closes the connection).
+    """
+
+    def __init__(self, key: str | Callable[[Any], Hashable] = "kind") -> None:
+        self.key = key
+        self._get_kind = _key_getter(key)
+        self._routes: dict[Hashable, MessageHandler] = {}
+        self._default: MessageHandler | None = None
+        self._connect_hooks: list[ConnHook] = []
+        self._close_hooks: list[ConnHook] = []
+        self._error_hook: ErrorHook | None = None
+
+    # -- registration ------------------------------------------------------------------
+
+    def on(self, *kinds: Hashable) -> Callable[[F], F]:
+        """Decorator: handle frames whose key is any of ``kinds``."""
+        if not kinds:
+            raise TypeError("on() needs at least one kind")
+
+        def register(fn: F) -> F:
+            for kind in kinds:
+                if kind in self._routes:
+                    raise ValueError(f"kind {kind!r} already has a handler")
+                self._routes[kind] = fn
+            return fn
+
+        return register
+
+    def default(self, fn: F) -> F:
+        """Decorator: handle frames of every kind that has no handler of its own."""
+        self._default = fn
+        return fn
+
+    @property
+    def kinds(self) -> list[Hashable]:
+        """The kinds that have a handler."""
+        return list(self._routes)
+
+    # The server calls on_connect(conn) / on_close(conn) / on_error(conn, exc); the same
+    # names register hooks when given a function, as decorators.
+
+    @overload
+    def on_connect(self, arg: Connection) -> None: ...
+    @overload
+    def on_connect(self, arg: F) -> F: ...
+    def on_connect(self, arg: Any) -> Any:
+        """Decorator ``@router.on_connect`` registers a hook; called with a connection,
+        runs the hooks."""
+        if not callable(arg):  # a Connection: the server is calling
+            for hook in self._connect_hooks:
+                hook(arg)
+            return None
+        self._connect_hooks.append(arg)
+        return arg
+
+    @overload
+    def on_close(self, arg: Connection) -> None: ...
+    @overload
+    def on_close(self, arg: F) -> F: ...
+    def on_close(self, arg: Any) -> Any:
+        """Decorator ``@router.on_close`` registers a hook; called with a connection,
+        runs the hooks."""
+        if not callable(arg):
+            for hook in self._close_hooks:
+                hook(arg)
+            return None
+        self._close_hooks.append(arg)
+        return arg
+
+    @overload
+    def on_error(self, conn: Connection, error: BaseException) -> None: ...
+    @overload
+    def on_error(self, conn: F) -> F: ...
+    def on_error(self, conn: Any, error: BaseException | None = None) -> Any:
+        """Decorator ``@router.on_error`` registers the error hook (it gets frame errors
+        and handler exceptions); without one, errors are logged and the connection
+        closed."""
+        if error is None:
+            self._error_hook = conn
+            return conn
+        assert error is not None
+        if self._error_hook is not None:
+            self._error_hook(conn, error)
+        else:
+            Handler.on_error(self, conn, error)
+        return None
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def on_message(self, conn: Connection, frame: Any) -> Any:
+        """Run the handler registered for ``frame``'s kind."""
+        try:
+            kind = self._get_kind(frame)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise RoutingError(f"frame has no {self.key!r} to route by: {frame!r}") from exc
+        handler = self._routes.get(kind)
+        if handler is None:
+            handler = self._default
+            if handler is None:
+                shown = repr(str(kind)) if isinstance(kind, str) else repr(kind)
+                raise RoutingError(
+                    f"no handler for kind {shown}; register one with @router.on({shown}) "
+                    "or @router.default"
+                )
+        return handler(conn, frame)
+

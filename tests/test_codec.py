@@ -1,0 +1,274 @@
+"""Codec(schema): framing from headers, generic short-read tracking, limits, encode."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from typing import Any
+
+import construct as c  # type: ignore[import-untyped]
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gevwire import Codec, EncodeError, FrameError, FrameTooLarge, RawCodec, RingBuffer
+from gevwire.codec import Decoder
+
+HEADER = c.Struct(
+    "kind" / c.Enum(c.Int8ub, ping=1, pong=2, data=3),
+    "flags" / c.Int8ub,
+    "id" / c.Int16ub,
+    "length" / c.Int32ub,
+    "payload" / c.Bytes(c.this.length),
+)
+PREFIXED = c.Prefixed(c.Int32ub, c.GreedyBytes)
+VARINT = c.Prefixed(c.VarInt, c.GreedyBytes)
+# Not derivable into a struct decoder (CString): the construct interpreter parses it,
+# but the Prefixed header still gives the frame length.
+PREFIXED_GENERIC = c.Prefixed(c.Int16ub, c.Struct("name" / c.CString("utf8"), "n" / c.Int8ub))
+# No header layout at all: the generic stream path.
+GENERIC = c.Struct("name" / c.PascalString(c.Int8ub, "utf8"), "tag" / c.CString("ascii"))
+
+
+def header_values() -> st.SearchStrategy[dict[str, Any]]:
+    return st.builds(
+        lambda kind, flags, ident, payload: {
+            "kind": kind, "flags": flags, "id": ident, "length": len(payload), "payload": payload
+        },
+        st.sampled_from(["ping", "pong", "data"]),
+        st.integers(0, 255),
+        st.integers(0, 65535),
+        st.binary(max_size=300),
+    )
+
+
+SCHEMAS: dict[str, tuple[Any, st.SearchStrategy[Any]]] = {
+    "header": (HEADER, header_values()),
+    "prefixed": (PREFIXED, st.binary(max_size=300)),
+    "varint": (VARINT, st.binary(max_size=300)),
+    "prefixed_generic": (
+        PREFIXED_GENERIC,
+        st.builds(lambda s, n: {"name": s, "n": n},
+                  st.text(alphabet=st.characters(blacklist_characters="\0",
+                                                 blacklist_categories=("Cs",)), max_size=40),
+                  st.integers(0, 255)),
+    ),
+    "generic": (
+        GENERIC,
+        st.builds(lambda s, t: {"name": s, "tag": t},
+                  st.text(max_size=30).filter(lambda s: len(s.encode()) < 256),
+                  st.text(alphabet="abcdefgh", max_size=20)),
+    ),
+}
+
+
+def feed(decoder: Decoder, chunks: list[bytes]) -> list[Any]:
+    """Do exactly what Connection does with each read."""
+    ring = RingBuffer()
+    frames: list[Any] = []
+    for chunk in chunks:
+        if ring.length == 0:
+            got, used = decoder.decode_view(memoryview(chunk))
+            frames.extend(got)
+            if used < len(chunk):
+                ring.write(chunk[used:])
+        else:
+            ring.write(chunk)
+        while ring.length:
+            frame = decoder.decode(ring)
+            if frame is None:
+                break
+            frames.append(frame)
+    return frames
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(max(0, x), len(data)) for x in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_any_split_yields_the_same_frames(name: str, data: st.DataObject) -> None:
+    schema, values = SCHEMAS[name]
+    codec = Codec(schema)
+    messages = data.draw(st.lists(values, min_size=1, max_size=6))
+    stream = b"".join(codec.encode(m) for m in messages)
+    expected = [schema.parse(schema.build(m)) for m in messages]
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=12))
+    frames = feed(codec.decoder(), split(stream, cuts))
+    assert frames == expected
+    # byte by byte too
+    assert feed(codec.decoder(), [bytes([b]) for b in stream]) == expected
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_truncated_frames_never_decode(name: str, data: st.DataObject) -> None:
+    schema, values = SCHEMAS[name]
+    codec = Codec(schema)
+    frame = codec.encode(data.draw(values))
+    cut = data.draw(st.integers(0, len(frame) - 1))
+    assert feed(codec.decoder(), [frame[:cut]]) == []
+
+
+def test_fast_path_is_used_for_struct_schemas() -> None:
+    assert Codec(HEADER).fast is not None
+    assert Codec(PREFIXED).layout is not None
+    assert Codec(PREFIXED_GENERIC).fast is None
+    assert Codec(PREFIXED_GENERIC).layout is not None
+    assert Codec(GENERIC).layout is None
+
+
+def test_round_trip_values_match_construct() -> None:
+    codec = Codec(HEADER)
+    msg = {"kind": "data", "flags": 3, "id": 9, "length": 4, "payload": b"abcd"}
+    frame = codec.encode(msg)
+    assert frame == HEADER.build(msg)
+    (decoded,), used = codec.decoder().decode_view(memoryview(frame))
+    assert used == len(frame)
+    assert decoded == HEADER.parse(frame)
+    assert decoded.kind == "data"
+
+
+@pytest.mark.parametrize("mode", ["close", "discard"])
+def test_oversized_header_rejected_before_the_body_is_buffered(mode: str) -> None:
+    codec = Codec(PREFIXED, max_frame_size=1024, on_oversize=mode)
+    decoder = codec.decoder()
+    ring = RingBuffer()
+    ring.write(struct.pack(">I", 2**31) + b"x" * 10)
+    with pytest.raises(FrameTooLarge) as info:
+        decoder.decode(ring)
+    assert info.value.size == 2**31 + 4
+    assert info.value.fatal is (mode == "close")
+    if mode == "discard":
+        # Discard mode drops what it has of the frame at once and keeps nothing after.
+        assert ring.length == 0
+        for _ in range(100):
+            ring.write(b"y" * 4096)
+            assert decoder.decode(ring) is None
+            assert ring.length == 0
+            assert ring.capacity == 0
+
+
+def test_discard_mode_skips_exactly_the_oversized_frame() -> None:
+    codec = Codec(PREFIXED, max_frame_size=16, on_oversize="discard")
+    big = PREFIXED.build(b"B" * 100)
+    good = PREFIXED.build(b"good")
+    stream = good + big + good + PREFIXED.build(b"also")
+    for size in (1, 3, 7, 50, len(stream)):
+        decoder = codec.decoder()
+        ring = RingBuffer()
+        frames: list[Any] = []
+        errors = 0
+        for i in range(0, len(stream), size):
+            ring.write(stream[i : i + size])
+            while True:
+                try:
+                    frame = decoder.decode(ring)
+                except FrameTooLarge as exc:
+                    assert not exc.fatal
+                    errors += 1
+                    continue
+                if frame is None:
+                    break
+                frames.append(frame)
+        assert frames == [b"good", b"good", b"also"]
+        assert errors == 1
+
+
+def test_discard_needs_a_header_layout() -> None:
+    with pytest.raises(ValueError, match="header"):
+        Codec(GENERIC, on_oversize="discard")
+    with pytest.raises(ValueError):
+        Codec(PREFIXED, on_oversize="drop")
+    with pytest.raises(ValueError):
+        Codec(PREFIXED, max_frame_size=0)
+
+
+class CountingCodec(Codec):
+    """Counts parses of whole frames."""
+
+    def __init__(self, schema: Any, **kw: Any) -> None:
+        super().__init__(schema, **kw)
+        self.parses = 0
+        inner = self.parse_frame
+
+        def counting(data: Any, start: int, end: int) -> Any:
+            self.parses += 1
+            return inner(data, start, end)
+
+        self.parse_frame = counting
+
+
+def test_one_mib_frame_in_1k_pieces_is_parsed_once() -> None:
+    codec = CountingCodec(HEADER, max_frame_size=2 << 20)
+    payload = bytes(range(256)) * 4096
+    frame = codec.encode(
+        {"kind": "data", "flags": 0, "id": 1, "length": len(payload), "payload": payload}
+    )
+    frames = feed(codec.decoder(), split(frame, list(range(1024, len(frame), 1024))))
+    assert len(frames) == 1
+    assert frames[0].payload == payload
+    assert codec.parses == 1
+
+
+def test_generic_path_waits_for_the_bytes_a_short_read_asked_for() -> None:
+    schema = c.Struct("n" / c.Int32ub, "data" / c.Bytes(c.this.n), "tail" / c.CString("ascii"))
+    codec = Codec(schema)
+    assert codec.layout is None
+    decoder = codec.decoder()
+    attempts = 0
+
+    class Spy:
+        def parse_stream(self, stream: Any) -> Any:
+            nonlocal attempts
+            attempts += 1
+            return schema.parse_stream(stream)
+
+    decoder._schema = Spy()  # type: ignore[attr-defined]
+    frame = schema.build({"n": 100_000, "data": b"z" * 100_000, "tail": "end"})
+    ring = RingBuffer()
+    frames = []
+    for i in range(0, len(frame), 1000):
+        ring.write(frame[i : i + 1000])
+        got = decoder.decode(ring)
+        if got is not None:
+            frames.append(got)
+    assert len(frames) == 1
+    assert frames[0].tail == "end"
+    # header, then body, then the tail: a handful of attempts, not one per piece (~100)
+    assert attempts <= 6, attempts
+
+
+def test_generic_frame_larger_than_the_limit_is_rejected() -> None:
+    schema = c.Struct("n" / c.Int32ub, "data" / c.Bytes(c.this.n), "t" / c.CString("ascii"))
+    codec = Codec(schema, max_frame_size=100)
+    ring = RingBuffer()
+    ring.write(struct.pack(">I", 10_000) + b"x" * 50)
+    with pytest.raises(FrameTooLarge):
+        codec.decoder().decode(ring)
+
+
+def test_malformed_frame_is_a_frame_error() -> None:
+    schema = c.Prefixed(c.Int8ub, c.Struct("magic" / c.Const(b"GW"), "v" / c.Int8ub))
+    ring = RingBuffer()
+    ring.write(b"\x03XX\x01")
+    with pytest.raises(FrameError):
+        Codec(schema).decoder().decode(ring)
+    ring = RingBuffer()
+    ring.write(b"\x03XX\x01")
+    generic = c.Prefixed(c.Int8ub, c.Struct("magic" / c.Const(b"GW"), "s" / c.CString("ascii")))
+    with pytest.raises(FrameError):
+        Codec(generic).decoder().decode(ring)
+
+
+def test_encode_errors_are_typed() -> None:
+    with pytest.raises(EncodeError):
+        Codec(HEADER).encode({"kind": "nope"})
+    with pytest.raises(EncodeError):
+        Codec(GENERIC).encode({"name": 5})
+    with pytest.raises(TypeError):
+        RawCodec().encode(12)
