@@ -97,6 +97,7 @@ class Connection:
 
     __slots__ = (
         "__weakref__",
+        "_close_requested",
         "_close_timer",
         "_codec",
         "_decode_view",
@@ -153,6 +154,7 @@ class Connection:
         self._pending: list[bytes] = []  # replies gathered while dispatching one read
         self._dispatching = False
         self._state = _OPEN
+        self._close_requested = False
         self._write_shut = 0  # 0: open, 1: shut down after the output drains, 2: done
         self._read_paused = False
         self._events = EV_READ
@@ -171,7 +173,7 @@ class Connection:
     @property
     def connected(self) -> bool:
         """True until the connection starts closing."""
-        return self._state == _OPEN
+        return self._state == _OPEN and not self._close_requested
 
     @property
     def read_buffer_length(self) -> int:
@@ -200,7 +202,7 @@ class Connection:
         Raises :class:`ConnectionClosed` once the connection is closing or its writing
         half is shut down.
         """
-        if self._state != _OPEN or self._write_shut:
+        if self._state != _OPEN or self._write_shut or self._close_requested:
             raise ConnectionClosed(f"{self} is closed for writing")
         data = self._encode(message)
         if type(data) is not bytes:
@@ -219,9 +221,13 @@ class Connection:
     def close(self) -> None:
         """Stop reading, flush unsent output (up to ``close_timeout``), then close.
 
-        Idempotent; from any thread.  ``on_close`` runs once, after the fd is closed.
+        Idempotent; from any thread.  Called in a handler, the reply that handler
+        returns is still sent; later frames of the same read are not dispatched.
+        ``on_close`` runs once, after the fd is closed.
         """
-        self.loop.run_in_loop(self._close_gracefully)
+        if not self._close_requested:
+            self._close_requested = True
+            self.loop.call_soon(self._close_gracefully)
 
     def abort(self) -> None:
         """Close at once, dropping unsent output; from any thread."""
@@ -235,7 +241,9 @@ class Connection:
         """
         if self._state == _OPEN and not self._write_shut:
             self._write_shut = 1
-            self.loop.run_in_loop(self._shutdown_write_in_loop)
+            # Queued even on the loop thread: replies of the frame being handled (and of
+            # the rest of its read) are written this turn, before the FIN.
+            self.loop.call_soon(self._shutdown_write_in_loop)
 
     def __repr__(self) -> str:
         return f"<Connection fd={self._fd} peer={self.peer_addr!r}>"
@@ -363,7 +371,7 @@ class Connection:
                 reply = on_message(self, frame)
                 if reply is not None:
                     pending.append(encode(reply))
-                if self._state != _OPEN:
+                if self._state != _OPEN or self._close_requested:
                     break
         except Exception as exc:
             self._dispatching = False

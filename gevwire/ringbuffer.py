@@ -295,7 +295,7 @@ class RingBuffer:
         """Offset (from the first readable byte) of ``needle`` in ``[start, end)``, or -1."""
         limit = self._len if end is None else min(end, self._len)
         if start >= limit:
-            return -1
+            return start if start == limit and not needle else -1
         r = self._r
         buf = self._buf
         assert buf is not None

@@ -39,10 +39,9 @@ def parse_address(address: str) -> tuple[int, Any]:
 
 
 def _port(text: str, address: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise ValueError(f"bad port in address {address!r}") from None
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"bad port in address {address!r}")
+    port = int(text)
     if not 0 <= port <= 65535:
         raise ValueError(f"port out of range in address {address!r}")
     return port

@@ -108,6 +108,8 @@ def read_into(fd: int, buffer: bytearray) -> int:
 
 def readv_into(fd: int, buffers: list[bytearray]) -> int:
     """Scatter-read into ``buffers``; return bytes read, 0 at EOF, -EAGAIN when empty."""
+    if not buffers:
+        return 0
     iov = Iovecs(len(buffers))
     views = [(ctypes.c_char * len(b)).from_buffer(b) for b in buffers]
     args: list[int] = []
@@ -145,6 +147,8 @@ def write(fd: int, data: bytes) -> int:
 
 def writev(fd: int, chunks: list[bytes]) -> int:
     """Gather-write ``chunks``; return bytes written or -EAGAIN when the socket is full."""
+    if not chunks:
+        return 0
     iov = Iovecs(len(chunks))
     keep = [ctypes.c_char_p(c) for c in chunks]
     args: list[int] = []
@@ -205,8 +209,10 @@ def parse_sockaddr(data: bytes | bytearray, length: int) -> Any:
         host = socket.inet_ntop(socket.AF_INET6, bytes(data[8:24]))
         return (host, port, flowinfo, scope_id)
     if family == socket.AF_UNIX:
-        path = bytes(data[2:length]).split(b"\0", 1)[0]
-        return os.fsdecode(path)
+        raw = bytes(data[2:length])
+        if raw[:1] == b"\0":
+            return raw  # Linux abstract namespace: the socket module gives bytes too
+        return os.fsdecode(raw.split(b"\0", 1)[0])
     return None
 
 

@@ -33,9 +33,12 @@ class Waker:
         return self._read_fd
 
     def wake(self) -> None:
-        """Make the fd readable; safe from any thread, and cheap when already woken."""
+        """Make the fd readable; safe from any thread, and a no-op once closed."""
+        fd = self._write_fd
+        if fd < 0:
+            return
         try:
-            os.write(self._write_fd, _ONE)
+            os.write(fd, _ONE)
         except (BlockingIOError, OSError):
             pass  # counter or pipe already full: the poller is awake anyway, or closing
 
@@ -49,8 +52,11 @@ class Waker:
             pass
 
     def close(self) -> None:
-        """Close the fds."""
-        for fd in {self._read_fd, self._write_fd}:
+        """Close the fds (idempotent; the numbers are forgotten so that a later wake
+        cannot write into an fd the kernel has given to someone else)."""
+        fds = {self._read_fd, self._write_fd} - {-1}
+        self._read_fd = self._write_fd = -1
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
