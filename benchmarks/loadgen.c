@@ -2,13 +2,19 @@
  * loadgen: ping-pong TCP echo load generator (single thread, epoll, non-blocking).
  *
  *   loadgen --host 127.0.0.1 --port N --conns C --size S --seconds T
- *           [--warmup W] [--pipeline P] [--setup-timeout X] [--sync]
+ *           [--warmup W] [--pipeline P] [--setup-timeout X] [--sync] [--length-prefix]
  *
  * Each of C connections keeps P messages of S bytes in flight.  Message k of
  * connection c is the S bytes at a pseudo-random offset (a hash of c and k) in a
  * random pool built once at start-up, so contents differ per connection and per
  * message without any per-byte work on the hot path.  Every echoed byte is
  * checked with one memcmp against the pool; reads may arrive in any pieces.
+ *
+ * --length-prefix: each message on the wire is a 4-byte big-endian length (S)
+ * followed by the S payload bytes (sent with writev from a shared header and the
+ * pool, no copy); the echo must be the same S + 4 bytes, verified the same way
+ * (header bytes against the header, payload bytes against the pool).  A message
+ * is still one round trip; qps counts messages, not bytes.
  *
  * Phases: setup (connect, at most 64 connections between connect() and their
  * first completed echo, so no listen backlog overflows; ends when every
@@ -66,9 +72,9 @@ typedef struct {
     int state;
     uint32_t events;  /* currently registered epoll events */
     uint64_t tx_seq;  /* message being sent (or next to send) */
-    size_t tx_pos;    /* bytes of tx_seq already sent */
+    size_t tx_pos;    /* bytes of tx_seq already sent (of wire_size) */
     uint64_t rx_seq;  /* message being received */
-    size_t rx_pos;    /* bytes of rx_seq already received and verified */
+    size_t rx_pos;    /* bytes of rx_seq already received and verified (of wire_size) */
 } conn_t;
 
 static conn_t *conns;
@@ -79,6 +85,10 @@ static double seconds = 5.0;
 static double warmup = 0.0;
 static double setup_timeout = 30.0;
 static int sync_mode = 0;
+static int length_prefix = 0;
+static unsigned char hdr[4];  /* the length prefix of every message (--length-prefix) */
+static size_t hdr_len = 0;    /* 4 with --length-prefix, else 0 */
+static size_t wire_size = 0;  /* hdr_len + msg_size: one message on the wire */
 static const char *host = "127.0.0.1";
 static int port = 0;
 
@@ -173,11 +183,24 @@ static void pump(conn_t *c) {
         struct iovec iov[MAX_IOV];
         int cnt = 0;
         size_t total = 0;
-        for (uint64_t k = c->tx_seq; k < limit && cnt < MAX_IOV; k++, cnt++) {
+        for (uint64_t k = c->tx_seq; k < limit; k++) {
             size_t skip = (k == c->tx_seq) ? c->tx_pos : 0;
-            iov[cnt].iov_base = (void *)(msg_ptr(ci, k) + skip);
-            iov[cnt].iov_len = msg_size - skip;
-            total += msg_size - skip;
+            const unsigned char *payload = msg_ptr(ci, k);
+            if (skip < hdr_len) { /* header (or its rest), then the whole payload */
+                if (cnt + 2 > MAX_IOV) break;
+                iov[cnt].iov_base = hdr + skip;
+                iov[cnt].iov_len = hdr_len - skip;
+                cnt++;
+                iov[cnt].iov_base = (void *)payload;
+                iov[cnt].iov_len = msg_size;
+                cnt++;
+            } else {
+                if (cnt + 1 > MAX_IOV) break;
+                iov[cnt].iov_base = (void *)(payload + (skip - hdr_len));
+                iov[cnt].iov_len = wire_size - skip;
+                cnt++;
+            }
+            total += wire_size - skip;
         }
         ssize_t n = writev(c->fd, iov, cnt);
         if (n < 0) {
@@ -190,7 +213,7 @@ static void pump(conn_t *c) {
         }
         size_t left = (size_t)n;
         while (left > 0) {
-            size_t rem = msg_size - c->tx_pos;
+            size_t rem = wire_size - c->tx_pos;
             if (left >= rem) {
                 left -= rem;
                 c->tx_seq++;
@@ -224,24 +247,37 @@ static void on_readable(conn_t *c) {
     int completed = 0;
     while (left > 0) {
         size_t avail;
-        if (c->rx_seq < c->tx_seq) avail = msg_size - c->rx_pos;
+        if (c->rx_seq < c->tx_seq) avail = wire_size - c->rx_pos;
         else if (c->rx_seq == c->tx_seq) avail = c->tx_pos - c->rx_pos;
         else avail = 0;
         if (avail == 0)
             fatal("conn %d: received %zu bytes more than were sent", ci, left);
         size_t take = left < avail ? left : avail;
-        const unsigned char *want = msg_ptr(ci, c->rx_seq) + c->rx_pos;
-        if (memcmp(p, want, take) != 0) {
-            size_t at = 0;
-            while (p[at] == want[at]) at++;
-            fatal("conn %d: verification failed in message %llu at byte %zu "
-                  "(got 0x%02x, want 0x%02x)", ci, (unsigned long long)c->rx_seq,
-                  c->rx_pos + at, p[at], want[at]);
+        for (size_t off = 0; off < take;) { /* at most two pieces: header, payload */
+            size_t pos = c->rx_pos + off;
+            const unsigned char *want;
+            size_t seg;
+            if (pos < hdr_len) {
+                want = hdr + pos;
+                seg = hdr_len - pos;
+            } else {
+                want = msg_ptr(ci, c->rx_seq) + (pos - hdr_len);
+                seg = wire_size - pos;
+            }
+            if (seg > take - off) seg = take - off;
+            if (memcmp(p + off, want, seg) != 0) {
+                size_t at = 0;
+                while (p[off + at] == want[at]) at++;
+                fatal("conn %d: verification failed in message %llu at byte %zu "
+                      "(got 0x%02x, want 0x%02x)", ci, (unsigned long long)c->rx_seq,
+                      pos + at, p[off + at], want[at]);
+            }
+            off += seg;
         }
         p += take;
         left -= take;
         c->rx_pos += take;
-        if (c->rx_pos == msg_size) {
+        if (c->rx_pos == wire_size) {
             c->rx_pos = 0;
             c->rx_seq++;
             completed++;
@@ -275,7 +311,8 @@ static int all_drained(void) {
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen --host H --port N --conns C --size S --seconds T\n"
-            "               [--warmup W] [--pipeline P] [--setup-timeout X] [--sync]\n");
+            "               [--warmup W] [--pipeline P] [--setup-timeout X] [--sync]\n"
+            "               [--length-prefix]\n");
     exit(2);
 }
 
@@ -285,7 +322,8 @@ static void parse_args(int argc, char **argv) {
         {"conns", required_argument, 0, 'c'},    {"size", required_argument, 0, 's'},
         {"seconds", required_argument, 0, 't'},  {"warmup", required_argument, 0, 'w'},
         {"pipeline", required_argument, 0, 'P'}, {"setup-timeout", required_argument, 0, 'x'},
-        {"sync", no_argument, 0, 'y'},           {0, 0, 0, 0},
+        {"sync", no_argument, 0, 'y'},           {"length-prefix", no_argument, 0, 'L'},
+        {0, 0, 0, 0},
     };
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -299,6 +337,7 @@ static void parse_args(int argc, char **argv) {
         case 'P': pipeline = atoi(optarg); break;
         case 'x': setup_timeout = atof(optarg); break;
         case 'y': sync_mode = 1; break;
+        case 'L': length_prefix = 1; break;
         default: usage();
         }
     }
@@ -306,6 +345,14 @@ static void parse_args(int argc, char **argv) {
         msg_size > (16u << 20) || seconds <= 0.0 || warmup < 0.0 || pipeline <= 0 ||
         setup_timeout <= 0.0)
         usage();
+    if (length_prefix) {
+        hdr_len = sizeof hdr;
+        hdr[0] = (unsigned char)(msg_size >> 24);
+        hdr[1] = (unsigned char)(msg_size >> 16);
+        hdr[2] = (unsigned char)(msg_size >> 8);
+        hdr[3] = (unsigned char)msg_size;
+    }
+    wire_size = hdr_len + msg_size;
 }
 
 static void raise_nofile(void) {

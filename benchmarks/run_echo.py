@@ -1,6 +1,12 @@
 #!/usr/bin/env python3
 """Echo benchmark: gevwire against asyncio, uvloop and a minimal ctypes epoll loop.
 
+``--framed`` benchmarks length-prefixed echo instead: every message is a 4-byte big-endian
+length + payload (``loadgen --length-prefix``, 8 messages in flight per connection by
+default), served by gevwire's ``examples/framed_echo.py`` (a ``Codec(Prefixed(Int32ub,
+GreedyBytes))`` server) and by an asyncio ``Protocol`` with hand-written framing
+(``servers/framed_asyncio.py``) on asyncio and on uvloop.
+
 For every scenario, rounds are interleaved (round 1 runs every server once, then round 2,
 ...; the server order rotates by one each round) and the median of the rounds is reported.
 Each run starts a fresh server pinned to one core, waits until its port accepts, warms it
@@ -58,6 +64,13 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("1000x64B", 1000, 64),
 )
 
+# --framed: payload sizes (each message also carries its 4-byte length prefix).
+FRAMED_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("50x64B", 50, 64),
+    Scenario("50x1KiB", 50, 1024),
+)
+FRAMED_PIPELINE = 8
+
 
 @dataclass(frozen=True)
 class Server:
@@ -70,10 +83,13 @@ def _always() -> str | None:
     return None
 
 
-def _gevwire_missing() -> str | None:
-    if (REPO_DIR / "examples" / "echo.py").is_file():
-        return None
-    return "examples/echo.py does not exist yet"
+def _example_missing(name: str) -> Callable[[], str | None]:
+    def missing() -> str | None:
+        if (REPO_DIR / "examples" / name).is_file():
+            return None
+        return f"examples/{name} does not exist yet"
+
+    return missing
 
 
 def _uvloop_missing() -> str | None:
@@ -86,7 +102,7 @@ SERVERS: tuple[Server, ...] = (
     Server(
         "gevwire",
         lambda port: [sys.executable, "examples/echo.py", "--port", str(port), "--loops", "1"],
-        _gevwire_missing,
+        _example_missing("echo.py"),
     ),
     Server(
         "asyncio",
@@ -118,6 +134,34 @@ SERVERS: tuple[Server, ...] = (
             str(port),
         ],
         _always,
+    ),
+)
+
+FRAMED_SERVERS: tuple[Server, ...] = (
+    Server(
+        "gevwire",
+        lambda port: [
+            sys.executable, "examples/framed_echo.py", "--port", str(port), "--loops", "1",
+        ],
+        _example_missing("framed_echo.py"),
+    ),
+    Server(
+        "asyncio",
+        lambda port: [
+            sys.executable, str(BENCH_DIR / "servers" / "framed_asyncio.py"), "--port", str(port),
+        ],
+        _always,
+    ),
+    Server(
+        "uvloop",
+        lambda port: [
+            sys.executable,
+            str(BENCH_DIR / "servers" / "framed_asyncio.py"),
+            "--port",
+            str(port),
+            "--uvloop",
+        ],
+        _uvloop_missing,
     ),
 )
 
@@ -197,9 +241,14 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.
     raise BenchError(f"server did not accept on port {port} within {timeout:.0f} s")
 
 
-def warm_server(port: int, size: int = 1024, timeout: float = 5.0) -> None:
-    """One connect / echo / close, so per-process first-use costs are paid up front."""
+def warm_server(port: int, size: int = 1024, timeout: float = 5.0, framed: bool = False) -> None:
+    """One connect / echo / close, so per-process first-use costs are paid up front.
+
+    ``framed``: the message is one length-prefixed frame (4-byte big-endian length).
+    """
     payload = bytes(range(256)) * (size // 256)
+    if framed:
+        payload = len(payload).to_bytes(4, "big") + payload
     with socket.create_connection((HOST, port), timeout=timeout) as s:
         s.sendall(payload)
         got = bytearray()
@@ -306,7 +355,7 @@ def run_one(
                 stderr=subprocess.STDOUT,
             )
             wait_for_port(port, server_proc)
-            warm_server(port)
+            warm_server(port, framed=args.framed)
             cmd = [
                 "taskset", "-c", str(args.client_cpu), str(LOADGEN_BIN),
                 "--host", HOST, "--port", str(port),
@@ -315,6 +364,8 @@ def run_one(
                 "--pipeline", str(args.pipeline),
                 "--setup-timeout", str(SETUP_TIMEOUT), "--sync",
             ]  # fmt: skip
+            if args.framed:
+                cmd.append("--length-prefix")
             loadgen = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
@@ -446,14 +497,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=5.0, help="measured window per run (5)")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured load before it (1)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds, median (3)")
-    p.add_argument("--pipeline", type=int, default=1, help="messages in flight per conn (1)")
-    p.add_argument("--scenarios", help="comma list of: " + ", ".join(s.name for s in SCENARIOS))
+    p.add_argument(
+        "--framed",
+        action="store_true",
+        help="length-prefixed echo (loadgen --length-prefix) against framing servers",
+    )
+    p.add_argument(
+        "--pipeline",
+        type=int,
+        help=f"messages in flight per conn (1; {FRAMED_PIPELINE} with --framed)",
+    )
+    p.add_argument(
+        "--scenarios",
+        help="comma list of: " + ", ".join(s.name for s in SCENARIOS)
+        + "; with --framed: " + ", ".join(s.name for s in FRAMED_SCENARIOS),
+    )
     p.add_argument("--servers", help="comma list of: " + ", ".join(s.name for s in SERVERS))
     p.add_argument("--server-cpu", type=int, default=0, help="core for the server (0)")
     p.add_argument("--client-cpu", type=int, default=1, help="core for the load generator (1)")
     p.add_argument("--json", type=Path, help="write raw runs and medians to this file")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = p.parse_args(argv)
+    if args.pipeline is None:
+        args.pipeline = FRAMED_PIPELINE if args.framed else 1
     if args.seconds <= 0 or args.warmup < 0 or args.rounds < 1 or args.pipeline < 1:
         p.error("--seconds and --rounds/--pipeline must be positive, --warmup >= 0")
     if args.server_cpu == args.client_cpu:
@@ -470,9 +536,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ncpu = os.cpu_count() or 1
     if max(args.server_cpu, args.client_cpu) >= ncpu or min(args.server_cpu, args.client_cpu) < 0:
         raise SystemExit(f"need cores {args.server_cpu} and {args.client_cpu}; have {ncpu}")
-    scenarios = select(args.scenarios, SCENARIOS, "scenario")
+    scenarios = select(args.scenarios, FRAMED_SCENARIOS if args.framed else SCENARIOS, "scenario")
     servers: list[Server] = []
-    for srv in select(args.servers, SERVERS, "server"):
+    for srv in select(args.servers, FRAMED_SERVERS if args.framed else SERVERS, "server"):
         reason = srv.available()
         if reason is None:
             servers.append(srv)
@@ -485,9 +551,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.sched_setaffinity(0, {args.client_cpu})
 
     total = len(scenarios) * args.rounds * len(servers)
+    mode = "length-prefixed echo" if args.framed else "raw echo"
     print(
-        f"{total} runs of {args.warmup:g}+{args.seconds:g} s: server on cpu {args.server_cpu}, "
-        f"load generator on cpu {args.client_cpu}",
+        f"{mode}, pipeline {args.pipeline}: {total} runs of {args.warmup:g}+{args.seconds:g} s: "
+        f"server on cpu {args.server_cpu}, load generator on cpu {args.client_cpu}",
         file=sys.stderr,
     )
     results: list[RunResult] = []
@@ -531,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "warmup": args.warmup,
                 "rounds": args.rounds,
                 "pipeline": args.pipeline,
+                "framed": args.framed,
                 "server_cpu": args.server_cpu,
                 "client_cpu": args.client_cpu,
             },
