@@ -46,6 +46,10 @@ SCHEMAS: dict[str, tuple[Any, st.SearchStrategy[Any]]] = {
     "header": (HEADER, header_values()),
     "prefixed": (PREFIXED, st.binary(max_size=300)),
     "varint": (VARINT, st.binary(max_size=300)),
+    "prefixed_includelength": (
+        c.Prefixed(c.Int16ul, c.GreedyBytes, includelength=True),
+        st.binary(max_size=300),
+    ),
     "prefixed_generic": (
         PREFIXED_GENERIC,
         st.builds(lambda s, n: {"name": s, "n": n},
