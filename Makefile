@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(PY) examples/demo.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check gevwire codecs tests examples benchmarks fuzz
+	$(PY) -m ruff check gevwire codecs tests examples benchmarks
 	$(PY) -m mypy gevwire
 
 test: $(STAMP) lint
