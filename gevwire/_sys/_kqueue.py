@@ -36,7 +36,10 @@ def kevent_layout(system: str, release: str) -> struct.Struct:
     """The ``struct kevent`` layout for an OS (``sys.platform``, ``platform.release()``)."""
     base = "@QhHIqQ"
     if system.startswith("freebsd"):
-        major = int(release.split(".", 1)[0] or 0)
+        # sys.platform carries the major version ("freebsd13"); the release string
+        # ("13.2-RELEASE", "15-CURRENT") is the fallback.
+        digits = system[len("freebsd"):] or release.split(".", 1)[0].split("-", 1)[0]
+        major = int(digits) if digits.isdigit() else 0
         return struct.Struct(base + "4Q" if major >= 12 else base)
     if system == "darwin" or system.startswith(("openbsd", "dragonfly")):
         return struct.Struct(base)
