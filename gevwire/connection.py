@@ -17,6 +17,7 @@ import errno
 import logging
 import socket
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -69,7 +70,8 @@ class ConnectionOptions:
     output exceeds the high mark and resumes below the low mark.  ``max_write_buffer``:
     unsent output beyond this closes the connection (:class:`WriteBufferFull`).
     ``close_timeout``: how long :meth:`Connection.close` waits for unsent output to drain
-    before dropping it.
+    before dropping it.  ``idle_timeout``: close a connection after this many seconds
+    with nothing read or written (None: never).
     """
 
     write_high_water: int = 1 << 20
@@ -77,6 +79,7 @@ class ConnectionOptions:
     max_write_buffer: int = 64 << 20
     close_timeout: float = 10.0
     tcp_nodelay: bool = True
+    idle_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.write_low_water <= self.write_high_water <= self.max_write_buffer:
@@ -85,6 +88,8 @@ class ConnectionOptions:
             )
         if self.close_timeout < 0:
             raise ValueError("close_timeout must be >= 0")
+        if self.idle_timeout is not None and self.idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive (or None for no limit)")
 
 
 class Connection:
@@ -107,7 +112,9 @@ class Connection:
         "_events",
         "_fd",
         "_handler",
+        "_idle_timer",
         "_input",
+        "_last_active",
         "_on_closed",
         "_on_message",
         "_options",
@@ -162,6 +169,8 @@ class Connection:
         self._xsend: deque[bytes] = deque()
         self._xsend_scheduled = False
         self._close_timer: TimerHandle | None = None
+        self._idle_timer: TimerHandle | None = None
+        self._last_active = 0.0
 
     # -- public API --------------------------------------------------------------------
 
@@ -208,6 +217,7 @@ class Connection:
         if type(data) is not bytes:
             data = bytes(data)
         if threading.get_ident() == self.loop.thread_id:
+            self.loop.frames_out += 1
             if self._dispatching:
                 self._pending.append(data)
             else:
@@ -253,6 +263,10 @@ class Connection:
     def _start(self) -> None:
         """Register with the loop and call ``on_connect`` (loop thread only)."""
         self._token = self.loop.register(self._fd, self._on_events, EV_READ)
+        self._last_active = self.loop.now
+        if self._options.idle_timeout:
+            self._idle_timer = self.loop.run_after(self._options.idle_timeout,
+                                                   self._check_idle)
         try:
             self._handler.on_connect(self)
         except Exception as exc:
@@ -273,6 +287,8 @@ class Connection:
                 loop = self.loop
                 n = raw_read(self._fd, loop.spare_ptr, SPARE_SIZE)
                 if n > 0:
+                    loop.bytes_in += n
+                    self._last_active = loop.now
                     try:
                         frames, used = self._decode_view(loop.spare_view[:n])
                     except Exception as exc:
@@ -283,17 +299,21 @@ class Connection:
                         # (errors, discards): the ring takes it, decode() runs below.
                         self._input.write(loop.spare_view[used:n])
                     if len(frames) == 1:
+                        loop.frames_in += 1
                         try:
                             reply = self._on_message(self, frames[0])
                             if reply is not None:
                                 data = self._encode(reply)
+                                loop.frames_out += 1
                                 if self._output._len or type(data) is not bytes:
                                     self._write(data)
                                 elif self._state != _CLOSED:
                                     size = len(data)
-                                    n = raw_write(self._fd, data, size)
-                                    if n != size:
-                                        self._write_rest(data, n)
+                                    written = raw_write(self._fd, data, size)
+                                    if written == size:
+                                        loop.bytes_out += size
+                                    else:
+                                        self._write_rest(data, written)
                         except Exception as exc:
                             self._fail(exc)
                     elif frames:
@@ -320,6 +340,8 @@ class Connection:
                                  SPARE_SIZE)
         n = raw_readv(self._fd, iov.ptr, 3)
         if n > 0:
+            loop.bytes_in += n
+            self._last_active = loop.now
             room = l1 + l2
             if n <= room:
                 ring.commit(n)
@@ -365,12 +387,15 @@ class Connection:
         on_message = self._on_message
         encode = self._encode
         pending = self._pending
+        loop = self.loop
+        loop.frames_in += len(frames)
         self._dispatching = True
         try:
             for frame in frames:
                 reply = on_message(self, frame)
                 if reply is not None:
                     pending.append(encode(reply))
+                    loop.frames_out += 1
                 if self._state != _OPEN or self._close_requested:
                     break
         except Exception as exc:
@@ -384,9 +409,11 @@ class Connection:
             if len(pending) == 1 and not self._output._len and type(pending[0]) is bytes:
                 data = pending.pop()
                 size = len(data)
-                n = raw_write(self._fd, data, size)
-                if n != size:
-                    self._write_rest(data, n)
+                written = raw_write(self._fd, data, size)
+                if written == size:
+                    loop.bytes_out += size
+                else:
+                    self._write_rest(data, written)
             else:
                 self._flush_pending()
 
@@ -408,7 +435,9 @@ class Connection:
             return
         size = len(data)
         n = raw_write(self._fd, data, size)
-        if n != size:
+        if n == size:
+            self.loop.bytes_out += size
+        else:
             self._write_rest(data, n)
 
     def _write_rest(self, data: bytes, n: int) -> None:
@@ -420,6 +449,7 @@ class Connection:
                 self._close_now()
                 return
             n = 0
+        self.loop.bytes_out += n
         self._output.write(memoryview(data)[n:])
         self._set_events(self._events | EV_WRITE)
         self._check_high_water()
@@ -443,6 +473,8 @@ class Connection:
                 self._close_now()
                 return
             output.retrieve(n)
+            self.loop.bytes_out += n
+            self._last_active = self.loop.now
             if output._len:
                 if self._read_paused and output._len <= self._options.write_low_water:
                     self._resume_reading()
@@ -490,7 +522,31 @@ class Connection:
             queue.clear()
             return
         chunks = [queue.popleft() for _ in range(len(queue))]
+        self.loop.frames_out += len(chunks)
         self._write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _check_idle(self) -> None:
+        """Idle timer: close if nothing was read or written for ``idle_timeout``.
+
+        Reads and writes only stamp ``_last_active`` (the loop's per-turn clock); the
+        timer re-arms itself for the time left, so activity never touches the timer heap.
+        """
+        self._idle_timer = None
+        if self._state == _CLOSED:
+            return
+        timeout = self._options.idle_timeout
+        assert timeout is not None
+        left = self._last_active + timeout - time.monotonic()
+        if left > 0:
+            self._idle_timer = self.loop.run_after(left, self._check_idle)
+            return
+        log.debug("%r: idle for %.1fs, closing", self, timeout)
+        self.loop.errors["idle_timeout"] = self.loop.errors.get("idle_timeout", 0) + 1
+        if self._state == _OPEN:
+            self._close_requested = True
+            self._close_gracefully()
+        else:
+            self._close_now()
 
     def _on_eof(self) -> None:
         """The peer shut down its writing half: finish replies, then close (as asyncio)."""
@@ -514,6 +570,9 @@ class Connection:
 
     def _fail(self, error: BaseException, *, abort: bool = False) -> None:
         """Report ``error`` to the handler's ``on_error`` (default: log and close)."""
+        errors = self.loop.errors
+        kind = type(error).__name__
+        errors[kind] = errors.get(kind, 0) + 1
         on_error = getattr(self._handler, "on_error", None)
         try:
             if on_error is not None:
@@ -555,6 +614,9 @@ class Connection:
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         try:
             self.loop.unregister(fd, self._token)
         except OSError as exc:
@@ -571,5 +633,6 @@ class Connection:
             self._handler.on_close(self)
         except Exception:
             log.exception("%r: on_close failed", self)
+        self.loop.connections_closed += 1
         if self._on_closed is not None:
             self._on_closed(self)

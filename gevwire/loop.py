@@ -53,6 +53,18 @@ class EventLoop:
         self.iovecs = Iovecs(3)
         #: Loop turns so far (one ``poll`` each).
         self.turn_count = 0
+        #: ``time.monotonic()`` when the current turn's poll returned (a cheap clock for
+        #: idle deadlines: connections stamp it instead of reading the clock per event).
+        self.now = time.monotonic()
+        #: Seconds spent handling events, tasks and timers (not waiting in poll).
+        self.busy_time = 0.0
+        # Traffic counters, each written only by this loop's thread (see Server.stats).
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self.connections_closed = 0
+        self.errors: dict[str, int] = {}
 
     # -- registration (loop thread only) -----------------------------------------------
 
@@ -160,6 +172,7 @@ class EventLoop:
                 else:
                     events = poll(-1)
                 self._polling = False
+                self.now = now = monotonic()
                 self.turn_count += 1
                 for mask, token in events:
                     callback = callbacks.get(token)
@@ -175,6 +188,7 @@ class EventLoop:
                     self._run_tasks()
                 if timers._heap:
                     timers.run_due(monotonic())
+                self.busy_time += monotonic() - now
         finally:
             self._running = False
             self._stopping = False

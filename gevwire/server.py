@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import stat
 import threading
 import time
+import zlib
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -15,6 +19,7 @@ from gevwire.codec import BaseCodec, RawCodec
 from gevwire.connection import Connection, ConnectionOptions
 from gevwire.listener import Listener
 from gevwire.loop import EventLoop
+from gevwire.timers import TimerHandle
 
 __all__ = ["Server", "parse_address"]
 
@@ -24,7 +29,13 @@ _REQUIRED = ("on_connect", "on_message", "on_close")
 
 
 def parse_address(address: str) -> tuple[int, Any]:
-    """``"host:port"``, ``":port"`` (every interface), ``"[v6]:port"`` → family and address."""
+    """Family and socket address of ``"host:port"``, ``":port"`` (every interface),
+    ``"[v6]:port"`` or ``"unix:/path/to/socket"``."""
+    if address.startswith("unix:"):
+        path = address[len("unix:"):]
+        if not path:
+            raise ValueError(f"bad address {address!r}: expected unix:/path")
+        return socket.AF_UNIX, path
     if address.startswith("["):
         host, sep, port = address[1:].partition("]:")
         if not sep:
@@ -47,6 +58,18 @@ def _port(text: str, address: str) -> int:
     return port
 
 
+def _remove_stale_unix_socket(path: str) -> None:
+    """Remove a socket file left by an earlier server; never anything but a socket."""
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+_BALANCERS = frozenset({"round_robin", "least_connections", "source_addr_hash"})
+
+
 class Server:
     """A TCP server: a listener and ``loops`` event-loop threads running ``handler``.
 
@@ -56,7 +79,15 @@ class Server:
     (default: :class:`~gevwire.codec.RawCodec`, bytes as they come).
 
     With ``loops=1`` accepting and all I/O share one thread; with more, a separate
-    accept loop hands connections to the I/O loops round-robin.
+    accept loop hands each connection to an I/O loop chosen by ``load_balance``:
+    ``"round_robin"`` (default), ``"least_connections"``, ``"source_addr_hash"`` (one
+    client address always lands on the same loop), or a callable
+    ``(loops, peer_addr) -> index``.
+
+    Limits: ``idle_timeout`` closes connections with nothing read or written for that
+    many seconds; ``max_connections`` accepts and at once closes connections over the
+    limit (counted in ``stats()["connections_refused"]``); the write-buffer limits are
+    described in :class:`~gevwire.connection.ConnectionOptions`.
     """
 
     def __init__(
@@ -73,12 +104,19 @@ class Server:
         max_write_buffer: int = 64 << 20,
         close_timeout: float = 10.0,
         tcp_nodelay: bool = True,
+        idle_timeout: float | None = None,
+        max_connections: int | None = None,
+        load_balance: str | Callable[[list[EventLoop], Any], int] = "round_robin",
     ) -> None:
         missing = [name for name in _REQUIRED if not callable(getattr(handler, name, None))]
         if missing:
             raise TypeError(f"handler lacks {', '.join(missing)} (subclass gevwire.Handler)")
         if loops < 1:
             raise ValueError("loops must be at least 1")
+        if max_connections is not None and max_connections < 0:
+            raise ValueError("max_connections must be >= 0 (or None for no limit)")
+        if not callable(load_balance) and load_balance not in _BALANCERS:
+            raise ValueError(f"load_balance must be a callable or one of {sorted(_BALANCERS)}")
         self.handler = handler
         self.codec: BaseCodec = codec if codec is not None else RawCodec()
         self.options = ConnectionOptions(
@@ -87,18 +125,27 @@ class Server:
             max_write_buffer=max_write_buffer,
             close_timeout=close_timeout,
             tcp_nodelay=tcp_nodelay,
+            idle_timeout=idle_timeout,
         )
+        self.max_connections = max_connections
+        self._balance = load_balance
         self._family, self._bind_address = parse_address(address)
         self._loop_count = loops
         self._reuse_port = reuse_port
         self._backlog = backlog
         self._sock: socket.socket | None = None
         self._listener: Listener | None = None
-        self._accept_loop: EventLoop | None = None
-        self._loops: list[EventLoop] = []
+        # Loops exist from the start, so timers can be scheduled before start().
+        self._loops = [EventLoop(f"gevwire-loop-{i}") for i in range(loops)]
+        self._accept_loop = self._loops[0] if loops == 1 else EventLoop("gevwire-accept")
         self._threads: list[threading.Thread] = []
-        self._connections: dict[EventLoop, set[Connection]] = {}
+        self._connections: dict[EventLoop, set[Connection]] = {lp: set() for lp in self._loops}
         self._next_loop = 0
+        # Written by the accept thread only; closes are counted per loop (loop.connections_
+        # closed), so no counter has two writers.
+        self._accepted = 0
+        self._refused = 0
+        self._assigned = [0] * loops
         self._nodelay = False
         self._state = "new"  # new → running → stopping → stopped
         self._lock = threading.Lock()
@@ -115,14 +162,7 @@ class Server:
         try:
             self._sock = self._bind()
             self._nodelay = self.options.tcp_nodelay and self._family != socket.AF_UNIX
-            self._loops = [EventLoop(f"gevwire-loop-{i}") for i in range(self._loop_count)]
-            self._connections = {loop: set() for loop in self._loops}
-            if self._loop_count == 1:
-                self._accept_loop = self._loops[0]
-                all_loops = list(self._loops)
-            else:
-                self._accept_loop = EventLoop("gevwire-accept")
-                all_loops = [self._accept_loop, *self._loops]
+            all_loops = self._all_loops()
             self._listener = Listener(self._accept_loop, self._sock, self._on_accept)
             ready = [threading.Event() for _ in all_loops]
             self._accept_loop.call_soon(self._listener.start)
@@ -184,10 +224,67 @@ class Server:
 
     # -- information -------------------------------------------------------------------
 
+    # -- timers ------------------------------------------------------------------------
+
+    def run_after(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Call ``callback(*args)`` once after ``delay`` seconds, on the first I/O loop.
+
+        Callable from any thread, before or after :meth:`start`; ``cancel()`` the handle
+        to stop it.  Per-connection timers: ``conn.loop.run_after``.
+        """
+        return self._loops[0].run_after(delay, callback, *args)
+
+    def run_every(
+        self, interval: float, callback: Callable[..., Any], *args: Any
+    ) -> TimerHandle:
+        """Call ``callback(*args)`` every ``interval`` seconds on the first I/O loop."""
+        return self._loops[0].run_every(interval, callback, *args)
+
+    # -- information -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges of the whole server (a snapshot; safe from any thread).
+
+        ``connections_open``, ``connections_total`` (accepted), ``connections_refused``
+        (over ``max_connections``), ``frames_in`` / ``frames_out``, ``bytes_in`` /
+        ``bytes_out``, ``errors`` (count by kind: exception class name, or
+        ``idle_timeout``), ``loop_turns``, ``loop_busy_seconds`` (time spent handling
+        rather than waiting), and the same per loop under ``loops``.
+        """
+        per_loop = []
+        for loop in self._loops:
+            per_loop.append({
+                "name": loop.name,
+                "connections_open": len(self._connections[loop]),
+                "frames_in": loop.frames_in,
+                "frames_out": loop.frames_out,
+                "bytes_in": loop.bytes_in,
+                "bytes_out": loop.bytes_out,
+                "turns": loop.turn_count,
+                "busy_seconds": loop.busy_time,
+            })
+        errors: dict[str, int] = {}
+        for loop in self._loops:
+            for kind, count in list(loop.errors.items()):
+                errors[kind] = errors.get(kind, 0) + count
+        return {
+            "connections_open": self.connection_count,
+            "connections_total": self._accepted,
+            "connections_refused": self._refused,
+            "frames_in": sum(d["frames_in"] for d in per_loop),
+            "frames_out": sum(d["frames_out"] for d in per_loop),
+            "bytes_in": sum(d["bytes_in"] for d in per_loop),
+            "bytes_out": sum(d["bytes_out"] for d in per_loop),
+            "errors": errors,
+            "loop_turns": sum(d["turns"] for d in per_loop),
+            "loop_busy_seconds": sum(d["busy_seconds"] for d in per_loop),
+            "loops": per_loop,
+        }
+
     @property
     def address(self) -> Any:
         """The bound address: ``(host, port)`` for IPv4, ``(host, port, flow, scope)``
-        for IPv6 (so port 0 shows the port the kernel chose)."""
+        for IPv6 (so port 0 shows the port the kernel chose), the path for Unix."""
         if self._sock is None:
             raise RuntimeError("server is not listening")
         return self._sock.getsockname()
@@ -217,9 +314,12 @@ class Server:
     # -- internals ---------------------------------------------------------------------
 
     def _bind(self) -> socket.socket:
+        if self._family == socket.AF_UNIX:
+            _remove_stale_unix_socket(self._bind_address)
         sock = socket.socket(self._family, socket.SOCK_STREAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._family != socket.AF_UNIX:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self._reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if self._family == socket.AF_INET6:
@@ -233,10 +333,9 @@ class Server:
         return sock
 
     def _all_loops(self) -> list[EventLoop]:
-        loops = list(self._loops)
-        if self._accept_loop is not None and self._accept_loop not in loops:
-            loops.append(self._accept_loop)
-        return loops
+        if self._accept_loop in self._loops:
+            return list(self._loops)
+        return [self._accept_loop, *self._loops]
 
     def _run_loop(self, loop: EventLoop) -> None:
         try:
@@ -245,20 +344,57 @@ class Server:
             log.exception("%s crashed", loop.name)
 
     def _on_accept(self, fd: int, peer: Any) -> None:
-        """A new fd from the listener (accept loop thread)."""
+        """A new fd from the listener (accept loop thread).
+
+        Over ``max_connections`` the connection is accepted and closed at once rather
+        than left in the kernel's backlog: the peer learns immediately, and the backlog
+        keeps draining so that clients arriving once capacity frees up are not stuck
+        behind a queue of refused ones.
+        """
+        if self.max_connections is not None:
+            closed = sum(loop.connections_closed for loop in self._loops)
+            if self._accepted - closed >= self.max_connections:
+                self._refused += 1
+                sys_close(fd)
+                return
+        self._accepted += 1
         if self._nodelay:
             set_nodelay(fd)
         loops = self._loops
-        loop = loops[self._next_loop]
-        self._next_loop = (self._next_loop + 1) % len(loops)
+        index = self._pick_loop(peer)
+        self._assigned[index] += 1
+        loop = loops[index]
         if loop is self._accept_loop:
             self._add_connection(loop, fd, peer)
         else:
             loop.call_soon(self._add_connection, loop, fd, peer)
 
+    def _pick_loop(self, peer: Any) -> int:
+        count = len(self._loops)
+        if count == 1:
+            return 0
+        balance = self._balance
+        if balance == "round_robin":
+            index = self._next_loop
+            self._next_loop = (index + 1) % count
+            return index
+        if balance == "least_connections":
+            loops = self._loops
+            open_ = [self._assigned[i] - loops[i].connections_closed for i in range(count)]
+            return open_.index(min(open_))
+        if balance == "source_addr_hash":
+            host = peer[0] if isinstance(peer, tuple) else peer
+            return zlib.crc32(str(host).encode()) % count
+        assert callable(balance)
+        index = balance(self.loops, peer)
+        if not isinstance(index, int) or not 0 <= index < count:
+            raise ValueError(f"load_balance returned {index!r}, not a loop index")
+        return index
+
     def _add_connection(self, loop: EventLoop, fd: int, peer: Any) -> None:
         if self._state != "running":
             sys_close(fd)
+            loop.connections_closed += 1
             return
         conn = Connection(loop, fd, peer, self.handler, self.codec, self.options,
                           self._connection_closed)
@@ -305,6 +441,8 @@ class Server:
                 for conn in list(self._connections.get(loop, ())):
                     conn._close_now()
                 loop.close()
+        if self._family == socket.AF_UNIX and self._sock is not None:
+            _remove_stale_unix_socket(self._bind_address)
         with self._lock:
             self._state = "stopped"
         self._stopped.set()

@@ -1,0 +1,190 @@
+"""Server options beyond gev's core: timers, idle cleanup, connection limits, load
+balancing, Unix sockets and IPv6, stats."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from typing import Any
+
+import pytest
+from conftest import ipv6_loopback_available, recv_exactly, wait_until
+
+import gevwire
+
+
+class Echo(gevwire.Handler):
+    def __init__(self) -> None:
+        self.loops: list[gevwire.EventLoop] = []
+
+    def on_connect(self, conn: gevwire.Connection) -> None:
+        self.loops.append(conn.loop)
+
+    def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+        return frame
+
+
+def client(server: gevwire.Server) -> socket.socket:
+    sock = socket.create_connection(server.address[:2])
+    sock.settimeout(10)
+    return sock
+
+
+def test_idle_connection_is_closed_and_active_one_is_not() -> None:
+    with gevwire.Server(Echo(), address="127.0.0.1:0", idle_timeout=0.3) as server:
+        idle, active = client(server), client(server)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:  # keep one busy for 5 idle periods
+            active.sendall(b"ping")
+            assert recv_exactly(active, 4) == b"ping"
+            time.sleep(0.05)
+        assert idle.recv(10) == b""  # closed by the server
+        active.sendall(b"still")
+        assert recv_exactly(active, 5) == b"still"
+        assert server.stats()["errors"].get("idle_timeout") == 1
+        idle.close()
+        active.close()
+
+
+def test_idle_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        gevwire.Server(Echo(), address="127.0.0.1:0", idle_timeout=0)
+
+
+def test_max_connections_refuses_extra_connections_and_recovers() -> None:
+    with gevwire.Server(Echo(), address="127.0.0.1:0", max_connections=2) as server:
+        first, second = client(server), client(server)
+        assert wait_until(lambda: server.connection_count == 2)
+        third = client(server)
+        assert third.recv(10) == b""  # accepted and closed at once
+        assert server.stats()["connections_refused"] == 1
+        first.sendall(b"ok")
+        assert recv_exactly(first, 2) == b"ok"
+        first.close()
+        assert wait_until(lambda: server.connection_count == 1)
+        fourth = client(server)  # capacity is back
+        fourth.sendall(b"back")
+        assert recv_exactly(fourth, 4) == b"back"
+        for sock in (second, third, fourth):
+            sock.close()
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "least_connections"])
+def test_balancers_spread_connections_evenly(strategy: str) -> None:
+    handler = Echo()
+    with gevwire.Server(handler, address="127.0.0.1:0", loops=3,
+                        load_balance=strategy) as server:
+        socks = [client(server) for _ in range(9)]
+        assert wait_until(lambda: len(handler.loops) == 9)
+        counts = [d["connections_open"] for d in server.stats()["loops"]]
+        assert counts == [3, 3, 3]
+        if strategy == "least_connections":
+            for sock in socks[:3]:  # empty whichever loops the first three landed on
+                sock.close()
+            assert wait_until(lambda: server.connection_count == 6)
+            before = [d["connections_open"] for d in server.stats()["loops"]]
+            more = [client(server) for _ in range(3)]
+            assert wait_until(lambda: server.connection_count == 9)
+            after = [d["connections_open"] for d in server.stats()["loops"]]
+            assert after == [3, 3, 3], (before, after)
+            socks += more
+        for sock in socks:
+            sock.close()
+
+
+def test_source_addr_hash_keeps_one_client_address_on_one_loop() -> None:
+    handler = Echo()
+    with gevwire.Server(handler, address="127.0.0.1:0", loops=4,
+                        load_balance="source_addr_hash") as server:
+        socks = [client(server) for _ in range(8)]
+        assert wait_until(lambda: len(handler.loops) == 8)
+        assert len(set(map(id, handler.loops))) == 1  # every client is 127.0.0.1
+        for sock in socks:
+            sock.close()
+
+
+def test_callable_balancer_and_bad_strategy() -> None:
+    handler = Echo()
+    with gevwire.Server(handler, address="127.0.0.1:0", loops=3,
+                        load_balance=lambda loops, peer: len(loops) - 1) as server:
+        sock = client(server)
+        assert wait_until(lambda: len(handler.loops) == 1)
+        assert handler.loops[0] is server.loops[2]
+        sock.close()
+    with pytest.raises(ValueError):
+        gevwire.Server(handler, address="127.0.0.1:0", load_balance="random")
+
+
+def test_unix_socket_round_trip_and_cleanup() -> None:
+    path = os.path.join(tempfile.mkdtemp(), "gevwire.sock")
+    with gevwire.Server(Echo(), address=f"unix:{path}") as server:
+        assert server.address == path
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            sock.sendall(b"over unix")
+            assert recv_exactly(sock, 9) == b"over unix"
+    assert not os.path.exists(path)
+    # a stale socket file left by a crashed server does not stop a new one
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()
+    with gevwire.Server(Echo(), address=f"unix:{path}"), socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(path)
+
+
+def test_unix_address_never_removes_a_regular_file() -> None:
+    path = os.path.join(tempfile.mkdtemp(), "not-a-socket")
+    with open(path, "w") as f:
+        f.write("keep me")
+    with pytest.raises(OSError):
+        gevwire.Server(Echo(), address=f"unix:{path}").start()
+    with open(path) as f:
+        assert f.read() == "keep me"
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback here")
+def test_ipv6_any_address_serves_v6_and_v4_clients() -> None:
+    with gevwire.Server(Echo(), address="[::]:0") as server:
+        port = server.address[1]
+        for host in ("::1", "127.0.0.1"):
+            with socket.create_connection((host, port), timeout=10) as sock:
+                sock.sendall(host.encode())
+                assert recv_exactly(sock, len(host)) == host.encode()
+
+
+def test_server_timers_run_cancel_and_survive_errors() -> None:
+    server = gevwire.Server(Echo(), address="127.0.0.1:0")
+    ticks: list[float] = []
+    order: list[str] = []
+    every = server.run_every(0.05, lambda: ticks.append(time.monotonic()))
+    server.run_after(0.02, order.append, "second")
+    server.run_after(0.01, order.append, "first")
+    server.run_after(0.015, lambda: 1 / 0)  # logged; later timers still fire
+    with server:
+        assert wait_until(lambda: len(ticks) >= 4, 5)
+        every.cancel()
+        count = len(ticks)
+        time.sleep(0.2)
+        assert len(ticks) <= count + 1  # at most one already running when cancelled
+        assert order == ["first", "second"]
+        # never early: the ticks sit on a 50 ms grid (a late one does not shift it)
+        assert (ticks[-1] - ticks[0]) / (len(ticks) - 1) >= 0.049
+
+
+def test_stats_count_traffic() -> None:
+    with gevwire.Server(Echo(), address="127.0.0.1:0") as server:
+        sock = client(server)
+        for _ in range(10):
+            sock.sendall(b"12345")
+            assert recv_exactly(sock, 5) == b"12345"
+        stats = server.stats()
+        assert stats["connections_open"] == 1
+        assert stats["connections_total"] == 1
+        assert stats["frames_in"] == stats["frames_out"] == 10
+        assert stats["bytes_in"] == stats["bytes_out"] == 50
+        assert stats["loop_turns"] >= 10
+        sock.close()
+        assert wait_until(lambda: server.stats()["connections_open"] == 0)
