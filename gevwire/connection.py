@@ -44,6 +44,7 @@ from gevwire._sys import (
 )
 from gevwire.errors import ConnectionClosed, FrameError, WriteBufferFull
 from gevwire.loop import SPARE_SIZE
+from gevwire.proxy_protocol import ProxyHeaderDecoder, ProxyInfo
 from gevwire.ringbuffer import RingBuffer
 
 if TYPE_CHECKING:
@@ -71,7 +72,8 @@ class ConnectionOptions:
     unsent output beyond this closes the connection (:class:`WriteBufferFull`).
     ``close_timeout``: how long :meth:`Connection.close` waits for unsent output to drain
     before dropping it.  ``idle_timeout``: close a connection after this many seconds
-    with nothing read or written (None: never).
+    with nothing read or written (None: never).  ``proxy_protocol``: expect a PROXY
+    protocol v1 or v2 header before the first frame.
     """
 
     write_high_water: int = 1 << 20
@@ -80,6 +82,7 @@ class ConnectionOptions:
     close_timeout: float = 10.0
     tcp_nodelay: bool = True
     idle_timeout: float | None = None
+    proxy_protocol: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.write_low_water <= self.write_high_water <= self.max_write_buffer:
@@ -120,6 +123,7 @@ class Connection:
         "_options",
         "_output",
         "_pending",
+        "_proxy",
         "_read_paused",
         "_state",
         "_token",
@@ -129,6 +133,7 @@ class Connection:
         "context",
         "loop",
         "peer_addr",
+        "proxy_info",
         "values",
     )
 
@@ -170,6 +175,9 @@ class Connection:
         self._xsend_scheduled = False
         self._close_timer: TimerHandle | None = None
         self._idle_timer: TimerHandle | None = None
+        self._proxy: ProxyHeaderDecoder | None = None
+        #: The PROXY protocol header (``proxy_protocol=True``), else None.
+        self.proxy_info: ProxyInfo | None = None
         self._last_active = 0.0
 
     # -- public API --------------------------------------------------------------------
@@ -262,11 +270,45 @@ class Connection:
 
     def _start(self) -> None:
         """Register with the loop and call ``on_connect`` (loop thread only)."""
-        self._token = self.loop.register(self._fd, self._on_events, EV_READ)
         self._last_active = self.loop.now
         if self._options.idle_timeout:
             self._idle_timer = self.loop.run_after(self._options.idle_timeout,
                                                    self._check_idle)
+        if self._options.proxy_protocol:
+            # Read the PROXY header first (its own callback, so the hot path pays
+            # nothing for it); on_connect runs once peer_addr is the real client's.
+            self._proxy = ProxyHeaderDecoder()
+            self._token = self.loop.register(self._fd, self._on_proxy_events, EV_READ)
+            return
+        self._token = self.loop.register(self._fd, self._on_events, EV_READ)
+        self._connected()
+
+    def _on_proxy_events(self, events: int) -> None:
+        if events & _READ_EVENTS and self._state == _OPEN and self._proxy is not None:
+            if self._fill_ring() <= 0:
+                return
+            try:
+                info = self._proxy.decode(self._input)
+            except FrameError as exc:
+                self._fail(exc)
+                return
+            if info is None:
+                return
+            self._proxy = None
+            self.proxy_info = info
+            if info.source is not None:
+                self.peer_addr = info.source
+            self.loop.replace_callback(self._token, self._on_events)
+            self._connected()
+            if self._input._len and self._state == _OPEN:
+                self._cut_from_ring()
+        elif events & (EV_HUP | EV_ERROR) and self._state != _OPEN:
+            self._close_now()
+            return
+        if events & EV_WRITE and self._state != _CLOSED:
+            self._handle_write()
+
+    def _connected(self) -> None:
         try:
             self._handler.on_connect(self)
         except Exception as exc:
@@ -332,6 +374,12 @@ class Connection:
 
     def _read_into_ring(self) -> None:
         """Read while a partial frame is buffered: into the ring's free space + spare."""
+        if self._fill_ring() > 0:
+            self._cut_from_ring()
+
+    def _fill_ring(self) -> int:
+        """``readv`` into the input ring (plus spare); returns bytes read, or <= 0 after
+        handling EOF or an error."""
         ring = self._input
         loop = self.loop
         a1, l1, a2, l2 = ring.write_regions()
@@ -348,11 +396,11 @@ class Connection:
             else:
                 ring.commit(room)
                 ring.write(loop.spare_view[: n - room])
-            self._cut_from_ring()
         elif n == 0:
             self._on_eof()
         else:
             self._read_failed()
+        return int(n)
 
     def _read_failed(self) -> None:
         err = get_errno()

@@ -80,6 +80,11 @@ class EventLoop:
             raise
         return token
 
+    def replace_callback(self, token: int, callback: Callable[[int], None]) -> None:
+        """Route the events of a registration to another callback (loop thread only)."""
+        if token in self._callbacks:
+            self._callbacks[token] = callback
+
     def modify(self, fd: int, token: int, events: int) -> None:
         """Change what ``fd`` is watched for."""
         self._poller.modify(fd, token, events)

@@ -88,6 +88,11 @@ class Server:
     many seconds; ``max_connections`` accepts and at once closes connections over the
     limit (counted in ``stats()["connections_refused"]``); the write-buffer limits are
     described in :class:`~gevwire.connection.ConnectionOptions`.
+
+    ``proxy_protocol=True``: every connection starts with a PROXY protocol v1 or v2
+    header (from HAProxy, a cloud load balancer ...); ``conn.peer_addr`` is then the
+    original client's address, ``conn.proxy_info`` the whole header, and a malformed
+    header closes the connection.  ``on_connect`` runs once the header is read.
     """
 
     def __init__(
@@ -107,6 +112,7 @@ class Server:
         idle_timeout: float | None = None,
         max_connections: int | None = None,
         load_balance: str | Callable[[list[EventLoop], Any], int] = "round_robin",
+        proxy_protocol: bool = False,
     ) -> None:
         missing = [name for name in _REQUIRED if not callable(getattr(handler, name, None))]
         if missing:
@@ -126,6 +132,7 @@ class Server:
             close_timeout=close_timeout,
             tcp_nodelay=tcp_nodelay,
             idle_timeout=idle_timeout,
+            proxy_protocol=proxy_protocol,
         )
         self.max_connections = max_connections
         self._balance = load_balance
