@@ -1,5 +1,6 @@
 """gevwire: fast non-blocking TCP servers in the reactor style of Go's gev."""
 
+from gevwire.client import Client
 from gevwire.codec import BaseCodec, Codec, Decoder, RawCodec
 from gevwire.connection import Connection, ConnectionOptions
 from gevwire.errors import (
@@ -21,6 +22,7 @@ from gevwire.timers import TimerHandle
 __all__ = [
     "BaseCodec",
     "BufferPool",
+    "Client",
     "Codec",
     "Connection",
     "ConnectionClosed",
