@@ -17,7 +17,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check gevwire codecs tests examples benchmarks
-	$(PY) -m mypy gevwire
+	$(PY) -m mypy gevwire codecs
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q

@@ -1,8 +1,40 @@
-"""Ready-made codecs, installed as ``gevwire.codecs``."""
+"""Ready-made codecs, installed as ``gevwire.codecs``.
+
+- :func:`raw`: no framing, each read is one frame.
+- :func:`fixed_length`: frames of exactly ``n`` bytes.
+- :func:`length_field`: netty's ``LengthFieldBasedFrameDecoder`` with its prepender.
+- :func:`line`, :func:`delimiter`: delimited frames (netty's line and delimiter decoders).
+- :func:`varint`: protobuf-style varint length prefix.
+"""
 
 from gevwire.codec import RawCodec
 
-__all__ = ["RawCodec", "raw"]
+from .fixed import FixedLengthCodec, fixed_length
+from .length_field import (
+    LengthFieldCodec,
+    LengthFieldPrepender,
+    length_field,
+    length_field_prepender,
+)
+from .line import DelimiterCodec, delimiter, line
+from .varint import VarintCodec, encode_varint, varint
+
+__all__ = [
+    "DelimiterCodec",
+    "FixedLengthCodec",
+    "LengthFieldCodec",
+    "LengthFieldPrepender",
+    "RawCodec",
+    "VarintCodec",
+    "delimiter",
+    "encode_varint",
+    "fixed_length",
+    "length_field",
+    "length_field_prepender",
+    "line",
+    "raw",
+    "varint",
+]
 
 
 def raw() -> RawCodec:

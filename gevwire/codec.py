@@ -41,8 +41,11 @@ class Decoder:
         """Cut every whole frame from the start of ``view``: ``(frames, bytes used)``.
 
         Frames must not refer to ``view``'s memory (it is reused by the next read).  The
-        bytes after ``used`` are an incomplete frame; the connection moves them to the
-        ring and calls :meth:`decode` once more data arrives.  The default cuts nothing.
+        connection moves the bytes after ``used`` to the ring and at once calls
+        :meth:`decode` on them, so ``decode_view`` may stop early at anything it does not
+        want to handle itself (an incomplete frame, an error, a discard) and must never
+        raise a non-fatal error: ``decode`` reports it, in order.  The default cuts
+        nothing.
         """
         return [], 0
 

@@ -302,8 +302,15 @@ class RingBuffer:
         if r + limit <= self._cap:
             i = buf.find(needle, r + start, r + limit)
             return i - r if i >= 0 else -1
-        # The readable bytes wrap (rare: only while a partial frame straddles the end).
-        return self.to_bytes().find(needle, start, limit)
+        # The readable bytes wrap: rotate them to the start of fresh storage, where they
+        # stay until consumed, so a long partial frame that straddles the end is moved
+        # once, not copied on every search (that would be O(n²) as it grows).
+        self.contiguous(self._len)
+        buf = self._buf
+        assert buf is not None
+        r = self._r
+        i = buf.find(needle, r + start, r + limit)
+        return i - r if i >= 0 else -1
 
     # -- virtual reads -----------------------------------------------------------------
 
