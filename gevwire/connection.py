@@ -413,6 +413,17 @@ class Connection:
         decode = self._decoder.decode
         ring = self._input
         frames: list[Any] = []
+        first, second = ring.peek_all()
+        if not second:
+            # The buffered bytes are contiguous: cut whole frames with the batch path
+            # (decode_view), leaving decode() only the tail or whatever it declined.
+            try:
+                frames, used = self._decode_view(first)
+            except Exception as exc:
+                self._fail(exc)
+                return
+            if used:
+                ring.retrieve(used)
         while ring._len and self._state == _OPEN:
             try:
                 frame = decode(ring)
