@@ -195,6 +195,23 @@ class Codec(BaseCodec):
                 self.layout = _int_prefix_layout(*prefix)
         if on_oversize == "discard" and self.layout is None:
             raise ValueError("on_oversize='discard' needs a schema with its length in a header")
+        if self._bytes_prefix is not None:
+            self.encode = self._prefix_encoder(*self._bytes_prefix)  # type: ignore[method-assign,assignment]
+
+    def _prefix_encoder(self, fmt: struct.Struct, extra: int) -> Callable[[Any], bytes]:
+        """``encode`` for ``Prefixed(<int>, GreedyBytes)``: one pack for bytes payloads."""
+        pack = fmt.pack
+        general: Callable[[Any], bytes] = Codec.encode.__get__(self)
+
+        def encode(message: Any) -> bytes:
+            if type(message) is bytes:
+                try:
+                    return pack(len(message) - extra) + message
+                except struct.error as exc:
+                    raise EncodeError(f"payload of {len(message)} bytes: {exc}") from exc
+            return general(message)
+
+        return encode
 
     def _construct_parse(self, data: Buffer, start: int, end: int) -> Any:
         try:
@@ -210,13 +227,6 @@ class Codec(BaseCodec):
         return _StreamDecoder(self)
 
     def encode(self, message: Any) -> bytes:
-        prefix = self._bytes_prefix
-        if prefix is not None and type(message) is bytes:
-            fmt, extra = prefix
-            try:
-                return fmt.pack(len(message) - extra) + message
-            except struct.error as exc:
-                raise EncodeError(f"payload of {len(message)} bytes: {exc}") from exc
         try:
             return self._build(message)
         except (construct.ConstructError, ValueError, TypeError, KeyError) as exc:

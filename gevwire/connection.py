@@ -445,25 +445,29 @@ class Connection:
     def _dispatch(self, frames: list[Any]) -> None:
         on_message = self._on_message
         encode = self._encode
+        append = self._pending.append
         pending = self._pending
         loop = self.loop
         loop.frames_in += len(frames)
+        replies = 0
         self._dispatching = True
         try:
             for frame in frames:
                 reply = on_message(self, frame)
                 if reply is not None:
-                    pending.append(encode(reply))
-                    loop.frames_out += 1
-                if self._state != _OPEN or self._close_requested:
+                    append(encode(reply))
+                    replies += 1
+                if self._close_requested:  # also set once closing or closed
                     break
         except Exception as exc:
+            loop.frames_out += replies
             self._dispatching = False
             if pending:
                 self._flush_pending()
             self._fail(exc)
             return
         self._dispatching = False
+        loop.frames_out += replies
         if pending:
             if len(pending) == 1 and not self._output._len and type(pending[0]) is bytes:
                 data = pending.pop()
@@ -652,6 +656,7 @@ class Connection:
     def _close_gracefully(self) -> None:
         if self._state != _OPEN:
             return
+        self._close_requested = True
         if not self._output._len and not self._pending:
             self._close_now()
             return
@@ -669,6 +674,7 @@ class Connection:
         if self._state == _CLOSED:
             return
         self._state = _CLOSED
+        self._close_requested = True
         fd, self._fd = self._fd, -1
         if self._close_timer is not None:
             self._close_timer.cancel()
