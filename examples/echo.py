@@ -1,6 +1,7 @@
 """Raw echo server: every byte received is sent back (the benchmark target).
 
     python examples/echo.py --port 1833 --loops 1
+    python examples/echo.py --port 1833 --workers 4   # 4 processes sharing the port
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1833)
     parser.add_argument("--loops", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes, each with its own SO_REUSEPORT listener")
     parser.add_argument("--reuse-port", action="store_true")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(message)s")
 
     server = gevwire.Server(
-        Echo(), address=f"{args.host}:{args.port}", loops=args.loops, reuse_port=args.reuse_port
+        Echo(), address=f"{args.host}:{args.port}", loops=args.loops, workers=args.workers,
+        reuse_port=args.reuse_port,
     )
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -38,7 +42,6 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server.start()
     server.run()
 
 

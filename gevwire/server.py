@@ -20,6 +20,7 @@ from gevwire.connection import Connection, ConnectionOptions
 from gevwire.listener import Listener
 from gevwire.loop import EventLoop
 from gevwire.timers import TimerHandle
+from gevwire.workers import Supervisor, WorkerControl, check_workers_supported, reserve_port
 
 __all__ = ["Server", "parse_address"]
 
@@ -93,6 +94,14 @@ class Server:
     header (from HAProxy, a cloud load balancer ...); ``conn.peer_addr`` is then the
     original client's address, ``conn.proxy_info`` the whole header, and a malformed
     header closes the connection.  ``on_connect`` runs once the header is read.
+
+    ``workers=N`` (Linux, macOS, BSD) forks N processes, each a whole server with its own
+    ``SO_REUSEPORT`` listener on the same port and ``loops`` loops; the kernel spreads
+    connections over them, and this process only supervises (see
+    :mod:`gevwire.workers`): it restarts crashed workers with back-off, and ``stop()``
+    stops them all gracefully.  Each worker has its own copy of ``handler`` (forked, not
+    shared): handler state is per process.  In this process ``address`` is the reserved
+    port, ``stats()`` the supervisor's view, and there are no loops (no ``run_after``).
     """
 
     def __init__(
@@ -113,12 +122,15 @@ class Server:
         max_connections: int | None = None,
         load_balance: str | Callable[[list[EventLoop], Any], int] = "round_robin",
         proxy_protocol: bool = False,
+        workers: int = 1,
     ) -> None:
         missing = [name for name in _REQUIRED if not callable(getattr(handler, name, None))]
         if missing:
             raise TypeError(f"handler lacks {', '.join(missing)} (subclass gevwire.Handler)")
         if loops < 1:
             raise ValueError("loops must be at least 1")
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
         if max_connections is not None and max_connections < 0:
             raise ValueError("max_connections must be >= 0 (or None for no limit)")
         if not callable(load_balance) and load_balance not in _BALANCERS:
@@ -137,22 +149,33 @@ class Server:
         self.max_connections = max_connections
         self._balance = load_balance
         self._family, self._bind_address = parse_address(address)
+        if workers > 1:
+            check_workers_supported()
+            if self._family == socket.AF_UNIX:
+                raise ValueError("workers > 1 needs a TCP address (SO_REUSEPORT)")
+        self._workers = workers
+        self._supervisor: Supervisor | None = None
+        self._worker_address: Any = None  # the reserved address the workers bind
         self._loop_count = loops
         self._reuse_port = reuse_port
         self._backlog = backlog
         self._sock: socket.socket | None = None
         self._listener: Listener | None = None
-        # Loops exist from the start, so timers can be scheduled before start().
-        self._loops = [EventLoop(f"gevwire-loop-{i}") for i in range(loops)]
-        self._accept_loop = self._loops[0] if loops == 1 else EventLoop("gevwire-accept")
+        self._loops: list[EventLoop] = []
+        self._accept_loop: EventLoop
+        self._connections: dict[EventLoop, set[Connection]] = {}
+        self._assigned: list[int] = []
+        if workers == 1:
+            # Loops exist from the start, so timers can be scheduled before start().  With
+            # workers, each worker makes its own after fork (a parent's poller and waker
+            # would be shared by every child).
+            self._init_loops()
         self._threads: list[threading.Thread] = []
-        self._connections: dict[EventLoop, set[Connection]] = {lp: set() for lp in self._loops}
         self._next_loop = 0
         # Written by the accept thread only; closes are counted per loop (loop.connections_
         # closed), so no counter has two writers.
         self._accepted = 0
         self._refused = 0
-        self._assigned = [0] * loops
         self._nodelay = False
         self._state = "new"  # new → running → stopping → stopped
         self._lock = threading.Lock()
@@ -161,7 +184,14 @@ class Server:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> Server:
-        """Bind, start the loop threads, and return once the server is accepting."""
+        """Bind, start the loop threads, and return once the server is accepting.
+
+        With ``workers``: fork them, return once every one is accepting, and supervise
+        them from a background thread.
+        """
+        if self._workers > 1:
+            self._make_supervisor().start()
+            return self
         with self._lock:
             if self._state != "new":
                 raise RuntimeError(f"server is {self._state}; a server starts once")
@@ -189,7 +219,16 @@ class Server:
         return self
 
     def run(self) -> None:
-        """Start (if needed) and block until :meth:`stop` is called (or Ctrl-C)."""
+        """Start (if needed) and block until :meth:`stop` is called (or Ctrl-C).
+
+        With ``workers``, a server not yet started supervises them in the calling thread
+        (then this process has no other thread when it forks a restart).
+        """
+        if self._workers > 1:
+            supervisor = self._make_supervisor() if self._state == "new" else self._supervisor
+            if supervisor is not None:
+                supervisor.run()
+            return
         if self._state == "new":
             self.start()
         try:
@@ -203,8 +242,17 @@ class Server:
 
         Unsent output gets up to ``timeout`` seconds; what is left then is dropped.
         Safe from any thread (from a loop thread it returns at once and stops in the
-        background) and more than once.
+        background) and more than once.  With ``workers``, every worker stops so, and a
+        worker still running ``timeout`` + 5 s later is killed.
         """
+        if self._workers > 1:
+            with self._lock:
+                if self._state == "new":
+                    self._state = "stopped"
+                    self._stopped.set()
+            if self._supervisor is not None:
+                self._supervisor.stop(timeout)
+            return
         with self._lock:
             if self._state in ("stopping", "stopped"):
                 return
@@ -216,6 +264,8 @@ class Server:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped; False on timeout."""
+        if self._supervisor is not None:
+            return self._supervisor.wait(timeout)
         return self._stopped.wait(timeout)
 
     def __enter__(self) -> Server:
@@ -239,13 +289,19 @@ class Server:
         Callable from any thread, before or after :meth:`start`; ``cancel()`` the handle
         to stop it.  Per-connection timers: ``conn.loop.run_after``.
         """
-        return self._loops[0].run_after(delay, callback, *args)
+        return self._first_loop().run_after(delay, callback, *args)
 
     def run_every(
         self, interval: float, callback: Callable[..., Any], *args: Any
     ) -> TimerHandle:
         """Call ``callback(*args)`` every ``interval`` seconds on the first I/O loop."""
-        return self._loops[0].run_every(interval, callback, *args)
+        return self._first_loop().run_every(interval, callback, *args)
+
+    def _first_loop(self) -> EventLoop:
+        if not self._loops:
+            raise RuntimeError("with workers > 1 the loops live in the worker processes; "
+                               "schedule timers there (e.g. conn.loop.run_after)")
+        return self._loops[0]
 
     # -- information -------------------------------------------------------------------
 
@@ -257,7 +313,13 @@ class Server:
         ``bytes_out``, ``errors`` (count by kind: exception class name, or
         ``idle_timeout``), ``loop_turns``, ``loop_busy_seconds`` (time spent handling
         rather than waiting), and the same per loop under ``loops``.
+
+        With ``workers``, in the parent: ``{"workers": N, "pids": [...], "restarts":
+        [...]}`` (live worker pids; restarts per worker slot).  Traffic is counted in
+        each worker, by its own ``stats()``.
         """
+        if self._supervisor is not None:
+            return self._supervisor.stats()
         per_loop = []
         for loop in self._loops:
             per_loop.append({
@@ -291,7 +353,10 @@ class Server:
     @property
     def address(self) -> Any:
         """The bound address: ``(host, port)`` for IPv4, ``(host, port, flow, scope)``
-        for IPv6 (so port 0 shows the port the kernel chose), the path for Unix."""
+        for IPv6 (so port 0 shows the port the kernel chose), the path for Unix.  With
+        ``workers``: the reserved address every worker listens on."""
+        if self._supervisor is not None:
+            return self._supervisor.address
         if self._sock is None:
             raise RuntimeError("server is not listening")
         return self._sock.getsockname()
@@ -319,6 +384,49 @@ class Server:
         return out
 
     # -- internals ---------------------------------------------------------------------
+
+    def _init_loops(self) -> None:
+        count = self._loop_count
+        self._loops = [EventLoop(f"gevwire-loop-{i}") for i in range(count)]
+        self._accept_loop = self._loops[0] if count == 1 else EventLoop("gevwire-accept")
+        self._connections = {lp: set() for lp in self._loops}
+        self._assigned = [0] * count
+
+    def _make_supervisor(self) -> Supervisor:
+        """Reserve the port and make the supervisor of the workers (parent only)."""
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError(f"server is {self._state}; a server starts once")
+            self._state = "running"
+        try:
+            reservation = reserve_port(self._family, self._bind_address)
+        except BaseException:
+            with self._lock:
+                self._state = "stopped"
+            self._stopped.set()
+            raise
+        self._worker_address = reservation.getsockname()
+        self._supervisor = Supervisor(self._run_worker, self._workers, reservation=reservation)
+        log.info("gevwire starting %d workers of %d loop(s) on %s", self._workers,
+                 self._loop_count, self._worker_address)
+        return self._supervisor
+
+    def _run_worker(self, control: WorkerControl) -> None:
+        """A worker process, just forked: this copy of the server becomes a one-process
+        server on the reserved port, serves until told to stop, then stops gracefully."""
+        self._workers = 1
+        self._supervisor = None
+        self._reuse_port = True
+        self._bind_address = self._worker_address
+        self._state = "new"
+        # Fresh, in case another thread of the parent held them at the fork.
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._init_loops()
+        self.start()
+        control.ready()
+        self.stop(control.wait_for_stop())
+        self.wait()
 
     def _bind(self) -> socket.socket:
         if self._family == socket.AF_UNIX:

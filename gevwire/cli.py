@@ -1,0 +1,205 @@
+"""``python -m gevwire run module:handler``: serve a handler from the command line.
+
+Like uvicorn: the handler is named ``module:attribute`` (a :class:`~gevwire.Handler`
+instance, a class instantiated with no arguments, or a zero-argument factory), and the
+working directory (``--app-dir``) is put first on ``sys.path`` so a module beside you
+imports.  ``SIGTERM`` and ``SIGINT`` stop the server gracefully; the exit status is 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from gevwire.codec import BaseCodec, RawCodec
+from gevwire.server import Server
+
+__all__ = ["BUILTIN_CODECS", "CliError", "load_codec", "load_handler", "main"]
+
+log = logging.getLogger("gevwire")
+
+#: ``--codec`` short names: factories in ``gevwire.codecs`` called with no arguments.
+BUILTIN_CODECS = ("raw", "line", "length_field", "varint")
+
+_CALLBACKS = ("on_connect", "on_message", "on_close")
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+class CliError(Exception):
+    """A command-line argument names something that cannot be used."""
+
+
+def _import_attribute(spec: str, what: str) -> Any:
+    """The object ``"package.module:attr.sub"`` names."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise CliError(f"{what} {spec!r}: expected 'module:attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Only the named module missing is our error; a missing import inside it is the
+        # module's own (raised with its traceback).
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+            raise CliError(f"{what} {spec!r}: no module named {exc.name!r} "
+                           f"(sys.path starts with {sys.path[0]!r})") from None
+        raise
+    obj: Any = module
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CliError(f"{what} {spec!r}: module {module_name!r} has no attribute "
+                           f"{attribute!r}") from None
+    return obj
+
+
+def _is_handler(obj: Any) -> bool:
+    return not isinstance(obj, type) and all(
+        callable(getattr(obj, name, None)) for name in _CALLBACKS)
+
+
+def load_handler(spec: str) -> Any:
+    """The handler ``spec`` names: an instance as is, a class or factory called."""
+    obj = _import_attribute(spec, "handler")
+    if not _is_handler(obj) and callable(obj):
+        obj = obj()
+    if not _is_handler(obj):
+        raise CliError(f"handler {spec!r} is not a handler: it needs "
+                       f"{', '.join(_CALLBACKS)} (subclass gevwire.Handler)")
+    return obj
+
+
+def load_codec(spec: str) -> BaseCodec:
+    """The codec ``spec`` names: a built-in short name or ``module:attribute``."""
+    if ":" in spec:
+        obj = _import_attribute(spec, "codec")
+    elif spec == "raw":
+        return RawCodec()
+    elif spec in BUILTIN_CODECS:
+        try:
+            codecs = importlib.import_module("gevwire.codecs")
+        except ImportError as exc:
+            raise CliError(f"codec {spec!r}: gevwire.codecs is not available ({exc})") from None
+        obj = getattr(codecs, spec, None)
+        if obj is None:
+            raise CliError(f"codec {spec!r} is not in this gevwire.codecs")
+    else:
+        raise CliError(f"unknown codec {spec!r}: use one of {', '.join(BUILTIN_CODECS)} "
+                       "or 'module:attribute'")
+    if not isinstance(obj, BaseCodec) and callable(obj):
+        try:
+            obj = obj()
+        except TypeError as exc:
+            raise CliError(f"codec {spec!r} cannot be made with no arguments ({exc}); "
+                           "name a configured instance as 'module:attribute'") from None
+    if not isinstance(obj, BaseCodec):
+        raise CliError(f"codec {spec!r} is not a codec (a gevwire.BaseCodec)")
+    return obj
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The ``python -m gevwire`` parser and its ``run`` sub-parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m gevwire", description="Fast non-blocking TCP servers (gevwire).")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    run = commands.add_parser(
+        "run", help="serve a handler",
+        description="Serve a handler until SIGTERM / SIGINT (a graceful stop).",
+        epilog="example: python -m gevwire run myapp:Echo --address 0.0.0.0:1833 --workers 4")
+    run.add_argument("handler", metavar="MODULE:HANDLER",
+                     help="a gevwire.Handler instance, a class (made with no arguments) or a "
+                          "zero-argument factory, e.g. myapp:Echo")
+    run.add_argument("--address", default="127.0.0.1:1833",
+                     help="host:port, [v6]:port, :port or unix:/path (default: %(default)s)")
+    run.add_argument("--loops", type=_positive_int, default=1,
+                     help="event loops per process (default: %(default)s)")
+    run.add_argument("--workers", type=_positive_int, default=1,
+                     help="processes, each with its own SO_REUSEPORT listener; handler state "
+                          "is per process (default: %(default)s)")
+    run.add_argument("--codec", default="raw",
+                     help=f"{', '.join(BUILTIN_CODECS)} or module:attribute (a codec or a "
+                          "zero-argument factory; default: %(default)s)")
+    run.add_argument("--idle-timeout", type=_positive_float, metavar="SECONDS",
+                     help="close connections idle this long")
+    run.add_argument("--max-connections", type=_non_negative_int, metavar="N",
+                     help="refuse connections over N (per process)")
+    run.add_argument("--proxy-protocol", action="store_true",
+                     help="expect a PROXY protocol v1/v2 header on every connection")
+    run.add_argument("--stop-timeout", type=_positive_float, default=5.0, metavar="SECONDS",
+                     help="how long a graceful stop may flush output (default: %(default)s)")
+    run.add_argument("--log-level", choices=_LOG_LEVELS, default="info",
+                     help="(default: %(default)s)")
+    run.add_argument("--app-dir", default=".",
+                     help="put this directory first on sys.path (default: the current one)")
+    return parser, run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser, run_parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s [%(process)d] %(message)s")
+    app_dir = os.path.abspath(args.app_dir)
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    try:
+        handler = load_handler(args.handler)
+        codec = load_codec(args.codec)
+    except CliError as exc:
+        run_parser.error(str(exc))  # exits with status 2
+    try:
+        server = Server(
+            handler,
+            address=args.address,
+            loops=args.loops,
+            workers=args.workers,
+            codec=codec,
+            idle_timeout=args.idle_timeout,
+            max_connections=args.max_connections,
+            proxy_protocol=args.proxy_protocol,
+        )
+    except (ValueError, TypeError, RuntimeError) as exc:
+        run_parser.error(str(exc))
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        server.stop(args.stop_timeout)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.run()
+    except (OSError, RuntimeError) as exc:
+        log.error("cannot serve on %s: %s", args.address, exc)
+        return 1
+    return 0

@@ -1,0 +1,155 @@
+"""``python -m gevwire run module:handler``: help, serving from a subprocess, errors."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_workers import ServerProcess, alive, kill_quietly
+
+import gevwire
+from gevwire.cli import CliError, load_codec, load_handler, main
+
+pytestmark = pytest.mark.timeout(60)
+
+APP = '''
+import gevwire
+
+class Upper(gevwire.Handler):
+    def on_message(self, conn, frame):
+        return bytes(frame).upper()
+
+upper = Upper()
+
+def make_upper():
+    return Upper()
+
+NOT_A_HANDLER = 42
+
+class Broken(gevwire.Handler):
+    def __init__(self):
+        raise ValueError("broken on purpose")
+
+import gevwire.codecs
+plus_codec = gevwire.codecs.line(b"+")
+'''
+
+LISTENING = r"\[(\d+)\] gevwire listening on \('127\.0\.0\.1', (\d+)\)"
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory holding ``upperapp.py``; ``sys.path`` is restored afterwards."""
+    (tmp_path / "upperapp.py").write_text(APP)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "upperapp", raising=False)
+    return tmp_path
+
+
+def gevwire_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gevwire", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=20)
+
+
+def test_help() -> None:
+    top = gevwire_cli("--help")
+    assert top.returncode == 0 and "run" in top.stdout
+    run = gevwire_cli("run", "--help")
+    assert run.returncode == 0
+    for option in ("MODULE:HANDLER", "--address", "--loops", "--workers", "--codec",
+                   "--idle-timeout", "--max-connections", "--proxy-protocol", "--log-level"):
+        assert option in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("spec", "codec", "workers", "send", "expect"),
+    [
+        ("upperapp:Upper", "raw", 1, b"hello", b"HELLO"),  # a class
+        ("upperapp:make_upper", "line", 1, b"one\ntwo\n", b"ONE\nTWO\n"),  # a factory
+        ("upperapp:upper", "upperapp:plus_codec", 2, b"a+b+", b"A+B+"),  # an instance
+    ],
+)
+def test_serves_a_handler_module_and_stops_on_sigterm(
+    app_dir: Path, spec: str, codec: str, workers: int, send: bytes, expect: bytes
+) -> None:
+    run = ServerProcess(["-m", "gevwire", "run", spec, "--address", "127.0.0.1:0",
+                         "--codec", codec, "--workers", str(workers), "--loops", "2",
+                         "--idle-timeout", "30", "--max-connections", "100"], cwd=app_dir)
+    pids: list[int] = []
+    try:
+        listening = run.wait_for(LISTENING + r" with 2 loop", count=workers)
+        pids = [int(m[1]) for m in listening]
+        port = int(listening[0][2])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(send)
+            got = b""
+            while len(got) < len(expect):
+                chunk = sock.recv(64)
+                assert chunk, run.output
+                got += chunk
+            assert got == expect
+        assert run.stop() == 0, run.output
+        assert "SIGTERM: stopping" in run.output
+        assert not any(alive(pid) for pid in pids if pid != run.proc.pid)
+    finally:
+        run.close()
+        kill_quietly([pid for pid in pids if pid != run.proc.pid and alive(pid)])
+
+
+def test_a_bad_handler_path_is_a_clear_error(app_dir: Path) -> None:
+    result = gevwire_cli("run", "nosuchmodule:Handler", cwd=app_dir)
+    assert result.returncode == 2
+    assert "no module named 'nosuchmodule'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["upperapp"], "expected 'module:attribute'"),
+        (["upperapp:Nope"], "module 'upperapp' has no attribute 'Nope'"),
+        (["upperapp:NOT_A_HANDLER"], "is not a handler"),
+        (["upperapp:Upper", "--codec", "morse"], "unknown codec 'morse'"),
+        (["upperapp:Upper", "--codec", "upperapp:upper"], "is not a codec"),
+        (["upperapp:Upper", "--workers", "2", "--address", "unix:/tmp/x.sock"], "TCP"),
+        (["upperapp:Upper", "--workers", "0"], "must be at least 1"),
+    ],
+)
+def test_bad_arguments_exit_with_a_usage_error(
+    app_dir: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", *args, "--app-dir", str(app_dir)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_error_inside_the_handler_factory_keeps_its_traceback(app_dir: Path) -> None:
+    sys.path.insert(0, str(app_dir))
+    with pytest.raises(ValueError, match="broken on purpose"):
+        load_handler("upperapp:Broken")
+
+
+def test_a_port_in_use_exits_with_status_1(app_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = gevwire_cli("run", "upperapp:Upper", "--address", f"127.0.0.1:{port}",
+                             cwd=app_dir)
+    assert result.returncode == 1
+    assert "cannot serve on" in result.stderr
+
+
+def test_load_codec_short_names_and_factories(app_dir: Path) -> None:
+    assert isinstance(load_codec("raw"), gevwire.RawCodec)
+    codecs = pytest.importorskip("gevwire.codecs")
+    for name in ("line", "length_field", "varint"):
+        if hasattr(codecs, name):
+            assert isinstance(load_codec(name), gevwire.BaseCodec)
+    assert isinstance(load_codec("gevwire:RawCodec"), gevwire.RawCodec)  # a class
+    with pytest.raises(CliError, match="unknown codec"):
+        load_codec("gzip")
