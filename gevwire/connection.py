@@ -340,7 +340,7 @@ class Connection:
                         # An incomplete frame, or one the view path leaves to decode()
                         # (errors, discards): the ring takes it, decode() runs below.
                         self._input.write(loop.spare_view[used:n])
-                    if len(frames) == 1:
+                    if len(frames) == 1 and not self._close_requested:
                         loop.frames_in += 1
                         try:
                             reply = self._on_message(self, frames[0])
@@ -443,6 +443,8 @@ class Connection:
             self._dispatch(frames)
 
     def _dispatch(self, frames: list[Any]) -> None:
+        if self._close_requested:  # close() came from elsewhere: no frame after it
+            return
         on_message = self._on_message
         encode = self._encode
         append = self._pending.append

@@ -535,6 +535,24 @@ def test_on_close_is_called_exactly_once_per_connection(
     assert all(counts[id(c)] == 1 for c in conns)
 
 
+def test_no_frame_is_dispatched_after_close_from_another_thread(
+    serve: ServeFn, connect: ConnectFn
+) -> None:
+    handler = Recorder(echo=False)
+    server = serve(handler)
+    client = connect(server)
+    conn = handler.conn_for(client)
+    # Hold the loop in a task so that close() is queued behind it and the peer's bytes
+    # are readable in the same turn that runs the queued close.
+    conn.loop.call_soon(time.sleep, 0.3)
+    time.sleep(0.05)
+    conn.close()
+    client.sendall(b"sent after close()")
+    assert wait_until(lambda: conn in handler.closed, 5)
+    assert handler.frames == []
+    assert peer_closed(client)
+
+
 # -- connection state ------------------------------------------------------------------
 
 
