@@ -1,0 +1,611 @@
+"""Test tools for gevwire protocols and handlers: hypothesis strategies from construct
+schemas, a codec conformance suite, a socket-free handler harness and loopback helpers.
+
+- :func:`strategy_for` — a hypothesis strategy of valid values for a construct schema.
+- :func:`check_codec` — the framing properties every codec must have, as one call.
+- :class:`HandlerHarness` — drive a handler with frames or bytes, no sockets.
+- :func:`serve` and :class:`BlockingClient` — a real server on a loopback port, a blocking client.
+- :func:`feed` and :class:`FrameCutter` — cut frames from reads exactly as a connection.
+
+hypothesis is a test dependency only: this module imports it inside the functions that
+need it (:func:`strategy_for`, :func:`check_codec`), so the harness, ``serve`` and
+``BlockingClient`` work without it.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gevwire.codec import BaseCodec, Decoder, RawCodec
+from gevwire.errors import ConnectionClosed, FrameError, GevwireError
+from gevwire.handler import Handler
+from gevwire.loop import SPARE_SIZE
+from gevwire.ringbuffer import RingBuffer
+from gevwire.server import Server
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+__all__ = [
+    "BlockingClient",
+    "CheckReport",
+    "CodecCheckFailed",
+    "FakeConnection",
+    "FrameCutter",
+    "HandlerHarness",
+    "UnsupportedConstruct",
+    "check_codec",
+    "feed",
+    "serve",
+    "strategy_for",
+]
+
+
+class UnsupportedConstruct(GevwireError, TypeError):
+    """:func:`strategy_for` cannot draw values for part of a schema.
+
+    ``path`` is the dotted field path (``"header.kind"``; ``""`` for the root): pass
+    ``overrides={path: strategy}`` to supply values for it.
+    """
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_codec` ran: the properties that passed, in order, and the ones
+    skipped with the reason."""
+
+    passed: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+class CodecCheckFailed(AssertionError):
+    """A codec broke one of :func:`check_codec`'s properties; ``prop`` names which."""
+
+    def __init__(self, message: str, *, prop: str = "") -> None:
+        super().__init__(message)
+        self.prop = prop
+
+
+# -- strategies and the codec suite (hypothesis imported lazily) ---------------------------
+
+
+def strategy_for(
+    schema: Any,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    max_size: int = 32,
+) -> SearchStrategy[Any]:
+    """A hypothesis strategy of valid values for a construct ``schema``.
+
+    Values are what ``schema.build`` accepts and ``schema.parse`` returns (``Container``,
+    ``ListContainer``, ``EnumIntegerString``; ``Rebuild``, ``Checksum`` and ``Computed``
+    fields filled in), so ``parse(build(x)) == x``.  Variable-size parts (``GreedyBytes``,
+    strings, ``Bytes(this.n)``) get at most ``max_size`` bytes or characters, arrays at
+    most ``max_size // 4`` items: a length field read by a later ``this`` expression is
+    drawn first, already capped.  ``Enum`` fields take their named values only; a field a
+    ``Switch`` is keyed on takes the keys of its cases.
+
+    Supported: ``Struct``, ``Int*`` / ``Float*`` / ``BytesInteger`` / ``BitsInteger``,
+    ``Flag``, ``Enum``, ``FlagsEnum``, ``BitStruct`` / ``Bitwise``, ``Bytes``,
+    ``GreedyBytes``, ``Prefixed``, ``PrefixedArray``, ``Array``, ``GreedyRange``,
+    ``VarInt``, ``ZigZag``, ``Switch``, ``Const``, ``Checksum``, ``Rebuild``,
+    ``Computed``, ``Default``, ``Padded``, ``Padding``, ``CString``, ``PascalString``,
+    ``PaddedString``, ``GreedyString``, ``Optional``, ``If`` / ``IfThenElse``, ``Hex``.
+
+    Anything else (lambdas for lengths or counts, computed ``Switch`` keys, ``Pointer``,
+    ``Peek``, ``Union``, custom ``Adapter``\\s ...) raises :class:`UnsupportedConstruct`
+    naming the field.  ``overrides`` maps dotted field paths (``"header.kind"``; array
+    items share their array's path) to a strategy, or to a function of the enclosing
+    construct context returning one (``lambda ctx: st.binary(min_size=ctx.length,
+    max_size=ctx.length)``); an override replaces that field's whole subtree.
+    """
+    from gevwire._strategies import build_strategy
+
+    return build_strategy(schema, overrides, max_size)
+
+
+def check_codec(
+    codec: BaseCodec,
+    *,
+    messages: SearchStrategy[Any] | None = None,
+    frame_of: Callable[[Any], Any] | None = None,
+    examples: int = 100,
+    max_frames: int = 5,
+    limits: bool = True,
+    timeout: float = 2.0,
+) -> CheckReport:
+    """Check the framing properties of ``codec``; raise :class:`CodecCheckFailed` if one
+    fails, else return a :class:`CheckReport` of what ran.
+
+    Properties, each tried on ``examples`` hypothesis examples (shrunk on failure):
+
+    - *round trip*: one encoded message decodes to exactly one frame, ``frame_of(m)``
+      (the message itself by default); the frame re-encodes to the same bytes;
+    - *splits*: a stream of up to ``max_frames`` messages cut at any points (also byte by
+      byte) yields the same frames, fed exactly as a connection feeds its decoder;
+    - *fast decoder* (``Codec`` with a fast decoder): equal to construct on valid and
+      damaged frames;
+    - *truncation*: a frame missing any suffix decodes to nothing and raises nothing;
+    - *max_frame_size* (``limits``): a frame of exactly ``max_frame_size`` bytes decodes;
+    - *garbage*: random bytes, damaged streams and floods of one byte raise only
+      :class:`~gevwire.FrameError`, never hang (``timeout`` seconds per feed), and leave
+      at most ``max_frame_size + 16`` bytes buffered.
+
+    Messages come from ``messages``; else from ``codec.example_strategy()`` if the codec
+    has one; else, for a :class:`~gevwire.Codec`, from ``strategy_for(codec.schema)``.
+    ``frame_of`` (or ``codec.example_frame(m)``) says which frame a message reads back as,
+    for codecs whose frames are not their messages (a length field kept in the frame).
+
+    With ``limits`` the limit properties run on shallow copies of ``codec`` whose
+    ``max_frame_size`` is set to a frame's exact size, so the decoder must take its limit
+    from the codec when ``decoder()`` is called (as every gevwire codec does).  A
+    ``RawCodec`` has no framing: its frames must concatenate to the stream.
+
+    Call it from a plain test function, not from inside a ``@given`` test.
+    """
+    from gevwire._check import run_checks
+
+    return run_checks(codec, messages=messages, frame_of=frame_of, examples=examples,
+                      max_frames=max_frames, limits=limits, timeout=timeout)
+
+
+# -- cutting frames as a connection does -----------------------------------------------------
+
+
+class FrameCutter:
+    """Cuts frames from successive reads exactly as a :class:`~gevwire.Connection` does.
+
+    While the input ring is empty, a read (at most the loop's 64 KiB spare buffer) goes
+    to ``decoder.decode_view`` and only what it leaves is copied into the ring.  While
+    the ring holds a partial frame, a read fills the ring's free space (plus the spare
+    buffer); then ``decode_view`` cuts the ring's bytes if they are contiguous, and
+    ``decoder.decode(ring)`` runs until it returns None.  A non-fatal
+    :class:`~gevwire.FrameError` is reported and cutting goes on; any other error ends
+    the stream (``failed`` is set and later reads are ignored), as the connection closes.
+
+    ``ring_capacity`` is the input ring's smallest size (the connection's is 4096); a
+    small one makes the ring wrap around often, the case where ``decode`` rather than
+    ``decode_view`` cuts frames.  What would hang a connection raises ``RuntimeError``:
+    a ``decode`` that returns a frame without consuming bytes, or a ``decode_view``
+    reporting more bytes used than it was given.
+    """
+
+    def __init__(self, codec: BaseCodec | Decoder, *, ring_capacity: int = 4096) -> None:
+        self.decoder: Decoder = codec.decoder() if isinstance(codec, BaseCodec) else codec
+        self.ring = RingBuffer(ring_capacity)
+        self.failed: BaseException | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held in the ring: a partial frame."""
+        return self.ring.length
+
+    def cut(
+        self, data: bytes | bytearray | memoryview
+    ) -> Iterator[tuple[Any, BaseException | None]]:
+        """Process ``data`` as it arrives (one read, or several if it exceeds what one
+        read of the connection takes): yields ``(frame, None)`` or ``(None, error)`` in
+        stream order.
+
+        Stop iterating to stop dispatching (as a connection does once closed): frames
+        already cut from this read are dropped.
+        """
+        view = memoryview(data)
+        ring = self.ring
+        while len(view) and self.failed is None:
+            if ring.length == 0:
+                piece, view = view[:SPARE_SIZE], view[SPARE_SIZE:]
+                yield from self._read_spare(piece)
+            else:
+                room = ring.free
+                piece, view = view[: room + SPARE_SIZE], view[room + SPARE_SIZE :]
+                ring.write(piece[:room])  # readv into the ring's free space ...
+                ring.write(piece[room:])  # ... and the spare buffer, then appended
+                yield from self._cut_from_ring()
+
+    def _error(self, exc: BaseException) -> tuple[None, BaseException]:
+        if not isinstance(exc, FrameError) or exc.fatal:
+            self.failed = exc
+        return None, exc
+
+    def _read_spare(self, view: memoryview) -> Iterator[tuple[Any, BaseException | None]]:
+        try:
+            frames, used = self.decoder.decode_view(view)
+        except Exception as exc:
+            yield self._error(exc)
+            return  # the connection drops this read
+        if not 0 <= used <= len(view):
+            raise RuntimeError(f"decode_view used {used} of {len(view)} bytes")
+        if used < len(view):
+            self.ring.write(view[used:])
+        for frame in frames:
+            yield frame, None
+        if used < len(view):
+            yield from self._cut_from_ring()
+
+    def _cut_from_ring(self) -> Iterator[tuple[Any, BaseException | None]]:
+        ring = self.ring
+        first, second = ring.peek_all()
+        if not len(second):
+            try:
+                frames, used = self.decoder.decode_view(first)
+            except Exception as exc:
+                yield self._error(exc)
+                return
+            if not 0 <= used <= len(first):
+                raise RuntimeError(f"decode_view used {used} of {len(first)} bytes")
+            if used:
+                ring.retrieve(used)
+            for frame in frames:
+                yield frame, None
+        decode = self.decoder.decode
+        while ring.length and self.failed is None:
+            before = ring.length
+            try:
+                frame = decode(ring)
+            except Exception as exc:
+                yield self._error(exc)
+                continue
+            if frame is None:
+                return
+            if ring.length >= before:
+                raise RuntimeError(
+                    f"decode returned {frame!r} without consuming bytes: a connection "
+                    "would loop forever"
+                )
+            yield frame, None
+
+    def push(self, data: bytes | bytearray | memoryview) -> tuple[list[Any], list[BaseException]]:
+        """Process one read: every frame cut from it, and every error raised."""
+        frames: list[Any] = []
+        errors: list[BaseException] = []
+        for frame, error in self.cut(data):
+            if error is None:
+                frames.append(frame)
+            else:
+                errors.append(error)
+        return frames, errors
+
+
+def feed(codec: BaseCodec | Decoder, chunks: Iterable[bytes]) -> list[Any]:
+    """The frames ``codec`` (or one decoder) cuts from ``chunks``, each chunk one read.
+
+    Raises the first error the decoder raises (a fatal one ends the stream anyway).
+    """
+    cutter = FrameCutter(codec)
+    frames: list[Any] = []
+    for chunk in chunks:
+        got, errors = cutter.push(chunk)
+        frames.extend(got)
+        if errors:
+            raise errors[0]
+    return frames
+
+
+# -- a handler without sockets -------------------------------------------------------------
+
+
+class FakeConnection:
+    """What a handler sees in :class:`HandlerHarness`: the :class:`~gevwire.Connection`
+    API a handler uses (``send``, ``close``, ``abort``, ``shutdown_write``, ``peer_addr``,
+    ``context``, ``get`` / ``set``, ``connected``), recording instead of writing.
+
+    There is no event loop: ``conn.loop`` (timers, ``call_soon``) is not available.
+    """
+
+    def __init__(self, harness: HandlerHarness, peer_addr: Any) -> None:
+        self._harness = harness
+        self.peer_addr = peer_addr
+        #: Free for the application, as on a real connection.
+        self.context: Any = None
+        self.values: dict[str, Any] = {}
+        self.close_requested = False
+        self.aborted = False
+        self.write_shut = False
+
+    @property
+    def fd(self) -> int:
+        """-1: there is no socket."""
+        return -1
+
+    @property
+    def connected(self) -> bool:
+        """True until the connection starts closing."""
+        return not self.close_requested and not self._harness.closed
+
+    @property
+    def read_buffer_length(self) -> int:
+        """Bytes received but not yet cut into a frame."""
+        return self._harness.cutter.buffered
+
+    @property
+    def write_buffer_length(self) -> int:
+        """Always 0: everything sent is taken at once."""
+        return 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A value stored with :meth:`set`."""
+        return self.values.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        """Store a value with the connection."""
+        self.values[key] = value
+
+    def send(self, message: Any) -> None:
+        """Encode ``message`` with the codec and record it as sent.
+
+        Raises :class:`~gevwire.ConnectionClosed` once closing or shut down for writing.
+        """
+        if self.close_requested or self.write_shut or self._harness.closed:
+            raise ConnectionClosed(f"{self!r} is closed for writing")
+        self._harness._record(message)
+
+    def close(self) -> None:
+        """Close after the current call (``on_close`` runs once, then)."""
+        self.close_requested = True
+
+    def abort(self) -> None:
+        """Close at once; recorded in ``aborted``."""
+        self.aborted = True
+        self.close_requested = True
+
+    def shutdown_write(self) -> None:
+        """Half-close: later ``send`` calls raise ``ConnectionClosed``."""
+        self.write_shut = True
+
+    def __repr__(self) -> str:
+        return f"<FakeConnection peer={self.peer_addr!r}>"
+
+
+class HandlerHarness:
+    """Runs a handler against a :class:`FakeConnection`, no sockets or threads.
+
+    ``on_connect`` runs at once.  :meth:`feed` hands bytes to the codec's decoder as a
+    connection would (each call is one read), :meth:`deliver` hands a frame straight to
+    ``on_message``; both return the replies that call produced.  Replies (returned values
+    and ``send`` arguments, in order) collect in ``replies`` and are encoded with the
+    codec, so an unencodable reply fails as it would on a server; the bytes collect in
+    ``output``.  Once the handler closes, later frames are not dispatched and
+    ``on_close`` runs (once) at the end of that call.
+
+    With ``raise_errors`` (the default) an exception from a handler callback or the
+    codec propagates to the test; only :class:`~gevwire.FrameError`\\s go to the
+    handler's ``on_error``, as on a server.  With ``raise_errors=False`` every error goes
+    to ``on_error`` as on a server (the default hook logs and closes); ``errors`` lists
+    them either way.
+
+        harness = HandlerHarness(MyHandler(), Codec(SCHEMA))
+        assert harness.deliver({"kind": "ping", "id": 7}) == [{"kind": "pong", "id": 7}]
+    """
+
+    def __init__(
+        self,
+        handler: Any,
+        codec: BaseCodec | None = None,
+        *,
+        peer_addr: Any = ("127.0.0.1", 40000),
+        raise_errors: bool = True,
+    ) -> None:
+        self.handler = handler
+        self.codec: BaseCodec = codec if codec is not None else RawCodec()
+        self.raise_errors = raise_errors
+        self.cutter = FrameCutter(self.codec)
+        self.conn = FakeConnection(self, peer_addr)
+        #: Every reply and ``send`` argument, in order.
+        self.replies: list[Any] = []
+        #: The encoded replies, one ``bytes`` each.
+        self.sent: list[bytes] = []
+        #: Errors reported to ``on_error``.
+        self.errors: list[BaseException] = []
+        #: True once ``on_close`` has run.
+        self.closed = False
+        self._new: list[Any] = []
+        self._call(lambda: handler.on_connect(self.conn))
+
+    @property
+    def output(self) -> bytes:
+        """Every byte sent to the peer so far."""
+        return b"".join(self.sent)
+
+    def deliver(self, frame: Any) -> list[Any]:
+        """Hand one decoded frame to ``on_message``; the replies it produced."""
+        return self._call(lambda: self._dispatch(frame))
+
+    def feed(self, data: bytes) -> list[Any]:
+        """One read of raw bytes through the codec's decoder; the replies produced."""
+        return self._call(lambda: self._read(data))
+
+    def feed_message(self, message: Any) -> list[Any]:
+        """``feed(codec.encode(message))``: what a client sending ``message`` causes."""
+        return self.feed(self.codec.encode(message))
+
+    def disconnect(self) -> None:
+        """The peer went away: ``on_close`` runs (once)."""
+        self.conn.close_requested = True
+        self._call(lambda: None)
+
+    def _record(self, message: Any) -> None:
+        data = self.codec.encode(message)
+        self.sent.append(bytes(data))
+        self.replies.append(message)
+        self._new.append(message)
+
+    def _call(self, action: Callable[[], None]) -> list[Any]:
+        self._new = []
+        if not self.closed:
+            try:
+                if not self.conn.close_requested:
+                    action()
+            finally:
+                if self.conn.close_requested and not self.closed:
+                    self.closed = True
+                    self.handler.on_close(self.conn)
+        return self._new
+
+    def _dispatch(self, frame: Any) -> None:
+        try:
+            reply = self.handler.on_message(self.conn, frame)
+            if reply is not None:
+                self._record(reply)
+        except Exception as exc:
+            if self.raise_errors:
+                raise
+            self._fail(exc)
+
+    def _read(self, data: bytes) -> None:
+        try:
+            for frame, error in self.cutter.cut(data):
+                if error is not None:
+                    if self.raise_errors and not isinstance(error, FrameError):
+                        raise error
+                    self._fail(error)
+                else:
+                    self._dispatch(frame)
+                if self.conn.close_requested:
+                    return
+        except RuntimeError:
+            raise
+        except Exception as exc:
+            if self.raise_errors:
+                raise
+            self._fail(exc)
+
+    def _fail(self, error: BaseException) -> None:
+        """As ``Connection._fail``: the handler's ``on_error``, or log and close."""
+        self.errors.append(error)
+        on_error = getattr(self.handler, "on_error", None)
+        try:
+            if on_error is not None:
+                on_error(self.conn, error)
+            else:
+                Handler.on_error(self.handler, self.conn, error)  # type: ignore[arg-type]
+        except Exception:
+            if self.raise_errors:
+                raise
+            self.conn.abort()
+        if isinstance(error, FrameError) and error.fatal:
+            self.conn.close()
+
+
+# -- loopback servers and clients ----------------------------------------------------------
+
+
+@contextmanager
+def serve(handler: Any, codec: BaseCodec | None = None, **server_kwargs: Any) -> Iterator[Server]:
+    """Run ``Server(handler, codec=codec, **server_kwargs)`` for the ``with`` block.
+
+    Binds ``127.0.0.1`` on a free port unless ``address`` is given; yields the running
+    server (``server.address``) and stops it afterwards.
+    """
+    server_kwargs.setdefault("address", "127.0.0.1:0")
+    server = Server(handler, codec=codec, **server_kwargs)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class BlockingClient:
+    """A blocking client for tests: ``send`` encodes with a codec, ``recv`` decodes the
+    next frame with the codec's decoder, fed exactly as a server connection feeds it.
+
+    ``address`` is a ``(host, port)`` tuple or a running :class:`~gevwire.Server` (whose
+    codec is then the default).  Every operation waits at most ``timeout`` seconds and
+    raises ``TimeoutError`` after that.
+
+        with serve(Echo(), codec) as server, BlockingClient(server) as client:
+            client.send(b"ping")
+            assert client.recv() == b"ping"
+    """
+
+    def __init__(self, address: Any, codec: BaseCodec | None = None, *,
+                 timeout: float = 5.0) -> None:
+        if isinstance(address, Server):
+            codec = codec if codec is not None else address.codec
+            address = address.address
+        self.codec: BaseCodec = codec if codec is not None else RawCodec()
+        self.timeout = timeout
+        self.sock = socket.create_connection((address[0], address[1]), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.cutter = FrameCutter(self.codec)
+        self._frames: deque[Any] = deque()
+        self.eof = False
+
+    def send(self, message: Any) -> None:
+        """Encode ``message`` with the codec and send all of it."""
+        self.sock.sendall(self.codec.encode(message))
+
+    def send_bytes(self, data: bytes) -> None:
+        """Send raw bytes."""
+        self.sock.sendall(data)
+
+    def recv(self, timeout: float | None = None) -> Any:
+        """The next frame from the server.
+
+        Raises ``TimeoutError``, :class:`~gevwire.ConnectionClosed` if the server closed
+        first, or the decoder's :class:`~gevwire.FrameError`.
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while not self._frames:
+            if self.eof:
+                raise ConnectionClosed("the server closed the connection")
+            self._read(deadline)
+        return self._frames.popleft()
+
+    def request(self, message: Any, timeout: float | None = None) -> Any:
+        """``send(message)`` then ``recv()``."""
+        self.send(message)
+        return self.recv(timeout)
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Read until the server closes (frames read meanwhile stay queued for
+        :meth:`recv`); False if it did not close within the timeout."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        try:
+            while not self.eof:
+                self._read(deadline)
+        except TimeoutError:
+            return False
+        return True
+
+    def _read(self, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no frame from the server in time")
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(1 << 16)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.eof = True
+            return
+        frames, errors = self.cutter.push(data)
+        self._frames.extend(frames)
+        if errors:
+            raise errors[0]
+
+    def shutdown_write(self) -> None:
+        """Half-close: the server sees EOF, and may still reply."""
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
