@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -19,75 +18,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pytest
+from system_packages import require_program, tail_lines
 
-#: Bounds on the one-time package installation (seconds).
-APT_UPDATE_TIMEOUT = 300.0
-APT_INSTALL_TIMEOUT = 600.0
 #: How long haproxy may take to start listening.
 START_TIMEOUT = 15.0
-
-_SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
-_install_failure: str | None = None
-
-
-def _find_haproxy() -> str | None:
-    found = shutil.which("haproxy")
-    if found:
-        return found
-    for directory in _SBIN_DIRS:  # Debian installs it in /usr/sbin, often not on PATH
-        path = os.path.join(directory, "haproxy")
-        if os.access(path, os.X_OK):
-            return path
-    return None
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def _install_haproxy() -> str | None:
-    """Install Debian's haproxy; return None on success or the reason it failed."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "haproxy is not installed and installing it needs root"
-    apt = shutil.which("apt-get")
-    if apt is None:
-        return "haproxy is not installed and there is no apt-get to install it"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    steps = [
-        ([apt, "update"], APT_UPDATE_TIMEOUT),
-        ([apt, "install", "-y", "--no-install-recommends", "haproxy"], APT_INSTALL_TIMEOUT),
-    ]
-    for command, timeout in steps:
-        try:
-            done = subprocess.run(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return f"`{' '.join(command)}` took over {timeout:.0f} s"
-        if done.returncode != 0:
-            return f"`{' '.join(command)}` failed ({done.returncode}):\n{_tail(done.stderr)}"
-    return None
 
 
 def haproxy_binary() -> str:
     """Path of ``haproxy``, installing it once if needed; skips the test if impossible."""
-    global _install_failure
-    found = _find_haproxy()
-    if found:
-        return found
-    if _install_failure is None:
-        _install_failure = _install_haproxy() or ""
-    found = _find_haproxy()
-    if found:
-        return found
-    pytest.skip(_install_failure or "haproxy was installed but is not found")
+    return require_program("haproxy", package="haproxy")
 
 
 def haproxy_version(binary: str) -> str:
@@ -217,7 +156,7 @@ def run_haproxy(
                     yield HAProxy(front_host, port, process, config)
                     return
                 log.seek(0)
-                errors.append(_tail(log.read()))
+                errors.append(tail_lines(log.read()))
             finally:
                 if process.poll() is None:
                     process.kill()
