@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from gevwire._sys import set_nodelay
+from gevwire.address import parse_address
 from gevwire.codec import BaseCodec, RawCodec
 from gevwire.connection import Connection, ConnectionOptions
 from gevwire.errors import ConnectionClosed
@@ -29,8 +30,6 @@ _CLOSED = object()
 
 def _dial(address: str, timeout: float) -> tuple[socket.socket, bool]:
     """Connect; return the socket and whether it is TCP."""
-    from gevwire.server import parse_address
-
     family, target = parse_address(address)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
@@ -15,10 +16,13 @@ from typing import Any
 
 from gevwire._sys import close as sys_close
 from gevwire._sys import set_nodelay
+from gevwire.address import parse_address
+from gevwire.client import open_connection
 from gevwire.codec import BaseCodec, RawCodec
 from gevwire.connection import Connection, ConnectionOptions
 from gevwire.listener import Listener
 from gevwire.loop import EventLoop
+from gevwire.metrics import MetricsServer
 from gevwire.timers import TimerHandle
 from gevwire.workers import Supervisor, WorkerControl, check_workers_supported, reserve_port
 
@@ -27,36 +31,6 @@ __all__ = ["Server", "parse_address"]
 log = logging.getLogger("gevwire")
 
 _REQUIRED = ("on_connect", "on_message", "on_close")
-
-
-def parse_address(address: str) -> tuple[int, Any]:
-    """Family and socket address of ``"host:port"``, ``":port"`` (every interface),
-    ``"[v6]:port"`` or ``"unix:/path/to/socket"``."""
-    if address.startswith("unix:"):
-        path = address[len("unix:"):]
-        if not path:
-            raise ValueError(f"bad address {address!r}: expected unix:/path")
-        return socket.AF_UNIX, path
-    if address.startswith("["):
-        host, sep, port = address[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"bad address {address!r}: expected [host]:port")
-        return socket.AF_INET6, (host, _port(port, address))
-    host, sep, port = address.rpartition(":")
-    if not sep:
-        raise ValueError(f"bad address {address!r}: expected host:port")
-    if ":" in host:
-        raise ValueError(f"bad address {address!r}: write IPv6 hosts as [host]:port")
-    return socket.AF_INET, (host or "0.0.0.0", _port(port, address))
-
-
-def _port(text: str, address: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"bad port in address {address!r}")
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port out of range in address {address!r}")
-    return port
 
 
 def _remove_stale_unix_socket(path: str) -> None:
@@ -102,6 +76,10 @@ class Server:
     stops them all gracefully.  Each worker has its own copy of ``handler`` (forked, not
     shared): handler state is per process.  In this process ``address`` is the reserved
     port, ``stats()`` the supervisor's view, and there are no loops (no ``run_after``).
+
+    ``metrics_address="host:port"`` serves ``stats()`` as Prometheus text at
+    ``/metrics`` (needs ``prometheus_client``: ``pip install 'gevwire[metrics]'``); with
+    workers, worker ``i`` serves its own on ``port + i`` (scrape each).
     """
 
     def __init__(
@@ -123,6 +101,7 @@ class Server:
         load_balance: str | Callable[[list[EventLoop], Any], int] = "round_robin",
         proxy_protocol: bool = False,
         workers: int = 1,
+        metrics_address: str | None = None,
     ) -> None:
         missing = [name for name in _REQUIRED if not callable(getattr(handler, name, None))]
         if missing:
@@ -154,6 +133,16 @@ class Server:
             if self._family == socket.AF_UNIX:
                 raise ValueError("workers > 1 needs a TCP address (SO_REUSEPORT)")
         self._workers = workers
+        self._metrics_bind: tuple[str, int] | None = None
+        if metrics_address is not None:
+            metrics_family, metrics_bind = parse_address(metrics_address)
+            if metrics_family == socket.AF_UNIX:
+                raise ValueError("metrics_address must be host:port")
+            if importlib.util.find_spec("prometheus_client") is None:
+                raise RuntimeError("metrics_address needs prometheus_client: "
+                                   "pip install 'gevwire[metrics]'")
+            self._metrics_bind = (metrics_bind[0], metrics_bind[1])
+        self._metrics: MetricsServer | None = None
         self._supervisor: Supervisor | None = None
         self._worker_address: Any = None  # the reserved address the workers bind
         self._loop_count = loops
@@ -212,6 +201,9 @@ class Server:
             for event in ready:
                 if not event.wait(10):
                     raise RuntimeError("event loop did not start")
+            if self._metrics_bind is not None:
+                self._metrics = MetricsServer(self.stats, *self._metrics_bind)
+                log.info("gevwire metrics on http://%s:%d/metrics", *self._metrics.address)
         except BaseException:
             self.stop()
             raise
@@ -297,6 +289,34 @@ class Server:
         """Call ``callback(*args)`` every ``interval`` seconds on the first I/O loop."""
         return self._first_loop().run_every(interval, callback, *args)
 
+    # -- outbound connections ----------------------------------------------------------
+
+    def connect(
+        self,
+        address: str,
+        *,
+        handler: Any = None,
+        codec: BaseCodec | None = None,
+        timeout: float = 10.0,
+    ) -> Connection:
+        """Open an outbound connection served by one of this server's loops.
+
+        ``address`` as for the server (``host:port``, ``[v6]:port``, ``unix:/path``).
+        The connection gets ``handler`` and ``codec`` (default: the server's), the
+        server's connection limits, and the loop with the fewest connections; it counts
+        in ``connections`` and is closed by :meth:`stop` like an accepted one.  Blocks
+        for the TCP connect only (up to ``timeout``); raises ``OSError`` if it fails.
+        """
+        if self._state != "running" or not self._loops:
+            raise RuntimeError("connect() needs a started server (in a worker, with workers)")
+        connections = self._connections
+        loop = min(self._loops, key=lambda candidate: len(connections[candidate]))
+        return open_connection(
+            loop, address, handler if handler is not None else self.handler,
+            codec if codec is not None else self.codec, self.options, timeout=timeout,
+            on_closed=self._connection_closed, on_start=connections[loop].add,
+        )
+
     def _first_loop(self) -> EventLoop:
         if not self._loops:
             raise RuntimeError("with workers > 1 the loops live in the worker processes; "
@@ -349,6 +369,11 @@ class Server:
             "loop_busy_seconds": sum(d["busy_seconds"] for d in per_loop),
             "loops": per_loop,
         }
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where ``/metrics`` is served (the bound port), or None without metrics."""
+        return self._metrics.address if self._metrics is not None else None
 
     @property
     def address(self) -> Any:
@@ -418,6 +443,9 @@ class Server:
         self._supervisor = None
         self._reuse_port = True
         self._bind_address = self._worker_address
+        if self._metrics_bind is not None and self._metrics_bind[1]:
+            host, port = self._metrics_bind
+            self._metrics_bind = (host, port + control.index)
         self._state = "new"
         # Fresh, in case another thread of the parent held them at the fork.
         self._lock = threading.Lock()
@@ -520,6 +548,8 @@ class Server:
         self._connections[conn.loop].discard(conn)
 
     def _shutdown(self, timeout: float) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
         listener = self._listener
         if listener is not None and self._accept_loop is not None:
             if self._accept_loop.running:

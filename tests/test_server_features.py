@@ -188,3 +188,109 @@ def test_stats_count_traffic() -> None:
         assert stats["loop_turns"] >= 10
         sock.close()
         assert wait_until(lambda: server.stats()["connections_open"] == 0)
+
+
+# -- metrics -----------------------------------------------------------------------
+
+
+def scrape(address: tuple[str, int]) -> dict[str, float]:
+    """``/metrics`` as ``{"name{labels}": value}``."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{address[0]}:{address[1]}/metrics", timeout=10) as r:
+        assert r.status == 200
+        text = r.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_address_serves_prometheus_text_of_stats() -> None:
+    pytest.importorskip("prometheus_client")
+    server = gevwire.Server(Echo(), address="127.0.0.1:0", loops=2,
+                            metrics_address="127.0.0.1:0")
+    with server:
+        metrics = server.metrics_address
+        assert metrics is not None and metrics[1] != 0
+        socks = [client(server) for _ in range(3)]
+        for sock in socks:
+            for _ in range(5):
+                sock.sendall(b"12345678")
+                assert recv_exactly(sock, 8) == b"12345678"
+        assert wait_until(lambda: server.stats()["frames_out"] >= 15)
+        samples = scrape(metrics)
+        open_now = sum(v for k, v in samples.items()
+                       if k.startswith("gevwire_connections_open{"))
+        assert open_now == 3
+        assert samples["gevwire_connections_total"] == 3
+        frames_in = sum(v for k, v in samples.items() if k.startswith("gevwire_frames_in_total{"))
+        bytes_out = sum(v for k, v in samples.items() if k.startswith("gevwire_bytes_out_total{"))
+        assert frames_in >= 15  # a read may carry two writes: at least one frame per read
+        assert bytes_out == 3 * 5 * 8
+        assert any(k.startswith("gevwire_busy_seconds_total{") for k in samples)
+        for sock in socks:
+            sock.close()
+    with pytest.raises(OSError):  # stop() closed the metrics endpoint too
+        socket.create_connection(metrics, timeout=2).close()
+
+
+def test_metrics_address_must_be_tcp() -> None:
+    with pytest.raises(ValueError):
+        gevwire.Server(Echo(), address="127.0.0.1:0", metrics_address="unix:/tmp/m.sock")
+
+
+# -- outbound connections from a server ----------------------------------------------
+
+
+class Collector(gevwire.Handler):
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.connected: list[gevwire.Connection] = []
+        self.closed: list[gevwire.Connection] = []
+
+    def on_connect(self, conn: gevwire.Connection) -> None:
+        self.connected.append(conn)
+
+    def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+        self.frames.append(frame)
+        return None
+
+    def on_close(self, conn: gevwire.Connection) -> None:
+        self.closed.append(conn)
+
+
+def test_server_connect_runs_an_outbound_connection_on_its_loops() -> None:
+    upstream = gevwire.Server(Echo(), address="127.0.0.1:0").start()
+    collector = Collector()
+    server = gevwire.Server(Echo(), address="127.0.0.1:0", loops=2).start()
+    try:
+        host, port = upstream.address[:2]
+        conn = server.connect(f"{host}:{port}", handler=collector)
+        conn.send(b"through the upstream")
+        assert wait_until(lambda: b"".join(collector.frames) == b"through the upstream")
+        assert conn.loop in server.loops
+        assert collector.connected == [conn]
+        assert conn in server.connections()
+        assert server.connection_count == 1
+    finally:
+        server.stop()
+        upstream.stop()
+    assert server.wait(10)
+    assert collector.closed == [conn]  # stop() closes outbound connections too
+
+
+def test_server_connect_failure_raises_and_needs_a_started_server() -> None:
+    server = gevwire.Server(Echo(), address="127.0.0.1:0")
+    with pytest.raises(RuntimeError):
+        server.connect("127.0.0.1:1")
+    with server:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+        probe.close()
+        with pytest.raises(ConnectionRefusedError):
+            server.connect(f"127.0.0.1:{free}", timeout=2)
+        assert server.connection_count == 0
