@@ -42,7 +42,7 @@ from gevwire._sys import (
 from gevwire._sys import (
     shutdown as sys_shutdown,
 )
-from gevwire.errors import ConnectionClosed, FrameError, WriteBufferFull
+from gevwire.errors import ConnectionClosed, FrameError, FrameTimeout, WriteBufferFull
 from gevwire.loop import SPARE_SIZE
 from gevwire.proxy_protocol import ProxyHeaderDecoder, ProxyInfo
 from gevwire.ringbuffer import RingBuffer
@@ -72,8 +72,11 @@ class ConnectionOptions:
     unsent output beyond this closes the connection (:class:`WriteBufferFull`).
     ``close_timeout``: how long :meth:`Connection.close` waits for unsent output to drain
     before dropping it.  ``idle_timeout``: close a connection after this many seconds
-    with nothing read or written (None: never).  ``proxy_protocol``: expect a PROXY
-    protocol v1 or v2 header before the first frame.
+    with nothing read or written (None: never).  ``frame_timeout``: a frame whose first
+    bytes have arrived must be complete within this many seconds, else
+    :class:`~gevwire.FrameTimeout` goes to ``on_error`` (default: close) — slowloris
+    peers that trickle bytes never look idle (None: no deadline).  ``proxy_protocol``:
+    expect a PROXY protocol v1 or v2 header before the first frame.
     """
 
     write_high_water: int = 1 << 20
@@ -82,6 +85,7 @@ class ConnectionOptions:
     close_timeout: float = 10.0
     tcp_nodelay: bool = True
     idle_timeout: float | None = None
+    frame_timeout: float | None = None
     proxy_protocol: bool = False
 
     def __post_init__(self) -> None:
@@ -93,6 +97,8 @@ class ConnectionOptions:
             raise ValueError("close_timeout must be >= 0")
         if self.idle_timeout is not None and self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive (or None for no limit)")
+        if self.frame_timeout is not None and self.frame_timeout <= 0:
+            raise ValueError("frame_timeout must be positive (or None for no limit)")
 
 
 class Connection:
@@ -114,6 +120,7 @@ class Connection:
         "_encode",
         "_events",
         "_fd",
+        "_frame_timer",
         "_handler",
         "_idle_timer",
         "_input",
@@ -122,6 +129,7 @@ class Connection:
         "_on_message",
         "_options",
         "_output",
+        "_partial_since",
         "_pending",
         "_proxy",
         "_read_paused",
@@ -175,6 +183,8 @@ class Connection:
         self._xsend_scheduled = False
         self._close_timer: TimerHandle | None = None
         self._idle_timer: TimerHandle | None = None
+        self._frame_timer: TimerHandle | None = None
+        self._partial_since = 0.0  # when the buffered partial frame began (0: none)
         self._proxy: ProxyHeaderDecoder | None = None
         #: The PROXY protocol header (``proxy_protocol=True``), else None.
         self.proxy_info: ProxyInfo | None = None
@@ -412,6 +422,7 @@ class Connection:
     def _cut_from_ring(self) -> None:
         decode = self._decoder.decode
         ring = self._input
+        buffered = ring._len
         frames: list[Any] = []
         first, second = ring.peek_all()
         if not second:
@@ -441,6 +452,34 @@ class Connection:
             frames.append(frame)
         if frames:
             self._dispatch(frames)
+        if self._options.frame_timeout is not None:
+            self._track_partial_frame(ring._len < buffered)
+
+    def _track_partial_frame(self, consumed: bool) -> None:
+        """Stamp when a partial frame starts and arm the frame deadline (timer armed
+        once per partial frame, not per read)."""
+        if not self._input._len or self._state != _OPEN:
+            self._partial_since = 0.0
+        elif consumed or not self._partial_since:
+            self._partial_since = self.loop.now
+            if self._frame_timer is None:
+                timeout = self._options.frame_timeout
+                assert timeout is not None
+                self._frame_timer = self.loop.run_after(timeout, self._check_frame_deadline)
+
+    def _check_frame_deadline(self) -> None:
+        """Frame timer: fail with FrameTimeout if the partial frame is overdue."""
+        self._frame_timer = None
+        if self._state != _OPEN or not self._partial_since or not self._input._len:
+            return
+        timeout = self._options.frame_timeout
+        assert timeout is not None
+        left = self._partial_since + timeout - time.monotonic()
+        if left > 0 or self._read_paused:  # paused by us (backpressure): not the peer's fault
+            self._frame_timer = self.loop.run_after(left if left > 0 else timeout,
+                                                    self._check_frame_deadline)
+            return
+        self._fail(FrameTimeout(timeout, self._input._len))
 
     def _dispatch(self, frames: list[Any]) -> None:
         if self._close_requested:  # close() came from elsewhere: no frame after it
@@ -684,6 +723,9 @@ class Connection:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
         try:
             self.loop.unregister(fd, self._token)
         except OSError as exc:

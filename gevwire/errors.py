@@ -50,6 +50,17 @@ class FrameTooLarge(FrameError):
         self.fatal = fatal
 
 
+class FrameTimeout(FrameError):
+    """A frame was started but not completed within the server's ``frame_timeout``."""
+
+    def __init__(self, timeout: float, buffered: int) -> None:
+        super().__init__(
+            f"frame incomplete after {timeout:g}s ({buffered} bytes buffered; frame_timeout)"
+        )
+        self.timeout = timeout
+        self.buffered = buffered
+
+
 class EncodeError(GevwireError, ValueError):
     """A reply or ``send`` argument cannot be encoded by the connection's codec."""
 

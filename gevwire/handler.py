@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from gevwire.errors import FrameError
+
 if TYPE_CHECKING:
     from gevwire.connection import Connection
 
@@ -35,7 +37,10 @@ class Handler:
         A non-fatal :class:`~gevwire.FrameError` (the codec skipped just that frame) is
         logged as a warning and the connection stays open.
         """
-        if getattr(error, "fatal", True):
+        if isinstance(error, FrameError) and error.fatal:
+            log.warning("closing %r: %s", conn, error)  # the peer's fault: no traceback
+            conn.close()
+        elif getattr(error, "fatal", True):
             log.error("closing %r after error", conn, exc_info=error)
             conn.close()
         else:

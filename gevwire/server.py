@@ -60,7 +60,9 @@ class Server:
     ``(loops, peer_addr) -> index``.
 
     Limits: ``idle_timeout`` closes connections with nothing read or written for that
-    many seconds; ``max_connections`` accepts and at once closes connections over the
+    many seconds; ``frame_timeout`` fails a frame not completed that many seconds after
+    its first bytes (slowloris; see :class:`~gevwire.connection.ConnectionOptions`);
+    ``max_connections`` accepts and at once closes connections over the
     limit (counted in ``stats()["connections_refused"]``); the write-buffer limits are
     described in :class:`~gevwire.connection.ConnectionOptions`.
 
@@ -97,6 +99,7 @@ class Server:
         close_timeout: float = 10.0,
         tcp_nodelay: bool = True,
         idle_timeout: float | None = None,
+        frame_timeout: float | None = None,
         max_connections: int | None = None,
         load_balance: str | Callable[[list[EventLoop], Any], int] = "round_robin",
         proxy_protocol: bool = False,
@@ -123,6 +126,7 @@ class Server:
             close_timeout=close_timeout,
             tcp_nodelay=tcp_nodelay,
             idle_timeout=idle_timeout,
+            frame_timeout=frame_timeout,
             proxy_protocol=proxy_protocol,
         )
         self.max_connections = max_connections

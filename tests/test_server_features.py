@@ -294,3 +294,71 @@ def test_server_connect_failure_raises_and_needs_a_started_server() -> None:
         with pytest.raises(ConnectionRefusedError):
             server.connect(f"127.0.0.1:{free}", timeout=2)
         assert server.connection_count == 0
+
+
+# -- frame deadline (slowloris) ------------------------------------------------------
+
+
+def test_frame_timeout_closes_a_peer_that_trickles_a_frame() -> None:
+    from gevwire.codecs import line
+
+    errors: list[BaseException] = []
+
+    class Lines(Echo):
+        def on_error(self, conn: gevwire.Connection, error: BaseException) -> None:
+            errors.append(error)
+            super().on_error(conn, error)
+
+    with gevwire.Server(Lines(), address="127.0.0.1:0", codec=line(),
+                        frame_timeout=0.5, idle_timeout=30) as server:
+        slow, good = client(server), client(server)
+        started = time.monotonic()
+        closed_at = None
+        for _ in range(40):  # one byte every 0.1 s, never a newline: never idle
+            try:
+                slow.sendall(b"x")
+            except OSError:
+                closed_at = time.monotonic()
+                break
+            good.sendall(b"ping\n")  # a well-behaved peer is served throughout
+            assert recv_exactly(good, 5) == b"ping\n"
+            time.sleep(0.1)
+            slow.setblocking(False)
+            try:
+                if slow.recv(1) == b"":
+                    closed_at = time.monotonic()
+                    break
+            except BlockingIOError:
+                pass
+            finally:
+                slow.setblocking(True)
+        assert closed_at is not None, "the trickling peer was never closed"
+        assert 0.4 <= closed_at - started < 3.0
+        assert len(errors) == 1 and isinstance(errors[0], gevwire.FrameTimeout)
+        assert server.stats()["errors"].get("FrameTimeout") == 1
+        good.sendall(b"after\n")
+        assert recv_exactly(good, 6) == b"after\n"
+        slow.close()
+        good.close()
+
+
+def test_frame_timeout_resets_for_each_frame() -> None:
+    from gevwire.codecs import line
+
+    with gevwire.Server(Echo(), address="127.0.0.1:0", codec=line(),
+                        frame_timeout=0.4) as server:
+        sock = client(server)
+        # Each frame takes 0.3 s to arrive; 6 frames take far longer than the deadline,
+        # and every one is on time.
+        for i in range(6):
+            sock.sendall(b"frame")
+            time.sleep(0.3)
+            sock.sendall(f"{i}\n".encode())
+            assert recv_exactly(sock, 7) == f"frame{i}\n".encode()
+        assert server.stats()["errors"] == {}
+        sock.close()
+
+
+def test_frame_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        gevwire.Server(Echo(), address="127.0.0.1:0", frame_timeout=0)
