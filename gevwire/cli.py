@@ -150,6 +150,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                           "zero-argument factory; default: %(default)s)")
     run.add_argument("--idle-timeout", type=_positive_float, metavar="SECONDS",
                      help="close connections idle this long")
+    run.add_argument("--frame-timeout", type=_positive_float, metavar="SECONDS",
+                     help="close connections that leave a frame incomplete this long")
+    run.add_argument("--metrics-address", metavar="HOST:PORT",
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics (worker i: "
+                          "PORT + i); needs prometheus_client")
     run.add_argument("--max-connections", type=_non_negative_int, metavar="N",
                      help="refuse connections over N (per process)")
     run.add_argument("--proxy-protocol", action="store_true",
@@ -185,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             codec=codec,
             idle_timeout=args.idle_timeout,
+            frame_timeout=args.frame_timeout,
+            metrics_address=args.metrics_address,
             max_connections=args.max_connections,
             proxy_protocol=args.proxy_protocol,
         )

@@ -60,7 +60,8 @@ def test_help() -> None:
     run = gevwire_cli("run", "--help")
     assert run.returncode == 0
     for option in ("MODULE:HANDLER", "--address", "--loops", "--workers", "--codec",
-                   "--idle-timeout", "--max-connections", "--proxy-protocol", "--log-level"):
+                   "--idle-timeout", "--frame-timeout", "--metrics-address", "--max-connections",
+                   "--proxy-protocol", "--log-level"):
         assert option in run.stdout
 
 
@@ -153,3 +154,44 @@ def test_load_codec_short_names_and_factories(app_dir: Path) -> None:
     assert isinstance(load_codec("gevwire:RawCodec"), gevwire.RawCodec)  # a class
     with pytest.raises(CliError, match="unknown codec"):
         load_codec("gzip")
+
+
+def _two_free_ports() -> int:
+    """A port p such that p and p + 1 are both free right now."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if port >= 65535:
+            continue
+        with socket.socket() as second:
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
+
+
+def test_metrics_address_with_workers_serves_one_endpoint_per_worker(app_dir: Path) -> None:
+    pytest.importorskip("prometheus_client")
+    import urllib.request
+
+    base = _two_free_ports()
+    run = ServerProcess(["-m", "gevwire", "run", "upperapp:Upper", "--address", "127.0.0.1:0",
+                         "--workers", "2", "--metrics-address", f"127.0.0.1:{base}",
+                         "--frame-timeout", "5"], cwd=app_dir)
+    pids: list[int] = []
+    try:
+        listening = run.wait_for(LISTENING, count=2)
+        pids = [int(m[1]) for m in listening]
+        run.wait_for(r"gevwire metrics on http://127\.0\.0\.1:\d+/metrics", count=2)
+        for port in (base, base + 1):
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text = response.read().decode()
+            assert "gevwire_connections_total" in text, text[:500]
+        assert run.stop() == 0, run.output
+    finally:
+        run.close()
+        kill_quietly([pid for pid in pids if pid != run.proc.pid and alive(pid)])
