@@ -5,6 +5,7 @@
 - :func:`length_field`: netty's ``LengthFieldBasedFrameDecoder`` with its prepender.
 - :func:`line`, :func:`delimiter`: delimited frames (netty's line and delimiter decoders).
 - :func:`varint`: protobuf-style varint length prefix.
+- :mod:`~gevwire.codecs.mqtt` (:class:`MqttCodec`): MQTT 3.1.1 control packets.
 """
 
 from gevwire.codec import RawCodec
@@ -17,6 +18,7 @@ from .length_field import (
     length_field_prepender,
 )
 from .line import DelimiterCodec, delimiter, line
+from .mqtt import MqttCodec
 from .varint import VarintCodec, encode_varint, varint
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "FixedLengthCodec",
     "LengthFieldCodec",
     "LengthFieldPrepender",
+    "MqttCodec",
     "RawCodec",
     "VarintCodec",
     "delimiter",

@@ -1,0 +1,562 @@
+"""``examples/mqtt_broker.py`` against clients nobody here wrote: paho-mqtt and the
+mosquitto command-line clients, plus raw packets (gevwire's ``BlockingClient`` with the
+MQTT codec) for what those clients never do: stay silent, break the protocol.
+
+The broker runs as a subprocess on a free loopback port (``--port 0``; it prints
+``listening on HOST:PORT``), with two loops so that publisher and subscriber are often
+on different threads.  Every wait is bounded and the broker is always killed.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from gevwire.codecs import mqtt as m
+from gevwire.testing import BlockingClient
+
+paho_client = pytest.importorskip("paho.mqtt.client")
+
+REPO = Path(__file__).resolve().parent.parent
+BROKER = REPO / "examples" / "mqtt_broker.py"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 15.0
+WAIT = 10.0  # any single expected event
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# -- the broker process ----------------------------------------------------------------
+
+
+def _read_port(proc: subprocess.Popen[bytes], log: IO[bytes]) -> int:
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + START_TIMEOUT
+    pending = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if not sel.select(min(left, 0.5)):
+                if proc.poll() is not None:
+                    break
+                continue
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            pending += chunk
+            for line in pending.split(b"\n")[:-1]:
+                if line.startswith(b"listening on "):
+                    return int(line.rsplit(b":", 1)[1])
+    log.seek(0)
+    raise AssertionError(f"no 'listening on' line (status {proc.poll()}): "
+                         + log.read().decode(errors="replace"))
+
+
+@contextmanager
+def run_broker(*extra: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """The broker on a free port; always killed at the end."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
+                                         if p)}
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([sys.executable, str(BROKER), "--port", "0", *extra],
+                                cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=log)
+        try:
+            yield proc, _read_port(proc, log)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(STOP_TIMEOUT)
+            assert proc.stdout is not None
+            proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    with run_broker("--loops", "2") as (proc, broker_port):
+        yield broker_port
+        assert proc.poll() is None, "the broker died during the tests"
+
+
+def unique() -> str:
+    """A topic prefix of this test's own (the broker is shared by the module)."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+# -- paho ------------------------------------------------------------------------------
+
+
+class Paho:
+    """A paho-mqtt client (callback API v2) with blocking helpers, each bounded."""
+
+    def __init__(self, port: int, client_id: str = "", *, clean_session: bool = True,
+                 keepalive: int = 60) -> None:
+        self.client = paho_client.Client(paho_client.CallbackAPIVersion.VERSION2,
+                                         client_id=client_id, clean_session=clean_session,
+                                         protocol=paho_client.MQTTv311)
+        self.messages: queue.Queue[Any] = queue.Queue()
+        self.acks: queue.Queue[Any] = queue.Queue()
+        self.connected = threading.Event()
+        self.connect_flags: Any = None
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda c, u, msg: self.messages.put(msg)
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.acks.put(
+            ("suback", mid, [int(code.value) for code in codes]))
+        self.client.on_unsubscribe = lambda c, u, mid, codes, p: self.acks.put(
+            ("unsuback", mid))
+        self.client.connect("127.0.0.1", port, keepalive)
+        self.client.loop_start()
+        assert self.connected.wait(WAIT), "no CONNACK"
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        assert not reason.is_failure, reason
+        self.connect_flags = flags
+        self.connected.set()
+
+    def subscribe(self, topic: str, qos: int = 0) -> list[int]:
+        """Subscribe and wait for the SUBACK; its return codes."""
+        _, mid = self.client.subscribe(topic, qos)
+        kind, ack_mid, codes = self.acks.get(timeout=WAIT)
+        assert (kind, ack_mid) == ("suback", mid)
+        return list(codes)
+
+    def unsubscribe(self, topic: str) -> None:
+        _, mid = self.client.unsubscribe(topic)
+        assert self.acks.get(timeout=WAIT) == ("unsuback", mid)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        """Publish; for QoS 1 return only once the broker's PUBACK came back."""
+        info = self.client.publish(topic, payload, qos, retain)
+        info.wait_for_publish(WAIT)
+        assert info.is_published()
+
+    def receive(self, timeout: float = WAIT) -> Any:
+        return self.messages.get(timeout=timeout)
+
+    def nothing_more(self, wait: float = 0.3) -> bool:
+        try:
+            extra = self.messages.get(timeout=wait)
+        except queue.Empty:
+            return True
+        raise AssertionError(f"unexpected message on {extra.topic}: {extra.payload!r}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def paho(port: int) -> Iterator[Any]:
+    """``paho(**kwargs)``: a connected client, disconnected at teardown."""
+    clients: list[Paho] = []
+
+    def make(**kwargs: Any) -> Paho:
+        client = Paho(port, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def test_paho_qos0_round_trip(paho: Any) -> None:
+    topic = f"{unique()}/a"
+    sub, pub = paho(), paho()
+    assert sub.subscribe(topic, 0) == [0]
+    for i in range(20):
+        pub.publish(topic, b"m%d" % i)
+    got = [sub.receive() for _ in range(20)]
+    assert [g.payload for g in got] == [b"m%d" % i for i in range(20)]  # in order
+    assert all(g.topic == topic and g.qos == 0 and not g.retain for g in got)
+    assert sub.nothing_more()
+
+
+def test_paho_qos1_round_trip_and_qos_downgrade(paho: Any) -> None:
+    base = unique()
+    sub1, sub0, pub = paho(), paho(), paho()
+    assert sub1.subscribe(f"{base}/q", 1) == [1]
+    assert sub0.subscribe(f"{base}/q", 0) == [0]
+    assert sub1.subscribe(f"{base}/two", 2) == [1]  # granted at most QoS 1
+    payload = bytes(range(256)) * 40  # binary-safe, past the 2-byte length boundary
+    pub.publish(f"{base}/q", payload, qos=1)  # returns after the PUBACK
+    got = sub1.receive()
+    assert (got.topic, got.payload, got.qos) == (f"{base}/q", payload, 1)
+    low = sub0.receive()
+    assert (low.payload, low.qos) == (payload, 0)  # min(publish 1, granted 0)
+    pub.publish(f"{base}/q", b"zero", qos=0)
+    assert sub1.receive().qos == 0  # min(publish 0, granted 1)
+    pub.publish(f"{base}/two", b"two", qos=2)
+    assert (sub1.receive().qos, sub1.messages.empty()) == (1, True)
+
+
+def test_paho_wildcards(paho: Any) -> None:
+    base = unique()
+    plus, multi, pub = paho(), paho(), paho()
+    assert plus.subscribe(f"{base}/+/temp", 1) == [1]
+    assert multi.subscribe(f"{base}/#", 0) == [0]
+    assert multi.subscribe(f"{base}/+/temp", 1) == [1]  # overlapping: one copy, QoS 1
+    for topic in (f"{base}/kitchen/temp", f"{base}/kitchen/hum", f"{base}/a/temp/x",
+                  f"{base}", f"{base}/hall/temp"):
+        pub.publish(topic, topic.encode(), qos=1)
+    assert [plus.receive().topic for _ in range(2)] == [f"{base}/kitchen/temp",
+                                                        f"{base}/hall/temp"]
+    got = [multi.receive() for _ in range(5)]
+    assert [g.topic for g in got] == [f"{base}/kitchen/temp", f"{base}/kitchen/hum",
+                                      f"{base}/a/temp/x", base, f"{base}/hall/temp"]
+    assert [g.qos for g in got] == [1, 0, 0, 0, 1]
+    assert plus.nothing_more() and multi.nothing_more(0.05)
+
+
+def test_paho_retained_set_replace_delete(paho: Any) -> None:
+    topic = f"{unique()}/state"
+    pub = paho()
+    pub.publish(topic, b"first", qos=1, retain=True)
+    first = paho()
+    first.subscribe(topic, 1)
+    got = first.receive()
+    assert (got.payload, got.retain, got.qos) == (b"first", True, 1)
+    pub.publish(topic, b"second", qos=0, retain=True)
+    live = first.receive()
+    assert (live.payload, live.retain) == (b"second", False)  # live copies: RETAIN 0
+    second = paho()
+    second.subscribe(topic, 1)
+    got = second.receive()
+    assert (got.payload, got.retain, got.qos) == (b"second", True, 0)  # stored at QoS 0
+    assert second.nothing_more()
+    pub.publish(topic, b"", qos=1, retain=True)  # deletes it (and is delivered live)
+    assert first.receive().payload == b""
+    third = paho()
+    third.subscribe(topic, 1)
+    assert third.nothing_more(0.5)
+
+
+def test_paho_unsubscribe(paho: Any) -> None:
+    base = unique()
+    sub, pub = paho(), paho()
+    sub.subscribe(f"{base}/gone", 1)
+    sub.subscribe(f"{base}/kept", 1)
+    pub.publish(f"{base}/gone", b"1", qos=1)
+    assert sub.receive().payload == b"1"
+    sub.unsubscribe(f"{base}/gone")
+    pub.publish(f"{base}/gone", b"2", qos=1)
+    pub.publish(f"{base}/kept", b"marker", qos=1)
+    # One publisher's messages reach a subscriber in order: the marker proves "2" skipped.
+    assert sub.receive().payload == b"marker"
+    assert sub.nothing_more()
+
+
+def test_paho_persistent_session_gets_what_it_missed(paho: Any, port: int) -> None:
+    topic = f"{unique()}/p"
+    client_id = f"persist-{uuid.uuid4().hex[:8]}"
+    first = Paho(port, client_id, clean_session=False)
+    assert first.subscribe(topic, 1) == [1]
+    first.close()
+    pub = paho()
+    pub.publish(topic, b"while away", qos=1)
+    pub.publish(topic, b"qos0 is not kept", qos=0)
+    again = paho(client_id=client_id, clean_session=False)
+    assert again.connect_flags.session_present
+    got = again.receive()
+    assert (got.payload, got.qos) == (b"while away", 1)
+    assert again.nothing_more()
+    again.close()
+    fresh = paho(client_id=client_id, clean_session=True)
+    assert not fresh.connect_flags.session_present
+
+
+# -- raw packets -----------------------------------------------------------------------
+
+CODEC = m.mqtt()
+
+
+def raw_client(port: int, connect: m.Connect | None = None) -> BlockingClient:
+    """A connected raw client; CONNECT sent and its CONNACK checked when given."""
+    client = BlockingClient(("127.0.0.1", port), CODEC, timeout=WAIT)
+    if connect is not None:
+        assert client.request(connect) == m.ConnAck(0, False)
+    return client
+
+
+def test_keep_alive_closes_a_silent_client(port: int) -> None:
+    with raw_client(port) as silent:
+        silent.send(m.Connect(f"silent-{unique()}", keep_alive=1))
+        started = time.monotonic()
+        assert silent.recv() == m.ConnAck(0)
+        assert silent.wait_closed(5.0), "a silent client was not closed"
+        elapsed = time.monotonic() - started
+        assert 1.3 < elapsed < 3.5, elapsed  # 1.5 x keep-alive, timer resolution aside
+
+
+def test_keep_alive_spares_a_client_that_pings(port: int) -> None:
+    with raw_client(port, m.Connect(f"pinger-{unique()}", keep_alive=1)) as client:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            assert client.request(m.PingReq()) == m.PingResp()
+            time.sleep(0.4)
+        assert not client.wait_closed(0.2)
+
+
+def test_raw_qos1_packet_ids_and_puback(port: int) -> None:
+    topic = f"{unique()}/raw"
+    with raw_client(port, m.Connect(f"sub-{unique()}")) as sub, \
+            raw_client(port, m.Connect(f"pub-{unique()}")) as pub:
+        assert sub.request(m.Subscribe(7, ((topic, 1),))) == m.SubAck(7, (1,))
+        ids = set()
+        for i in range(3):
+            assert pub.request(m.Publish(topic, b"%d" % i, 1, packet_id=100 + i)) == \
+                m.PubAck(100 + i)
+            got = sub.recv()
+            assert (got.topic, got.payload, got.qos, got.dup) == (topic, b"%d" % i, 1, False)
+            assert got.packet_id is not None and got.packet_id not in ids
+            ids.add(got.packet_id)
+            sub.send(m.PubAck(got.packet_id))
+        # QoS 2 from a publisher: PUBREC, delivered once even if resent, then PUBCOMP.
+        assert pub.request(m.Publish(topic, b"q2", 2, packet_id=9)) == m.PubRec(9)
+        assert pub.request(m.Publish(topic, b"q2", 2, dup=True, packet_id=9)) == m.PubRec(9)
+        assert pub.request(m.PubRel(9)) == m.PubComp(9)
+        assert sub.recv().payload == b"q2"
+        assert sub.request(m.PingReq()) == m.PingResp()  # nothing else was queued before
+
+
+def test_pipelined_publishes_reach_a_subscriber_on_another_loop_in_order(port: int) -> None:
+    topic = f"{unique()}/flood"
+    count = 2000
+    with raw_client(port, m.Connect(f"sub-{unique()}")) as sub, \
+            raw_client(port, m.Connect(f"pub-{unique()}")) as pub:
+        assert sub.request(m.Subscribe(1, ((topic, 1),))) == m.SubAck(1, (1,))
+        pub.send_bytes(b"".join(CODEC.encode(m.Publish(topic, b"%d" % i, i % 2,
+                                                       packet_id=i + 1 if i % 2 else None))
+                                for i in range(count)))  # one write
+        acks = [pub.recv() for _ in range(count // 2)]
+        assert acks == [m.PubAck(i + 1) for i in range(1, count, 2)]
+        got = [sub.recv() for _ in range(count)]
+        assert [g.payload for g in got] == [b"%d" % i for i in range(count)]
+        assert [g.qos for g in got] == [i % 2 for i in range(count)]
+
+
+def test_unacknowledged_messages_are_resent_with_dup_on_reconnect(port: int) -> None:
+    topic = f"{unique()}/resend"
+    client_id = f"resend-{unique()}"
+    with raw_client(port, m.Connect(client_id, clean_session=False)) as first, \
+            raw_client(port, m.Connect(f"pub-{unique()}")) as pub:
+        assert first.request(m.Subscribe(1, ((topic, 1),))) == m.SubAck(1, (1,))
+        assert pub.request(m.Publish(topic, b"acked", 1, packet_id=1)) == m.PubAck(1)
+        acked = first.recv()
+        first.send(m.PubAck(acked.packet_id))
+        assert pub.request(m.Publish(topic, b"not acked", 1, packet_id=2)) == m.PubAck(2)
+        unacked = first.recv()
+        assert (unacked.payload, unacked.dup) == (b"not acked", False)
+        assert first.request(m.PingReq()) == m.PingResp()  # the PUBACK above has landed
+    with raw_client(port) as again:
+        assert again.request(m.Connect(client_id, clean_session=False)) == m.ConnAck(0, True)
+        assert again.recv() == m.Publish(topic, b"not acked", 1, dup=True,
+                                         packet_id=unacked.packet_id)
+        assert again.request(m.PingReq()) == m.PingResp()
+
+
+def test_an_absent_clients_queue_is_bounded(port: int) -> None:
+    topic = f"{unique()}/queued"
+    client_id = f"away-{unique()}"
+    with raw_client(port, m.Connect(client_id, clean_session=False)) as away:
+        assert away.request(m.Subscribe(1, ((topic, 1),))) == m.SubAck(1, (1,))
+        away.send(m.Disconnect())
+        assert away.wait_closed()
+    with raw_client(port, m.Connect(f"pub-{unique()}")) as pub:
+        pub.send_bytes(b"".join(CODEC.encode(m.Publish(topic, b"%d" % i, 1, packet_id=i + 1))
+                                for i in range(1005)))
+        assert [pub.recv() for _ in range(1005)] == [m.PubAck(i + 1) for i in range(1005)]
+    with raw_client(port) as back:
+        assert back.request(m.Connect(client_id, clean_session=False)) == m.ConnAck(0, True)
+        got = [back.recv() for _ in range(1000)]  # MAX_QUEUED: the first 1000 are kept
+        assert [g.payload for g in got] == [b"%d" % i for i in range(1000)]
+        assert not any(g.dup for g in got)  # queued, never sent: no DUP (spec 3.3.1.1)
+        assert back.request(m.PingReq()) == m.PingResp()  # and nothing after them
+
+
+def test_will_is_published_unless_disconnected(port: int) -> None:
+    topic = f"{unique()}/will"
+    with raw_client(port, m.Connect(f"w-{unique()}")) as watcher:
+        assert watcher.request(m.Subscribe(1, ((topic, 0),))) == m.SubAck(1, (0,))
+        polite = raw_client(port, m.Connect(f"p-{unique()}", will=m.Will(topic, b"polite")))
+        polite.send(m.Disconnect())
+        assert polite.wait_closed()
+        polite.close()
+        rude = raw_client(port, m.Connect(f"r-{unique()}", will=m.Will(topic, b"gone")))
+        rude.close()  # no DISCONNECT
+        assert watcher.recv() == m.Publish(topic, b"gone")
+
+
+def test_protocol_errors_close_the_connection(port: int) -> None:
+    with raw_client(port) as client:
+        client.send(m.Connect("old", protocol_level=3))
+        assert client.recv() == m.ConnAck(1)  # unacceptable protocol level
+        assert client.wait_closed()
+    with raw_client(port) as client:
+        client.send(m.Connect("", clean_session=False))
+        assert client.recv() == m.ConnAck(2)  # identifier rejected
+        assert client.wait_closed()
+    with raw_client(port) as client:  # a packet before CONNECT
+        client.send(m.PingReq())
+        assert client.wait_closed()
+    with raw_client(port, m.Connect(f"twice-{unique()}")) as client:
+        client.send(m.Connect("again"))  # a second CONNECT
+        assert client.wait_closed()
+    with raw_client(port, m.Connect(f"bad-{unique()}")) as client:
+        client.send_bytes(b"\x36\x05\x00\x01a\x00\x01")  # PUBLISH with QoS 3
+        assert client.wait_closed()
+
+
+def test_invalid_topic_filters_fail_in_the_suback(port: int) -> None:
+    # paho refuses to send a bad filter, so this one is raw.
+    base = unique()
+    with raw_client(port, m.Connect(f"filters-{base}")) as client:
+        request = m.Subscribe(3, ((f"{base}/#/x", 0), (f"{base}/ok/+", 1), ("a+", 1)))
+        assert client.request(request) == m.SubAck(3, (0x80, 1, 0x80))
+        assert client.request(m.PingReq()) == m.PingResp()
+
+
+def test_a_second_connection_takes_over_the_client_id(port: int) -> None:
+    client_id = f"same-{unique()}"
+    with raw_client(port, m.Connect(client_id)) as first, \
+            raw_client(port, m.Connect(client_id)) as second:
+        assert first.wait_closed()
+        assert second.request(m.PingReq()) == m.PingResp()
+
+
+# -- mosquitto_pub / mosquitto_sub -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mosquitto() -> tuple[str, str]:
+    from system_packages import require_program
+
+    return (require_program("mosquitto_pub", package="mosquitto-clients"),
+            require_program("mosquitto_sub", package="mosquitto-clients"))
+
+
+@contextmanager
+def mosquitto_sub(programs: tuple[str, str], port: int, topic: str, *, count: int,
+                  qos: int = 0, timeout: int = 10) -> Iterator[list[str]]:
+    """mosquitto_sub printing ``topic|qos|retain|payload`` lines; yields once its SUBACK
+    has arrived (``-d`` says so), and fills the list with its message lines at exit.
+
+    Its stdout is a pipe, which C's stdio buffers whole: ``stdbuf -oL`` makes it line
+    buffered, so the SUBACK line arrives when it is printed.
+    """
+    stdbuf = shutil.which("stdbuf")
+    if stdbuf is None:
+        pytest.skip("stdbuf (coreutils) is needed to read mosquitto_sub as it prints")
+    proc = subprocess.Popen(
+        [stdbuf, "-oL", programs[1], "-h", "127.0.0.1", "-p", str(port), "-t", topic,
+         "-q", str(qos), "-C", str(count), "-W", str(timeout), "-d", "-F", "%t|%q|%r|%p"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    output: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            output.put(raw.decode(errors="replace").rstrip("\n"))
+        output.put(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:
+            line = output.get(timeout=max(0.0, deadline - time.monotonic()))
+            assert line is not None, "mosquitto_sub exited before its SUBACK"
+            if "received SUBACK" in line:
+                break
+        yield lines
+        proc.wait(timeout + 5)
+        reader.join(WAIT)
+        while (line := output.get(timeout=WAIT)) is not None:
+            if not line.startswith(("Client ", "Subscribed ")):
+                lines.append(line)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+        reader.join(WAIT)
+        proc.stdout.close()
+
+
+def mosquitto_pub(programs: tuple[str, str], port: int, topic: str, message: str | None,
+                  *options: str) -> None:
+    payload = ["-n"] if message is None else ["-m", message]
+    done = subprocess.run([programs[0], "-h", "127.0.0.1", "-p", str(port), "-t", topic,
+                           *payload, *options], capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_mosquitto_sub_receives_what_mosquitto_pub_publishes(
+        mosquitto: tuple[str, str], port: int, qos: int) -> None:
+    base = unique()
+    with mosquitto_sub(mosquitto, port, f"{base}/#", count=3, qos=qos) as lines:
+        for i, topic in enumerate((f"{base}/a", f"{base}/a/b", f"{base}/c")):
+            mosquitto_pub(mosquitto, port, topic, f"hello {i}", "-q", str(qos))
+    assert lines == [f"{base}/a|{qos}|0|hello 0", f"{base}/a/b|{qos}|0|hello 1",
+                     f"{base}/c|{qos}|0|hello 2"]
+
+
+def test_mosquitto_single_level_wildcard(mosquitto: tuple[str, str], port: int) -> None:
+    base = unique()
+    with mosquitto_sub(mosquitto, port, f"{base}/+/temp", count=2, qos=1) as lines:
+        for topic in (f"{base}/kitchen/temp", f"{base}/kitchen/hum",
+                      f"{base}/x/y/temp", f"{base}/hall/temp"):
+            mosquitto_pub(mosquitto, port, topic, topic, "-q", "1")
+    assert lines == [f"{base}/kitchen/temp|1|0|{base}/kitchen/temp",
+                     f"{base}/hall/temp|1|0|{base}/hall/temp"]
+
+
+def test_mosquitto_retained(mosquitto: tuple[str, str], port: int) -> None:
+    topic = f"{unique()}/status"
+    mosquitto_pub(mosquitto, port, topic, "online", "-r", "-q", "1")
+    with mosquitto_sub(mosquitto, port, topic, count=1, qos=1) as lines:
+        pass  # the retained message follows the SUBACK
+    assert lines == [f"{topic}|1|1|online"]
+    mosquitto_pub(mosquitto, port, topic, "replaced", "-r")
+    with mosquitto_sub(mosquitto, port, topic, count=1, qos=1) as lines:
+        pass
+    assert lines == [f"{topic}|0|1|replaced"]
+    mosquitto_pub(mosquitto, port, topic, None, "-r")  # -n: an empty retained deletes
+    with mosquitto_sub(mosquitto, port, topic, count=1, timeout=1) as lines:
+        pass
+    assert not [line for line in lines if line.startswith(topic)], lines  # -W ran out
+
+
+# -- stopping --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_broker_stops_cleanly_with_clients_connected(sig: signal.Signals) -> None:
+    with run_broker("--loops", "1", "--quiet") as (proc, broker_port):
+        client = Paho(broker_port, "stopper")
+        try:
+            client.subscribe("x/#")
+            proc.send_signal(sig)
+            assert proc.wait(STOP_TIMEOUT) == 0
+        finally:
+            client.client.loop_stop()
