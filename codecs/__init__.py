@@ -6,6 +6,8 @@
 - :func:`line`, :func:`delimiter`: delimited frames (netty's line and delimiter decoders).
 - :func:`varint`: protobuf-style varint length prefix.
 - :mod:`~gevwire.codecs.mqtt` (:class:`MqttCodec`): MQTT 3.1.1 control packets.
+- :mod:`~gevwire.codecs.websocket` (:class:`WebSocketCodec`): RFC 6455, server side
+  (serve with ``websocket.WebSocketHandler``).
 """
 
 from gevwire.codec import RawCodec
@@ -20,6 +22,7 @@ from .length_field import (
 from .line import DelimiterCodec, delimiter, line
 from .mqtt import MqttCodec
 from .varint import VarintCodec, encode_varint, varint
+from .websocket import WebSocketCodec
 
 __all__ = [
     "DelimiterCodec",
@@ -29,6 +32,7 @@ __all__ = [
     "MqttCodec",
     "RawCodec",
     "VarintCodec",
+    "WebSocketCodec",
     "delimiter",
     "encode_varint",
     "fixed_length",

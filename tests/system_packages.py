@@ -90,11 +90,13 @@ def install_package(package: str) -> str | None:
     try:
         with _install_lock():
             if not _updated:
-                failure = _run([apt, "update"], APT_UPDATE_TIMEOUT)
+                failure = _run([apt, "-o", "DPkg::Lock::Timeout=300", "update"],
+                               APT_UPDATE_TIMEOUT)
                 if failure:
                     return failure
                 _updated = True
-            return _run([apt, "install", "-y", "--no-install-recommends", package],
+            return _run([apt, "-o", "DPkg::Lock::Timeout=300", "install", "-y",
+                         "--no-install-recommends", package],
                         APT_INSTALL_TIMEOUT)
     except TimeoutError as exc:
         return f"{package}: {exc}"

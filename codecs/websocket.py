@@ -1,0 +1,930 @@
+"""WebSocket (RFC 6455), server side: the HTTP/1.1 upgrade handshake, then frames.
+
+    server = Server(WebSocketHandler(Echo()), codec=websocket(max_message_size=1 << 20))
+
+Three parts, so that the codec stays sans-I/O (it never sees a socket):
+
+- :class:`WebSocketCodec` cuts a connection's bytes into *events*.  Until the handshake,
+  an event is an :class:`HttpRequest` (a plain HTTP/1.1 request: keep-alive and
+  ``Content-Length`` bodies supported, ``Transfer-Encoding`` refused) or a
+  :class:`Handshake` (a valid upgrade request; the decoder switches to frames right
+  after it).  Then an event is a whole message, ``str`` for text (UTF-8 validated
+  across fragments) and ``bytes`` for binary, or a control frame: :class:`Ping`,
+  :class:`Pong`, :class:`Close`.  After a ``Close`` every later byte is ignored.
+  ``encode`` sends ``str`` as a text frame, bytes-like as a binary frame, ``Ping`` /
+  ``Pong`` / ``Close`` as control frames and :class:`HttpResponse` as HTTP.
+- Protocol violations are :class:`~gevwire.errors.FrameError`\\s that carry the
+  answer: :class:`WebSocketError` has the close code (1002 protocol error, 1007 bad
+  UTF-8, 1009 too big), :class:`HttpError` the HTTP status (400, 426, 431, ...).  They
+  are not ``fatal``: the decoder ignores every later byte, so that the handler can
+  close without a reset (see :class:`WebSocketError`).
+- :class:`WebSocketHandler` is the :class:`~gevwire.Handler` that answers the protocol
+  (101 with ``Sec-WebSocket-Accept``, pong for ping, the close echo, a Close frame or an
+  HTTP error for a protocol error) and hands the rest to a :class:`WebSocketApp`:
+  ``on_request`` (plain HTTP), ``on_upgrade`` / ``on_open``, ``on_message`` (whole
+  messages; the return value is sent back as a message), ``on_pong``,
+  ``on_close_frame``, ``on_close``, ``on_error``.  :func:`close_websocket` starts a
+  close handshake from the server.
+
+Limits, each checked before the bytes are buffered: ``max_request_size`` for a request
+head plus body (431 / 413), ``max_message_size`` for a message's payload summed over its
+fragments, read from each frame header (close 1009), ``max_frame_size`` for one frame on
+the wire.  Client frames must be masked; reserved bits (no extension is ever
+negotiated), unknown opcodes, non-minimal or 64-bit lengths with the top bit set,
+fragmented or over-125-byte control frames, and continuation out of place are protocol
+errors (1002).  The frame header is declared with construct (:data:`FRAME_HEADER`);
+the hot path reads the same fields with ``struct`` (proven equal by the tests) and
+unmasks whole payloads with one big-integer XOR.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import logging
+import re
+import struct
+from dataclasses import dataclass
+from encodings.utf_8 import IncrementalDecoder as _Utf8Decoder
+from enum import IntEnum
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import construct  # type: ignore[import-untyped]
+
+from gevwire.codec import BaseCodec, Decoder
+from gevwire.errors import ConnectionClosed, EncodeError, FrameError
+from gevwire.handler import Handler
+from gevwire.ringbuffer import RingBuffer
+
+if TYPE_CHECKING:
+    from gevwire.connection import Connection
+
+__all__ = [
+    "FRAME_HEADER",
+    "Close",
+    "CloseCode",
+    "Handshake",
+    "HttpError",
+    "HttpRequest",
+    "HttpResponse",
+    "Opcode",
+    "Ping",
+    "Pong",
+    "WebSocketApp",
+    "WebSocketCodec",
+    "WebSocketError",
+    "WebSocketHandler",
+    "accept_key",
+    "close_websocket",
+    "encode_frame",
+    "valid_close_code",
+    "websocket",
+]
+
+log = logging.getLogger("gevwire")
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class Opcode(IntEnum):
+    """Frame opcodes (RFC 6455 §5.2)."""
+
+    CONTINUATION = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+class CloseCode(IntEnum):
+    """Close status codes (RFC 6455 §7.4.1 and the IANA registry)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS = 1005  # never on the wire: a Close frame without a code
+    ABNORMAL = 1006  # never on the wire
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_GATEWAY = 1014
+    TLS_HANDSHAKE = 1015  # never on the wire
+
+
+def valid_close_code(code: int) -> bool:
+    """True if ``code`` may appear in a Close frame: the registered codes meant for the
+    wire, and the ranges for libraries (3000-3999) and applications (4000-4999)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+#: The frame header, declared: the reference the ``struct`` hot path is tested against.
+FRAME_HEADER: Any = construct.Struct(
+    "bits" / construct.BitStruct(
+        "fin" / construct.Flag,
+        "rsv" / construct.BitsInteger(3),
+        "opcode" / construct.Nibble,
+        "masked" / construct.Flag,
+        "length7" / construct.BitsInteger(7),
+    ),
+    "length" / construct.Switch(
+        construct.this.bits.length7,
+        {126: construct.Int16ub, 127: construct.Int64ub},
+        default=construct.Computed(construct.this.bits.length7),
+    ),
+    "mask_key" / construct.If(construct.this.bits.masked, construct.Bytes(4)),
+)
+
+_U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
+_HEAD2 = struct.Struct("!BB")
+_HEAD4 = struct.Struct("!BBH")
+_HEAD10 = struct.Struct("!BBQ")
+_MAX_HEADER = 14  # 2 + 8-byte length + 4-byte mask key
+# Plain ints for the hot path (an IntEnum member costs an attribute lookup).
+_CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A ping (at most 125 bytes of payload); answered with a pong of the same payload."""
+
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """A pong (at most 125 bytes of payload)."""
+
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """A Close frame: ``code`` 1005 (:attr:`CloseCode.NO_STATUS`) is a frame without one."""
+
+    code: int = CloseCode.NORMAL
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """An HTTP/1.x request: header names keep their case, :meth:`header` ignores it."""
+
+    method: str
+    target: str
+    version: str
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The value of header ``name`` (repeated headers joined with ``", "``)."""
+        wanted = name.lower()
+        values = [v for k, v in self.headers if k.lower() == wanted]
+        return ", ".join(values) if values else default
+
+    def tokens(self, name: str) -> list[str]:
+        """Header ``name`` as a lower-case comma-separated token list."""
+        value = self.header(name) or ""
+        return [t.strip().lower() for t in value.split(",") if t.strip()]
+
+    @property
+    def path(self) -> str:
+        """The target without its query string."""
+        return self.target.partition("?")[0]
+
+    @property
+    def keep_alive(self) -> bool:
+        """HTTP/1.1 unless ``Connection: close``; HTTP/1.0 only with ``keep-alive``."""
+        tokens = self.tokens("connection")
+        if self.version == "HTTP/1.0":
+            return "keep-alive" in tokens
+        return "close" not in tokens
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """An HTTP/1.1 response.  ``Content-Length`` is added (except for 1xx, 204, 304), and
+    ``Content-Type: content_type`` when there is a body and no such header."""
+
+    status: int = 200
+    body: bytes | str = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = "text/plain; charset=utf-8"
+    reason: str = ""
+
+    def with_header(self, name: str, value: str) -> HttpResponse:
+        """A copy with one more header."""
+        return dataclasses.replace(self, headers=(*self.headers, (name, value)))
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """A valid WebSocket upgrade request; ``accept`` is its ``Sec-WebSocket-Accept``."""
+
+    request: HttpRequest
+    accept: str
+
+    def response(self, protocol: str | None = None) -> HttpResponse:
+        """The ``101 Switching Protocols`` reply (with a chosen subprotocol, if any)."""
+        headers: tuple[tuple[str, str], ...] = (
+            ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Accept", self.accept))
+        if protocol is not None:
+            headers = (*headers, ("Sec-WebSocket-Protocol", protocol))
+        return HttpResponse(101, headers=headers)
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+class WebSocketError(FrameError):
+    """A WebSocket protocol violation: the connection is to be closed with ``code``.
+
+    Not ``fatal``: the decoder ignores every later byte, and :class:`WebSocketHandler`
+    sends the Close, half-closes and keeps reading until the peer closes (a lingering
+    close: closing a socket with unread input sends a reset, which can destroy the
+    Close frame before the peer reads it).  A handler of its own must close.
+    """
+
+    fatal = False
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"websocket close {code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class HttpError(FrameError):
+    """A request that cannot be served: answered with ``status``, then closed as a
+    :class:`WebSocketError` is (not ``fatal``: later bytes are ignored)."""
+
+    fatal = False
+
+    def __init__(self, status: int, reason: str,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(f"HTTP {status}: {reason}")
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+    def response(self) -> HttpResponse:
+        """The reply that tells the client (the connection then closes)."""
+        return HttpResponse(self.status, body=self.reason + "\n",
+                            headers=(*self.headers, ("Connection", "close")))
+
+
+def _protocol_error(reason: str) -> WebSocketError:
+    return WebSocketError(CloseCode.PROTOCOL_ERROR, reason)
+
+
+# -- frames ------------------------------------------------------------------------------
+
+
+def accept_key(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key`` (RFC 6455 §4.2.2)."""
+    digest = hashlib.sha1(key.encode("ascii") + _GUID).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _apply_mask(data: Any, key: bytes) -> bytes:
+    """``data`` XOR the repeated 4-byte ``key``: one big-integer XOR, no byte loop."""
+    n = len(data)
+    if not n:
+        return b""
+    mask = (key * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(mask, "little")).to_bytes(
+        n, "little")
+
+
+def encode_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0,
+                 mask_key: bytes | None = None) -> bytes:
+    """One frame with the minimal length encoding, masked when ``mask_key`` is given.
+
+    Any frame can be built, valid or not (a client's frames, and tests' bad ones).
+    """
+    b0 = (0x80 if fin else 0) | (rsv & 7) << 4 | (opcode & 0x0F)
+    n = len(payload)
+    mask_bit = 0x80 if mask_key is not None else 0
+    if n < 126:
+        head = _HEAD2.pack(b0, mask_bit | n)
+    elif n < 0x10000:
+        head = _HEAD4.pack(b0, mask_bit | 126, n)
+    else:
+        head = _HEAD10.pack(b0, mask_bit | 127, n)
+    if mask_key is None:
+        return head + payload
+    if len(mask_key) != 4:
+        raise ValueError("a mask key is 4 bytes")
+    return head + mask_key + _apply_mask(payload, mask_key)
+
+
+def _close_payload(close: Close) -> bytes:
+    code = close.code
+    if code == CloseCode.NO_STATUS:
+        if close.reason:
+            raise EncodeError("a Close without a status code cannot carry a reason")
+        return b""
+    if not valid_close_code(code):
+        raise EncodeError(f"close code {code} cannot be sent")
+    reason = close.reason.encode()
+    if len(reason) > 123:
+        raise EncodeError(f"close reason of {len(reason)} bytes exceeds 123")
+    return _U16.pack(code) + reason
+
+
+def _encode_response(response: HttpResponse) -> bytes:
+    status = response.status
+    if not 100 <= status <= 999:
+        raise EncodeError(f"HTTP status {status} is not three digits")
+    reason = response.reason
+    if not reason:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""
+    body = response.body.encode() if isinstance(response.body, str) else bytes(response.body)
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    names = set()
+    for name, value in response.headers:
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            raise EncodeError(f"bad response header {name!r}: {value!r}")
+        names.add(name.lower())
+        lines.append(f"{name}: {value}")
+    if status >= 200 and status not in (204, 304) and "content-length" not in names:
+        if body and "content-type" not in names:
+            lines.append(f"Content-Type: {response.content_type}")
+        lines.append(f"Content-Length: {len(body)}")
+    try:
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise EncodeError(f"response head is not latin-1: {exc}") from exc
+    return head + body
+
+
+# -- HTTP request heads --------------------------------------------------------------------
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
+_VERSION = re.compile(r"HTTP/([0-9])\.([0-9])")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _parse_head(head: bytes) -> HttpRequest:
+    """The request line and headers of ``head`` (without its final blank line)."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        raise HttpError(400, "malformed request line")
+    method, target, version = parts
+    if not _TOKEN.fullmatch(method) or not target or _BAD_TARGET.search(target):
+        raise HttpError(400, "malformed request line")
+    match = _VERSION.fullmatch(version)
+    if match is None:
+        raise HttpError(400, "malformed HTTP version")
+    if match.group(1) != "1":
+        raise HttpError(505, f"{version} is not supported")
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise HttpError(400, "malformed header line")
+        value = value.strip(" \t")
+        if _BAD_VALUE.search(value):
+            raise HttpError(400, f"control character in header {name}")
+        headers.append((name, value))
+    return HttpRequest(method, target, version, tuple(headers))
+
+
+def _body_length(request: HttpRequest) -> int:
+    if request.header("transfer-encoding") is not None:
+        raise HttpError(501, "Transfer-Encoding is not supported")
+    value = request.header("content-length")
+    if value is None:
+        return 0
+    values = {v.strip() for v in value.split(",")}
+    if len(values) != 1 or not _DIGITS.fullmatch(length := values.pop()):
+        raise HttpError(400, "malformed Content-Length")
+    return int(length)
+
+
+def _handshake(request: HttpRequest) -> Handshake | None:
+    """The handshake if ``request`` asks for a WebSocket upgrade, None if it does not."""
+    if "websocket" not in request.tokens("upgrade"):
+        return None
+    if request.method != "GET":
+        raise HttpError(400, "a WebSocket upgrade must be a GET")
+    if request.version != "HTTP/1.1":
+        raise HttpError(400, "a WebSocket upgrade needs HTTP/1.1")
+    if request.header("host") is None:
+        raise HttpError(400, "no Host header")
+    if "upgrade" not in request.tokens("connection"):
+        raise HttpError(400, "Connection header does not include Upgrade")
+    if request.header("sec-websocket-version") != "13":
+        raise HttpError(426, "only WebSocket version 13 is supported",
+                        (("Sec-WebSocket-Version", "13"),))
+    key = request.header("sec-websocket-key") or ""
+    try:
+        raw = binascii.a2b_base64(key.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raw = b""
+    if len(raw) != 16:
+        raise HttpError(400, "Sec-WebSocket-Key is not 16 bytes in base64")
+    if request.body:
+        raise HttpError(400, "a WebSocket upgrade has no body")
+    return Handshake(request, accept_key(key))
+
+
+# -- the decoder -------------------------------------------------------------------------
+
+_HTTP, _FRAMES, _CLOSED = 0, 1, 2
+_NOTHING: Any = object()  # a frame consumed that yields no event (a non-final fragment)
+
+
+class _WebSocketDecoder(Decoder):
+    """One connection's handshake, then frames; see the module docstring."""
+
+    __slots__ = ("_error", "_max_frame", "_max_message", "_max_request", "_message",
+                 "_opcode", "_pending", "_phase", "_scanned", "_size", "_utf8")
+
+    def __init__(self, codec: WebSocketCodec) -> None:
+        self._phase = _HTTP if codec.handshake else _FRAMES
+        self._max_request = codec.max_request_size
+        self._max_message = codec.max_message_size
+        self._max_frame = codec.max_frame_size
+        self._scanned = 0  # request head bytes known to hold no blank line
+        self._pending: tuple[HttpRequest, int, int] | None = None  # head read, body due
+        # The fragmented message in progress: its opcode (0: none), parts, payload size.
+        self._opcode = 0
+        self._message: list[Any] = []
+        self._size = 0
+        self._utf8: _Utf8Decoder | None = None
+        # An error decode_view met; decode raises it, in stream order.  After any error
+        # the phase is _CLOSED: every later byte is ignored.
+        self._error: FrameError | None = None
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    def _decode_http(self, ring: RingBuffer) -> Any | None:
+        n = ring._len
+        if self._pending is None:
+            limit = self._max_request
+            stop = n if n < limit else limit
+            start = self._scanned - 3
+            end = ring.find(b"\r\n\r\n", start if start > 0 else 0, stop)
+            if end < 0:
+                if stop >= limit:
+                    raise HttpError(431, f"request head exceeds {limit} bytes")
+                self._scanned = stop
+                return None
+            self._scanned = 0
+            request = _parse_head(ring.contiguous(end).tobytes())
+            body = _body_length(request)
+            if end + 4 + body > limit:
+                raise HttpError(413, f"request exceeds {limit} bytes")
+            self._pending = (request, end + 4, body)
+        request, head_size, body = self._pending
+        if n < head_size + body:
+            return None
+        self._pending = None
+        ring.retrieve(head_size)
+        if body:
+            request = dataclasses.replace(request, body=ring.read(body))
+        handshake = _handshake(request)
+        if handshake is None:
+            return request
+        self._phase = _FRAMES
+        return handshake
+
+    # -- frames ----------------------------------------------------------------------------
+
+    def _header(self, buf: Any, pos: int, avail: int) -> tuple[int, int, int] | None:
+        """``(header size, payload length, first byte)`` of the frame at ``buf[pos]``,
+        None while the header is incomplete; raises for a header no frame may have."""
+        if avail < 2:
+            return None
+        b0 = buf[pos]
+        b1 = buf[pos + 1]
+        if b0 & 0x70:
+            raise _protocol_error("reserved bits set, no extension negotiated")
+        if not b1 & 0x80:
+            raise _protocol_error("client frame not masked")
+        opcode = b0 & 0x0F
+        length = b1 & 0x7F
+        if opcode & 0x08:
+            if opcode > _PONG:
+                raise _protocol_error(f"unknown opcode {opcode}")
+            if not b0 & 0x80:
+                raise _protocol_error("fragmented control frame")
+            if length > 125:
+                raise _protocol_error("control frame over 125 bytes")
+            header = 6
+        else:
+            if opcode == _CONT:
+                if not self._opcode:
+                    raise _protocol_error("continuation frame without a message")
+            elif opcode > _BINARY:
+                raise _protocol_error(f"unknown opcode {opcode}")
+            elif self._opcode:
+                raise _protocol_error("new message inside a fragmented one")
+            if length < 126:
+                header = 6
+            elif length == 126:
+                if avail < 4:
+                    return None
+                length = _U16.unpack_from(buf, pos + 2)[0]
+                if length < 126:
+                    raise _protocol_error("non-minimal 16-bit length")
+                header = 8
+            else:
+                if avail < 10:
+                    return None
+                length = _U64.unpack_from(buf, pos + 2)[0]
+                if length >> 63:
+                    raise _protocol_error("64-bit length with the top bit set")
+                if length < 0x10000:
+                    raise _protocol_error("non-minimal 64-bit length")
+                header = 14
+            if self._size + length > self._max_message:
+                raise WebSocketError(CloseCode.MESSAGE_TOO_BIG,
+                                     f"message exceeds {self._max_message} bytes")
+        if header + length > self._max_frame:
+            raise WebSocketError(CloseCode.MESSAGE_TOO_BIG,
+                                 f"frame exceeds {self._max_frame} bytes")
+        if avail < header:
+            return None
+        return header, length, b0
+
+    def _event(self, b0: int, buf: Any, start: int, length: int) -> Any:
+        """The event of the whole frame whose payload is ``buf[start:start + length]``
+        (its mask key is the 4 bytes before)."""
+        payload = _apply_mask(buf[start : start + length], bytes(buf[start - 4 : start]))
+        opcode = b0 & 0x0F
+        if b0 & 0x80 and not self._opcode:  # a whole message in one frame
+            if opcode == _TEXT:
+                try:
+                    return payload.decode()
+                except UnicodeDecodeError:
+                    raise WebSocketError(CloseCode.INVALID_DATA, "text is not UTF-8") from None
+            if opcode == _BINARY:
+                return payload
+            return self._control(opcode, payload)
+        if opcode & 0x08:  # a control frame between fragments
+            return self._control(opcode, payload)
+        if opcode:  # the first fragment
+            self._opcode = opcode
+            if opcode == _TEXT:
+                self._utf8 = _Utf8Decoder()
+        self._size += length
+        utf8 = self._utf8
+        if utf8 is not None:
+            try:  # incremental: bad UTF-8 fails at its fragment, not at the end
+                self._message.append(utf8.decode(payload, bool(b0 & 0x80)))
+            except UnicodeDecodeError:
+                raise WebSocketError(CloseCode.INVALID_DATA, "text is not UTF-8") from None
+        else:
+            self._message.append(payload)
+        if not b0 & 0x80:
+            return _NOTHING
+        parts = self._message
+        message: Any = "".join(parts) if utf8 is not None else b"".join(parts)
+        self._message = []
+        self._opcode = 0
+        self._size = 0
+        self._utf8 = None
+        return message
+
+    def _control(self, opcode: int, payload: bytes) -> Any:
+        if opcode == _PING:
+            return Ping(payload)
+        if opcode == _PONG:
+            return Pong(payload)
+        self._phase = _CLOSED
+        if not payload:
+            return Close(CloseCode.NO_STATUS)
+        if len(payload) == 1:
+            raise _protocol_error("close payload of one byte")
+        code = _U16.unpack_from(payload)[0]
+        if not valid_close_code(code):
+            raise _protocol_error(f"invalid close code {code}")
+        try:
+            reason = payload[2:].decode()
+        except UnicodeDecodeError:
+            raise WebSocketError(CloseCode.INVALID_DATA, "close reason is not UTF-8") \
+                from None
+        return Close(code, reason)
+
+    # -- the Decoder interface -------------------------------------------------------------
+
+    def decode(self, ring: RingBuffer) -> Any | None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        try:
+            return self._decode(ring)
+        except FrameError:
+            self._phase = _CLOSED
+            raise
+
+    def _decode(self, ring: RingBuffer) -> Any | None:
+        while ring._len:
+            phase = self._phase
+            if phase != _FRAMES:
+                if phase == _HTTP:
+                    return self._decode_http(ring)
+                ring.retrieve_all()  # after a Close nothing more is read
+                return None
+            n = ring._len
+            first, second = ring.peek(_MAX_HEADER)
+            head = bytes(first) + bytes(second) if second else first
+            found = self._header(head, 0, n)
+            if found is None:
+                return None
+            header, length, b0 = found
+            size = header + length
+            if n < size:
+                return None
+            event = self._event(b0, ring.contiguous(size), header, length)
+            ring.retrieve(size)
+            if event is not _NOTHING:
+                return event
+        return None
+
+    def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
+        if self._phase != _FRAMES or self._error is not None:
+            return [], 0
+        frames: list[Any] = []
+        pos = 0
+        n = len(view)
+        header_of = self._header
+        event_of = self._event
+        try:
+            while True:
+                found = header_of(view, pos, n - pos)
+                if found is None:
+                    break
+                header, length, b0 = found
+                end = pos + header + length
+                if end > n:
+                    break
+                event = event_of(b0, view, pos + header, length)
+                pos = end
+                if event is not _NOTHING:
+                    frames.append(event)
+                    if self._phase == _CLOSED:
+                        return frames, n  # nothing after a Close is read
+        except WebSocketError as exc:
+            self._error = exc  # decode() raises it after the frames before it
+            self._phase = _CLOSED
+        return frames, pos
+
+
+# -- the codec ---------------------------------------------------------------------------
+
+
+class WebSocketCodec(BaseCodec):
+    """Server-side WebSocket framing after an HTTP/1.1 handshake; see the module docstring.
+
+    ``max_message_size``: largest message payload (fragments summed), checked from each
+    frame header (close 1009).  ``max_frame_size``: largest frame on the wire (default:
+    the largest message plus the largest header).  ``max_request_size``: largest HTTP
+    request head plus body (431 / 413).  ``handshake=False``: the stream starts with
+    frames (the upgrade happened elsewhere).
+    """
+
+    def __init__(self, *, max_message_size: int = 1 << 20, max_frame_size: int | None = None,
+                 max_request_size: int = 16 << 10, handshake: bool = True) -> None:
+        if max_message_size < 0:
+            raise ValueError("max_message_size must be >= 0")
+        if max_request_size < 16:
+            raise ValueError("max_request_size must be at least 16")
+        self.max_message_size = max_message_size
+        self.max_frame_size = (max_message_size + _MAX_HEADER if max_frame_size is None
+                               else max_frame_size)
+        if self.max_frame_size < _MAX_HEADER - 8:
+            raise ValueError("max_frame_size must hold at least an empty frame (6 bytes)")
+        self.max_request_size = max_request_size
+        self.handshake = handshake
+
+    def decoder(self) -> Decoder:
+        return _WebSocketDecoder(self)
+
+    def encode(self, message: Any) -> bytes:
+        kind = type(message)
+        if kind is str:
+            return encode_frame(Opcode.TEXT, message.encode())
+        if kind is bytes:
+            return encode_frame(Opcode.BINARY, message)
+        if kind is bytearray or kind is memoryview:
+            return encode_frame(Opcode.BINARY, bytes(message))
+        if kind is Ping or kind is Pong:
+            payload = bytes(message.payload)
+            if len(payload) > 125:
+                raise EncodeError(f"control frame payload of {len(payload)} bytes exceeds 125")
+            return encode_frame(Opcode.PING if kind is Ping else Opcode.PONG, payload)
+        if kind is Close:
+            return encode_frame(Opcode.CLOSE, _close_payload(message))
+        if kind is HttpResponse:
+            return _encode_response(message)
+        raise EncodeError(
+            f"a WebSocket connection sends str, bytes, Ping, Pong, Close or HttpResponse, "
+            f"not {kind.__name__}")
+
+    def __repr__(self) -> str:
+        return (f"WebSocketCodec(max_message_size={self.max_message_size}, "
+                f"max_frame_size={self.max_frame_size}, "
+                f"max_request_size={self.max_request_size}, handshake={self.handshake})")
+
+
+def websocket(*, max_message_size: int = 1 << 20, max_request_size: int = 16 << 10
+              ) -> WebSocketCodec:
+    """Server-side WebSocket (RFC 6455) behind an HTTP/1.1 handshake; serve it with
+    :class:`WebSocketHandler`.
+
+        Server(WebSocketHandler(app), codec=websocket(max_message_size=4 << 20))
+    """
+    return WebSocketCodec(max_message_size=max_message_size, max_request_size=max_request_size)
+
+
+# -- the handler side --------------------------------------------------------------------
+
+_STATE = "gevwire.websocket"  # conn.values key: None (HTTP), _OPEN or _CLOSING
+_OPEN, _CLOSING = "open", "closing"
+
+
+class WebSocketApp:
+    """A WebSocket application, served by :class:`WebSocketHandler`; override what you
+    need.  Every method runs on the connection's loop and must not block."""
+
+    def on_connect(self, conn: Connection) -> None:
+        """A TCP connection was accepted (before any HTTP)."""
+
+    def on_request(self, conn: Connection, request: HttpRequest) -> HttpResponse | None:
+        """A plain HTTP request (no upgrade); None answers 404."""
+        return None
+
+    def on_upgrade(self, conn: Connection, request: HttpRequest) -> HttpResponse | None:
+        """A valid upgrade request: None accepts it, a response refuses it (then close)."""
+        return None
+
+    def on_open(self, conn: Connection, request: HttpRequest) -> Any:
+        """The 101 has been sent; a non-None return value is sent as a message."""
+        return None
+
+    def on_message(self, conn: Connection, message: str | bytes) -> Any:
+        """A whole message; a non-None return value is sent back (str: text, bytes:
+        binary)."""
+        return None
+
+    def on_pong(self, conn: Connection, payload: bytes) -> None:
+        """A pong arrived (pings are answered for you)."""
+
+    def on_close_frame(self, conn: Connection, code: int, reason: str) -> None:
+        """The peer's Close frame (the echo is sent and the connection closed for you)."""
+
+    def on_close(self, conn: Connection) -> None:
+        """The TCP connection closed."""
+
+    def on_error(self, conn: Connection, error: BaseException) -> None:
+        """A protocol error or an exception, which the handler answers and closes the
+        connection for: log it."""
+        if isinstance(error, FrameError):
+            log.info("closing %r: %s", conn, error)  # the peer's fault: no traceback
+        else:
+            log.error("closing %r after error", conn, exc_info=error)
+
+
+class WebSocketHandler(Handler):
+    """Answers the protocol events of :class:`WebSocketCodec` and hands the rest to
+    ``app`` (see :class:`WebSocketApp`).
+
+    Ping → pong; peer's Close → the same code echoed, then close; a
+    :class:`WebSocketError` → a Close with its code, an :class:`HttpError` → its HTTP
+    response, then a lingering close: half-close, ignore what still arrives, close when
+    the peer does or after ``close_timeout`` seconds.  An exception in ``app`` → Close
+    1011 (HTTP 500 before the handshake), then close.  Once the server has started a
+    close (:func:`close_websocket`), messages are dropped until the peer's Close.
+    """
+
+    def __init__(self, app: WebSocketApp, *, close_timeout: float = 5.0) -> None:
+        self.app = app
+        self.close_timeout = close_timeout
+
+    def on_connect(self, conn: Connection) -> None:
+        self.app.on_connect(conn)
+
+    def on_message(self, conn: Connection, frame: Any) -> Any:
+        kind = type(frame)
+        if kind is str or kind is bytes:
+            if conn.values.get(_STATE) is _CLOSING:
+                return None  # our Close is out: no data either way
+            return self.app.on_message(conn, frame)
+        if kind is Ping:
+            return None if conn.values.get(_STATE) is _CLOSING else Pong(frame.payload)
+        if kind is Pong:
+            self.app.on_pong(conn, frame.payload)
+            return None
+        if kind is Close:
+            return self._peer_closed(conn, frame)
+        if kind is Handshake:
+            return self._upgrade(conn, frame)
+        if kind is HttpRequest:
+            response = self.app.on_request(conn, frame)
+            if response is None:
+                response = HttpResponse(404, "not found\n")
+            if frame.method == "HEAD":  # the headers of the GET, no body
+                body = response.body
+                size = len(body.encode() if isinstance(body, str) else body)
+                response = dataclasses.replace(response, body=b"").with_header(
+                    "Content-Length", str(size))
+            if not frame.keep_alive:
+                conn.send(response.with_header("Connection", "close"))
+                conn.close()
+                return None
+            return response
+        raise TypeError(f"WebSocketHandler got {kind.__name__}: serve it with WebSocketCodec")
+
+    def _upgrade(self, conn: Connection, handshake: Handshake) -> Any:
+        refusal = self.app.on_upgrade(conn, handshake.request)
+        if refusal is not None:
+            conn.send(refusal.with_header("Connection", "close"))
+            conn.close()
+            return None
+        conn.send(handshake.response())
+        conn.values[_STATE] = _OPEN
+        return self.app.on_open(conn, handshake.request)
+
+    def _peer_closed(self, conn: Connection, close: Close) -> None:
+        state = conn.values.get(_STATE)
+        conn.values[_STATE] = _CLOSING
+        try:
+            self.app.on_close_frame(conn, close.code, close.reason)
+        finally:
+            if state is not _CLOSING:  # the peer started: echo its code (none for 1005)
+                conn.send(Close(close.code))
+            conn.close()
+
+    def on_close(self, conn: Connection) -> None:
+        self.app.on_close(conn)
+
+    def on_error(self, conn: Connection, error: BaseException) -> None:
+        state = conn.values.get(_STATE)
+        conn.values[_STATE] = _CLOSING
+        protocol = isinstance(error, (WebSocketError, HttpError))
+        try:
+            if isinstance(error, WebSocketError):
+                if state is not _CLOSING:
+                    conn.send(Close(error.code, error.reason[:120]))  # ASCII reasons
+            elif isinstance(error, HttpError):
+                conn.send(error.response())
+            elif state is _OPEN:
+                code = (CloseCode.POLICY_VIOLATION if isinstance(error, FrameError)
+                        else CloseCode.INTERNAL_ERROR)
+                conn.send(Close(code))
+            elif state is None and not isinstance(error, FrameError):
+                conn.send(HttpResponse(500, "internal error\n", (("Connection", "close"),)))
+        except ConnectionClosed:
+            pass
+        try:
+            self.app.on_error(conn, error)
+        finally:
+            if protocol:
+                self._linger(conn)
+            else:
+                conn.close()
+
+    def _linger(self, conn: Connection) -> None:
+        """Close without a reset: FIN once the reply is out, then close when the peer
+        does (its EOF) or after ``close_timeout``; the decoder ignores input meanwhile."""
+        conn.shutdown_write()
+        loop = getattr(conn, "loop", None)  # a test harness's connection has none
+        if loop is None:
+            conn.close()
+        else:
+            loop.run_after(self.close_timeout, conn.close)
+
+
+def close_websocket(conn: Connection, code: int = CloseCode.NORMAL, reason: str = "", *,
+                    timeout: float = 5.0) -> None:
+    """Start the close handshake from the server: send a Close, drop messages until the
+    peer's Close, then close (or after ``timeout`` seconds without it).  Loop thread
+    only; does nothing unless the WebSocket is open."""
+    if conn.values.get(_STATE) is not _OPEN:
+        return
+    conn.values[_STATE] = _CLOSING
+    conn.send(Close(code, reason))
+    loop = getattr(conn, "loop", None)  # a test harness's connection has none
+    if loop is not None:
+        loop.run_after(timeout, conn.close)
