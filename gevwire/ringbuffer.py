@@ -10,6 +10,7 @@ allocation, so the connection can hand the free or readable regions straight to
 from __future__ import annotations
 
 import struct
+import threading
 
 from gevwire._sys import address_of
 
@@ -21,40 +22,46 @@ _EMPTY = memoryview(b"")
 class BufferPool:
     """Reusable power-of-two byte buffers (with their addresses), bounded in total size.
 
-    Safe to share between threads: it relies only on ``list.pop`` / ``list.append``, which
-    are atomic in CPython.
+    At most ``max_per_size`` buffers of one size and ``max_bytes`` in all are kept;
+    buffers over ``max_buffer`` are never kept.  Safe to share between threads.
     """
 
-    __slots__ = ("_free", "_max_buffer", "_max_per_size")
+    __slots__ = ("_free", "_lock", "_max_buffer", "_max_bytes", "_max_per_size", "_retained")
 
-    def __init__(self, *, max_per_size: int = 64, max_buffer: int = 1 << 20) -> None:
+    def __init__(self, *, max_per_size: int = 64, max_buffer: int = 1 << 20,
+                 max_bytes: int = 16 << 20) -> None:
         self._free: dict[int, list[tuple[bytearray, int]]] = {}
         self._max_per_size = max_per_size
         self._max_buffer = max_buffer
+        self._max_bytes = max_bytes
+        self._retained = 0
+        self._lock = threading.Lock()
 
     def take(self, capacity: int) -> tuple[bytearray, int]:
         """A buffer of exactly ``capacity`` bytes (a power of two) and its address."""
         free = self._free.get(capacity)
         if free:
-            try:
-                return free.pop()
-            except IndexError:
-                pass
+            with self._lock:
+                if free:
+                    self._retained -= capacity
+                    return free.pop()
         buffer = bytearray(capacity)
         return buffer, address_of(buffer)
 
     def give(self, buffer: bytearray, address: int) -> None:
-        """Return a buffer for reuse; buffers over ``max_buffer`` are simply dropped."""
+        """Return a buffer for reuse; one over the limits is simply dropped."""
         capacity = len(buffer)
         if capacity > self._max_buffer:
             return
-        free = self._free.setdefault(capacity, [])
-        if len(free) < self._max_per_size:
-            free.append((buffer, address))
+        with self._lock:
+            free = self._free.setdefault(capacity, [])
+            if len(free) < self._max_per_size and self._retained + capacity <= self._max_bytes:
+                free.append((buffer, address))
+                self._retained += capacity
 
     def retained(self) -> int:
         """Bytes held for reuse."""
-        return sum(size * len(free) for size, free in self._free.items())
+        return self._retained
 
 
 DEFAULT_POOL = BufferPool()

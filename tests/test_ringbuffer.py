@@ -655,3 +655,16 @@ def test_rings_on_a_shared_pool_in_threads() -> None:
         t.join(60)
     assert not any(t.is_alive() for t in workers)
     assert errors == []
+
+
+def test_pool_keeps_at_most_max_bytes_in_all() -> None:
+    pool = BufferPool(max_per_size=100, max_buffer=1 << 16, max_bytes=10_000)
+    buffers = [pool.take(4096) for _ in range(5)]
+    for buffer, address in buffers:
+        pool.give(buffer, address)
+    assert pool.retained() == 8192  # a third 4 KiB buffer would pass 10,000 bytes
+    again = [pool.take(4096) for _ in range(3)]
+    assert {id(b) for b, _ in again[:2]} <= {id(b) for b, _ in buffers}
+    assert pool.retained() == 0
+    pool.give(*pool.take(1 << 17))  # over max_buffer: dropped
+    assert pool.retained() == 0
