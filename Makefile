@@ -16,8 +16,9 @@ demo: $(STAMP)
 	$(PY) examples/demo.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check gevwire codecs tests examples benchmarks
+	$(PY) -m ruff check gevwire codecs tests examples benchmarks fuzz
 	$(PY) -m mypy gevwire codecs
+	MYPYPATH=fuzz $(PY) -m mypy fuzz/fuzzkit fuzz/run.py
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q
