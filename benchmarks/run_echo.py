@@ -92,6 +92,20 @@ def _example_missing(name: str) -> Callable[[], str | None]:
     return missing
 
 
+def _uring_missing() -> str | None:
+    if not (REPO_DIR / "examples" / "echo.py").is_file():
+        return "examples/echo.py does not exist yet"
+    from gevwire._uring_loop import uring_available
+
+    ok, reason = uring_available()
+    return None if ok else f"io_uring unavailable: {reason}"
+
+
+def _with_backend(backend: str, argv: list[str]) -> list[str]:
+    """``argv`` run with ``GEVWIRE_BACKEND=backend`` (the examples' Server default)."""
+    return ["env", f"GEVWIRE_BACKEND={backend}", *argv]
+
+
 def _uvloop_missing() -> str | None:
     if importlib.util.find_spec("uvloop") is not None:
         return None
@@ -101,8 +115,15 @@ def _uvloop_missing() -> str | None:
 SERVERS: tuple[Server, ...] = (
     Server(
         "gevwire",
-        lambda port: [sys.executable, "examples/echo.py", "--port", str(port), "--loops", "1"],
+        lambda port: _with_backend("epoll", [
+            sys.executable, "examples/echo.py", "--port", str(port), "--loops", "1"]),
         _example_missing("echo.py"),
+    ),
+    Server(
+        "gevwire-uring",
+        lambda port: _with_backend("io_uring", [
+            sys.executable, "examples/echo.py", "--port", str(port), "--loops", "1"]),
+        _uring_missing,
     ),
     Server(
         "asyncio",
@@ -140,10 +161,17 @@ SERVERS: tuple[Server, ...] = (
 FRAMED_SERVERS: tuple[Server, ...] = (
     Server(
         "gevwire",
-        lambda port: [
+        lambda port: _with_backend("epoll", [
             sys.executable, "examples/framed_echo.py", "--port", str(port), "--loops", "1",
-        ],
+        ]),
         _example_missing("framed_echo.py"),
+    ),
+    Server(
+        "gevwire-uring",
+        lambda port: _with_backend("io_uring", [
+            sys.executable, "examples/framed_echo.py", "--port", str(port), "--loops", "1",
+        ]),
+        _uring_missing,
     ),
     Server(
         "asyncio",

@@ -121,6 +121,7 @@ class Connection:
         "_events",
         "_fd",
         "_frame_timer",
+        "_gathered",
         "_handler",
         "_idle_timer",
         "_input",
@@ -144,6 +145,10 @@ class Connection:
         "proxy_info",
         "values",
     )
+
+    #: Whether ``_dispatch`` may write a lone reply with ``write(2)`` itself (readiness
+    #: backends); a completion backend routes every write through ``_write``.
+    _inline_write = True
 
     def __init__(
         self,
@@ -172,6 +177,7 @@ class Connection:
         self._input = RingBuffer()
         self._output = RingBuffer()
         self._pending: list[bytes] = []  # replies gathered while dispatching one read
+        self._gathered = 0  # bytes put in _pending since it was last written
         self._dispatching = False
         self._state = _OPEN
         self._close_requested = False
@@ -238,6 +244,9 @@ class Connection:
             self.loop.frames_out += 1
             if self._dispatching:
                 self._pending.append(data)
+                self._gathered += len(data)
+                if self._gathered + self._output._len > self._options.max_write_buffer:
+                    self._write_gathered()  # over the hard cap: the ring's check closes
             else:
                 self._write(data)
         else:
@@ -491,13 +500,19 @@ class Connection:
         loop = self.loop
         loop.frames_in += len(frames)
         replies = 0
+        high_water = self._options.write_high_water
+        self._gathered = 0
         self._dispatching = True
         try:
             for frame in frames:
                 reply = on_message(self, frame)
                 if reply is not None:
-                    append(encode(reply))
+                    data = encode(reply)
+                    append(data)
                     replies += 1
+                    self._gathered += len(data)
+                    if self._gathered > high_water:
+                        self._write_gathered()
                 if self._close_requested:  # also set once closing or closed
                     break
         except Exception as exc:
@@ -510,7 +525,8 @@ class Connection:
         self._dispatching = False
         loop.frames_out += replies
         if pending:
-            if len(pending) == 1 and not self._output._len and type(pending[0]) is bytes:
+            if (len(pending) == 1 and not self._output._len and type(pending[0]) is bytes
+                    and self._inline_write):
                 data = pending.pop()
                 size = len(data)
                 written = raw_write(self._fd, data, size)
@@ -520,6 +536,20 @@ class Connection:
                     self._write_rest(data, written)
             else:
                 self._flush_pending()
+
+    def _write_gathered(self) -> None:
+        """Write the replies gathered so far in the middle of a batch (loop thread only).
+
+        One read can hold thousands of small requests whose replies are large: gathered
+        until the whole read is dispatched, they would bypass the water marks and the
+        hard cap (``max_write_buffer``) and take memory without bound.  Replies past the
+        high water mark go to the output ring at once, where the marks and the cap apply
+        (closing the connection stops the batch); ``send`` calls in a handler are
+        written early only past the cap, so a handler's ``send`` then ``shutdown_write``
+        stay together.
+        """
+        self._gathered = 0
+        self._flush_pending()
 
     def _flush_pending(self) -> None:
         pending = self._pending
@@ -652,9 +682,13 @@ class Connection:
         else:
             self._close_now()
 
+    def _has_unsent(self) -> bool:
+        """True while output is buffered, gathered, or (completion backends) in flight."""
+        return bool(self._output._len or self._pending)
+
     def _on_eof(self) -> None:
         """The peer shut down its writing half: finish replies, then close (as asyncio)."""
-        if self._output._len or self._pending:
+        if self._has_unsent():
             self._close_gracefully()
         else:
             self._close_now()
@@ -662,7 +696,7 @@ class Connection:
     def _shutdown_write_in_loop(self) -> None:
         if self._state == _CLOSED or self._write_shut != 1:
             return
-        if not self._output._len:
+        if not self._has_unsent():
             self._do_shutdown_write()
 
     def _do_shutdown_write(self) -> None:
@@ -674,6 +708,13 @@ class Connection:
 
     def _fail(self, error: BaseException, *, abort: bool = False) -> None:
         """Report ``error`` to the handler's ``on_error`` (default: log and close)."""
+        if isinstance(error, ConnectionClosed) and (self._close_requested or self._write_shut):
+            # A handler's ``send`` lost a race with ``close`` / ``shutdown_write`` called
+            # from another thread (they refuse ``send`` at once, while the handler runs):
+            # the connection is closing or half-closed as asked, so this is nobody's
+            # error — not one to log with a traceback, count, or close the connection for.
+            log.debug("%r: a handler's send came after close: %s", self, error)
+            return
         errors = self.loop.errors
         kind = type(error).__name__
         errors[kind] = errors.get(kind, 0) + 1
@@ -698,18 +739,33 @@ class Connection:
         if self._state != _OPEN:
             return
         self._close_requested = True
-        if not self._output._len and not self._pending:
+        if not self._has_unsent():
             self._close_now()
             return
         self._state = _CLOSING
-        self._set_events(EV_WRITE)
         if self._pending and not self._dispatching:
             pending = self._pending
             data = b"".join(pending)
             pending.clear()
             self._output.write(data)
+        self._set_events(EV_WRITE)  # after the write: a completion backend sends on it
         timeout = self._options.close_timeout
         self._close_timer = self.loop.run_after(timeout, self._close_now)
+
+    def _release_fd(self, fd: int) -> None:
+        """Stop watching ``fd`` and close it (the backend's part of closing)."""
+        try:
+            self.loop.unregister(fd, self._token)
+        except OSError as exc:
+            log.debug("%r: unregister failed: %s", self, exc)
+        self._close_fd(fd)
+
+    def _close_fd(self, fd: int) -> None:
+        """``close(2)``, errors logged: the one place every backend closes a socket."""
+        try:
+            sys_close(fd)
+        except OSError as exc:
+            log.debug("close(%d) failed: %s", fd, exc)
 
     def _close_now(self) -> None:
         if self._state == _CLOSED:
@@ -726,14 +782,7 @@ class Connection:
         if self._frame_timer is not None:
             self._frame_timer.cancel()
             self._frame_timer = None
-        try:
-            self.loop.unregister(fd, self._token)
-        except OSError as exc:
-            log.debug("%r: unregister failed: %s", self, exc)
-        try:
-            sys_close(fd)
-        except OSError as exc:
-            log.debug("close(%d) failed: %s", fd, exc)
+        self._release_fd(fd)
         self._input.reset()
         self._output.reset()
         self._pending.clear()

@@ -16,6 +16,9 @@ from typing import Any
 
 from gevwire._sys import close as sys_close
 from gevwire._sys import set_nodelay
+from gevwire._uring_connection import UringConnection
+from gevwire._uring_listener import UringListener
+from gevwire._uring_loop import UringLoop, uring_available
 from gevwire.address import parse_address
 from gevwire.client import open_connection
 from gevwire.codec import BaseCodec, RawCodec
@@ -31,6 +34,25 @@ __all__ = ["Server", "parse_address"]
 log = logging.getLogger("gevwire")
 
 _REQUIRED = ("on_connect", "on_message", "on_close")
+
+
+_BACKENDS = ("auto", "epoll", "io_uring")
+
+
+def _resolve_backend(backend: str | None) -> str:
+    """The backend to use for ``backend`` (None: ``$GEVWIRE_BACKEND``, else epoll)."""
+    name = backend if backend is not None else os.environ.get("GEVWIRE_BACKEND") or "epoll"
+    if name not in _BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}, not {name!r}")
+    if name == "epoll":
+        return name
+    ok, reason = uring_available()
+    if ok:
+        return "io_uring"
+    if name == "auto":
+        log.debug("io_uring unavailable (%s): using epoll", reason)
+        return "epoll"
+    raise RuntimeError(f"backend='io_uring' is unavailable here: {reason}")
 
 
 def _remove_stale_unix_socket(path: str) -> None:
@@ -82,6 +104,13 @@ class Server:
     ``metrics_address="host:port"`` serves ``stats()`` as Prometheus text at
     ``/metrics`` (needs ``prometheus_client``: ``pip install 'gevwire[metrics]'``); with
     workers, worker ``i`` serves its own on ``port + i`` (scrape each).
+
+    ``backend``: ``"epoll"`` (readiness: one ``read`` and one ``write`` foreign call per
+    message), ``"io_uring"`` (completions: multishot accept and recv, one
+    ``io_uring_enter`` per loop turn for every connection; raises when the kernel refuses
+    it) or ``"auto"`` (io_uring where available, else epoll).  Default: the
+    ``GEVWIRE_BACKEND`` environment variable, else ``"epoll"``.  ``server.backend`` is the
+    one chosen.
     """
 
     def __init__(
@@ -105,6 +134,7 @@ class Server:
         proxy_protocol: bool = False,
         workers: int = 1,
         metrics_address: str | None = None,
+        backend: str | None = None,
     ) -> None:
         missing = [name for name in _REQUIRED if not callable(getattr(handler, name, None))]
         if missing:
@@ -137,6 +167,8 @@ class Server:
             if self._family == socket.AF_UNIX:
                 raise ValueError("workers > 1 needs a TCP address (SO_REUSEPORT)")
         self._workers = workers
+        #: The I/O backend in use: ``"epoll"`` or ``"io_uring"``.
+        self.backend = _resolve_backend(backend)
         self._metrics_bind: tuple[str, int] | None = None
         if metrics_address is not None:
             metrics_family, metrics_bind = parse_address(metrics_address)
@@ -153,7 +185,7 @@ class Server:
         self._reuse_port = reuse_port
         self._backlog = backlog
         self._sock: socket.socket | None = None
-        self._listener: Listener | None = None
+        self._listener: Listener | UringListener | None = None
         self._loops: list[EventLoop] = []
         self._accept_loop: EventLoop
         self._connections: dict[EventLoop, set[Connection]] = {}
@@ -193,7 +225,10 @@ class Server:
             self._sock = self._bind()
             self._nodelay = self.options.tcp_nodelay and self._family != socket.AF_UNIX
             all_loops = self._all_loops()
-            self._listener = Listener(self._accept_loop, self._sock, self._on_accept)
+            if isinstance(self._accept_loop, UringLoop):
+                self._listener = UringListener(self._accept_loop, self._sock, self._on_accept)
+            else:
+                self._listener = Listener(self._accept_loop, self._sock, self._on_accept)
             ready = [threading.Event() for _ in all_loops]
             self._accept_loop.call_soon(self._listener.start)
             for loop, event in zip(all_loops, ready, strict=True):
@@ -333,7 +368,8 @@ class Server:
         """Counters and gauges of the whole server (a snapshot; safe from any thread).
 
         ``connections_open``, ``connections_total`` (accepted), ``connections_refused``
-        (over ``max_connections``), ``frames_in`` / ``frames_out``, ``bytes_in`` /
+        (over ``max_connections``), ``accept_backoffs`` (times accepting paused for lack
+        of fds), ``frames_in`` / ``frames_out``, ``bytes_in`` /
         ``bytes_out``, ``errors`` (count by kind: exception class name, or
         ``idle_timeout``), ``loop_turns``, ``loop_busy_seconds`` (time spent handling
         rather than waiting), and the same per loop under ``loops``.
@@ -364,6 +400,7 @@ class Server:
             "connections_open": self.connection_count,
             "connections_total": self._accepted,
             "connections_refused": self._refused,
+            "accept_backoffs": self._listener.backoffs if self._listener is not None else 0,
             "frames_in": sum(d["frames_in"] for d in per_loop),
             "frames_out": sum(d["frames_out"] for d in per_loop),
             "bytes_in": sum(d["bytes_in"] for d in per_loop),
@@ -416,8 +453,9 @@ class Server:
 
     def _init_loops(self) -> None:
         count = self._loop_count
-        self._loops = [EventLoop(f"gevwire-loop-{i}") for i in range(count)]
-        self._accept_loop = self._loops[0] if count == 1 else EventLoop("gevwire-accept")
+        loop_class = UringLoop if self.backend == "io_uring" else EventLoop
+        self._loops = [loop_class(f"gevwire-loop-{i}") for i in range(count)]
+        self._accept_loop = self._loops[0] if count == 1 else loop_class("gevwire-accept")
         self._connections = {lp: set() for lp in self._loops}
         self._assigned = [0] * count
 
@@ -543,7 +581,10 @@ class Server:
             sys_close(fd)
             loop.connections_closed += 1
             return
-        conn = Connection(loop, fd, peer, self.handler, self.codec, self.options,
+        conn_class: Any = Connection
+        if isinstance(loop, UringLoop) and not self.options.proxy_protocol:
+            conn_class = UringConnection  # PROXY headers: the readiness path on its epoll
+        conn = conn_class(loop, fd, peer, self.handler, self.codec, self.options,
                           self._connection_closed)
         self._connections[loop].add(conn)
         conn._start()

@@ -211,6 +211,20 @@ class LineCodec(gevwire.BaseCodec):
         return bytes(message) + b"\n"
 
 
+# -- backend ---------------------------------------------------------------------------
+# Every Server without an explicit backend= uses $GEVWIRE_BACKEND (default epoll), so the
+# whole suite runs on io_uring with ``GEVWIRE_BACKEND=io_uring pytest``.
+
+
+def pytest_report_header() -> str:
+    backend = os.environ.get("GEVWIRE_BACKEND") or "epoll"
+    from gevwire._uring_loop import uring_available
+
+    ok, reason = uring_available()
+    state = "available" if ok else "unavailable: " + reason
+    return f"gevwire backend: {backend} (io_uring {state})"
+
+
 # -- fixtures --------------------------------------------------------------------------
 
 ServeFn = Callable[..., gevwire.Server]

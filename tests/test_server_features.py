@@ -314,7 +314,7 @@ def test_frame_timeout_closes_a_peer_that_trickles_a_frame() -> None:
         slow, good = client(server), client(server)
         started = time.monotonic()
         closed_at = None
-        for _ in range(40):  # one byte every 0.1 s, never a newline: never idle
+        for _ in range(100):  # one byte every 0.1 s, never a newline: never idle
             try:
                 slow.sendall(b"x")
             except OSError:
@@ -333,7 +333,7 @@ def test_frame_timeout_closes_a_peer_that_trickles_a_frame() -> None:
             finally:
                 slow.setblocking(True)
         assert closed_at is not None, "the trickling peer was never closed"
-        assert 0.4 <= closed_at - started < 3.0
+        assert 0.45 <= closed_at - started < 8.0  # generous: a loaded machine is slow
         assert len(errors) == 1 and isinstance(errors[0], gevwire.FrameTimeout)
         assert server.stats()["errors"].get("FrameTimeout") == 1
         good.sendall(b"after\n")
@@ -346,10 +346,10 @@ def test_frame_timeout_resets_for_each_frame() -> None:
     from gevwire.codecs import line
 
     with gevwire.Server(Echo(), address="127.0.0.1:0", codec=line(),
-                        frame_timeout=0.4) as server:
+                        frame_timeout=1.0) as server:
         sock = client(server)
         # Each frame takes 0.3 s to arrive; 6 frames take far longer than the deadline,
-        # and every one is on time.
+        # and every one is on time (with 0.7 s to spare for a loaded machine).
         for i in range(6):
             sock.sendall(b"frame")
             time.sleep(0.3)

@@ -1,0 +1,357 @@
+"""``UringConnection``: a :class:`~gevwire.connection.Connection` whose I/O is io_uring
+completions on a :class:`~gevwire._uring_loop.UringLoop`.
+
+Only the I/O differs; framing, dispatch, output buffering, water marks, idle and frame
+timers, half-close and close are :class:`Connection`'s own code.
+
+* Input: one multishot RECV per connection into the loop's provided-buffer ring.  A
+  completion names the buffer that holds the bytes; frames are cut from it as the epoll
+  path cuts them from the loop's spare buffer (only an incomplete tail is copied into
+  the connection's input ring), then the buffer goes back to the kernel with two stores
+  into shared memory.  Pausing input (high water mark, closing) cancels the RECV; resuming
+  arms a new one.  A multishot RECV that ends by itself (``ENOBUFS`` when every buffer
+  was in use, or a kernel limit) is re-armed.
+* Output: one SEND in flight per connection, pointing at an immutable ``bytes`` object
+  kept referenced until its completion.  Replies produced while it is in flight gather in
+  the output ring and leave in one SEND after it.  A short send is resubmitted for the
+  rest.
+* Foreign calls per message: none.  The loop's single ``io_uring_enter`` per turn
+  submits every SEND and re-arm and reaps every completion.
+* Close: the RECV (and a SEND in flight, when aborting) is cancelled by ``user_data``,
+  then ``close(2)``.  The in-flight requests keep the socket itself open until they
+  end; their completions still reach this object (its ``user_data`` is never reused),
+  which recycles their buffers and then forgets its ``user_data``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from gevwire._sys import EV_READ, EV_WRITE
+from gevwire._sys._uring import (
+    BYTES_OFFSET,
+    CQE_F_MORE,
+    MSG_NOSIGNAL,
+    OP_SEND,
+    SQE_HEAD,
+    bytes_address,
+)
+from gevwire.connection import _CLOSED, _OPEN, Connection, ConnectionOptions
+from gevwire.errors import WriteBufferFull
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from gevwire._uring_loop import UringLoop
+    from gevwire.codec import BaseCodec
+
+__all__ = ["UringConnection"]
+
+log = logging.getLogger("gevwire")
+
+_ECANCELED = errno.ECANCELED
+_ENOBUFS = errno.ENOBUFS
+_MAX_SEND = 1 << 20  # bytes handed to one SEND from the output ring (counted as unsent)
+
+
+class UringConnection(Connection):
+    """A connection served by io_uring completions (see the module docstring)."""
+
+    __slots__ = ("_bufs", "_held", "_recv_armed", "_recv_ud", "_ring", "_send_ud",
+                 "_sending", "_sent")
+
+    _inline_write = False
+
+    def __init__(
+        self,
+        loop: UringLoop,
+        fd: int,
+        peer_addr: Any,
+        handler: Any,
+        codec: BaseCodec,
+        options: ConnectionOptions,
+        on_closed: Callable[[Connection], None] | None = None,
+    ) -> None:
+        super().__init__(loop, fd, peer_addr, handler, codec, options, on_closed)
+        self._ring = loop.ring
+        self._bufs = loop.buffers
+        ud = loop.new_user_data(2)
+        self._recv_ud = ud
+        self._send_ud = ud + 1
+        self._recv_armed = False
+        self._sending: bytes | None = None  # the bytes a SEND in flight points into
+        self._sent = 0  # of them, bytes already taken by the socket
+        # Bytes that arrived while input was paused (the RECV's cancellation takes a turn),
+        # fed one completion's worth at a time when reading resumes, as epoll would read.
+        self._held: deque[bytes] = deque()
+
+    @property
+    def write_buffer_length(self) -> int:
+        """Bytes waiting to be written to the socket (in flight included)."""
+        inflight = len(self._sending) - self._sent if self._sending is not None else 0
+        return self._output._len + sum(len(d) for d in self._pending) + inflight
+
+    # -- loop side ---------------------------------------------------------------------
+
+    def _start(self) -> None:
+        """Arm the RECV and call ``on_connect`` (loop thread only)."""
+        loop: Any = self.loop
+        self._last_active = loop.now
+        if self._options.idle_timeout:
+            self._idle_timer = loop.run_after(self._options.idle_timeout, self._check_idle)
+        ops = loop.ops
+        ops[self._recv_ud] = self._on_recv
+        ops[self._send_ud] = self._on_send
+        self._token = self._recv_ud
+        self._ring.recv_multishot(self._fd, self._bufs.group, self._recv_ud)
+        self._recv_armed = True
+        self._connected()
+
+    def _on_recv(self, res: int, flags: int) -> None:
+        """Completion of the multishot RECV."""
+        if not flags & CQE_F_MORE:
+            self._recv_armed = False
+        if res > 0:
+            bufs = self._bufs
+            bid = flags >> 16
+            try:
+                if self._state == _OPEN:
+                    start = bid * bufs.size
+                    view = bufs.view[start: start + res]
+                    loop = self.loop
+                    loop.bytes_in += res
+                    self._last_active = loop.now
+                    if not self._events & EV_READ or self._held:
+                        # Paused while this was already received: keep it, frame it
+                        # when reading resumes.
+                        self._held.append(bytes(view))
+                    elif self._input._len == 0:
+                        # The echo fast path, as in Connection._on_events.
+                        try:
+                            frames, used = self._decode_view(view)
+                        except Exception as exc:
+                            self._fail(exc)
+                            return
+                        if used < res:
+                            self._input.write(view[used:])
+                        if len(frames) == 1 and not self._close_requested:
+                            loop.frames_in += 1
+                            try:
+                                reply = self._on_message(self, frames[0])
+                                if reply is not None:
+                                    loop.frames_out += 1
+                                    data = self._encode(reply)
+                                    if (self._sending is not None or self._output._len
+                                            or type(data) is not bytes):
+                                        self._write(data)
+                                    else:  # _write's SEND, inlined
+                                        self._sending = data
+                                        self._sent = 0
+                                        size = len(data)
+                                        loop.bytes_out += size
+                                        ring = self._ring
+                                        if ring.pending >= ring.sq_entries:
+                                            ring.submit()
+                                        tail = ring.sq_tail
+                                        SQE_HEAD.pack_into(
+                                            ring.sqes, (tail & ring.sq_mask) << 6, OP_SEND, 0,
+                                            0, self._fd, 0, id(data) + BYTES_OFFSET, size,
+                                            MSG_NOSIGNAL, self._send_ud)
+                                        ring.sq_tail = (tail + 1) & 0xFFFFFFFF
+                                        ring.pending += 1
+                            except Exception as exc:
+                                self._fail(exc)
+                        elif frames:
+                            self._dispatch(frames)
+                        if used < res and self._state == _OPEN:
+                            self._cut_from_ring()
+                    else:
+                        self._input.write(view)
+                        self._cut_from_ring()
+            finally:
+                bufs.put(bid)  # the loop publishes the ring tail once per turn
+                if not self._recv_armed:
+                    self._recv_ended()
+        elif res == 0:
+            if self._held:
+                self._held.append(b"")  # EOF, after the held bytes
+            elif self._state == _OPEN:
+                self._on_eof()
+            self._recv_ended()
+        else:
+            if res != -_ECANCELED and res != -_ENOBUFS and self._state == _OPEN:
+                log.debug("%r: recv failed: %s", self, errno.errorcode.get(-res, res))
+                self._close_now()
+            self._recv_ended()
+
+    def _recv_ended(self) -> None:
+        """The multishot RECV is over: re-arm it if reading is wanted, else maybe forget."""
+        if self._recv_armed:
+            return
+        if self._state == _OPEN and self._events & EV_READ:
+            self._ring.recv_multishot(self._fd, self._bufs.group, self._recv_ud)
+            self._recv_armed = True
+        elif self._state == _CLOSED and self._sending is None:
+            self._forget()
+
+    def _write(self, data: bytes) -> None:
+        """Send now, or gather behind the SEND in flight (loop thread only)."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        if self._sending is not None or self._output._len:
+            self._output.write(data)
+            self._check_high_water()
+            return
+        if self._state == _CLOSED:
+            return
+        self._sending = data
+        self._sent = 0
+        self.loop.bytes_out += len(data)  # counted when submitted; a failure takes it back
+        # Ring.send inlined (one Python call level less per message).
+        ring = self._ring
+        if ring.pending >= ring.sq_entries:
+            ring.submit()
+        tail = ring.sq_tail
+        SQE_HEAD.pack_into(ring.sqes, (tail & ring.sq_mask) << 6, OP_SEND, 0, 0, self._fd, 0,
+                           id(data) + BYTES_OFFSET, len(data), MSG_NOSIGNAL, self._send_ud)
+        ring.sq_tail = (tail + 1) & 0xFFFFFFFF
+        ring.pending += 1
+
+    def _send_output(self) -> None:
+        """Start a SEND of (up to 1 MiB of) the output ring."""
+        output = self._output
+        data = output.read(min(output._len, _MAX_SEND))
+        self._sending = data
+        self._sent = 0
+        self.loop.bytes_out += len(data)
+        self._ring.send(self._fd, bytes_address(data), len(data), self._send_ud)
+
+    def _on_send(self, res: int, flags: int) -> None:
+        """Completion of the SEND in flight."""
+        data = self._sending
+        if data is None:
+            return
+        if res > 0 and self._state == _OPEN and self._sent + res == len(data):
+            # The common case, kept short: all of it went out.
+            self._sending = None
+            self._last_active = self.loop.now
+            if self._output._len:
+                self._send_output()
+                if self._read_paused:
+                    self._maybe_resume(len(self._sending or b""))
+            elif self._events != EV_READ or self._read_paused or self._write_shut == 1:
+                self._on_drained()
+            return
+        loop = self.loop
+        if res < 0:
+            self._sending = None
+            loop.bytes_out -= len(data) - self._sent
+            if self._state != _CLOSED:
+                if res != -_ECANCELED:
+                    log.debug("%r: send failed: %s", self, errno.errorcode.get(-res, res))
+                self._close_now()
+            elif not self._recv_armed:
+                self._forget()
+            return
+        sent = self._sent + res
+        if sent < len(data):
+            loop.bytes_out -= len(data) - sent  # added back if the rest is resubmitted
+        if self._state == _CLOSED:
+            self._sending = None
+            if not self._recv_armed:
+                self._forget()
+            return
+        if sent < len(data):  # a short send: the rest, from where it stopped
+            self._sent = sent
+            loop.bytes_out += len(data) - sent
+            self._ring.send(self._fd, bytes_address(data) + sent, len(data) - sent,
+                            self._send_ud)
+            if self._read_paused:
+                self._maybe_resume(len(data) - sent)
+            return
+        self._sending = None
+        self._last_active = loop.now
+        output = self._output
+        if output._len:
+            self._send_output()
+            if self._read_paused:
+                self._maybe_resume(len(self._sending or b""))
+            return
+        self._on_drained()
+
+    def _set_events(self, events: int) -> None:
+        """Readiness interest, translated: EV_READ arms / cancels the RECV, EV_WRITE
+        starts sending the output ring."""
+        old = self._events
+        if events == old or self._state == _CLOSED:
+            return
+        self._events = events
+        if events & EV_READ:
+            if not old & EV_READ:
+                if not self._recv_armed:
+                    self._ring.recv_multishot(self._fd, self._bufs.group, self._recv_ud)
+                    self._recv_armed = True
+                if self._held:  # received while paused: frame it next turn
+                    self.loop.call_soon(self._feed_held)
+        elif old & EV_READ and self._recv_armed:
+            self._ring.cancel(self._recv_ud, 0)
+        if events & EV_WRITE and self._sending is None and self._output._len:
+            self._send_output()
+
+    def _feed_held(self) -> None:
+        held = self._held
+        while held and self._state == _OPEN and self._events & EV_READ:
+            chunk = held.popleft()
+            if not chunk:
+                self._on_eof()
+                return
+            self._input.write(chunk)
+            self._cut_from_ring()
+
+    def _check_high_water(self) -> None:
+        inflight = len(self._sending) - self._sent if self._sending is not None else 0
+        size = self._output._len + inflight
+        options = self._options
+        if size > options.max_write_buffer:
+            self._fail(WriteBufferFull(
+                f"{size} unsent bytes exceed max_write_buffer={options.max_write_buffer}"
+            ), abort=True)
+        elif size > options.write_high_water and not self._read_paused:
+            self._read_paused = True
+            self._set_events(self._events & ~EV_READ)
+
+    def _maybe_resume(self, inflight: int) -> None:
+        """After a SEND completion while input is paused: resume once unsent output is
+        back under the high water mark (not only under the low one).
+
+        epoll pauses only once the socket refuses bytes.  Here a SEND in flight hides
+        whether it will, so a pause may begin while the socket still has room; each
+        completion shows the socket took bytes, and undoes such a pause.  With the
+        socket full no completion comes, and the pause holds (bounded: high water plus
+        one completion's reply)."""
+        if self._output._len + inflight <= self._options.write_high_water:
+            self._resume_reading()
+
+    def _has_unsent(self) -> bool:
+        return bool(self._output._len or self._pending or self._sending is not None)
+
+    def _release_fd(self, fd: int) -> None:
+        """Cancel what is in flight (by ``user_data``), then close the fd."""
+        ring = self._ring
+        self._held.clear()
+        if self._recv_armed:
+            ring.cancel(self._recv_ud, 0)
+        if self._sending is not None:
+            ring.cancel(self._send_ud, 0)
+        self._close_fd(fd)
+        if not self._recv_armed and self._sending is None:
+            self._forget()
+
+    def _forget(self) -> None:
+        """No completion can come any more: drop the ``user_data`` routes."""
+        ops = self.loop.ops  # type: ignore[attr-defined]
+        ops.pop(self._recv_ud, None)
+        ops.pop(self._send_ud, None)
