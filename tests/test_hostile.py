@@ -1,0 +1,1280 @@
+"""Hostile peers and faults (issue 7): the server stays up and bounded while peers misbehave.
+
+Every case runs a *control* client beside the hostile ones: a well-behaved peer that
+keeps sending numbered, pipelined frames and checks that each reply is exactly its
+request, in order.  Each case then checks that the server is still up (the control is
+served to the end), that the hostile connections are gone, and that this process's open
+fds and resident memory (the server runs here, in loop threads) are back near their
+baseline.  Where a case needs a process of its own (``RLIMIT_NOFILE`` lowered, or a load
+generator on the other core), it is a child process started from here.
+
+Sizes and durations are bounded so that the whole module runs in well under a minute on
+two cores; ``GEVWIRE_HOSTILE_CYCLES`` sets the count of case 9 (see there).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import logging
+import os
+import random
+import select
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import construct as c  # type: ignore[import-untyped]
+import pytest
+from conftest import (
+    ServeFn,
+    fd_count,
+    peer_closed,
+    raise_nofile_limit,
+    recv_exactly,
+    set_linger_reset,
+    wait_until,
+)
+
+import gevwire
+import gevwire.connection
+from gevwire import ConnectionClosed, FrameError, FrameTimeout, FrameTooLarge, WriteBufferFull
+from gevwire import codecs as gcodecs
+from gevwire.ringbuffer import DEFAULT_POOL
+
+pytestmark = pytest.mark.timeout(120)
+
+KiB = 1 << 10
+MiB = 1 << 20
+REPO = Path(__file__).resolve().parent.parent
+
+# -- measuring ---------------------------------------------------------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _status_kib(field: str, pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise LookupError(field)
+
+
+def rss(pid: int | str = "self") -> int:
+    """Resident set size in bytes (``VmRSS``)."""
+    return _status_kib("VmRSS", pid) * KiB
+
+
+def peak_rss() -> int:
+    """Peak resident set size since the last :func:`reset_peak_rss` (``VmHWM``)."""
+    return _status_kib("VmHWM") * KiB
+
+
+def reset_peak_rss() -> None:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0: ``5`` to ``clear_refs``)."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+
+
+def thread_cpu(tid: int, pid: int | str = "self") -> float:
+    """CPU seconds (user + system) used by one thread, from ``/proc/<pid>/task/<tid>``.
+
+    ``time.thread_time`` only sees the calling thread; the loop runs in another.
+    """
+    with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+        data = stat.read()
+    fields = data[data.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def loop_tid(loop: gevwire.EventLoop) -> int:
+    """The native thread id of ``loop``'s thread (asked on the loop itself)."""
+    box: list[int] = []
+    done = threading.Event()
+
+    def ask() -> None:
+        box.append(threading.get_native_id())
+        done.set()
+
+    loop.call_soon(ask)
+    assert done.wait(5), "loop did not run a task"
+    return box[0]
+
+
+_LIBC = ctypes.CDLL(None)
+
+
+def trimmed_rss() -> int:
+    """RSS after a full collection and ``malloc_trim(0)``: freed memory that glibc keeps
+    for reuse (arenas of threads, the heap's top) is not a leak, so it is given back
+    before measuring."""
+    gc.collect()
+    _LIBC.malloc_trim(0)
+    return rss()
+
+
+class Baseline:
+    """Open fds and RSS now; :meth:`check` waits for fds to return and bounds RSS growth.
+
+    RSS is taken after ``malloc_trim`` (see :func:`trimmed_rss`).  Two kinds of retention
+    are by design, not leaks: the buffer pool keeps bounded storage for reuse (its bytes
+    are reported beside the growth), and a loop thread's glibc arena keeps a few freed
+    MiB after its first large buffers (so cases that make such buffers take the baseline
+    after a first round of the same work).
+    """
+
+    def __init__(self) -> None:
+        self.fds = fd_count()
+        self.rss = trimmed_rss()
+        self.pool = DEFAULT_POOL.retained()
+
+    def check(self, rss_slack: int, *, timeout: float = 10.0) -> int:
+        """Assert fds are back to the baseline and RSS grew by < ``rss_slack``; return it."""
+        assert wait_until(lambda: fd_count() <= self.fds, timeout), (self.fds, fd_count())
+        growth = trimmed_rss() - self.rss
+        pool = DEFAULT_POOL.retained() - self.pool
+        assert growth < rss_slack, (
+            f"RSS grew by {growth / MiB:.1f} MiB (limit {rss_slack / MiB:.1f}; "
+            f"buffer pool holds {pool / MiB:.1f} MiB more than before)"
+        )
+        return growth
+
+
+class LogCapture(logging.Handler):
+    """gevwire's log records, plus exceptions that end a thread.
+
+    Records are kept as ``(level, message, exception type)``: a record's arguments and
+    traceback would keep connections and buffers alive and show up as "leaked" memory.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[tuple[int, str, type[BaseException] | None]] = []
+        self.thread_errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc_type = record.exc_info[0] if record.exc_info else None
+        message = record.getMessage()
+        if record.exc_info and record.levelno >= logging.ERROR:
+            message += "\n" + "".join(traceback.format_exception(*record.exc_info))
+        self.records.append((record.levelno, message, exc_type))
+
+    def messages(self) -> list[str]:
+        return [message for _, message, _ in list(self.records)]
+
+    def unexpected(self, *allowed: type[BaseException]) -> list[str]:
+        """ERROR records (and thread deaths) not caused by one of ``allowed``."""
+        out = list(self.thread_errors)
+        for level, message, exc_type in list(self.records):
+            if level < logging.ERROR:
+                continue
+            if exc_type is not None and issubclass(exc_type, allowed):
+                continue
+            out.append(message)
+        return out
+
+
+@pytest.fixture
+def gevwire_log() -> Iterator[LogCapture]:
+    capture = LogCapture()
+    logger = logging.getLogger("gevwire")
+    old_level = logger.level
+    logger.addHandler(capture)
+    logger.setLevel(logging.WARNING)
+    old_hook = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        capture.thread_errors.append(f"thread {args.thread}: {args.exc_value!r}")
+        old_hook(args)
+
+    threading.excepthook = hook
+    try:
+        yield capture
+    finally:
+        threading.excepthook = old_hook
+        logger.removeHandler(capture)
+        logger.setLevel(old_level)
+
+
+# -- servers and clients -----------------------------------------------------------------
+
+
+class Echo(gevwire.Handler):
+    """Echoes every frame; counts callbacks and errors (by kind), keeps no frames.
+
+    ``on_error`` does what the default hook does for a peer's bad frames (close on a
+    fatal one) without logging each: thousands of log records, each holding its
+    connection, would be retained by pytest's log capture and read as a memory leak.
+    Anything but a :class:`FrameError` goes to the default hook (logged as an error).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.connects = 0
+        self.closes = 0
+        self.frames = 0
+        self.errors: Counter[str] = Counter()
+        #: (type, message, the ``size`` a FrameTooLarge announced) of the first errors.
+        self.error_samples: list[tuple[type[BaseException], str, int | None]] = []
+
+    def on_connect(self, conn: gevwire.Connection) -> None:
+        with self.lock:
+            self.connects += 1
+
+    def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+        self.frames += 1
+        return frame
+
+    def on_close(self, conn: gevwire.Connection) -> None:
+        with self.lock:
+            self.closes += 1
+
+    def on_error(self, conn: gevwire.Connection, error: BaseException) -> None:
+        with self.lock:
+            self.errors[type(error).__name__] += 1
+            if len(self.error_samples) < 1000:
+                self.error_samples.append((type(error), str(error),
+                                           getattr(error, "size", None)))
+        if isinstance(error, FrameError):
+            if error.fatal:
+                conn.close()
+        else:
+            super().on_error(conn, error)
+
+    def error_types(self) -> set[type[BaseException]]:
+        return {kind for kind, _, _ in self.error_samples}
+
+
+def _default_message(i: int) -> bytes:
+    return b"control-%08d-" % i + bytes(random.Random(i).choices(b"abcdefgh", k=i % 97))
+
+
+class Control:
+    """A well-behaved client: pipelined numbered frames, each reply checked, in order.
+
+    ``make(i)`` is the i-th message; the request is ``codec.encode(make(i))`` and an echo
+    server must send exactly those bytes back.  Runs in a thread from :meth:`start` to
+    :meth:`stop`; ``samples`` holds ``(when, round-trip seconds)`` per round.
+    """
+
+    def __init__(
+        self,
+        address: Any,
+        codec: gevwire.BaseCodec,
+        make: Callable[[int], Any] = _default_message,
+        *,
+        interval: float = 0.005,
+        pipeline: int = 3,
+    ) -> None:
+        self.address = address[:2]
+        self.codec = codec
+        self.make = make
+        self.interval = interval
+        self.pipeline = pipeline
+        self.count = 0
+        self.samples: list[tuple[float, float]] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="control", daemon=True)
+
+    def start(self) -> Control:
+        self._thread.start()
+        assert self._ready.wait(10), "control client did not connect"
+        assert wait_until(lambda: self.count >= 3 * self.pipeline or self.failures, 10)
+        assert not self.failures, self.failures
+        return self
+
+    def _run(self) -> None:
+        try:
+            with socket.create_connection(self.address, timeout=10) as sock:
+                self._ready.set()
+                i = 0
+                while not self._stop.is_set():
+                    data = b"".join(self.codec.encode(self.make(i + k))
+                                    for k in range(self.pipeline))
+                    start = time.monotonic()
+                    sock.sendall(data)
+                    got = recv_exactly(sock, len(data))
+                    end = time.monotonic()
+                    if got != data:
+                        self.failures.append(f"round at {i}: reply differs from request")
+                        return
+                    self.samples.append((end, end - start))
+                    i += self.pipeline
+                    self.count = i
+                    if self.interval:
+                        self._stop.wait(self.interval)
+        except Exception as exc:
+            self.failures.append(f"after {self.count} frames: {exc!r}")
+        finally:
+            self._ready.set()
+
+    def max_latency(self, since: float = 0.0, until: float = float("inf")) -> float:
+        return max((rtt for when, rtt in list(self.samples) if since <= when <= until),
+                   default=0.0)
+
+    def stop(self) -> Control:
+        """Stop and assert the control was served throughout: no failure, no stall, and
+        still served now (two more rounds after the hostile part of the case)."""
+        now = self.count
+        served = wait_until(lambda: self.count >= now + 2 * self.pipeline or self.failures,
+                            10)
+        self._stop.set()
+        self._thread.join(15)
+        assert not self._thread.is_alive(), "control client hung"
+        assert not self.failures, self.failures
+        assert served, f"the control client stalled at frame {self.count}"
+        return self
+
+
+def drain(sock: socket.socket) -> bool:
+    """Read and drop whatever is available; False once the peer has closed (EOF or
+    reset).  Leaves ``sock`` non-blocking (with a timeout set, Python's ``recv`` waits
+    for data whatever its flags say)."""
+    sock.setblocking(False)
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def close_all(socks: list[socket.socket], *, reset_every: int = 2) -> None:
+    """Close client sockets: every ``reset_every``-th with RST (SO_LINGER 0), else FIN."""
+    for i, sock in enumerate(socks):
+        if reset_every and i % reset_every == 0:
+            try:
+                set_linger_reset(sock)
+            except OSError:
+                pass
+        sock.close()
+
+
+def open_clients(address: Any, count: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(address[:2], timeout=10)
+        socks.append(sock)
+    return socks
+
+
+def open_count(server: gevwire.Server) -> int:
+    return int(server.stats()["connections_open"])
+
+
+PREFIXED = c.Prefixed(c.Int32ub, c.GreedyBytes)
+
+
+# -- 1. a length header claiming 2 GiB ---------------------------------------------------
+
+
+@pytest.mark.parametrize("codec_name", ["Codec(Prefixed(Int32ub))", "length_field"])
+def test_2gib_length_headers_are_rejected_from_the_header(
+    serve: ServeFn, gevwire_log: LogCapture, codec_name: str
+) -> None:
+    connections = 100
+    if codec_name == "length_field":
+        codec: gevwire.BaseCodec = gcodecs.length_field(initial_bytes_to_strip=4,
+                                                         max_frame_size=64 * KiB)
+    else:
+        codec = gevwire.Codec(PREFIXED, max_frame_size=64 * KiB)
+    handler = Echo()
+    server = serve(handler, codec=codec)
+    control = Control(server.address, codec).start()
+    base = Baseline()
+    reset_peak_rss()
+    socks = open_clients(server.address, connections)
+    body = random.Random(1).randbytes(256 * KiB)  # 25 MiB in all, if it were buffered
+    for sock in socks:
+        try:
+            sock.sendall(struct.pack(">I", 1 << 31) + body)
+        except OSError:
+            pass  # rejected and closed while the body was still arriving
+    for sock in socks:
+        assert peer_closed(sock), "a connection with a 2 GiB header stayed open"
+    peak_growth = peak_rss() - base.rss
+    close_all(socks)
+    assert wait_until(lambda: open_count(server) == 1, 10), open_count(server)
+    control.stop()
+    assert server.stats()["errors"] == {"FrameTooLarge": connections}
+    assert handler.error_types() == {FrameTooLarge}
+    assert all(size is not None and size >= 1 << 31 for _, _, size in handler.error_samples)
+    assert handler.frames == control.count  # no frame of a hostile peer was dispatched
+    # 100 x 2 GiB announced; not one body buffered: the peak is the noise of 100 sockets.
+    assert peak_growth < 4 * MiB, f"peak RSS grew by {peak_growth / MiB:.1f} MiB"
+    base.check(4 * MiB)
+    assert gevwire_log.unexpected() == []
+    print(f"\n[case 1 {codec_name}] peak RSS growth {peak_growth / MiB:.2f} MiB "
+          f"for {connections} x 2 GiB headers")
+
+
+# -- 2. random garbage to every shipped codec ----------------------------------------------
+
+STREAM_SCHEMA = c.Struct(
+    "magic" / c.Const(b"GW"),
+    "name" / c.PascalString(c.Int8ub, "utf8"),
+    "values" / c.PrefixedArray(c.Int8ub, c.Int32sb),
+)
+LAYOUT_SCHEMA = c.Struct("kind" / c.Int8ub, "n" / c.Int16ub, "data" / c.Bytes(c.this.n))
+
+
+def _bytes_message(i: int) -> bytes:
+    return b"m%06d-" % i + b"z" * (i % 50)
+
+
+def _fixed_message(i: int) -> bytes:
+    return b"f%015d" % i
+
+
+# name -> (codec factory, the control's i-th message)
+GARBAGE_CODECS: dict[str, tuple[Callable[[], gevwire.BaseCodec], Callable[[int], Any]]] = {
+    "raw": (gcodecs.raw, _bytes_message),
+    "fixed_length": (lambda: gcodecs.fixed_length(16), _fixed_message),
+    "length_field": (lambda: gcodecs.length_field(initial_bytes_to_strip=4,
+                                                  max_frame_size=4 * KiB), _bytes_message),
+    "length_field_discard": (
+        lambda: gcodecs.length_field(length_field_length=2, byte_order="little",
+                                     initial_bytes_to_strip=2, max_frame_size=256,
+                                     on_oversize="discard", fail_fast=False),
+        _bytes_message),
+    "line": (lambda: gcodecs.line(max_length=512), _bytes_message),
+    "line_utf8": (lambda: gcodecs.line(max_length=512, encoding="utf-8"),
+                  lambda i: _bytes_message(i).decode()),
+    "delimiter": (lambda: gcodecs.delimiter([b"\0", b"\r\n"], max_length=512), _bytes_message),
+    "varint": (lambda: gcodecs.varint(max_frame_size=4 * KiB), _bytes_message),
+    "Codec(Prefixed)": (lambda: gevwire.Codec(PREFIXED, max_frame_size=4 * KiB),
+                        _bytes_message),
+    "Codec(Prefixed, discard)": (
+        lambda: gevwire.Codec(c.Prefixed(c.Int16ub, c.GreedyBytes), max_frame_size=256,
+                              on_oversize="discard"), _bytes_message),
+    "Codec(Struct+Bytes(this.n))": (
+        lambda: gevwire.Codec(LAYOUT_SCHEMA, max_frame_size=4 * KiB),
+        lambda i: {"kind": i % 256, "n": 6, "data": b"%06d" % i}),
+    "Codec(Struct, construct-parsed)": (
+        lambda: gevwire.Codec(STREAM_SCHEMA, max_frame_size=4 * KiB),
+        lambda i: {"magic": b"GW", "name": f"n{i}", "values": [i, -i]}),
+}
+
+
+def _garbage(rng: random.Random, sample: bytes) -> bytes:
+    """Hostile bytes: random, or a valid frame mutated (flipped, cut, huge lengths)."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        return rng.randbytes(rng.randint(1, 4096))
+    if kind == 1:  # dense in delimiters, continuation bits and 0xff lengths
+        return bytes(rng.choices(b"\n\r\0\xff\x80GW", k=rng.randint(1, 2048)))
+    frame = bytearray(sample * rng.randint(1, 8))
+    for _ in range(rng.randint(1, 8)):
+        frame[rng.randrange(len(frame))] = rng.randrange(256)
+    if kind == 2:
+        return bytes(frame[: rng.randint(1, len(frame))])
+    return b"\xff\xff\xff\xff" + bytes(frame)
+
+
+@pytest.mark.parametrize("codec_name", list(GARBAGE_CODECS))
+def test_random_garbage_on_100_connections_at_once(
+    serve: ServeFn, gevwire_log: LogCapture, codec_name: str
+) -> None:
+    connections, per_connection = 100, 32 * KiB
+    factory, make = GARBAGE_CODECS[codec_name]
+    codec = factory()
+    handler = Echo()
+    server = serve(handler, codec=codec)
+    control = Control(server.address, codec, make).start()
+    base = Baseline()
+    rng = random.Random(codec_name)
+    sample = codec.encode(make(7))
+    socks = open_clients(server.address, connections)
+    sent = [0] * connections
+    done: list[socket.socket] = []
+    deadline = time.monotonic() + 10
+    while min(sent) < per_connection and time.monotonic() < deadline:
+        for i, sock in enumerate(socks):  # interleaved: every connection is mid-stream
+            if sent[i] >= per_connection:
+                continue
+            try:
+                if drain(sock):
+                    sent[i] += sock.send(_garbage(rng, sample))
+                    continue
+            except BlockingIOError:
+                continue
+            except OSError:
+                pass
+            # Closed by the server (its codec gave up): go on with a new connection.
+            done.append(sock)
+            socks[i] = socket.create_connection(server.address[:2], timeout=10)
+    assert min(sent) >= per_connection, "garbage could not be delivered in 10 s"
+    close_all(socks + done)
+    assert wait_until(lambda: open_count(server) == 1, 10), open_count(server)
+    assert handler.closes == handler.connects - 1  # all but the control
+    control.stop()
+    # Whatever the garbage, the codec reports FrameError (or its subclasses), never a
+    # crash of its own (IndexError, struct.error, UnicodeDecodeError ...).
+    bad = [e for e in handler.error_samples if not issubclass(e[0], FrameError)]
+    assert bad == [], bad[:5]
+    errors = server.stats()["errors"]
+    assert set(errors) <= {"FrameError", "FrameTooLarge"}
+    growth = base.check(8 * MiB)
+    assert gevwire_log.unexpected() == []
+    print(f"\n[case 2 {codec_name}] {handler.connects - 1} hostile connections, "
+          f"errors {dict(errors)}, RSS growth {growth / KiB:.0f} KiB")
+
+
+# -- 3. slowloris ----------------------------------------------------------------------------
+
+
+def test_slowloris_thousand_connections_closed_by_frame_and_idle_timeouts(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    # 1,000 as the issue asks: 2,000 fds here (both ends in this process), 2 s deadlines.
+    tricklers, sleepers = 800, 200
+    interval, frame_timeout, idle_timeout = 1.0, 2.0, 2.0
+    raise_nofile_limit(2 * (tricklers + sleepers) + 256)
+    codec = gcodecs.line(max_length=4 * KiB)
+    handler = Echo()
+    server = serve(handler, codec=codec, frame_timeout=frame_timeout,
+                   idle_timeout=idle_timeout)
+    control = Control(server.address, codec).start()
+    base = Baseline()
+    trickling = open_clients(server.address, tricklers)  # one byte a second, never a line
+    sleeping = open_clients(server.address, sleepers)  # connect, then nothing at all
+    assert wait_until(lambda: open_count(server) == 1 + tricklers + sleepers, 10)
+    for sock in trickling:
+        sock.setblocking(False)
+    start = time.monotonic()
+    closed_at: float | None = None
+    while time.monotonic() - start < frame_timeout + 4:
+        for sock in trickling:
+            try:
+                sock.send(b"G")
+            except OSError:
+                pass  # closed by the server
+        if open_count(server) == 1:
+            closed_at = time.monotonic() - start
+            break
+        wait_until(lambda: open_count(server) == 1, interval)
+    during = control.max_latency(since=start)
+    control.stop()
+    assert closed_at is not None, f"{open_count(server) - 1} slowloris connections left"
+    # Not before their deadline, and not much after (timer granularity + one interval).
+    assert frame_timeout - 0.1 <= closed_at <= frame_timeout + 1.5, closed_at
+    errors = server.stats()["errors"]
+    assert errors.get("FrameTimeout") == tricklers, errors
+    assert errors.get("idle_timeout") == sleepers, errors
+    assert handler.error_types() == {FrameTimeout}
+    assert during < 0.5, f"the good client waited {during:.3f}s during the slowloris"
+    for sock in trickling + sleeping:
+        assert peer_closed(sock, 5)
+    close_all(trickling + sleeping, reset_every=1)
+    base.check(8 * MiB)
+    assert gevwire_log.unexpected() == []
+    print(f"\n[case 3] {tricklers} tricklers + {sleepers} idle closed "
+          f"{closed_at:.2f}s after the first byte (frame_timeout={frame_timeout}s); "
+          f"good client max RTT {during * 1000:.1f} ms")
+
+
+# -- 4. a peer that sends and never reads --------------------------------------------------
+
+
+class Flooder:
+    """Sends continuously on a socket it never reads, from a thread, until stopped."""
+
+    def __init__(self, sock: socket.socket, data: bytes) -> None:
+        self.sock = sock
+        self.data = data
+        self.sent = 0
+        self.last_progress = time.monotonic()
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.sock.setblocking(False)
+        view = memoryview(self.data)
+        while not self._stop.is_set():
+            _, writable, _ = select.select([], [self.sock], [], 0.05)
+            if not writable:
+                continue
+            try:
+                n = self.sock.send(view[self.sent % len(view) :])
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                self.error = exc
+                return
+            self.sent += n
+            self.last_progress = time.monotonic()
+
+    def stalled_for(self) -> float:
+        return time.monotonic() - self.last_progress
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_never_reading_peer_pauses_reading_at_high_water_with_the_loop_idle(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    high, low = 256 * KiB, 64 * KiB
+    handler = Echo()  # raw echo: the peer's own bytes back up its output
+    server = serve(handler, write_high_water=high, write_low_water=low,
+                   max_write_buffer=8 * MiB)
+    control = Control(server.address, gevwire.RawCodec(), interval=0.01).start()
+    loop = server.loops[0]
+    tid = loop_tid(loop)
+    base = Baseline()
+    hostile = socket.create_connection(server.address[:2], timeout=10)
+    hostile.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KiB)
+    flooder = Flooder(hostile, random.Random(4).randbytes(64 * KiB))
+    assert wait_until(lambda: flooder.stalled_for() > 0.5, 20), "the peer was never stopped"
+    conn = next(cn for cn in server.connections() if cn.peer_addr[:2] == hostile.getsockname())
+    # Stalled: measure the loop thread while the peer keeps trying to send.
+    cpu0, turns0, busy0, count0 = thread_cpu(tid), loop.turn_count, loop.busy_time, control.count
+    time.sleep(2.0)
+    cpu = thread_cpu(tid) - cpu0
+    turns, busy = loop.turn_count - turns0, loop.busy_time - busy0
+    served = control.count - count0
+    backlog = conn.write_buffer_length
+    assert flooder.stalled_for() > 2.0 and flooder.error is None
+    assert conn.connected
+    assert high < backlog <= high + 64 * KiB, backlog  # paused within one read of the mark
+    # The control's ~100 rounds/s cost a few turns each; a loop spinning on a writable
+    # or readable fd would cost tens of thousands of turns and the whole core.
+    assert cpu < 0.2, f"loop thread used {cpu:.2f}s CPU in 2s while stalled"
+    assert turns < 5 * max(served, 1) // control.pipeline + 100, (turns, served)
+    flooder.stop()
+    set_linger_reset(hostile)
+    hostile.close()
+    assert wait_until(lambda: open_count(server) == 1, 10)
+    control.stop()
+    base.check(8 * MiB)
+    assert gevwire_log.unexpected() == []
+    print(f"\n[case 4a] stalled 2s at {backlog / KiB:.0f} KiB unsent (high water "
+          f"{high // KiB} KiB): loop CPU {cpu * 1000:.0f} ms ({cpu / 2 * 100:.1f}%), "
+          f"busy {busy * 1000:.0f} ms, {turns} turns for {served} control frames")
+
+
+@pytest.mark.parametrize("how", ["reply", "send"])
+def test_never_reading_peer_is_closed_at_the_hard_cap_with_memory_bounded(
+    serve: ServeFn, gevwire_log: LogCapture, how: str
+) -> None:
+    # Each 6-byte request line asks for a 16 KiB reply (returned, or sent with
+    # conn.send): one 64 KiB read of requests is 170 MiB of replies.  The hard cap must
+    # bound what one read's replies can queue, not only what is left once the whole
+    # read has been dispatched.
+    cap = 4 * MiB
+    reply = bytes(random.Random(5).choices(b"abcdefghijklmnop", k=16 * KiB - 1))
+
+    class Amplify(Echo):
+        def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+            self.frames += 1
+            if frame != b"gimme":
+                return frame
+            if how == "send":
+                conn.send(reply)  # raises ConnectionClosed once closed at the cap
+                return None
+            return reply
+
+    codec = gcodecs.line(max_length=32 * KiB)
+    handler = Amplify()
+    server = serve(handler, codec=codec, write_high_water=1 * MiB,
+                   write_low_water=256 * KiB, max_write_buffer=cap)
+    control = Control(server.address, codec).start()
+
+    def episode(n: int) -> int:
+        """One never-reading peer until the cap closes it; the peak RSS growth."""
+        before = trimmed_rss()
+        reset_peak_rss()
+        hostile = socket.create_connection(server.address[:2], timeout=10)
+        hostile.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KiB)
+        flooder = Flooder(hostile, b"gimme\n" * (64 * KiB // 6))
+        assert wait_until(lambda: handler.errors["WriteBufferFull"] == n, 10), handler.errors
+        assert wait_until(lambda: flooder.error is not None or flooder.stalled_for() > 1, 10)
+        flooder.stop()
+        peak = peak_rss() - before
+        assert peer_closed(hostile)
+        hostile.close()
+        assert wait_until(lambda: open_count(server) == 1, 10)
+        return peak
+
+    # The first episode also sets up the allocator: the loop thread's glibc arena keeps
+    # a few freed MiB for reuse (not given back even by malloc_trim; not so with
+    # MALLOC_ARENA_MAX=1).  The baseline is taken after it; two more episodes must not
+    # grow memory past it: nothing is kept per closed connection.
+    peaks = [episode(1)]
+    base = Baseline()
+    peaks += [episode(2), episode(3)]
+    control.stop()
+    assert server.stats()["errors"] == {"WriteBufferFull": 3}
+    # O(cap), whatever was asked for: the ring doubling past the cap holds its old and
+    # new storage (4 + 8 MiB) for a moment, plus one high-water batch and its join.
+    # Without the mid-batch write (connection.py, _write_gathered) this was ~430 MiB.
+    peak_growth = max(peaks)
+    assert peak_growth < 5 * cap, f"peak RSS grew by {peak_growth / MiB:.1f} MiB"
+    base.check(4 * MiB)
+    assert gevwire_log.unexpected(WriteBufferFull) == []
+    print(f"\n[case 4b {how}] closed at max_write_buffer={cap // MiB} MiB; peak RSS growth "
+          f"{peak_growth / MiB:.1f} MiB")
+
+
+# -- 5. RST in the middle of a frame and of a large reply ----------------------------------
+
+
+def test_reset_in_the_middle_of_a_frame_and_of_a_large_reply(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    big = random.Random(6).randbytes(8 * MiB)
+    close_after: set[int] = set()
+
+    class Big(Echo):
+        def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+            self.frames += 1
+            if frame == b"big-then-close":
+                conn.close()  # closing, with 8 MiB still to flush: then the RST comes
+                close_after.add(id(conn))
+                return big
+            return big if frame == b"big" else frame
+
+    codec = gevwire.Codec(PREFIXED, max_frame_size=1 * MiB)
+    handler = Big()
+    frame_timeout = 0.5
+    server = serve(handler, codec=codec, frame_timeout=frame_timeout,
+                   write_high_water=16 * MiB, max_write_buffer=32 * MiB)
+    control = Control(server.address, codec).start()
+    base = Baseline()
+    reset_peak_rss()
+    # RST mid-frame: a header announcing 100 KiB, 30 KiB of it, then RST.
+    mid_frame = open_clients(server.address, 50)
+    for sock in mid_frame:
+        sock.sendall(struct.pack(">I", 100 * KiB) + bytes(30 * KiB))
+    assert wait_until(lambda: sum(cn.read_buffer_length for cn in server.connections())
+                      >= 50 * 30 * KiB, 5)
+    close_all(mid_frame, reset_every=1)
+    # RST mid-reply: ask for 8 MiB, read 64 KiB of it, then RST.
+    mid_reply = open_clients(server.address, 20)
+    for i, sock in enumerate(mid_reply):
+        sock.sendall(codec.encode(b"big-then-close" if i % 2 else b"big"))
+    for sock in mid_reply:
+        assert len(recv_exactly(sock, 64 * KiB)) == 64 * KiB
+    close_all(mid_reply, reset_every=1)
+    assert wait_until(lambda: open_count(server) == 1, 10), open_count(server)
+    time.sleep(frame_timeout + 0.3)  # the mid-frame deadlines would have fired by now
+    assert handler.closes == 70
+    control.stop()
+    assert len(close_after) == 10
+    assert server.stats()["errors"] == {}  # a reset is the peer leaving, not an error
+    peak = peak_rss() - base.rss
+    growth = base.check(8 * MiB)
+    assert gevwire_log.unexpected() == []
+    print(f"\n[case 5] 50 RST mid-frame + 20 RST mid-8-MiB-reply: all closed, no error; "
+          f"peak RSS +{peak / MiB:.0f} MiB, after {growth / KiB:.0f} KiB")
+
+
+# -- 6. half-close ---------------------------------------------------------------------------
+
+
+def test_half_close_gets_every_reply_then_eof_even_with_reading_paused(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    # tests/test_server.py covers one connection whose FIN is read at once; here reading
+    # is paused by back-pressure when the FIN arrives (so it is read only after the
+    # replies drain), on 50 connections at once, half of them with a partial frame last.
+    clients, requests = 50, 40
+
+    class Amplify(Echo):
+        def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+            self.frames += 1
+            if frame.startswith(b"req-"):
+                return (frame + b" ") * 400  # ~6 KiB per request
+            return frame
+
+    codec = gcodecs.line(max_length=64 * KiB)
+    handler = Amplify()
+    server = serve(handler, codec=codec, write_high_water=64 * KiB, write_low_water=16 * KiB)
+    control = Control(server.address, gcodecs.line(), lambda i: b"c%d" % i).start()
+    base = Baseline()
+    socks = []
+    expected: dict[socket.socket, bytes] = {}
+    for i in range(clients):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KiB)
+        sock.settimeout(10)
+        sock.connect(server.address[:2])
+        lines = [b"req-%02d-%03d" % (i, j) for j in range(requests)]
+        tail = b"partial-frame-with-no-newline" if i % 2 else b""
+        sock.sendall(b"".join(x + b"\n" for x in lines) + tail)
+        sock.shutdown(socket.SHUT_WR)
+        expected[sock] = b"".join((x + b" ") * 400 + b"\n" for x in lines)
+        socks.append(sock)
+    received = {sock: bytearray() for sock in socks}
+    eof: set[socket.socket] = set()
+    start = time.monotonic()
+    deadline = start + 20
+    while len(eof) < clients and time.monotonic() < deadline:
+        readable, _, _ = select.select([s for s in socks if s not in eof], [], [], 1.0)
+        for sock in readable:
+            chunk = sock.recv(1 << 16)
+            if chunk:
+                received[sock] += chunk
+            else:
+                eof.add(sock)
+    assert len(eof) == clients, "a half-closed peer did not get EOF"
+    took = time.monotonic() - start
+    for sock in socks:
+        assert received[sock] == expected[sock]
+    del received, expected  # 24 MiB of the test's own, not the server's
+    close_all(socks, reset_every=0)
+    assert wait_until(lambda: open_count(server) == 1, 10)
+    assert handler.closes == clients
+    control.stop()
+    assert server.stats()["errors"] == {}
+    base.check(8 * MiB)
+    assert gevwire_log.unexpected() == []
+    print(f"\n[case 6] {clients} half-closed peers, {requests} replies of ~6 KiB each "
+          f"(reading paused at 64 KiB): every byte, then EOF, in {took:.2f}s")
+
+
+# -- 7. EMFILE storm -----------------------------------------------------------------------
+
+EMFILE_SERVER = textwrap.dedent("""
+    import json, os, resource, sys, threading
+    import gevwire
+
+    class Echo(gevwire.Handler):
+        def on_message(self, conn, frame):
+            return frame
+
+    server = gevwire.Server(Echo(), address="127.0.0.1:0").start()
+    loop = server.loops[0]
+    box, ready = [], threading.Event()
+    loop.call_soon(lambda: (box.append(threading.get_native_id()), ready.set()))
+    ready.wait(5)
+
+    def fds():
+        try:
+            return len(os.listdir("/proc/self/fd")) - 1
+        except OSError:  # out of fds: listing needs one
+            return -1
+
+    port = server.port
+
+    def report():
+        stats = server.stats()
+        return {"port": port, "tid": box[0], "fds": fds(),
+                "open": stats["connections_open"], "turns": stats["loop_turns"],
+                "backoffs": server.stats()["accept_backoffs"]}
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard))
+    print(json.dumps(report()), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "stop":
+            break
+        print(json.dumps(report()), flush=True)
+    server.stop()
+    print(json.dumps(report()), flush=True)
+""")
+
+
+class Child:
+    """The EMFILE server in a child process, queried over its stdin / stdout."""
+
+    def __init__(self, limit: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", EMFILE_SERVER, str(limit)], cwd=REPO,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self.first = self.query(first=True)
+
+    def query(self, *, first: bool = False, command: str = "report") -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if not first:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, "the server child died"
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def test_emfile_storm_backs_off_then_serves_again(gevwire_log: LogCapture) -> None:
+    limit, storm = 64, 300
+    child = Child(limit)
+    try:
+        info = child.first
+        address = ("127.0.0.1", info["port"])
+        control = Control(address, gevwire.RawCodec(), interval=0.01).start()
+        assert wait_until(lambda: child.query()["open"] == 1, 5)
+        baseline_fds = child.query()["fds"]
+        socks = [socket.create_connection(address, timeout=10) for _ in range(storm)]
+        for i, sock in enumerate(socks):
+            sock.sendall(b"storm-%03d" % i)
+        # Accepted connections echo; the rest wait in the backlog, the server out of fds.
+        assert wait_until(lambda: child.query()["backoffs"] > 0, 5)
+        served = set()
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select(socks, [], [], 0.2)
+            for sock in readable:
+                served.add(sock)
+        assert 0 < len(served) < storm - 200
+        for i, sock in enumerate(socks):
+            if sock in served:
+                assert recv_exactly(sock, 9) == b"storm-%03d" % i
+        # Out of fds: measure the loop thread while the listener stays readable.
+        before, cpu0, count0 = child.query(), thread_cpu(info["tid"], child.proc.pid), \
+            control.count
+        time.sleep(2.0)
+        after, cpu = child.query(), thread_cpu(info["tid"], child.proc.pid) - cpu0
+        turns = after["turns"] - before["turns"]
+        served_frames = control.count - count0
+        assert after["open"] == before["open"]  # still exhausted: nothing more accepted
+        assert after["backoffs"] > before["backoffs"]  # ... and it kept retrying
+        assert cpu < 0.2, f"loop CPU {cpu:.2f}s in 2s while out of fds"
+        assert turns < 200 + 3 * served_frames, (turns, served_frames)
+        # Free the fds: every waiting connection is accepted and served, in turn.
+        for sock in served:
+            sock.close()
+        pending = [s for s in socks if s not in served]
+        waiting = {s: b"storm-%03d" % socks.index(s) for s in pending}
+        start = time.monotonic()
+        while waiting and time.monotonic() - start < 20:
+            readable, _, _ = select.select(list(waiting), [], [], 0.5)
+            for sock in readable:
+                assert recv_exactly(sock, 9) == waiting.pop(sock)
+                sock.close()
+        recovered = time.monotonic() - start
+        assert not waiting, f"{len(waiting)} connections never served after fds freed"
+        control.stop()
+        assert wait_until(lambda: child.query()["open"] == 0, 10)
+        assert child.query()["fds"] == baseline_fds - 1  # the control's fd is gone too
+        final = child.query(command="stop")
+        assert child.proc.wait(10) == 0
+        assert final["open"] == 0
+    finally:
+        child.close()
+    print(f"\n[case 7] {storm} connections on RLIMIT_NOFILE={limit}: {len(served)} "
+          f"served at once; while exhausted the loop used {cpu * 1000:.0f} ms CPU in 2 s "
+          f"({turns} turns); the other {storm - len(served)} served {recovered:.2f}s "
+          f"after fds freed")
+
+
+# -- 8. races: send / close from 16 threads while peers disconnect ---------------------------
+
+
+def test_sixteen_threads_send_and_close_while_peers_disconnect(
+    serve: ServeFn, gevwire_log: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads, duration = 16, 2.5
+    lock = threading.Lock()
+    events: dict[int, list[str]] = {}
+    inode_of: dict[int, int] = {}
+    late: list[str] = []
+
+    def record(conn: gevwire.Connection, what: str) -> None:
+        with lock:
+            trail = events.setdefault(id(conn), [])
+            if trail and trail[-1] == "on_close":
+                late.append(f"{what} after on_close on {conn!r}")
+            trail.append(what)
+
+    class Racy(gevwire.Handler):
+        def on_connect(self, conn: gevwire.Connection) -> None:
+            with lock:
+                inode_of[id(conn)] = os.fstat(conn.fd).st_ino
+            record(conn, "on_connect")
+
+        def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+            record(conn, "on_message")
+            if frame.startswith(b"push"):
+                conn.send(b"pushed")  # a send during dispatch, beside the reply
+            return frame
+
+        def on_close(self, conn: gevwire.Connection) -> None:
+            record(conn, "on_close")
+            conn_refs.append(conn)
+
+        def on_error(self, conn: gevwire.Connection, error: BaseException) -> None:
+            record(conn, f"on_error {type(error).__name__}")
+            super().on_error(conn, error)
+
+    conn_refs: list[gevwire.Connection] = []  # keep ids unique: no object is freed
+    # Every close(2) of a connection's fd, by the socket's inode: a second close of the
+    # same socket, or a close of an fd that is no longer open, is caught here.
+    real_close = gevwire.connection.sys_close
+    closed_inodes: Counter[int] = Counter()
+    bad_closes: list[str] = []
+
+    def tracked_close(fd: int) -> None:
+        try:
+            inode = os.fstat(fd).st_ino
+        except OSError as exc:
+            bad_closes.append(f"close({fd}) of a closed fd: {exc}")
+            raise
+        with lock:
+            closed_inodes[inode] += 1
+        real_close(fd)
+
+    monkeypatch.setattr(gevwire.connection, "sys_close", tracked_close)
+    logging.getLogger("gevwire").setLevel(logging.DEBUG)  # "close failed" is DEBUG
+    codec = gcodecs.line(max_length=1 * MiB)
+    server = serve(Racy(), codec=codec, loops=2, write_high_water=64 * KiB,
+                   write_low_water=16 * KiB, max_write_buffer=1 * MiB, close_timeout=0.5)
+    control = Control(server.address, codec).start()
+    base = Baseline()
+    escaped: list[str] = []
+    calls: Counter[str] = Counter()
+    rounds = 0
+
+    def hammer(conns: list[gevwire.Connection], seed: int, until: float) -> None:
+        """Mostly sends, now and then a close / abort / shutdown, on the round's conns."""
+        rng = random.Random(seed)
+        while time.monotonic() < until:
+            conn = rng.choice(conns)
+            action = rng.choices(["send", "big", "close", "abort", "shutdown"],
+                                 [95, 3, 1, 0.5, 0.5])[0]
+            try:
+                if action == "send":
+                    conn.send(b"t%d" % seed)
+                elif action == "big":
+                    conn.send(b"B" * rng.randint(1, 256 * KiB))
+                elif action == "close":
+                    conn.close()
+                elif action == "abort":
+                    conn.abort()
+                else:
+                    conn.shutdown_write()
+                calls[action] += 1
+            except ConnectionClosed:
+                calls["ConnectionClosed"] += 1
+            except Exception as exc:
+                escaped.append(f"{action}: {exc!r}")
+            time.sleep(0)  # let the others (and the loops) in between calls
+
+    # Rounds: 16 fresh peers; 16 threads hammer the same 16 connections for 0.15 s while
+    # the peers send, read, and disconnect (RST or FIN) at random moments.
+    rng = random.Random(7)
+    end = time.monotonic() + duration
+    while time.monotonic() < end:
+        rounds += 1
+        socks = open_clients(server.address, threads)
+        local = {sock.getsockname() for sock in socks}
+        assert wait_until(lambda: open_count(server) == 1 + threads, 5)
+        round_conns = [cn for cn in server.connections() if cn.peer_addr[:2] in local]
+        assert len(round_conns) == threads
+        until = time.monotonic() + 0.15
+        workers = [threading.Thread(target=hammer, args=(round_conns, rounds * 100 + n, until),
+                                    daemon=True) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        live = list(socks)
+        while time.monotonic() < until and live:
+            sock = rng.choice(live)
+            roll = rng.random()
+            try:
+                if roll < 0.5:
+                    sock.setblocking(False)
+                    sock.send(b"push %d\nhello\n" % rounds)
+                elif roll < 0.9:
+                    drain(sock)
+                else:
+                    if roll < 0.95:
+                        set_linger_reset(sock)
+                    sock.close()
+                    live.remove(sock)
+            except OSError:
+                pass
+            time.sleep(0.001)
+        for worker in workers:
+            worker.join(10)
+        close_all(live, reset_every=2)
+        assert wait_until(lambda: open_count(server) == 1, 10), open_count(server)
+    control.stop()
+    assert wait_until(lambda: open_count(server) == 0, 10)
+    logging.getLogger("gevwire").setLevel(logging.WARNING)
+    assert gevwire_log.thread_errors == []
+    assert escaped == [], escaped[:5]
+    assert late == [], late[:5]
+    assert bad_closes == [], bad_closes[:5]
+    closed = [key for key, trail in events.items() if trail[-1] == "on_close"]
+    assert len(closed) == len(events) == rounds * threads + 1
+    for key in closed:
+        trail = events[key]
+        assert trail[0] == "on_connect" and trail.count("on_close") == 1, trail
+        assert closed_inodes[inode_of[key]] == 1, "a connection's socket closed twice"
+    assert sum(closed_inodes.values()) == len(closed)
+    assert calls["close"] and calls["send"] > 1000 and calls["ConnectionClosed"], calls
+    debug_faults = [m for m in gevwire_log.messages()
+                    if "failed" in m and ("close(" in m or "unregister" in m)]
+    assert debug_faults == [], debug_faults[:5]
+    base.check(16 * MiB)
+    assert [m.splitlines()[-1] for m in gevwire_log.unexpected()] == []
+    print(f"\n[case 8] {rounds} rounds, {len(closed)} connections, calls {dict(calls)}")
+
+
+
+# -- 9. connect / send / close cycles --------------------------------------------------------
+
+#: Cycles of case 9: the issue's 100,000 take ~7 s on two cores (server thread here, the
+#: load generator in a child process on the other core); GEVWIRE_HOSTILE_CYCLES changes it.
+CYCLES = int(os.environ.get("GEVWIRE_HOSTILE_CYCLES", "100000"))
+
+CYCLE_CLIENT = textwrap.dedent("""
+    import json, socket, struct, sys, time
+    port, cycles, batch = int(sys.argv[1]), int(sys.argv[2]), 32
+    linger = struct.pack("ii", 1, 0)
+    done, start = 0, time.monotonic()
+    while done < cycles:
+        n = min(batch, cycles - done)
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+        for i, sock in enumerate(socks):
+            sock.sendall(b"cycle %08d" % (done + i))
+        for i, sock in enumerate(socks):
+            want = b"cycle %08d" % (done + i)
+            got = b""
+            while len(got) < len(want):
+                chunk = sock.recv(64)
+                if not chunk:
+                    sys.exit(f"EOF at cycle {done + i}")
+                got += chunk
+            if got != want:
+                sys.exit(f"wrong echo at cycle {done + i}: {got!r}")
+            if (done + i) % 2:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            sock.close()
+        done += n
+    print(json.dumps({"cycles": done, "seconds": time.monotonic() - start}))
+""")
+
+
+@pytest.mark.timeout(300)
+def test_connect_send_close_cycles_return_fds_and_memory(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    handler = Echo()
+    server = serve(handler)
+    control = Control(server.address, gevwire.RawCodec(), interval=0.02).start()
+    # Warm-up: the first thousand cycles fill the allocator's free lists and the buffer
+    # pool; growth after that is what would be a leak.
+    warm = subprocess.run([sys.executable, "-c", CYCLE_CLIENT, str(server.port), "1000"],
+                          capture_output=True, text=True, timeout=60)
+    assert warm.returncode == 0, warm.stderr
+    assert wait_until(lambda: open_count(server) == 1, 10)
+    base = Baseline()
+    result = subprocess.run([sys.executable, "-c", CYCLE_CLIENT, str(server.port),
+                             str(CYCLES)], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["cycles"] == CYCLES
+    assert wait_until(lambda: handler.closes == CYCLES + 1000, 20), handler.closes
+    assert wait_until(lambda: open_count(server) == 1, 10)
+    control.stop()
+    assert handler.connects == CYCLES + 1001
+    assert server.stats()["errors"] == {}
+    growth = base.check(4 * MiB)
+    assert gevwire_log.unexpected() == []
+    print(f"\n[case 9] {CYCLES} cycles in {report['seconds']:.1f}s "
+          f"({CYCLES / report['seconds']:.0f}/s); RSS growth {growth / KiB:.0f} KiB, "
+          f"fds back to baseline")
+
+
+# -- 10. a handler that blocks ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["sleep", "spin"])
+def test_a_blocking_handler_stalls_its_own_loop_only(
+    serve: ServeFn, gevwire_log: LogCapture, how: str
+) -> None:
+    """What a handler that blocks for a second does (and does not) hold up.
+
+    A loop runs its handlers on its own thread, one callback at a time: while one
+    blocks, every other connection *of that loop* waits (their bytes wait in the kernel,
+    nothing is lost or reordered) and is answered ~1 s late.  Connections of other loops
+    (``loops=N``, or other processes with ``workers=N``) are served on time: a sleeping
+    or I/O-blocked handler releases the GIL; a CPU-bound one holds it and the other
+    loops then get the interpreter every switch interval (5 ms), so they are slower but
+    still served.  Blocking work belongs in a thread pool, with ``conn.send`` from there.
+    """
+    block = 1.0
+
+    class Blocking(Echo):
+        def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+            self.frames += 1
+            if frame == b"block":
+                if how == "sleep":
+                    time.sleep(block)
+                else:
+                    end = time.monotonic() + block
+                    while time.monotonic() < end:
+                        pass
+            return frame
+
+    pins: dict[int, int] = {}  # client port -> loop index
+
+    def pin(loops: list[gevwire.EventLoop], peer: Any) -> int:
+        return pins[peer[1]]
+
+    def client(loop_index: int) -> socket.socket:
+        sock = socket.socket()
+        sock.settimeout(10)
+        sock.bind(("127.0.0.1", 0))
+        pins[sock.getsockname()[1]] = loop_index
+        sock.connect(server.address[:2])
+        return sock
+
+    codec = gcodecs.line()
+    server = serve(Blocking(), codec=codec, loops=2, load_balance=pin)
+    blocker, neighbour, other = client(0), client(0), client(1)
+    assert wait_until(lambda: [lp["connections_open"] for lp in server.stats()["loops"]]
+                      == [2, 1], 5)
+    for sock in (blocker, neighbour, other):  # all three served before the block
+        sock.sendall(b"warm\n")
+        assert recv_exactly(sock, 5) == b"warm\n"
+    blocker.sendall(b"block\n")
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    neighbour.sendall(b"n1\nn2\n")
+    other_rtts = []
+    while time.monotonic() - t0 < block * 0.8:  # the other loop, during the block
+        start = time.monotonic()
+        other.sendall(b"o\n")
+        assert recv_exactly(other, 2) == b"o\n"
+        other_rtts.append(time.monotonic() - start)
+        time.sleep(0.01)
+    assert recv_exactly(neighbour, 6) == b"n1\nn2\n"  # in order, nothing lost
+    neighbour_wait = time.monotonic() - t0
+    assert recv_exactly(blocker, 6) == b"block\n"
+    assert neighbour_wait > block - 0.1 - 0.05, neighbour_wait  # waited out the block
+    assert len(other_rtts) >= 10
+    median = sorted(other_rtts)[len(other_rtts) // 2]
+    if how == "sleep":
+        assert max(other_rtts) < 0.1, other_rtts
+    else:
+        assert median < 0.1 and max(other_rtts) < 0.3, other_rtts
+    assert gevwire_log.unexpected() == []
+    print(f"\n[case 10 {how}] neighbour on the blocked loop waited {neighbour_wait:.2f}s; "
+          f"other loop: {len(other_rtts)} round trips, median "
+          f"{median * 1000:.1f} ms, max {max(other_rtts) * 1000:.1f} ms")
+
