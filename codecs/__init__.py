@@ -6,6 +6,8 @@
 - :func:`line`, :func:`delimiter`: delimited frames (netty's line and delimiter decoders).
 - :func:`varint`: protobuf-style varint length prefix.
 - :mod:`~gevwire.codecs.mqtt` (:class:`MqttCodec`): MQTT 3.1.1 control packets.
+- :mod:`~gevwire.codecs.resp` (:class:`RespCodec`): RESP2 (Redis) values, or server
+  commands (``resp(commands=True)``).
 - :mod:`~gevwire.codecs.websocket` (:class:`WebSocketCodec`): RFC 6455, server side
   (serve with ``websocket.WebSocketHandler``).
 """
@@ -21,6 +23,7 @@ from .length_field import (
 )
 from .line import DelimiterCodec, delimiter, line
 from .mqtt import MqttCodec
+from .resp import RespCodec
 from .varint import VarintCodec, encode_varint, varint
 from .websocket import WebSocketCodec
 
@@ -31,6 +34,7 @@ __all__ = [
     "LengthFieldPrepender",
     "MqttCodec",
     "RawCodec",
+    "RespCodec",
     "VarintCodec",
     "WebSocketCodec",
     "delimiter",

@@ -242,8 +242,4 @@ OPTIONAL: dict[str, Callable[[Any], None]] = {
 @on_load
 def _optional_codecs() -> None:
     for module_name, add in OPTIONAL.items():
-        try:
-            module = importlib.import_module(f"gevwire.codecs.{module_name}")
-        except ImportError:
-            continue
-        add(module)
+        add(importlib.import_module(f"gevwire.codecs.{module_name}"))  # shipped: must import

@@ -1,0 +1,859 @@
+"""An in-memory Redis server (RESP2) that redis-py, redis-cli and redis-benchmark talk to.
+
+Strings: ``GET``, ``SET`` (``EX`` / ``PX`` / ``EXAT`` / ``PXAT`` / ``KEEPTTL``, ``NX`` /
+``XX``, ``GET``), ``MGET``, ``MSET``, ``INCR``, ``DECR``, ``INCRBY``, ``DECRBY``.  Keys:
+``DEL``, ``EXISTS``, ``EXPIRE``, ``PEXPIRE``, ``TTL``, ``PTTL``, ``PERSIST``, ``KEYS``
+(Redis glob patterns), ``TYPE``, ``DBSIZE``, ``FLUSHALL``, ``FLUSHDB``.  Lists (so that
+``WRONGTYPE`` means something): ``LPUSH``, ``RPUSH``, ``LPOP``, ``RPOP``, ``LLEN``,
+``LRANGE``.  Connection: ``PING``, ``ECHO``, ``QUIT``, ``SELECT 0``, ``HELLO`` (protocol
+2 only: ``HELLO 3`` is refused with ``NOPROTO``, as a RESP2-only server does, and
+clients stay on RESP2), ``CLIENT`` (``SETNAME``, ``GETNAME``, ``SETINFO``, ``ID``),
+``COMMAND`` (``COUNT``, ``INFO``, ``DOCS``, ``LIST``), ``CONFIG GET``, ``INFO``.
+Error replies are Redis's, word for word.
+
+The codec is ``gevwire.codecs.resp.resp(commands=True)``: every frame is a command as
+a list of ``bytes``.  The command logic (:class:`RedisStore`) knows nothing of sockets;
+:class:`RedisHandler` runs it for each frame and returns the reply for the codec to
+encode.  A protocol error gets ``-ERR Protocol error: ...`` and the connection closes,
+as in Redis.  Keys expire lazily on access and, in the background, from a heap of
+deadlines every 100 ms.
+
+    python examples/redis_server.py --port 6380      # --port 0 picks a free port
+    redis-cli -p 6380 set greeting hello
+    redis-benchmark -p 6380 -t ping,set,get -P 16 -q
+
+The server prints ``listening on HOST:PORT`` on stdout once it accepts connections, and
+stops cleanly on SIGTERM / SIGINT (exit status 0).  With ``--loops`` above 1, commands
+run in several threads and the store takes a lock around each one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import logging
+import re
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Protocol
+
+import gevwire
+from gevwire.codecs.resp import (
+    NULL_ARRAY,
+    NULL_BULK,
+    RawResp,
+    RespError,
+    SimpleString,
+    resp,
+)
+
+log = logging.getLogger("redis_server")
+
+Args = list[bytes]
+Value = bytes | deque[bytes]
+
+OK = RawResp(b"+OK\r\n")
+PONG = RawResp(b"+PONG\r\n")
+WRONGTYPE = RespError("WRONGTYPE Operation against a key holding the wrong kind of value")
+NOT_INTEGER = RespError("ERR value is not an integer or out of range")
+SYNTAX = RespError("ERR syntax error")
+OVERFLOW = RespError("ERR increment or decrement would overflow")
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+VERSION = "7.0.0"
+
+
+class Client(Protocol):
+    """What a command sees of its connection: ``context`` holds its :class:`Session`."""
+
+    context: Any
+
+    def close(self) -> None:
+        """Close after the reply (QUIT)."""
+
+
+@dataclass
+class Session:
+    """Per-connection state: what ``CLIENT`` sets and reads."""
+
+    id: int
+    name: bytes = b""
+    info: dict[bytes, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command's implementation and its ``COMMAND INFO`` metadata."""
+
+    name: str
+    run: Callable[[RedisStore, Args, Client], Any]
+    arity: int  # Redis's: exact argument count (name included), or minus the minimum
+    flags: tuple[str, ...]
+    first_key: int = 0
+    last_key: int = 0
+    step: int = 0
+    categories: tuple[str, ...] = ()
+
+    def info(self) -> list[Any]:
+        """The ``COMMAND INFO`` entry (Redis 7's ten fields)."""
+        return [self.name, self.arity, [SimpleString(f) for f in self.flags],
+                self.first_key, self.last_key, self.step,
+                [SimpleString(c) for c in self.categories], [], [], []]
+
+
+def parse_int64(data: bytes) -> int | None:
+    """``data`` as a signed 64-bit integer in canonical form (as Redis's string2ll:
+    no sign but ``-``, no leading zeros or spaces), else None."""
+    if data.isdigit():
+        if (data[0] == 48 and len(data) > 1) or len(data) > 19:
+            return None
+        value = int(data)
+    elif data[:1] == b"-" and data[1:].isdigit() and data[1] != 48 and len(data) <= 20:
+        value = -int(data[1:])
+    else:
+        return None
+    return value if INT64_MIN <= value <= INT64_MAX else None
+
+
+def glob_pattern(pattern: bytes) -> re.Pattern[bytes]:
+    """A regex matching what Redis's glob ``pattern`` matches (``*``, ``?``, ``[...]``
+    with ``^`` negation and ranges, ``\\`` escapes)."""
+    out: list[bytes] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i : i + 1]
+        if ch == b"*":
+            out.append(b".*")
+        elif ch == b"?":
+            out.append(b".")
+        elif ch == b"\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(pattern[i : i + 1]))
+        elif ch == b"[":
+            i += 1
+            negate = i < n and pattern[i : i + 1] == b"^"
+            if negate:
+                i += 1
+            items: list[bytes] = []
+            while i < n and pattern[i : i + 1] != b"]":
+                if pattern[i : i + 1] == b"\\" and i + 1 < n:
+                    i += 1
+                    items.append(re.escape(pattern[i : i + 1]))
+                elif (i + 2 < n and pattern[i + 1 : i + 2] == b"-"
+                      and pattern[i + 2 : i + 3] != b"]"):
+                    low, high = sorted((pattern[i], pattern[i + 2]))
+                    items.append(b"\\x%02x-\\x%02x" % (low, high))
+                    i += 2
+                else:
+                    items.append(re.escape(pattern[i : i + 1]))
+                i += 1
+            body = b"".join(items)
+            if body:
+                out.append(b"[" + (b"^" if negate else b"") + body + b"]")
+            elif negate:
+                out.append(b".")  # [^] matches any one byte in Redis
+            else:
+                out.append(b"(?!)")  # [] matches nothing
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return re.compile(b"".join(out), re.DOTALL)
+
+
+def wrong_arity(name: str) -> RespError:
+    return RespError(f"ERR wrong number of arguments for '{name}' command")
+
+
+def _quoted(arg: bytes) -> str:
+    return "'" + arg[:128].decode("utf-8", "replace") + "'"
+
+
+class RedisStore:
+    """The keyspace and the commands; no sockets (see :class:`RedisHandler`).
+
+    ``execute(client, args)`` returns a value for the RESP codec: bytes, ``None``,
+    ints, lists, :class:`SimpleString`, :class:`RespError`, or pre-encoded ``RawResp``.
+    Its signature is a handler's ``on_message`` (``client`` is the connection).
+    """
+
+    def __init__(self, *, locked: bool = False) -> None:
+        self.data: dict[bytes, Value] = {}
+        self.expires: dict[bytes, int] = {}  # key -> deadline, ms since the epoch
+        self._deadlines: list[tuple[int, bytes]] = []  # heap; may hold stale entries
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock() if locked else None
+        self.commands: dict[bytes, Command] = {}
+        for command in COMMANDS:
+            self.commands[command.name.upper().encode()] = command
+        # Lookup by the name as sent: filled on first use of each spelling (bounded).
+        self._by_spelling: dict[bytes, tuple[Callable[[RedisStore, Args, Client], Any],
+                                             int, int, str]] = {}
+        if locked:
+            unlocked = self.execute
+            lock = self._lock
+            assert lock is not None
+
+            def execute(client: Client, args: Args) -> Any:
+                with lock:
+                    return unlocked(client, args)
+
+            self.execute = execute  # type: ignore[method-assign]
+
+    def new_session(self) -> Session:
+        return Session(next(self._ids))
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def execute(self, client: Client, args: Args) -> Any:
+        """Run one command (``args[0]`` is its name) for ``client``; return the reply."""
+        found = self._by_spelling.get(args[0])
+        if found is None:
+            found = self._resolve(args[0])
+            if found is None:
+                rest = " ".join(_quoted(a) for a in args[1:])
+                name = args[0][:128].decode("utf-8", "replace")
+                return RespError(f"ERR unknown command '{name}', with args beginning with: "
+                                 + (rest + " " if rest else ""))
+        run, low, high, name = found
+        if not low <= len(args) <= high:
+            return wrong_arity(name)
+        return run(self, args, client)
+
+    def _resolve(self, spelling: bytes) -> tuple[Callable[[RedisStore, Args, Client], Any],
+                                                 int, int, str] | None:
+        command = self.commands.get(spelling.upper())
+        if command is None:
+            return None
+        arity = command.arity
+        found = (command.run, abs(arity), arity if arity > 0 else 1 << 30, command.name)
+        if len(self._by_spelling) < 4096:
+            self._by_spelling[spelling] = found
+        return found
+
+    # -- the keyspace ------------------------------------------------------------------
+
+    @staticmethod
+    def now_ms() -> int:
+        return time.time_ns() // 1_000_000
+
+    def lookup(self, key: bytes) -> Value | None:
+        """The live value of ``key`` (an expired key is deleted first)."""
+        value = self.data.get(key)
+        if value is not None and self.expires:
+            deadline = self.expires.get(key)
+            if deadline is not None and deadline <= self.now_ms():
+                del self.data[key]
+                del self.expires[key]
+                return None
+        return value
+
+    def delete(self, key: bytes) -> bool:
+        if self.lookup(key) is None:
+            return False
+        del self.data[key]
+        self.expires.pop(key, None)
+        return True
+
+    def set_deadline(self, key: bytes, deadline: int) -> None:
+        self.expires[key] = deadline
+        heapq.heappush(self._deadlines, (deadline, key))
+
+    def expire_due(self, budget: int = 1000) -> int:
+        """Delete up to ``budget`` expired keys (the background expiry); returns how many."""
+        if self._lock is not None:
+            with self._lock:
+                return self._expire_due(budget)
+        return self._expire_due(budget)
+
+    def _expire_due(self, budget: int) -> int:
+        heap = self._deadlines
+        if len(heap) > 2 * len(self.expires) + 1024:  # mostly stale: rebuild
+            heap[:] = [(d, k) for k, d in self.expires.items()]
+            heapq.heapify(heap)
+        now = self.now_ms()
+        removed = 0
+        while heap and heap[0][0] <= now and budget:
+            deadline, key = heapq.heappop(heap)
+            budget -= 1
+            if self.expires.get(key) == deadline:
+                del self.expires[key]
+                del self.data[key]
+                removed += 1
+        return removed
+
+    def flush(self) -> None:
+        self.data.clear()
+        self.expires.clear()
+        self._deadlines.clear()
+
+    def string(self, key: bytes) -> bytes | RespError | None:
+        value = self.lookup(key)
+        if value is None or type(value) is bytes:
+            return value
+        return WRONGTYPE
+
+    def list_at(self, key: bytes, create: bool = False) -> deque[bytes] | RespError | None:
+        value = self.lookup(key)
+        if value is None:
+            if not create:
+                return None
+            value = self.data[key] = deque()
+        if type(value) is deque:
+            return value
+        return WRONGTYPE
+
+
+# -- commands ----------------------------------------------------------------------------
+# Each takes (store, args, client); args[0] is the command name as sent.
+
+
+def cmd_ping(store: RedisStore, args: Args, client: Client) -> Any:
+    return PONG if len(args) == 1 else args[1]
+
+
+def cmd_echo(store: RedisStore, args: Args, client: Client) -> Any:
+    return args[1]
+
+
+def cmd_quit(store: RedisStore, args: Args, client: Client) -> Any:
+    client.close()
+    return OK
+
+
+def cmd_get(store: RedisStore, args: Args, client: Client) -> Any:
+    value = store.data.get(args[1])
+    if type(value) is bytes and not store.expires:
+        return value
+    found = store.string(args[1])
+    return NULL_BULK if found is None else found
+
+
+def cmd_set(store: RedisStore, args: Args, client: Client) -> Any:
+    key = args[1]
+    if len(args) == 3:
+        store.data[key] = args[2]
+        if store.expires:
+            store.expires.pop(key, None)
+        return OK
+    condition = b""
+    expiry = b""
+    deadline = 0
+    keep_ttl = get = False
+    i = 3
+    while i < len(args):
+        option = args[i].upper()
+        if option in (b"NX", b"XX") and not condition:
+            condition = option
+        elif option == b"GET" and not get:
+            get = True
+        elif option == b"KEEPTTL" and not expiry:
+            keep_ttl = True
+        elif option in (b"EX", b"PX", b"EXAT", b"PXAT") and not expiry and not keep_ttl \
+                and i + 1 < len(args):
+            expiry = option
+            i += 1
+            amount = parse_int64(args[i])
+            if amount is None:
+                return NOT_INTEGER
+            if amount <= 0:
+                return RespError("ERR invalid expire time in 'set' command")
+            unit = 1000 if option in (b"EX", b"EXAT") else 1
+            if amount > INT64_MAX // unit:
+                return RespError("ERR invalid expire time in 'set' command")
+            deadline = amount * unit + (store.now_ms() if option in (b"EX", b"PX") else 0)
+        else:
+            return SYNTAX
+        i += 1
+    old = store.lookup(key)
+    if get and old is not None and type(old) is not bytes:
+        return WRONGTYPE
+    if (condition == b"NX" and old is not None) or (condition == b"XX" and old is None):
+        return old if get and old is not None else NULL_BULK
+    store.data[key] = args[2]
+    if expiry:
+        store.set_deadline(key, deadline)
+    elif not keep_ttl:
+        store.expires.pop(key, None)
+    if get:
+        return NULL_BULK if old is None else old
+    return OK
+
+
+def cmd_del(store: RedisStore, args: Args, client: Client) -> Any:
+    return sum(store.delete(key) for key in args[1:])
+
+
+def cmd_exists(store: RedisStore, args: Args, client: Client) -> Any:
+    return sum(store.lookup(key) is not None for key in args[1:])
+
+
+def incr_by(store: RedisStore, key: bytes, delta: int) -> Any:
+    old = store.lookup(key)
+    if old is None:
+        current = 0
+    elif type(old) is bytes:
+        parsed = parse_int64(old)
+        if parsed is None:
+            return NOT_INTEGER
+        current = parsed
+    else:
+        return WRONGTYPE
+    value = current + delta
+    if not INT64_MIN <= value <= INT64_MAX:
+        return OVERFLOW
+    store.data[key] = b"%d" % value
+    return value
+
+
+def cmd_incr(store: RedisStore, args: Args, client: Client) -> Any:
+    return incr_by(store, args[1], 1)
+
+
+def cmd_decr(store: RedisStore, args: Args, client: Client) -> Any:
+    return incr_by(store, args[1], -1)
+
+
+def cmd_incrby(store: RedisStore, args: Args, client: Client) -> Any:
+    delta = parse_int64(args[2])
+    return NOT_INTEGER if delta is None else incr_by(store, args[1], delta)
+
+
+def cmd_decrby(store: RedisStore, args: Args, client: Client) -> Any:
+    delta = parse_int64(args[2])
+    if delta is None or delta == INT64_MIN:
+        return NOT_INTEGER if delta is None else RespError("ERR decrement would overflow")
+    return incr_by(store, args[1], -delta)
+
+
+def cmd_mset(store: RedisStore, args: Args, client: Client) -> Any:
+    if len(args) % 2 == 0:
+        return wrong_arity("mset")
+    data = store.data
+    expires = store.expires
+    for i in range(1, len(args), 2):
+        key = args[i]
+        data[key] = args[i + 1]
+        if expires:
+            expires.pop(key, None)
+    return OK
+
+
+def cmd_mget(store: RedisStore, args: Args, client: Client) -> Any:
+    values = []
+    for key in args[1:]:
+        value = store.lookup(key)
+        values.append(value if type(value) is bytes else None)
+    return values
+
+
+def expire_generic(store: RedisStore, args: Args, unit: int, name: str) -> Any:
+    key = args[1]
+    amount = parse_int64(args[2])
+    if amount is None:
+        return NOT_INTEGER
+    if amount > INT64_MAX // unit or amount < INT64_MIN // unit:
+        return RespError(f"ERR invalid expire time in '{name}' command")
+    flags = {a.upper() for a in args[3:]}
+    for option in args[3:]:
+        if option.upper() not in (b"NX", b"XX", b"GT", b"LT"):
+            return RespError(f"ERR Unsupported option {option.decode('utf-8', 'replace')}")
+    if b"NX" in flags and len(flags) > 1:
+        return RespError("ERR NX and XX, GT or LT options at the same time are not compatible")
+    if b"GT" in flags and b"LT" in flags:
+        return RespError("ERR GT and LT options at the same time are not compatible")
+    if store.lookup(key) is None:
+        return 0
+    deadline = store.now_ms() + amount * unit
+    current = store.expires.get(key)
+    if (b"NX" in flags and current is not None) or (b"XX" in flags and current is None):
+        return 0
+    if b"GT" in flags and (current is None or deadline <= current):
+        return 0
+    if b"LT" in flags and current is not None and deadline >= current:
+        return 0
+    if amount <= 0:
+        store.delete(key)
+        return 1
+    store.set_deadline(key, deadline)
+    return 1
+
+
+def cmd_expire(store: RedisStore, args: Args, client: Client) -> Any:
+    return expire_generic(store, args, 1000, "expire")
+
+
+def cmd_pexpire(store: RedisStore, args: Args, client: Client) -> Any:
+    return expire_generic(store, args, 1, "pexpire")
+
+
+def ttl_ms(store: RedisStore, key: bytes) -> int:
+    if store.lookup(key) is None:
+        return -2
+    deadline = store.expires.get(key)
+    if deadline is None:
+        return -1
+    return max(0, deadline - store.now_ms())
+
+
+def cmd_ttl(store: RedisStore, args: Args, client: Client) -> Any:
+    left = ttl_ms(store, args[1])
+    return left if left < 0 else (left + 500) // 1000
+
+
+def cmd_pttl(store: RedisStore, args: Args, client: Client) -> Any:
+    return ttl_ms(store, args[1])
+
+
+def cmd_persist(store: RedisStore, args: Args, client: Client) -> Any:
+    if store.lookup(args[1]) is None:
+        return 0
+    return int(store.expires.pop(args[1], None) is not None)
+
+
+def cmd_keys(store: RedisStore, args: Args, client: Client) -> Any:
+    match = None if args[1] == b"*" else glob_pattern(args[1]).fullmatch
+    return [key for key in list(store.data)
+            if (match is None or match(key)) and store.lookup(key) is not None]
+
+
+def cmd_type(store: RedisStore, args: Args, client: Client) -> Any:
+    value = store.lookup(args[1])
+    if value is None:
+        return SimpleString("none")
+    return SimpleString("string" if type(value) is bytes else "list")
+
+
+def cmd_dbsize(store: RedisStore, args: Args, client: Client) -> Any:
+    return len(store.data)
+
+
+def cmd_flushall(store: RedisStore, args: Args, client: Client) -> Any:
+    if len(args) > 2 or (len(args) == 2 and args[1].upper() not in (b"ASYNC", b"SYNC")):
+        return SYNTAX
+    store.flush()
+    return OK
+
+
+def push(store: RedisStore, args: Args, left: bool) -> Any:
+    items = store.list_at(args[1], create=True)
+    if not isinstance(items, deque):
+        return items
+    if left:
+        items.extendleft(args[2:])
+    else:
+        items.extend(args[2:])
+    return len(items)
+
+
+def cmd_lpush(store: RedisStore, args: Args, client: Client) -> Any:
+    return push(store, args, left=True)
+
+
+def cmd_rpush(store: RedisStore, args: Args, client: Client) -> Any:
+    return push(store, args, left=False)
+
+
+def pop(store: RedisStore, args: Args, left: bool) -> Any:
+    count: int | None = None
+    if len(args) == 3:
+        count = parse_int64(args[2])
+        if count is None or count < 0:
+            return RespError("ERR value is out of range, must be positive")
+    items = store.list_at(args[1])
+    if items is None:
+        return NULL_BULK if count is None else NULL_ARRAY
+    if not isinstance(items, deque):
+        return items  # WRONGTYPE
+    take = items.popleft if left else items.pop
+    if count is None:
+        value = take()
+        popped: Any = value
+    else:
+        popped = [take() for _ in range(min(count, len(items)))]
+    if not items:
+        store.delete(args[1])
+    return popped
+
+
+def cmd_lpop(store: RedisStore, args: Args, client: Client) -> Any:
+    return pop(store, args, left=True)
+
+
+def cmd_rpop(store: RedisStore, args: Args, client: Client) -> Any:
+    return pop(store, args, left=False)
+
+
+def cmd_llen(store: RedisStore, args: Args, client: Client) -> Any:
+    items = store.list_at(args[1])
+    return len(items) if isinstance(items, deque) else (items if items is not None else 0)
+
+
+def cmd_lrange(store: RedisStore, args: Args, client: Client) -> Any:
+    first, last = parse_int64(args[2]), parse_int64(args[3])
+    if first is None or last is None:
+        return NOT_INTEGER
+    items = store.list_at(args[1])
+    if not isinstance(items, deque):
+        return items if items is not None else []
+    size = len(items)
+    first = max(first + size if first < 0 else first, 0)
+    last = last + size if last < 0 else min(last, size - 1)
+    if first > last:
+        return []
+    return list(itertools.islice(items, first, last + 1))
+
+
+def cmd_select(store: RedisStore, args: Args, client: Client) -> Any:
+    index = parse_int64(args[1])
+    if index is None:
+        return NOT_INTEGER
+    return OK if index == 0 else RespError("ERR DB index is out of range")
+
+
+def hello_reply(session: Session) -> list[Any]:
+    """HELLO's reply: a map, sent flat in RESP2."""
+    return ["server", "redis", "version", VERSION, "proto", 2, "id", session.id,
+            "mode", "standalone", "role", "master", "modules", []]
+
+
+def cmd_hello(store: RedisStore, args: Args, client: Client) -> Any:
+    session: Session = client.context
+    i = 1
+    if len(args) > 1:
+        version = parse_int64(args[1])
+        if version is None:
+            return RespError("ERR Protocol version is not an integer or out of range")
+        if version != 2:
+            return RespError("NOPROTO sorry, this protocol version is not supported.")
+        i = 2
+    while i < len(args):
+        option = args[i].upper()
+        if option == b"SETNAME" and i + 1 < len(args):
+            session.name = args[i + 1]
+            i += 2
+        elif option == b"AUTH" and i + 2 < len(args):
+            return RespError("WRONGPASS invalid username-password pair or user is disabled.")
+        else:
+            name = option.decode("utf-8", "replace")
+            return RespError(f"ERR Syntax error in HELLO option '{name}'")
+    return hello_reply(session)
+
+
+def unknown_subcommand(args: Args) -> RespError:
+    sub = args[1][:128].decode("utf-8", "replace")
+    return RespError(f"ERR unknown subcommand '{sub}'. Try {args[0].upper().decode()} HELP.")
+
+
+def cmd_client(store: RedisStore, args: Args, client: Client) -> Any:
+    session: Session = client.context
+    sub = args[1].upper()
+    if sub == b"SETNAME" and len(args) == 3:
+        if any(c <= 32 or c >= 127 for c in args[2]):
+            return RespError("ERR Client names cannot contain spaces, newlines or special "
+                             "characters.")
+        session.name = args[2]
+        return OK
+    if sub == b"GETNAME" and len(args) == 2:
+        return session.name or NULL_BULK
+    if sub == b"SETINFO" and len(args) == 4:
+        attribute = args[2].upper()
+        if attribute not in (b"LIB-NAME", b"LIB-VER"):
+            return RespError(f"ERR Unrecognized option '{args[2].decode('utf-8', 'replace')}'")
+        session.info[attribute] = args[3]
+        return OK
+    if sub == b"ID" and len(args) == 2:
+        return session.id
+    if sub in (b"SETNAME", b"GETNAME", b"SETINFO", b"ID"):
+        return wrong_arity("client|" + sub.decode().lower())
+    return unknown_subcommand(args)
+
+
+def cmd_command(store: RedisStore, args: Args, client: Client) -> Any:
+    if len(args) == 1:
+        return [c.info() for c in store.commands.values()]
+    sub = args[1].upper()
+    if sub == b"COUNT" and len(args) == 2:
+        return len(store.commands)
+    if sub == b"LIST":
+        return [c.name for c in store.commands.values()]
+    if sub == b"INFO":
+        names = args[2:] or list(store.commands)
+        found = (store.commands.get(name.upper()) for name in names)
+        return [c.info() if c is not None else None for c in found]
+    if sub == b"DOCS":
+        return []  # a map in Redis 7; empty: clients fall back to their own help
+    return unknown_subcommand(args)
+
+
+CONFIG: dict[bytes, bytes] = {b"save": b"", b"appendonly": b"no", b"databases": b"1"}
+
+
+def cmd_config(store: RedisStore, args: Args, client: Client) -> Any:
+    sub = args[1].upper()
+    if sub == b"GET" and len(args) >= 3:
+        reply: list[bytes] = []
+        for pattern in args[2:]:
+            match = glob_pattern(pattern.lower()).fullmatch
+            for name, value in CONFIG.items():
+                if match(name) and name not in reply[::2]:
+                    reply += [name, value]
+        return reply
+    if sub == b"RESETSTAT" and len(args) == 2:
+        return OK
+    if sub == b"GET":
+        return wrong_arity("config|get")
+    return unknown_subcommand(args)
+
+
+def cmd_info(store: RedisStore, args: Args, client: Client) -> Any:
+    lines = ["# Server", f"redis_version:{VERSION}", "redis_mode:standalone",
+             "gevwire:1", "", "# Keyspace"]
+    if store.data:
+        lines.append(f"db0:keys={len(store.data)},expires={len(store.expires)},avg_ttl=0")
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def cmd_auth(store: RedisStore, args: Args, client: Client) -> Any:
+    return RespError("ERR AUTH <password> called without any password configured for the "
+                     "default user. Are you sure your configuration is correct?")
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("ping", cmd_ping, -1, ("fast",), categories=("@fast", "@connection")),
+    Command("echo", cmd_echo, 2, ("fast",), categories=("@fast", "@connection")),
+    Command("quit", cmd_quit, -1, ("allow_busy", "fast"), categories=("@fast",
+                                                                      "@connection")),
+    Command("get", cmd_get, 2, ("readonly", "fast"), 1, 1, 1, ("@read", "@string", "@fast")),
+    Command("set", cmd_set, -3, ("write", "denyoom"), 1, 1, 1, ("@write", "@string",
+                                                                 "@slow")),
+    Command("del", cmd_del, -2, ("write",), 1, -1, 1, ("@keyspace", "@write", "@slow")),
+    Command("exists", cmd_exists, -2, ("readonly", "fast"), 1, -1, 1,
+            ("@keyspace", "@read", "@fast")),
+    Command("incr", cmd_incr, 2, ("write", "denyoom", "fast"), 1, 1, 1,
+            ("@write", "@string", "@fast")),
+    Command("decr", cmd_decr, 2, ("write", "denyoom", "fast"), 1, 1, 1,
+            ("@write", "@string", "@fast")),
+    Command("incrby", cmd_incrby, 3, ("write", "denyoom", "fast"), 1, 1, 1,
+            ("@write", "@string", "@fast")),
+    Command("decrby", cmd_decrby, 3, ("write", "denyoom", "fast"), 1, 1, 1,
+            ("@write", "@string", "@fast")),
+    Command("mset", cmd_mset, -3, ("write", "denyoom"), 1, -1, 2, ("@write", "@string",
+                                                                    "@slow")),
+    Command("mget", cmd_mget, -2, ("readonly", "fast"), 1, -1, 1, ("@read", "@string",
+                                                                    "@fast")),
+    Command("expire", cmd_expire, -3, ("write", "fast"), 1, 1, 1, ("@keyspace", "@write",
+                                                                    "@fast")),
+    Command("pexpire", cmd_pexpire, -3, ("write", "fast"), 1, 1, 1, ("@keyspace", "@write",
+                                                                      "@fast")),
+    Command("ttl", cmd_ttl, 2, ("readonly", "fast"), 1, 1, 1, ("@keyspace", "@read",
+                                                               "@fast")),
+    Command("pttl", cmd_pttl, 2, ("readonly", "fast"), 1, 1, 1, ("@keyspace", "@read",
+                                                                 "@fast")),
+    Command("persist", cmd_persist, 2, ("write", "fast"), 1, 1, 1, ("@keyspace", "@write",
+                                                                    "@fast")),
+    Command("keys", cmd_keys, 2, ("readonly",), categories=("@keyspace", "@read", "@slow",
+                                                            "@dangerous")),
+    Command("type", cmd_type, 2, ("readonly", "fast"), 1, 1, 1, ("@keyspace", "@read",
+                                                                 "@fast")),
+    Command("dbsize", cmd_dbsize, 1, ("readonly", "fast"), categories=("@keyspace", "@read",
+                                                                       "@fast")),
+    Command("flushall", cmd_flushall, -1, ("write",), categories=("@keyspace", "@write",
+                                                                  "@slow", "@dangerous")),
+    Command("flushdb", cmd_flushall, -1, ("write",), categories=("@keyspace", "@write",
+                                                                 "@slow", "@dangerous")),
+    Command("lpush", cmd_lpush, -3, ("write", "denyoom", "fast"), 1, 1, 1,
+            ("@write", "@list", "@fast")),
+    Command("rpush", cmd_rpush, -3, ("write", "denyoom", "fast"), 1, 1, 1,
+            ("@write", "@list", "@fast")),
+    Command("lpop", cmd_lpop, -2, ("write", "fast"), 1, 1, 1, ("@write", "@list", "@fast")),
+    Command("rpop", cmd_rpop, -2, ("write", "fast"), 1, 1, 1, ("@write", "@list", "@fast")),
+    Command("llen", cmd_llen, 2, ("readonly", "fast"), 1, 1, 1, ("@read", "@list", "@fast")),
+    Command("lrange", cmd_lrange, 4, ("readonly",), 1, 1, 1, ("@read", "@list", "@slow")),
+    Command("select", cmd_select, 2, ("loading", "stale", "fast"),
+            categories=("@keyspace", "@fast")),
+    Command("hello", cmd_hello, -1, ("noscript", "loading", "stale", "fast"),
+            categories=("@fast", "@connection")),
+    Command("client", cmd_client, -2, ("noscript", "loading", "stale"),
+            categories=("@slow", "@connection")),
+    Command("command", cmd_command, -1, ("loading", "stale"), categories=("@slow",
+                                                                          "@connection")),
+    Command("config", cmd_config, -2, ("admin", "noscript", "loading", "stale"),
+            categories=("@admin", "@slow", "@dangerous")),
+    Command("info", cmd_info, -1, ("loading", "stale"), categories=("@slow",
+                                                                    "@dangerous")),
+    Command("auth", cmd_auth, -2, ("noscript", "loading", "stale", "fast"),
+            categories=("@fast", "@connection")),
+)
+
+
+# -- the server --------------------------------------------------------------------------
+
+
+class RedisHandler(gevwire.Handler):
+    """Runs each command frame against ``store`` and returns the reply.
+
+    ``on_message`` is ``store.execute`` itself (the connection is the ``client``), so a
+    command costs no call layer of its own.
+    """
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.on_message = store.execute  # type: ignore[method-assign,assignment]
+
+    def on_connect(self, conn: gevwire.Connection) -> None:
+        conn.context = self.store.new_session()
+        log.debug("connection from %s", conn.peer_addr)
+
+    def on_error(self, conn: gevwire.Connection, error: BaseException) -> None:
+        if isinstance(error, gevwire.FrameError):
+            # As Redis: say what was wrong, then close.
+            log.info("protocol error from %s: %s", conn.peer_addr, error)
+            try:
+                conn.send(RespError(f"ERR Protocol error: {error}"))
+            except gevwire.ConnectionClosed:
+                pass
+            conn.close()
+        else:
+            super().on_error(conn, error)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=6380)
+    parser.add_argument("--loops", type=int, default=1)
+    parser.add_argument("--max-bulk-length", type=int, default=64 << 20,
+                        help="largest bulk string accepted (64 MiB)")
+    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(name)s %(message)s",
+    )
+    store = RedisStore(locked=args.loops > 1)
+    codec = resp(commands=True, max_bulk_length=args.max_bulk_length,
+                 max_frame_size=2 * args.max_bulk_length + (1 << 20))
+    server = gevwire.Server(RedisHandler(store), address=f"{args.host}:{args.port}",
+                            loops=args.loops, codec=codec)
+    server.run_every(0.1, store.expire_due)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        server.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    host, port = server.address[:2]
+    print(f"listening on {host}:{port}", flush=True)
+    server.run()
+    log.info("stopped with %d keys", len(store.data))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,405 @@
+"""``examples/redis_server.py`` against real clients: redis-py (with hiredis's parser and
+with its pure-Python one), redis-cli and redis-benchmark (Debian ``redis-tools``,
+installed on first use), plus raw sockets for protocol errors.
+
+One server subprocess per module on a free loopback port (``--port 0``; it prints
+``listening on HOST:PORT``), stopped with SIGTERM at the end and required to exit 0.
+Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from system_packages import require_program
+
+redis = pytest.importorskip("redis", reason="redis-py is a test dependency (pip install redis)")
+from redis._parsers import _RESP2Parser  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 15.0
+SOCKET_TIMEOUT = 10.0
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _read_port(proc: subprocess.Popen[bytes], log: IO[bytes]) -> int:
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + START_TIMEOUT
+    pending = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(0.5):
+                if proc.poll() is not None:
+                    break
+                continue
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            pending += chunk
+            for line in pending.split(b"\n")[:-1]:
+                if line.startswith(b"listening on "):
+                    return int(line.rsplit(b":", 1)[1])
+    log.seek(0)
+    raise AssertionError(f"no 'listening on' line (status {proc.poll()}): "
+                         + log.read().decode(errors="replace"))
+
+
+@contextmanager
+def redis_server(*extra: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``examples/redis_server.py --port 0``; yields the process and port; always stops it."""
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "examples" / "redis_server.py"), "--port", "0",
+             "--quiet", *extra],
+            cwd=REPO, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=log,
+        )
+        try:
+            yield proc, _read_port(proc, log)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(STOP_TIMEOUT)
+            assert proc.stdout is not None
+            proc.stdout.close()
+
+
+def stop(proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> None:
+    assert proc.poll() is None, f"server exited early with status {proc.returncode}"
+    proc.send_signal(sig)
+    assert proc.wait(STOP_TIMEOUT) == 0
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    with redis_server() as (proc, port):
+        yield port
+        stop(proc)
+
+
+@pytest.fixture(params=["hiredis", "python"])
+def r(request: pytest.FixtureRequest, port: int) -> Iterator[Any]:
+    """A redis-py client (RESP2) with hiredis's parser or the pure-Python one; the store
+    is flushed first."""
+    kwargs: dict[str, Any] = {}
+    if request.param == "python":
+        kwargs["parser_class"] = _RESP2Parser
+    elif not redis.utils.HIREDIS_AVAILABLE:
+        pytest.skip("hiredis is not installed")
+    pool = redis.ConnectionPool(host="127.0.0.1", port=port, protocol=2,
+                                socket_timeout=SOCKET_TIMEOUT, **kwargs)
+    client = redis.Redis(connection_pool=pool)
+    client.flushall()
+    yield client
+    client.close()
+    pool.disconnect()
+
+
+def raw_exchange(port: int, data: bytes, *, until_close: bool = False) -> bytes:
+    """Send ``data``, return what comes back (until EOF, or the first pause)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT) as s:
+        s.sendall(data)
+        got = b""
+        if not until_close:
+            s.settimeout(0.5)
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except TimeoutError:
+            pass
+        return got
+
+
+# -- redis-py: every command -------------------------------------------------------------
+
+
+def test_connection_commands(r: Any, port: int) -> None:
+    assert r.ping() is True
+    assert r.echo(b"hi\x00there") == b"hi\x00there"
+    assert raw_exchange(port, b"PING payload\r\n") == b"$7\r\npayload\r\n"
+    assert r.client_id() >= 1
+    assert r.client_setname("tester") is True
+    assert r.client_getname() == "tester"  # redis-py decodes it
+    assert r.execute_command("SELECT", 0) in (True, b"OK")  # redis-py may map OK to True
+    with pytest.raises(redis.ResponseError, match="DB index is out of range"):
+        r.execute_command("SELECT", 1)
+    assert r.info()["redis_version"]
+    assert r.config_get("save") == {"save": ""}
+
+
+def test_get_set_and_options(r: Any) -> None:
+    assert r.get("missing") is None
+    assert r.set("k", "v") is True
+    assert r.get("k") == b"v"
+    assert r.set("k", "w", nx=True) is None
+    assert r.set("new", "x", xx=True) is None
+    assert r.get("new") is None
+    assert r.set("new", "x", nx=True) is True
+    assert r.set("k", "w", xx=True) is True
+    assert r.set("k", "z", get=True) == b"w"
+    assert r.set("k", "v", ex=100) is True
+    assert 99 <= r.ttl("k") <= 100
+    assert r.set("k", "v2", keepttl=True) is True
+    assert 99 <= r.ttl("k") <= 100
+    assert r.set("k", "v3") is True
+    assert r.ttl("k") == -1
+    assert r.set("k", "v", px=100_000) is True
+    assert 99_000 < r.pttl("k") <= 100_000
+    with pytest.raises(redis.ResponseError, match=r"^syntax error$"):
+        r.execute_command("SET", "k", "v", "NX", "XX")
+    with pytest.raises(redis.ResponseError, match="invalid expire time in 'set' command"):
+        r.execute_command("SET", "k", "v", "EX", 0)
+    with pytest.raises(redis.ResponseError, match="value is not an integer or out of range"):
+        r.execute_command("SET", "k", "v", "EX", "soon")
+
+
+def test_expiry(r: Any) -> None:
+    assert r.set("short", "v", px=100) is True
+    assert r.set("keep", "v") is True
+    assert r.expire("keep", 100) is True
+    assert r.ttl("keep") == 100
+    assert r.expire("missing", 10) is False
+    assert r.ttl("missing") == -2
+    assert r.persist("keep") is True and r.ttl("keep") == -1
+    time.sleep(0.3)
+    assert r.get("short") is None and r.exists("short") == 0
+    # Background expiry removes keys nobody reads again.
+    r.set("lazy", "v", px=50)
+    deadline = time.monotonic() + 5
+    while r.dbsize() != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert r.dbsize() == 1  # only "keep"
+    assert r.expire("keep", -1) is True and r.exists("keep") == 0
+
+
+def test_del_exists_keys_flushall(r: Any) -> None:
+    r.mset({"user:1": "a", "user:2": "b", "user:10": "c", "other": "d", "h[x]llo": "e"})
+    assert r.exists("user:1", "user:1", "missing") == 2
+    assert sorted(r.keys("user:?")) == [b"user:1", b"user:2"]
+    assert sorted(r.keys("user:*")) == [b"user:1", b"user:10", b"user:2"]
+    assert sorted(r.keys("user:[^2]*")) == [b"user:1", b"user:10"]
+    assert sorted(r.keys("user:[1-2]")) == [b"user:1", b"user:2"]
+    assert r.keys("h\\[x\\]llo") == [b"h[x]llo"]
+    assert len(r.keys("*")) == 5
+    assert r.delete("user:1", "user:2", "missing") == 2
+    assert r.flushall() is True
+    assert r.keys("*") == [] and r.dbsize() == 0
+
+
+def test_counters_and_their_errors(r: Any) -> None:
+    assert r.incr("n") == 1
+    assert r.incr("n") == 2
+    assert r.decr("n") == 1
+    assert r.decr("m") == -1
+    assert r.incrby("n", 10) == 11
+    r.set("big", str((1 << 63) - 1))
+    with pytest.raises(redis.ResponseError, match="increment or decrement would overflow"):
+        r.incr("big")
+    for bad in ("text", "1.5", " 1", "01", ""):
+        r.set("s", bad)
+        with pytest.raises(redis.ResponseError,
+                           match=r"^value is not an integer or out of range$"):
+            r.incr("s")
+
+
+def test_mset_mget(r: Any) -> None:
+    assert r.mset({"a": "1", "b": b"\x00"}) is True
+    assert r.mget("a", "b", "missing") == [b"1", b"\x00", None]
+    with pytest.raises(redis.ResponseError,
+                       match=r"^wrong number of arguments for 'mset' command$"):
+        r.execute_command("MSET", "a", "1", "b")
+
+
+def test_errors_are_redis_errors(r: Any) -> None:
+    with pytest.raises(redis.ResponseError,
+                       match=r"^wrong number of arguments for 'get' command$"):
+        r.execute_command("GET")
+    with pytest.raises(redis.ResponseError,
+                       match=r"^unknown command 'NOPE', with args beginning with: 'a' 'b' $"):
+        r.execute_command("NOPE", "a", "b")
+    assert r.rpush("list", "x", "y") == 2
+    assert r.lrange("list", 0, -1) == [b"x", b"y"]
+    assert r.type("list") == b"list" and r.type("k") == b"none"
+    for command in (("GET", "list"), ("INCR", "list"), ("SET", "list", "v", "GET")):
+        with pytest.raises(redis.ResponseError) as info:
+            r.execute_command(*command)
+        assert str(info.value) == (
+            "WRONGTYPE Operation against a key holding the wrong kind of value")
+    assert r.lpop("list") == b"x" and r.rpop("list") == b"y" and r.exists("list") == 0
+
+
+def test_command_introspection(r: Any, port: int) -> None:
+    count = r.command_count()
+    assert count >= 30
+    commands = r.command()  # redis-py parses every entry
+    assert len(commands) == count
+    assert commands["get"]["arity"] == 2 and commands["set"]["arity"] == -3
+    assert set(commands["get"]["flags"]) == {"readonly", "fast"}
+    info = raw_exchange(port, b"COMMAND INFO get nosuch\r\n")
+    assert info.startswith(b"*2\r\n*10\r\n$3\r\nget\r\n:2\r\n*2\r\n+readonly\r\n+fast\r\n"
+                           b":1\r\n:1\r\n:1\r\n")
+    assert info.endswith(b"$-1\r\n")
+
+
+def test_hello_3_is_refused_and_resp3_clients_say_why(port: int) -> None:
+    """A RESP2-only server answers HELLO 3 with NOPROTO; HELLO 2 is a flat map."""
+    assert raw_exchange(port, b"HELLO 3\r\n") == (
+        b"-NOPROTO sorry, this protocol version is not supported.\r\n")
+    reply = raw_exchange(port, b"HELLO 2\r\n")
+    assert reply.startswith(b"*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n")
+    client = redis.Redis(host="127.0.0.1", port=port, protocol=3, socket_timeout=5)
+    with pytest.raises(redis.exceptions.RedisError, match="NOPROTO"):
+        client.ping()
+    client.close()
+
+
+def test_quit_replies_then_closes(port: int) -> None:
+    got = raw_exchange(port, b"*1\r\n$4\r\nQUIT\r\n*1\r\n$4\r\nPING\r\n", until_close=True)
+    assert got == b"+OK\r\n"
+
+
+def test_protocol_error_is_reported_then_the_connection_closes(port: int) -> None:
+    got = raw_exchange(port, b"PING\r\n*1\r\n$-5\r\n", until_close=True)
+    assert got == b"+PONG\r\n-ERR Protocol error: invalid bulk length -5\r\n"
+    got = raw_exchange(port, b"*1\r\n$99999999999\r\n", until_close=True)
+    assert got.startswith(b"-ERR Protocol error: ") and b"max_bulk_length" in got
+
+
+# -- pipelines and values ------------------------------------------------------------------
+
+
+def test_pipeline_of_1000_commands(r: Any) -> None:
+    pipe = r.pipeline(transaction=False)
+    for i in range(500):
+        pipe.set(f"key:{i}", i)
+    for i in range(500):
+        pipe.incr(f"key:{i}")
+    results = pipe.execute()
+    assert results == [True] * 500 + list(range(1, 501))
+    pipe = r.pipeline(transaction=False)
+    for i in range(1000):
+        pipe.get(f"key:{i % 500}")
+    assert pipe.execute() == [str(i % 500 + 1).encode() for i in range(1000)]
+
+
+def test_binary_safe_keys_and_values(r: Any) -> None:
+    every_byte = bytes(range(256))
+    assert r.set(every_byte, every_byte[::-1]) is True
+    assert r.get(every_byte) == every_byte[::-1]
+    pipe = r.pipeline(transaction=False)
+    for b in range(256):
+        pipe.set(bytes([b]) * 3, bytes([b, 13, 10, b]))
+    assert pipe.execute() == [True] * 256
+    assert r.mget([bytes([b]) * 3 for b in range(256)]) == [
+        bytes([b, 13, 10, b]) for b in range(256)]
+    assert r.exists(every_byte) == 1 and r.delete(every_byte) == 1
+
+
+def test_one_mib_values(r: Any) -> None:
+    value = os.urandom(1 << 20)
+    assert r.set("big", value) is True
+    assert r.get("big") == value
+    pipe = r.pipeline(transaction=False)
+    for i in range(4):
+        pipe.set(f"big:{i}", value[i:] + value[:i])
+    pipe.mget([f"big:{i}" for i in range(4)])
+    results = pipe.execute()
+    assert results[:4] == [True] * 4
+    assert results[4] == [value[i:] + value[:i] for i in range(4)]
+
+
+# -- redis-cli and redis-benchmark ---------------------------------------------------------
+
+
+def test_redis_cli_round_trip(port: int) -> None:
+    cli = require_program("redis-cli", package="redis-tools")
+
+    def run(*args: str) -> str:
+        done = subprocess.run([cli, "-h", "127.0.0.1", "-p", str(port), *args],
+                              capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert run("ping") == "PONG\n"
+    assert run("set", "cli key", "hello world") == "OK\n"
+    assert run("get", "cli key") == "hello world\n"
+    assert run("--no-raw", "get", "cli key") == '"hello world"\n'
+    assert run("incr", "cli:n") == "1\n"
+    assert run("--no-raw", "incr", "cli:n") == "(integer) 2\n"
+    assert run("--no-raw", "get", "nothing") == "(nil)\n"
+    assert run("--no-raw", "mget", "cli key", "nothing") == '1) "hello world"\n2) (nil)\n'
+    assert run("--no-raw", "get") == (
+        "(error) ERR wrong number of arguments for 'get' command\n")
+    assert run("del", "cli key", "cli:n") == "2\n"
+
+
+def test_redis_benchmark_completes_without_errors(port: int) -> None:
+    bench = require_program("redis-benchmark", package="redis-tools")
+    done = subprocess.run(
+        [bench, "-h", "127.0.0.1", "-p", str(port), "-t", "ping,set,get,incr,mset",
+         "-n", "20000", "-P", "16", "--csv"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    assert "error" not in output.lower(), output
+    rows = {row[0]: float(row[1]) for row in csv.reader(io.StringIO(done.stdout))
+            if len(row) > 1 and row[0] != "test"}
+    assert set(rows) == {"PING_INLINE", "PING_MBULK", "SET", "GET", "INCR",
+                         "MSET (10 keys)"}, done.stdout
+    assert all(rps > 0 for rps in rows.values()), rows
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+def test_several_loops_share_one_store_and_sigint_stops() -> None:
+    with redis_server("--loops", "2") as (proc, port):
+        clients = [redis.Redis(host="127.0.0.1", port=port, protocol=2,
+                               socket_timeout=SOCKET_TIMEOUT) for _ in range(4)]
+        errors: list[BaseException] = []
+
+        def bump(client: Any) -> None:
+            try:
+                pipe = client.pipeline(transaction=False)
+                for _ in range(500):
+                    pipe.incr("shared")
+                pipe.execute()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=bump, args=(c,)) for c in clients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors
+        assert clients[0].get("shared") == b"2000"
+        for client in clients:
+            client.close()
+        stop(proc, signal.SIGINT)
