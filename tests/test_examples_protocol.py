@@ -9,111 +9,30 @@ is killed in ``finally``.
 from __future__ import annotations
 
 import importlib.util
-import os
-import selectors
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from types import ModuleType
-from typing import IO
 
 import pytest
+from example_process import EXAMPLES, REPO, assert_stops_cleanly, example_env, example_server
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "examples"
-START_TIMEOUT = 20.0  # a loaded machine can take a while to import and bind
 CLIENT_TIMEOUT = 60.0
-STOP_TIMEOUT = 15.0
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _read_port(proc: subprocess.Popen[bytes], log: IO[bytes]) -> int:
-    """Wait for the server's ``listening on HOST:PORT`` line; return PORT."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + START_TIMEOUT
-    pending = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            if not sel.select(min(remaining, 0.5)):
-                if proc.poll() is not None:
-                    break
-                continue
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            pending += chunk
-            for line in pending.split(b"\n")[:-1]:
-                if line.startswith(b"listening on "):
-                    return int(line.rsplit(b":", 1)[1])
-    log.seek(0)
-    raise AssertionError(
-        f"server printed no 'listening on' line within {START_TIMEOUT:.0f} s "
-        f"(status {proc.poll()}); stdout {pending!r}; stderr:\n"
-        + log.read().decode(errors="replace")
-    )
-
-
-@contextmanager
-def server(script: str, *extra: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """Run ``examples/<script> --port 0``; yield the process and its port; always kill it."""
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / script), "--port", "0", *extra],
-            cwd=REPO,
-            env=_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-        try:
-            yield proc, _read_port(proc, log)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(STOP_TIMEOUT)
-            assert proc.stdout is not None
-            proc.stdout.close()
 
 
 def run_client(script: str, port: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(EXAMPLES / script), "--port", str(port)],
         cwd=REPO,
-        env=_env(),
+        env=example_env(),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=CLIENT_TIMEOUT,
     )
-
-
-def assert_stops_cleanly(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    assert proc.poll() is None, f"server exited early with status {proc.returncode}"
-    proc.send_signal(sig)
-    try:
-        status = proc.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"server did not exit within {STOP_TIMEOUT:.0f} s of {sig.name}")
-    assert status == 0, f"server exited with status {status} on {sig.name}"
 
 
 def load_example(name: str) -> ModuleType:
@@ -138,7 +57,7 @@ PROTOCOL_LINES = [
 
 @pytest.mark.parametrize("script", ["protocol_server.py", "framed_echo.py"])
 def test_protocol_client_against_length_prefixed_servers(script: str) -> None:
-    with server(script) as (proc, port):
+    with example_server(script) as (proc, port):
         result = run_client("protocol_client.py", port)
         assert result.returncode == 0, result.stdout + result.stderr
         lines = result.stdout.splitlines()
@@ -153,7 +72,7 @@ def test_protocol_client_against_length_prefixed_servers(script: str) -> None:
 
 
 def test_protocol_server_stops_on_sigint() -> None:
-    with server("protocol_server.py", "--quiet") as (proc, _port):
+    with example_server("protocol_server.py", "--quiet") as (proc, _port):
         assert_stops_cleanly(proc, signal.SIGINT)
 
 
@@ -184,7 +103,7 @@ KV_LINES = [
 
 
 def test_kv_client_against_kv_server() -> None:
-    with server("kv_server.py") as (proc, port):
+    with example_server("kv_server.py") as (proc, port):
         result = run_client("kv_client.py", port)
         assert result.returncode == 0, result.stdout + result.stderr
         lines = result.stdout.splitlines()
@@ -199,7 +118,7 @@ def test_kv_client_against_kv_server() -> None:
 def test_kv_server_answers_an_unexpected_kind_with_an_error() -> None:
     kv = load_example("kv_server")
     message = kv.MESSAGE
-    with server("kv_server.py", "--quiet") as (proc, port):
+    with example_server("kv_server.py", "--quiet") as (proc, port):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(message.build({"kind": "pong", "id": 42, "key": b"k", "value": b""}))
             data = b""

@@ -9,33 +9,25 @@ on different threads.  Every wait is bounded and the broker is always killed.
 
 from __future__ import annotations
 
-import os
 import queue
-import selectors
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
+from example_process import STOP_TIMEOUT, assert_stops_cleanly, example_server
 
 from gevwire.codecs import mqtt as m
 from gevwire.testing import BlockingClient
 
 paho_client = pytest.importorskip("paho.mqtt.client")
 
-REPO = Path(__file__).resolve().parent.parent
-BROKER = REPO / "examples" / "mqtt_broker.py"
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 15.0
 WAIT = 10.0  # any single expected event
 
 pytestmark = pytest.mark.timeout(120)
@@ -44,53 +36,9 @@ pytestmark = pytest.mark.timeout(120)
 # -- the broker process ----------------------------------------------------------------
 
 
-def _read_port(proc: subprocess.Popen[bytes], log: IO[bytes]) -> int:
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + START_TIMEOUT
-    pending = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while (left := deadline - time.monotonic()) > 0:
-            if not sel.select(min(left, 0.5)):
-                if proc.poll() is not None:
-                    break
-                continue
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            pending += chunk
-            for line in pending.split(b"\n")[:-1]:
-                if line.startswith(b"listening on "):
-                    return int(line.rsplit(b":", 1)[1])
-    log.seek(0)
-    raise AssertionError(f"no 'listening on' line (status {proc.poll()}): "
-                         + log.read().decode(errors="replace"))
-
-
-@contextmanager
-def run_broker(*extra: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """The broker on a free port; always killed at the end."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
-                                         if p)}
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([sys.executable, str(BROKER), "--port", "0", *extra],
-                                cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=log)
-        try:
-            yield proc, _read_port(proc, log)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(STOP_TIMEOUT)
-            assert proc.stdout is not None
-            proc.stdout.close()
-
-
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    with run_broker("--loops", "2") as (proc, broker_port):
+    with example_server("mqtt_broker.py", "--loops", "2") as (proc, broker_port):
         yield broker_port
         assert proc.poll() is None, "the broker died during the tests"
 
@@ -552,11 +500,10 @@ def test_mosquitto_retained(mosquitto: tuple[str, str], port: int) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_broker_stops_cleanly_with_clients_connected(sig: signal.Signals) -> None:
-    with run_broker("--loops", "1", "--quiet") as (proc, broker_port):
+    with example_server("mqtt_broker.py", "--loops", "1", "--quiet") as (proc, broker_port):
         client = Paho(broker_port, "stopper")
         try:
             client.subscribe("x/#")
-            proc.send_signal(sig)
-            assert proc.wait(STOP_TIMEOUT) == 0
+            assert_stops_cleanly(proc, sig)
         finally:
             client.client.loop_stop()

@@ -12,95 +12,31 @@ from __future__ import annotations
 import csv
 import io
 import os
-import selectors
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
+from example_process import assert_stops_cleanly, example_server
 from system_packages import require_program
 
 redis = pytest.importorskip("redis", reason="redis-py is a test dependency (pip install redis)")
 from redis._parsers import _RESP2Parser  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 15.0
 SOCKET_TIMEOUT = 10.0
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _read_port(proc: subprocess.Popen[bytes], log: IO[bytes]) -> int:
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + START_TIMEOUT
-    pending = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not sel.select(0.5):
-                if proc.poll() is not None:
-                    break
-                continue
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            pending += chunk
-            for line in pending.split(b"\n")[:-1]:
-                if line.startswith(b"listening on "):
-                    return int(line.rsplit(b":", 1)[1])
-    log.seek(0)
-    raise AssertionError(f"no 'listening on' line (status {proc.poll()}): "
-                         + log.read().decode(errors="replace"))
-
-
-@contextmanager
-def redis_server(*extra: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """``examples/redis_server.py --port 0``; yields the process and port; always stops it."""
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(REPO / "examples" / "redis_server.py"), "--port", "0",
-             "--quiet", *extra],
-            cwd=REPO, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=log,
-        )
-        try:
-            yield proc, _read_port(proc, log)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(STOP_TIMEOUT)
-            assert proc.stdout is not None
-            proc.stdout.close()
-
-
-def stop(proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> None:
-    assert proc.poll() is None, f"server exited early with status {proc.returncode}"
-    proc.send_signal(sig)
-    assert proc.wait(STOP_TIMEOUT) == 0
-
-
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    with redis_server() as (proc, port):
+    with example_server("redis_server.py", "--quiet") as (proc, port):
         yield port
-        stop(proc)
+        assert_stops_cleanly(proc)
 
 
 @pytest.fixture(params=["hiredis", "python"])
@@ -379,7 +315,7 @@ def test_redis_benchmark_completes_without_errors(port: int) -> None:
 
 
 def test_several_loops_share_one_store_and_sigint_stops() -> None:
-    with redis_server("--loops", "2") as (proc, port):
+    with example_server("redis_server.py", "--quiet", "--loops", "2") as (proc, port):
         clients = [redis.Redis(host="127.0.0.1", port=port, protocol=2,
                                socket_timeout=SOCKET_TIMEOUT) for _ in range(4)]
         errors: list[BaseException] = []
@@ -402,4 +338,4 @@ def test_several_loops_share_one_store_and_sigint_stops() -> None:
         assert clients[0].get("shared") == b"2000"
         for client in clients:
             client.close()
-        stop(proc, signal.SIGINT)
+        assert_stops_cleanly(proc, signal.SIGINT)

@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 import websockets.exceptions
-from test_examples_protocol import assert_stops_cleanly
-from test_examples_protocol import server as example_server
+from example_process import assert_stops_cleanly, example_server
 from websocket_support import RawClient, close_frame, frame, text, upgrade_request
 from websockets.sync.client import ClientConnection, connect
 
