@@ -138,6 +138,7 @@ class Connection:
         "_token",
         "_write_shut",
         "_xsend",
+        "_xsend_bytes",
         "_xsend_scheduled",
         "context",
         "loop",
@@ -187,6 +188,7 @@ class Connection:
         self._token = -1
         self._xsend: deque[bytes] = deque()
         self._xsend_scheduled = False
+        self._xsend_bytes = 0  # queued by other threads since the last drain (approximate)
         self._close_timer: TimerHandle | None = None
         self._idle_timer: TimerHandle | None = None
         self._frame_timer: TimerHandle | None = None
@@ -233,7 +235,9 @@ class Connection:
         the frame being handled); from another thread they are queued to the loop, and
         each ``send`` reaches the peer whole and in the order of the calls.
         Raises :class:`ConnectionClosed` once the connection is closing or its writing
-        half is shut down.
+        half is shut down; :class:`WriteBufferFull` (and closes the connection) when
+        another thread has queued more than ``max_write_buffer`` the loop has not yet
+        taken.
         """
         if self._state != _OPEN or self._write_shut or self._close_requested:
             raise ConnectionClosed(f"{self} is closed for writing")
@@ -250,6 +254,17 @@ class Connection:
             else:
                 self._write(data)
         else:
+            queued = self._xsend_bytes + len(data)
+            limit = self._options.max_write_buffer
+            if queued + self._output._len > limit:
+                # A producer thread outrunning the peer: without this, sends queued
+                # between two loop turns would take memory without bound.
+                error = WriteBufferFull(f"{queued} bytes queued by send() from other threads "
+                                        f"exceed max_write_buffer={limit}")
+                self._close_requested = True
+                self.loop.call_soon(self._fail_and_abort, error)
+                raise error
+            self._xsend_bytes = queued
             self._xsend.append(data)
             if not self._xsend_scheduled:
                 self._xsend_scheduled = True
@@ -633,6 +648,9 @@ class Connection:
             self._events = events
             self.loop.modify(self._fd, self._token, events)
 
+    def _fail_and_abort(self, error: BaseException) -> None:
+        self._fail(error, abort=True)
+
     def _check_high_water(self) -> None:
         size = self._output._len
         options = self._options
@@ -651,6 +669,7 @@ class Connection:
 
     def _drain_xsend(self) -> None:
         self._xsend_scheduled = False  # before draining: see send()
+        self._xsend_bytes = 0
         queue = self._xsend
         if self._state == _CLOSED or not queue:
             queue.clear()

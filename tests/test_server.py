@@ -557,6 +557,28 @@ def test_no_frame_is_dispatched_after_close_from_another_thread(
     assert peer_closed(client)
 
 
+def test_sends_queued_from_another_thread_are_bounded_by_max_write_buffer(
+    serve: ServeFn, connect: ConnectFn
+) -> None:
+    handler = Recorder(echo=False)
+    server = serve(handler, max_write_buffer=1 << 20, write_high_water=256 << 10)
+    client = connect(server)
+    conn = handler.conn_for(client)
+    conn.loop.call_soon(time.sleep, 0.5)  # the loop takes nothing from the queue meanwhile
+    time.sleep(0.05)
+    chunk = b"x" * (64 << 10)
+    sent = 0
+    with pytest.raises(WriteBufferFull):
+        for _ in range(100):  # 6.4 MiB if nothing stopped it
+            conn.send(chunk)
+            sent += 1
+    assert sent == 16  # 16 x 64 KiB = the 1 MiB cap; the 17th is refused
+    assert wait_until(lambda: conn in handler.closed, 5)
+    assert any(isinstance(e, WriteBufferFull) for _, e in handler.errors)
+    with pytest.raises(ConnectionClosed):
+        conn.send(b"after")
+
+
 # -- connection state ------------------------------------------------------------------
 
 
