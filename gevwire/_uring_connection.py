@@ -335,6 +335,12 @@ class UringConnection(Connection):
         if self._output._len + inflight <= self._options.write_high_water:
             self._resume_reading()
 
+    def _finish_close(self) -> None:
+        # The epoll path lingers (reads until the peer's EOF) when the peer is still
+        # sending; here input arrives as recv completions, and a lingering close is not
+        # built yet: close at once.
+        self._close_now()
+
     def _has_unsent(self) -> bool:
         return bool(self._output._len or self._pending or self._sending is not None)
 

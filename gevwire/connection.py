@@ -70,6 +70,10 @@ class ConnectionOptions:
     ``write_high_water`` / ``write_low_water``: reading from the peer pauses when unsent
     output exceeds the high mark and resumes below the low mark.  ``max_write_buffer``:
     unsent output beyond this closes the connection (:class:`WriteBufferFull`).
+    ``linger_timeout``: when a connection is closed while the peer is still sending,
+    it is half-closed and the peer's bytes are discarded until its EOF, for at most this
+    long (a lingering close: closing a socket with unread input sends RST, which can
+    destroy the last replies in flight).
     ``close_timeout``: how long :meth:`Connection.close` waits for unsent output to drain
     before dropping it.  ``idle_timeout``: close a connection after this many seconds
     with nothing read or written (None: never).  ``frame_timeout``: a frame whose first
@@ -83,6 +87,7 @@ class ConnectionOptions:
     write_low_water: int = 256 << 10
     max_write_buffer: int = 64 << 20
     close_timeout: float = 10.0
+    linger_timeout: float = 2.0
     tcp_nodelay: bool = True
     idle_timeout: float | None = None
     frame_timeout: float | None = None
@@ -95,6 +100,8 @@ class ConnectionOptions:
             )
         if self.close_timeout < 0:
             raise ValueError("close_timeout must be >= 0")
+        if self.linger_timeout < 0:
+            raise ValueError("linger_timeout must be >= 0")
         if self.idle_timeout is not None and self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive (or None for no limit)")
         if self.frame_timeout is not None and self.frame_timeout <= 0:
@@ -126,6 +133,7 @@ class Connection:
         "_idle_timer",
         "_input",
         "_last_active",
+        "_lingering",
         "_on_closed",
         "_on_message",
         "_options",
@@ -197,6 +205,7 @@ class Connection:
         #: The PROXY protocol header (``proxy_protocol=True``), else None.
         self.proxy_info: ProxyInfo | None = None
         self._last_active = 0.0
+        self._lingering = False
 
     # -- public API --------------------------------------------------------------------
 
@@ -341,6 +350,51 @@ class Connection:
             return
         if events & EV_WRITE and self._state != _CLOSED:
             self._handle_write()
+
+    def _finish_close(self) -> None:
+        """A graceful close has flushed its output: close, lingering if the peer is
+        still sending (loop thread; state is _CLOSING).
+
+        ``close(2)`` with unread input makes the kernel answer with RST, which can
+        destroy replies still in flight to the peer (an error reply, a close frame).
+        One read tells: nothing pending closes now; EOF closes now; bytes mean the peer
+        is still sending, so half-close (it sees our FIN after our last reply), discard
+        its bytes until its EOF, and close then or after ``linger_timeout``.
+        """
+        if not self._linger_read() or not self._options.linger_timeout:
+            self._close_now()
+            return
+        self._lingering = True
+        self._input.reset()  # nothing more is framed: give the storage back now
+        if self._write_shut != 2:
+            self._do_shutdown_write()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._close_timer = self.loop.run_after(self._options.linger_timeout, self._close_now)
+        self.loop.replace_callback(self._token, self._on_linger_events)
+        self._set_events(EV_READ)
+
+    def _linger_read(self) -> bool:
+        """Discard what the peer has sent; True if it is still sending: bytes came (or
+        we already linger) and neither EOF nor an error did."""
+        loop = self.loop
+        got = self._lingering
+        for _ in range(16):  # bounded per event: a fast sender cannot hold the loop
+            n = raw_read(self._fd, loop.spare_ptr, SPARE_SIZE)
+            if n > 0:
+                got = True
+                continue
+            if n == 0:
+                return False
+            err = get_errno()
+            return got and (err == EAGAIN or err == EINTR or err == _EWOULDBLOCK)
+        return True
+
+    def _on_linger_events(self, events: int) -> None:
+        if self._state == _CLOSED:
+            return
+        if events & (EV_HUP | EV_ERROR) or not self._linger_read():
+            self._close_now()
 
     def _connected(self) -> None:
         try:
@@ -640,8 +694,8 @@ class Connection:
         self._set_events(events)
         if self._write_shut == 1:
             self._do_shutdown_write()
-        if self._state == _CLOSING:
-            self._close_now()
+        if self._state == _CLOSING and not self._lingering:
+            self._finish_close()
 
     def _set_events(self, events: int) -> None:
         if events != self._events and self._state != _CLOSED:
@@ -759,7 +813,8 @@ class Connection:
             return
         self._close_requested = True
         if not self._has_unsent():
-            self._close_now()
+            self._state = _CLOSING
+            self._finish_close()
             return
         self._state = _CLOSING
         if self._pending and not self._dispatching:

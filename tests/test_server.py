@@ -579,6 +579,73 @@ def test_sends_queued_from_another_thread_are_bounded_by_max_write_buffer(
         conn.send(b"after")
 
 
+class SayByeAndClose(gevwire.Handler):
+    """Answers the first read with ``reply`` and closes, as a server does after an error."""
+
+    def __init__(self, reply: bytes = b"bye") -> None:
+        self.reply = reply
+
+    def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+        if conn.context is None:
+            conn.context = "done"
+            conn.send(self.reply)
+            conn.close()
+
+
+def _received_while_sending(port: int, payload: bytes) -> int | str:
+    """Bytes received (until EOF) while another thread sends ``payload``."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    sock.connect(("127.0.0.1", port))
+    sock.settimeout(10)
+
+    def pump() -> None:
+        try:
+            sock.sendall(payload)
+        except OSError:
+            pass  # the server closes; what matters is what arrives
+
+    sender = threading.Thread(target=pump)
+    sender.start()
+    time.sleep(0.3)  # the reply backs up in the server's send queue meanwhile
+    got = 0
+    try:
+        while chunk := sock.recv(1 << 16):
+            got += len(chunk)
+    except OSError as exc:
+        return f"{type(exc).__name__} after {got} bytes"
+    finally:
+        sender.join(10)
+        sock.close()
+    return got
+
+
+def test_close_while_the_peer_still_sends_delivers_the_whole_reply(serve: ServeFn) -> None:
+    # close(2) with unread input sends RST and discards the send queue: measured, the
+    # peer got ~127 KiB of this 2 MiB reply.  The lingering close half-closes and
+    # drains the peer's bytes until its EOF instead.
+    reply = b"r" * (2 << 20)
+    server = serve(SayByeAndClose(reply), backend="epoll")
+    for _ in range(3):
+        assert _received_while_sending(server.port, b"x" * (4 << 20)) == len(reply)
+    assert wait_until(lambda: server.connection_count == 0, 10)
+
+
+def test_linger_timeout_bounds_a_peer_that_never_stops_sending(serve: ServeFn) -> None:
+    server = serve(SayByeAndClose(), backend="epoll", linger_timeout=0.3)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"first")
+        assert recv_exactly(sock, 3) == b"bye"
+        deadline = time.monotonic() + 5
+        sock.settimeout(0.05)
+        while server.connection_count and time.monotonic() < deadline:
+            try:
+                sock.send(b"y" * 4096)  # keeps sending, never closes
+            except OSError:
+                time.sleep(0.01)
+        assert server.connection_count == 0  # closed by linger_timeout, not by the peer
+
+
 # -- connection state ------------------------------------------------------------------
 
 
