@@ -202,6 +202,11 @@ class UringConnection(Connection):
         if type(data) is not bytes:
             data = bytes(data)
         if self._sending is not None or self._output._len:
+            inflight = len(self._sending) - self._sent if self._sending is not None else 0
+            size = self._output._len + inflight + len(data)
+            if size > self._options.max_write_buffer:
+                self._over_cap(size)  # before the ring grows past the cap
+                return
             self._output.write(data)
             self._check_high_water()
             return

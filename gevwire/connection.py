@@ -633,6 +633,9 @@ class Connection:
         """Write now, buffering what the socket does not take (loop thread only)."""
         output = self._output
         if output._len:
+            if output._len + len(data) > self._options.max_write_buffer:
+                self._over_cap(output._len + len(data))  # before the ring grows past it
+                return
             output.write(data)
             self._check_high_water()
             return
@@ -653,6 +656,9 @@ class Connection:
                 return
             n = 0
         self.loop.bytes_out += n
+        if self._output._len + len(data) - n > self._options.max_write_buffer:
+            self._over_cap(self._output._len + len(data) - n)
+            return
         self._output.write(memoryview(data)[n:])
         self._set_events(self._events | EV_WRITE)
         self._check_high_water()
@@ -705,13 +711,16 @@ class Connection:
     def _fail_and_abort(self, error: BaseException) -> None:
         self._fail(error, abort=True)
 
+    def _over_cap(self, size: int) -> None:
+        self._fail(WriteBufferFull(
+            f"{size} unsent bytes exceed max_write_buffer={self._options.max_write_buffer}"
+        ), abort=True)
+
     def _check_high_water(self) -> None:
         size = self._output._len
         options = self._options
         if size > options.max_write_buffer:
-            self._fail(WriteBufferFull(
-                f"{size} unsent bytes exceed max_write_buffer={options.max_write_buffer}"
-            ), abort=True)
+            self._over_cap(size)
         elif size > options.write_high_water and not self._read_paused:
             self._read_paused = True
             self._set_events(self._events & ~EV_READ)
