@@ -39,7 +39,7 @@ from gevwire._sys._uring import (
     SQE_HEAD,
     bytes_address,
 )
-from gevwire.connection import _CLOSED, _OPEN, Connection, ConnectionOptions
+from gevwire.connection import _CLOSED, _CLOSING, _OPEN, Connection, ConnectionOptions
 from gevwire.errors import WriteBufferFull
 
 if TYPE_CHECKING:
@@ -176,13 +176,17 @@ class UringConnection(Connection):
                 if not self._recv_armed:
                     self._recv_ended()
         elif res == 0:
-            if self._held:
+            if self._lingering:
+                if self._state != _CLOSED:
+                    self._close_now()  # the peer's EOF ends the lingering close
+            elif self._held:
                 self._held.append(b"")  # EOF, after the held bytes
             elif self._state == _OPEN:
                 self._on_eof()
             self._recv_ended()
         else:
-            if res != -_ECANCELED and res != -_ENOBUFS and self._state == _OPEN:
+            if res != -_ECANCELED and res != -_ENOBUFS and (
+                    self._state == _OPEN or (self._lingering and self._state != _CLOSED)):
                 log.debug("%r: recv failed: %s", self, errno.errorcode.get(-res, res))
                 self._close_now()
             self._recv_ended()
@@ -191,7 +195,8 @@ class UringConnection(Connection):
         """The multishot RECV is over: re-arm it if reading is wanted, else maybe forget."""
         if self._recv_armed:
             return
-        if self._state == _OPEN and self._events & EV_READ:
+        if ((self._state == _OPEN and self._events & EV_READ)
+                or (self._lingering and self._state == _CLOSING)):
             self._ring.recv_multishot(self._fd, self._bufs.group, self._recv_ud)
             self._recv_armed = True
         elif self._state == _CLOSED and self._sending is None:
@@ -341,10 +346,22 @@ class UringConnection(Connection):
             self._resume_reading()
 
     def _finish_close(self) -> None:
-        # The epoll path lingers (reads until the peer's EOF) when the peer is still
-        # sending; here input arrives as recv completions, and a lingering close is not
-        # built yet: close at once.
-        self._close_now()
+        """As :meth:`Connection._finish_close`; while lingering, the RECV's data
+        completions are discarded and its EOF closes."""
+        if not self._linger_read() or not self._options.linger_timeout:
+            self._close_now()
+            return
+        self._lingering = True
+        self._input.reset()
+        self._held.clear()
+        if self._write_shut != 2:
+            self._do_shutdown_write()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._close_timer = self.loop.run_after(self._options.linger_timeout, self._close_now)
+        if not self._recv_armed:
+            self._ring.recv_multishot(self._fd, self._bufs.group, self._recv_ud)
+            self._recv_armed = True
 
     def _has_unsent(self) -> bool:
         return bool(self._output._len or self._pending or self._sending is not None)

@@ -31,6 +31,7 @@ from conftest import (
 
 import gevwire
 from gevwire import ConnectionClosed, WriteBufferFull
+from gevwire._uring_loop import uring_available
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -620,19 +621,29 @@ def _received_while_sending(port: int, payload: bytes) -> int | str:
     return got
 
 
-def test_close_while_the_peer_still_sends_delivers_the_whole_reply(serve: ServeFn) -> None:
+@pytest.mark.parametrize("backend", ["epoll", "io_uring"])
+def test_close_while_the_peer_still_sends_delivers_the_whole_reply(
+    serve: ServeFn, backend: str
+) -> None:
     # close(2) with unread input sends RST and discards the send queue: measured, the
     # peer got ~127 KiB of this 2 MiB reply.  The lingering close half-closes and
     # drains the peer's bytes until its EOF instead.
+    if backend == "io_uring" and not uring_available()[0]:
+        pytest.skip(f"io_uring unavailable: {uring_available()[1]}")
     reply = b"r" * (2 << 20)
-    server = serve(SayByeAndClose(reply), backend="epoll")
+    server = serve(SayByeAndClose(reply), backend=backend)
     for _ in range(3):
         assert _received_while_sending(server.port, b"x" * (4 << 20)) == len(reply)
     assert wait_until(lambda: server.connection_count == 0, 10)
 
 
-def test_linger_timeout_bounds_a_peer_that_never_stops_sending(serve: ServeFn) -> None:
-    server = serve(SayByeAndClose(), backend="epoll", linger_timeout=0.3)
+@pytest.mark.parametrize("backend", ["epoll", "io_uring"])
+def test_linger_timeout_bounds_a_peer_that_never_stops_sending(
+    serve: ServeFn, backend: str
+) -> None:
+    if backend == "io_uring" and not uring_available()[0]:
+        pytest.skip(f"io_uring unavailable: {uring_available()[1]}")
+    server = serve(SayByeAndClose(), backend=backend, linger_timeout=0.3)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"first")
         assert recv_exactly(sock, 3) == b"bye"
