@@ -22,18 +22,21 @@ class Echo(gevwire.Handler):
     def __init__(self) -> None:
         self.opened = 0
         self.closed = 0
-        self.connections: list[gevwire.Connection] = []
+        self._lock = threading.Lock()  # two loop threads update the counts
+        self.connections: dict[Any, gevwire.Connection] = {}  # by the client's address
 
     def on_connect(self, conn: gevwire.Connection) -> None:
-        self.opened += 1
-        self.connections.append(conn)
+        with self._lock:
+            self.opened += 1
+        self.connections[conn.peer_addr] = conn
         print(f"  server: connection from {conn.peer_addr[0]}:{conn.peer_addr[1]}")
 
     def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
         return frame
 
     def on_close(self, conn: gevwire.Connection) -> None:
-        self.closed += 1
+        with self._lock:
+            self.closed += 1
 
 
 def recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -53,7 +56,7 @@ def main() -> int:
         host, port = server.address[:2]
         print(f"gevwire echo server listening on {host}:{port} (2 event loops)")
 
-        clients = [socket.create_connection((host, port)) for _ in range(4)]
+        clients = [socket.create_connection((host, port), timeout=10) for _ in range(4)]
         for i, client in enumerate(clients):
             message = f"hello from client {i}".encode()
             client.sendall(message)
@@ -75,7 +78,8 @@ def main() -> int:
         while len(handler.connections) < 4 and time.monotonic() < deadline:
             time.sleep(0.01)
         pushed = b"pushed from another thread"
-        handler.connections[1].send(pushed)
+        # The loops run on_connect in their own order: find client 1's connection by address.
+        handler.connections[clients[1].getsockname()].send(pushed)
         got = recv_exactly(clients[1], len(pushed))
         print(f"  client 1: received server push {got!r}")
         assert got == pushed
