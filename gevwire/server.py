@@ -99,7 +99,10 @@ class Server:
     :mod:`gevwire.workers`): it restarts crashed workers with back-off, and ``stop()``
     stops them all gracefully.  Each worker has its own copy of ``handler`` (forked, not
     shared): handler state is per process.  In this process ``address`` is the reserved
-    port, ``stats()`` the supervisor's view, and there are no loops (no ``run_after``).
+    port, ``stats()`` the supervisor's view, and there are no loops (no ``run_after``):
+    ``on_start(server)`` runs in every worker once it serves (without workers: in this
+    process, at the end of :meth:`start`), the place for per-process timers
+    (``server.run_every``) and state.
 
     ``metrics_address="host:port"`` serves ``stats()`` as Prometheus text at
     ``/metrics`` (needs ``prometheus_client``: ``pip install 'gevwire[metrics]'``); with
@@ -136,6 +139,7 @@ class Server:
         workers: int = 1,
         metrics_address: str | None = None,
         backend: str | None = None,
+        on_start: Callable[[Server], None] | None = None,
     ) -> None:
         missing = [name for name in _REQUIRED if not callable(getattr(handler, name, None))]
         if missing:
@@ -169,6 +173,7 @@ class Server:
             if self._family == socket.AF_UNIX:
                 raise ValueError("workers > 1 needs a TCP address (SO_REUSEPORT)")
         self._workers = workers
+        self._on_start = on_start
         #: The I/O backend in use: ``"epoll"`` or ``"io_uring"``.
         self.backend = _resolve_backend(backend)
         self._metrics_bind: tuple[str, int] | None = None
@@ -249,6 +254,12 @@ class Server:
             self.stop()
             raise
         log.info("gevwire listening on %s with %d loop(s)", self.address, self._loop_count)
+        if self._on_start is not None:
+            try:
+                self._on_start(self)
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def run(self) -> None:
@@ -361,7 +372,8 @@ class Server:
     def _first_loop(self) -> EventLoop:
         if not self._loops:
             raise RuntimeError("with workers > 1 the loops live in the worker processes; "
-                               "schedule timers there (e.g. conn.loop.run_after)")
+                               "schedule timers there (Server(on_start=...) or "
+                               "conn.loop.run_after)")
         return self._loops[0]
 
     # -- information -------------------------------------------------------------------

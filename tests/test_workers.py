@@ -406,3 +406,64 @@ def test_stop_timeout_reaches_the_workers_and_stragglers_are_killed(
     finally:
         kill_quietly([pid for pid in pids if alive(pid)])
     assert_reaped(pids)
+
+
+# -- on_start: per-process set-up --------------------------------------------------------
+
+_TICKS: list[int] = []  # per process: forked workers each start with their own copy
+
+
+class Ticks(gevwire.Handler):
+    """Replies ``"<pid> <ticks>\\n"``: how often this process's ``run_every`` fired."""
+
+    def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+        return f"{os.getpid()} {len(_TICKS)}\n".encode()
+
+
+def _start_ticking(server: gevwire.Server) -> None:
+    assert server.connection_count == 0 and server.port != 0  # serving already
+    server.run_every(0.02, lambda: _TICKS.append(os.getpid()))
+
+
+def test_on_start_runs_in_every_worker_and_its_timers_tick_there() -> None:
+    server = gevwire.Server(Ticks(), address="127.0.0.1:0", workers=2,
+                            on_start=_start_ticking)
+    try:
+        server.start()
+        pids = set(server.stats()["pids"])
+        time.sleep(0.3)
+        seen: dict[int, int] = {}
+        deadline = time.monotonic() + 10
+        while set(seen) != pids and time.monotonic() < deadline:
+            with socket.create_connection(server.address[:2], timeout=10) as sock:
+                sock.sendall(b"?")
+                reply = b""
+                while not reply.endswith(b"\n"):
+                    chunk = sock.recv(64)
+                    assert chunk
+                    reply += chunk
+            pid, ticks = map(int, reply.split())
+            seen[pid] = ticks
+        assert set(seen) == pids  # both workers answered ...
+        assert all(ticks > 0 for ticks in seen.values())  # ... and both have ticked
+        assert _TICKS == []  # never in the parent
+    finally:
+        server.stop()
+    assert server.wait(10)
+
+
+def test_on_start_runs_once_in_a_single_process_server() -> None:
+    calls: list[gevwire.Server] = []
+    server = gevwire.Server(Ticks(), address="127.0.0.1:0", on_start=calls.append)
+    with server:
+        assert calls == [server]
+
+
+def test_on_start_failure_fails_start_and_stops_the_server() -> None:
+    def broken(server: gevwire.Server) -> None:
+        raise RuntimeError("set-up failed")
+
+    server = gevwire.Server(Ticks(), address="127.0.0.1:0", on_start=broken)
+    with pytest.raises(RuntimeError, match="set-up failed"):
+        server.start()
+    assert server.wait(10)
