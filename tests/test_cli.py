@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import sys
@@ -157,18 +158,23 @@ def test_load_codec_short_names_and_factories(app_dir: Path) -> None:
 
 
 def _two_free_ports() -> int:
-    """A port p such that p and p + 1 are both free right now."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        if port >= 65535:
+    """A port p such that p and p + 1 are both free right now.
+
+    Drawn below the kernel's ephemeral range: ``bind(0)`` hands out odd ports there and
+    outgoing connections take the even ones, so under a busy suite the port after a
+    ``bind(0)`` port is often held by a TIME_WAIT client socket.
+    """
+    low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low - 1)
+        try:
+            for candidate in (port, port + 1):
+                with socket.socket() as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(("127.0.0.1", candidate))
+        except OSError:
             continue
-        with socket.socket() as second:
-            try:
-                second.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
         return port
     raise RuntimeError("no two consecutive free ports")
 
