@@ -282,7 +282,7 @@ class CodecTarget(Target):
             elif how != "default" and messages:
                 k = draw(st.integers(0, len(messages) - 1))
                 limit = self.limit_of(messages[k], parts[k]) - (how == "below")
-                assume(limit >= 1)
+                assume(1 <= limit <= 255)  # the byte layout (to_bytes) holds up to 255
             stream = bytearray(b"".join(parts))
             kind = draw(st.sampled_from(["valid", "damaged", "random"]), label="kind")
             if kind == "random":
