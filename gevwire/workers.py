@@ -454,14 +454,17 @@ class Supervisor:
         for slot in self._slots:
             if slot.restart_at is None or slot.restart_at > now:
                 continue
+            # Counted before the new pid shows: a reader of stats() that sees the new
+            # worker also sees its restart.
+            slot.restarts += 1
             try:
                 self._spawn(slot)
             except OSError as exc:
+                slot.restarts -= 1
                 slot.restart_at = now + self.max_backoff
                 log.error("cannot fork worker %d: %s; retrying in %.1fs", slot.index, exc,
                           self.max_backoff)
                 continue
-            slot.restarts += 1
             log.info("worker %d restarted (pid %d)", slot.index, slot.pid)
 
     def _stop_step(self, now: float) -> bool:
