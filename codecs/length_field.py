@@ -335,15 +335,29 @@ class LengthFieldCodec(BaseCodec):
         offset = self.length_field_offset
         if len(data) < offset:
             raise EncodeError(f"message shorter than length_field_offset={offset}")
-        header = self.prepender.header(len(data))
+        header = self._header(data)
+        if offset:
+            return data[:offset] + header + data[offset:]
+        return header + data
+
+    def encode_into(self, parts: list[bytes], message: Any) -> int:
+        """Header and payload as two parts (no copy of the payload) when the length
+        field is at offset 0."""
+        if self.length_field_offset:
+            return super().encode_into(parts, message)
+        data = as_bytes(message)
+        header = self._header(data)
+        parts.append(header)
+        parts.append(data)
+        return len(header) + len(data)
+
+    def _header(self, data: bytes) -> bytes:
         frame_length = len(data) + self.length_field_length
         if frame_length < self.initial_bytes_to_strip:
             raise EncodeError(
                 f"frame of {frame_length} bytes is shorter than initial_bytes_to_strip"
             )
-        if offset:
-            return data[:offset] + header + data[offset:]
-        return header + data
+        return self.prepender.header(len(data))
 
 
 def length_field(

@@ -148,6 +148,14 @@ class VarintCodec(BaseCodec):
         data = as_bytes(message)
         return encode_varint(len(data)) + data
 
+    def encode_into(self, parts: list[bytes], message: Any) -> int:
+        """Prefix and payload as two parts (no copy of the payload)."""
+        data = as_bytes(message)
+        prefix = encode_varint(len(data))
+        parts.append(prefix)
+        parts.append(data)
+        return len(prefix) + len(data)
+
 
 def varint(*, max_frame_size: int = 1 << 20, canonical: bool = False) -> VarintCodec:
     """Protobuf-style varint length-prefixed frames.

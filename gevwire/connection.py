@@ -14,6 +14,7 @@ without bound), and a hard cap closes the connection.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import socket
 import threading
@@ -42,6 +43,7 @@ from gevwire._sys import (
 from gevwire._sys import (
     shutdown as sys_shutdown,
 )
+from gevwire.codec import BaseCodec
 from gevwire.errors import ConnectionClosed, FrameError, FrameTimeout, WriteBufferFull
 from gevwire.loop import SPARE_SIZE
 from gevwire.proxy_protocol import ProxyHeaderDecoder, ProxyInfo
@@ -50,7 +52,6 @@ from gevwire.ringbuffer import RingBuffer
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from gevwire.codec import BaseCodec
     from gevwire.loop import EventLoop
     from gevwire.timers import TimerHandle
 
@@ -125,6 +126,7 @@ class Connection:
         "_decoder",
         "_dispatching",
         "_encode",
+        "_encode_into",
         "_events",
         "_fd",
         "_frame_timer",
@@ -179,6 +181,10 @@ class Connection:
         self._on_message = handler.on_message
         self._codec = codec
         self._encode = codec.encode
+        encode_into = getattr(codec, "encode_into", None)
+        if encode_into is None:  # a duck-typed codec, not derived from BaseCodec
+            encode_into = functools.partial(BaseCodec.encode_into, codec)
+        self._encode_into: Callable[[list[bytes], Any], int] = encode_into
         self._decoder = codec.decoder()
         self._decode_view = self._decoder.decode_view
         self._options = options
@@ -563,8 +569,7 @@ class Connection:
         if self._close_requested:  # close() came from elsewhere: no frame after it
             return
         on_message = self._on_message
-        encode = self._encode
-        append = self._pending.append
+        encode_into = self._encode_into
         pending = self._pending
         loop = self.loop
         loop.frames_in += len(frames)
@@ -576,10 +581,8 @@ class Connection:
             for frame in frames:
                 reply = on_message(self, frame)
                 if reply is not None:
-                    data = encode(reply)
-                    append(data)
                     replies += 1
-                    self._gathered += len(data)
+                    self._gathered += encode_into(pending, reply)
                     if self._gathered > high_water:
                         self._write_gathered()
                 if self._close_requested:  # also set once closing or closed
@@ -594,17 +597,21 @@ class Connection:
         self._dispatching = False
         loop.frames_out += replies
         if pending:
-            if (len(pending) == 1 and not self._output._len and type(pending[0]) is bytes
-                    and self._inline_write):
-                data = pending.pop()
+            # _flush_pending and _write, inlined: one write for the whole read's replies.
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            pending.clear()
+            if type(data) is not bytes:
+                data = bytes(data)
+            if self._output._len or not self._inline_write:
+                if self._state != _CLOSED:
+                    self._write(data)
+            elif self._state != _CLOSED:
                 size = len(data)
                 written = raw_write(self._fd, data, size)
                 if written == size:
                     loop.bytes_out += size
                 else:
                     self._write_rest(data, written)
-            else:
-                self._flush_pending()
 
     def _write_gathered(self) -> None:
         """Write the replies gathered so far in the middle of a batch (loop thread only).

@@ -276,3 +276,69 @@ def test_encode_errors_are_typed() -> None:
         Codec(GENERIC).encode({"name": 5})
     with pytest.raises(TypeError):
         RawCodec().encode(12)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [PREFIXED, c.Prefixed(c.Int16ul, c.GreedyBytes, includelength=True),
+     c.Prefixed(c.Int32sb, c.GreedyBytes)],
+    ids=["unsigned", "includelength", "signed"],
+)
+@settings(max_examples=40, deadline=None)
+@given(payloads=st.lists(st.integers(0, 6000), max_size=12), cut=st.integers(0, 80000))
+def test_prefixed_bytes_reads_of_any_size_yield_the_same_frames(
+        schema: Any, payloads: list[int], cut: int) -> None:
+    """Small and large reads, small and large first frames: decode_view copies a read
+    once or slices it per frame; both give every frame, in order, and stop at a cut."""
+    frames = [bytes([i % 251]) * size for i, size in enumerate(payloads)]
+    codec = Codec(schema, max_frame_size=8000)
+    stream = b"".join(codec.encode(f) for f in frames)
+    assert feed(codec.decoder(), [stream]) == frames
+    assert feed(codec.decoder(), split(stream, [cut])) == frames
+
+
+def test_prefixed_bytes_negative_length_is_a_frame_error() -> None:
+    codec = Codec(c.Prefixed(c.Int32sb, c.GreedyBytes))
+    good = codec.encode(b"ok")
+    bad = struct.pack(">i", -5) + b"xxxxx"
+    frames, used = codec.decoder().decode_view(memoryview(good + bad))
+    assert (frames, used) == ([b"ok"], len(good))  # the error is left to decode()
+    ring = RingBuffer()
+    ring.write(bad)
+    with pytest.raises(FrameError):
+        codec.decoder().decode(ring)
+
+
+@pytest.mark.parametrize("schema", [PREFIXED, HEADER, VARINT])
+def test_encode_into_appends_what_encode_returns(schema: Any) -> None:
+    codec = Codec(schema)
+    message: Any = b"payload" if schema is not HEADER else {
+        "kind": "ping", "flags": 1, "id": 2, "length": 3, "payload": b"abc"}
+    parts: list[bytes] = [b"before"]
+    size = codec.encode_into(parts, message)
+    assert parts[0] == b"before"
+    assert b"".join(parts[1:]) == codec.encode(message)
+    assert size == len(codec.encode(message))
+
+
+def test_encode_into_reports_encode_errors() -> None:
+    parts: list[bytes] = []
+    with pytest.raises(EncodeError):
+        Codec(c.Prefixed(c.Int8ub, c.GreedyBytes)).encode_into(parts, b"x" * 300)
+    with pytest.raises(EncodeError):
+        Codec(HEADER).encode_into(parts, {"kind": "nope"})
+    assert parts == []
+
+
+def test_a_subclass_encode_is_used_for_replies_too() -> None:
+    """The prefix fast path must not shadow a subclass's own encode."""
+
+    class Upper(Codec):
+        def encode(self, message: Any) -> bytes:
+            return super().encode(message.upper())
+
+    codec = Upper(PREFIXED)
+    assert codec.encode(b"abc") == b"\x00\x00\x00\x03ABC"
+    parts: list[bytes] = []
+    assert codec.encode_into(parts, b"abc") == 7
+    assert b"".join(parts) == b"\x00\x00\x00\x03ABC"

@@ -939,3 +939,41 @@ def test_socket_varint_echo() -> None:
 def test_raw_is_still_exported() -> None:
     assert isinstance(raw(), gevwire.RawCodec)
     assert isinstance(varint(), VarintCodec)
+
+
+# -- encode_into (how a connection gathers replies) ---------------------------------------
+
+ENCODE_INTO_CASES = [
+    ("length_field", lambda: length_field(), b"payload"),
+    ("length_field_offset", lambda: length_field(length_field_offset=2, length_field_length=2),
+     b"hdpayload"),
+    ("length_field_strip", lambda: length_field(initial_bytes_to_strip=4), "text"),
+    ("varint", lambda: varint(), b"x" * 300),
+    ("line", lambda: line(), b"a line"),
+    ("fixed", lambda: fixed_length(4), b"four"),
+    ("raw", lambda: raw(), bytearray(b"raw")),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "message"), ENCODE_INTO_CASES,
+                         ids=[c[0] for c in ENCODE_INTO_CASES])
+def test_encode_into_appends_exactly_what_encode_returns(
+        name: str, make: Callable[[], BaseCodec], message: Any) -> None:
+    codec = make()
+    parts: list[bytes] = [b"earlier"]
+    size = codec.encode_into(parts, message)
+    assert parts[0] == b"earlier"
+    assert b"".join(parts[1:]) == codec.encode(message)
+    assert size == len(codec.encode(message))
+    assert all(type(p) is bytes for p in parts)
+
+
+def test_encode_into_errors_leave_the_parts_alone() -> None:
+    parts: list[bytes] = []
+    with pytest.raises(EncodeError):
+        varint().encode_into(parts, 12)
+    with pytest.raises(EncodeError):
+        length_field(initial_bytes_to_strip=9).encode_into(parts, b"ab")
+    with pytest.raises(EncodeError):
+        length_field(length_field_length=1).encode_into(parts, b"x" * 300)
+    assert parts == []

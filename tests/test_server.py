@@ -302,6 +302,27 @@ def test_codec_frames_in_a_single_read_are_dispatched(
     assert [f for _, f in handler.frames] == [b"hello", b"a", b"b", b"c"]
 
 
+class DuckLineCodec:
+    """A codec that does not derive from BaseCodec: only decoder() and encode()."""
+
+    max_frame_size = 1 << 20
+
+    def decoder(self) -> gevwire.Decoder:
+        return LineCodec().decoder()
+
+    def encode(self, message: Any) -> bytes:
+        return bytes(message).upper() + b"\n"
+
+
+def test_a_duck_typed_codec_serves_several_frames_per_read(
+    serve: ServeFn, connect: ConnectFn
+) -> None:
+    server = serve(Recorder(), codec=DuckLineCodec())
+    client = connect(server)
+    client.sendall(b"a\nbb\nccc\n")  # one read: the batch path gathers three replies
+    assert recv_exactly(client, 9) == b"A\nBB\nCCC\n"
+
+
 def test_peer_half_close_still_gets_every_reply(serve: ServeFn, connect: ConnectFn) -> None:
     # ~10 MiB of replies to 100 small requests: more than the kernel buffers hold, so
     # output is still queued when the server reads the FIN.  A high write_high_water
