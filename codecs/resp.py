@@ -852,6 +852,13 @@ class RespCodec(BaseCodec):
             return encoder(message)
         return _encode_value(message)
 
+    def encode_into(self, parts: list[bytes], message: Any) -> int:
+        # encode, inlined: a reply costs one Python call level, not two.
+        encoder = _ENCODERS.get(type(message))
+        data = encoder(message) if encoder is not None else _encode_value(message)
+        parts.append(data)
+        return len(data)
+
     # -- for gevwire.testing.check_codec -----------------------------------------------
 
     def example_strategy(self) -> SearchStrategy[Any]:

@@ -943,6 +943,16 @@ def test_raw_is_still_exported() -> None:
 
 # -- encode_into (how a connection gathers replies) ---------------------------------------
 
+def resp_codec() -> BaseCodec:
+    from gevwire.codecs.resp import resp
+
+    return resp()
+
+
+class _Count(int):
+    """An int subclass: RESP finds its encoder through isinstance."""
+
+
 ENCODE_INTO_CASES = [
     ("length_field", lambda: length_field(), b"payload"),
     ("length_field_offset", lambda: length_field(length_field_offset=2, length_field_length=2),
@@ -952,6 +962,8 @@ ENCODE_INTO_CASES = [
     ("line", lambda: line(), b"a line"),
     ("fixed", lambda: fixed_length(4), b"four"),
     ("raw", lambda: raw(), bytearray(b"raw")),
+    ("resp", lambda: resp_codec(), [b"SET", "k", 1, None]),
+    ("resp_subclass", lambda: resp_codec(), _Count(7)),
 ]
 
 
