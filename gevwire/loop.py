@@ -36,6 +36,9 @@ class EventLoop:
         self._callbacks: dict[int, Callable[[int], None]] = {}
         self._next_token = 1
         self._tasks: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        #: Callbacks to run once this turn's events are handled (loop thread only):
+        #: connections write the replies of a turn there, back to back.
+        self.after_events: list[Callable[[], None]] = []
         self._timers = TimerQueue()
         self._waker = Waker()
         self._poller.register(self._waker.fileno(), _WAKER_TOKEN, EV_READ)
@@ -166,6 +169,7 @@ class EventLoop:
         callbacks = self._callbacks
         tasks = self._tasks
         timers = self._timers
+        after_events = self.after_events
         monotonic = time.monotonic
         try:
             while not self._stopping:
@@ -189,6 +193,8 @@ class EventLoop:
                     elif token == _WAKER_TOKEN:
                         self._wake_pending = False
                         self._waker.drain()
+                if after_events:
+                    self.run_after_events()
                 if tasks:
                     self._run_tasks()
                 if timers._heap:
@@ -197,6 +203,16 @@ class EventLoop:
         finally:
             self._running = False
             self._stopping = False
+
+    def run_after_events(self) -> None:
+        """Run (and clear) :attr:`after_events`; one that fails is logged."""
+        callbacks = self.after_events[:]
+        self.after_events.clear()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("%s: after-events callback %r failed", self.name, callback)
 
     def _run_tasks(self) -> None:
         # Reset before draining: a producer that saw the flag set appended before this

@@ -376,6 +376,50 @@ def test_a_failing_fd_callback_is_logged_and_the_loop_goes_on(
     assert running.call(lambda: "alive") == "alive"
 
 
+def test_after_events_run_once_after_every_event_of_the_turn_and_before_tasks(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="gevwire")
+    pairs = [socket.socketpair() for _ in range(3)]
+    order: list[str] = []
+    try:
+        for a, _ in pairs:
+            a.setblocking(False)
+
+        def make(i: int) -> Callable[[int], None]:
+            def on_readable(events: int) -> None:
+                pairs[i][0].recv(4096)
+                order.append(f"event {i}")
+                if i == 0:
+                    running.loop.after_events.append(lambda: order.append("after"))
+                    running.loop.after_events.append(boom)
+                    running.loop.call_soon(order.append, "task")
+
+            return on_readable
+
+        def boom() -> None:
+            raise RuntimeError("after-events callback exploded")
+
+        for _, b in pairs:
+            b.sendall(b"x")  # all three readable before they are registered
+
+        def register_all() -> None:
+            for i, (a, _) in enumerate(pairs):
+                running.loop.register(a.fileno(), make(i), EV_READ)
+
+        running.call(register_all)
+        assert wait_until(lambda: "task" in order, 5), order
+        events = [entry for entry in order if entry.startswith("event")]
+        assert len(events) == 3  # one turn: the three events came from one poll
+        assert order[3:] == ["after", "task"]  # after every event, before the tasks
+        assert "after-events callback exploded" in caplog.text
+        assert running.call(lambda: running.loop.after_events) == []  # run once, cleared
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
 # -- run / stop ------------------------------------------------------------------------
 
 

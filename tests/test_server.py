@@ -323,6 +323,66 @@ def test_a_duck_typed_codec_serves_several_frames_per_read(
     assert recv_exactly(client, 9) == b"A\nBB\nCCC\n"
 
 
+class LastLineEnds(gevwire.Handler):
+    """Echoes lines; on ``b"end"`` replies, then shuts down writing or closes."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+        if frame == b"end":
+            if self.how == "shutdown_write":
+                conn.shutdown_write()
+            else:
+                conn.close()
+            return b"bye"
+        return frame
+
+
+@pytest.mark.parametrize("how", ["shutdown_write", "close"])
+def test_replies_of_a_whole_read_go_out_before_a_fin_asked_for_in_it(
+    serve: ServeFn, connect: ConnectFn, how: str
+) -> None:
+    # A read's replies are written once the turn's events are handled; a FIN asked for
+    # while handling that read must still come after them.
+    server = serve(LastLineEnds(how), codec=LineCodec())
+    client = connect(server)
+    client.sendall(b"one\ntwo\nthree\nend\nnot dispatched after close\n"
+                   if how == "close" else b"one\ntwo\nthree\nend\n")
+    assert recv_until_eof(client) == b"one\ntwo\nthree\nbye\n"
+
+
+def test_replies_of_many_connections_in_one_turn_reach_each_peer_in_order(
+    serve: ServeFn, connect: ConnectFn
+) -> None:
+    server = serve(Recorder(), codec=LineCodec())
+    clients = [connect(server) for _ in range(40)]
+    for round_ in range(5):
+        for i, client in enumerate(clients):  # each read holds several frames
+            client.sendall(b"".join(b"%d-%d-%d\n" % (i, round_, k) for k in range(6)))
+        for i, client in enumerate(clients):
+            want = b"".join(b"%d-%d-%d\n" % (i, round_, k) for k in range(6))
+            assert recv_exactly(client, len(want)) == want
+
+
+def test_a_send_after_a_deferred_batch_keeps_the_order(
+    serve: ServeFn, connect: ConnectFn
+) -> None:
+    class SendLater(gevwire.Handler):
+        def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+            if frame == b"last":
+                # Runs after this turn's events, behind the batch's deferred replies.
+                conn.loop.call_soon(conn.send, b"sent later")
+                conn.loop.run_after(0.01, conn.send, b"timer")
+            return frame
+
+    server = serve(SendLater(), codec=LineCodec())
+    client = connect(server)
+    client.sendall(b"a\nb\nlast\n")
+    want = b"a\nb\nlast\nsent later\ntimer\n"
+    assert recv_exactly(client, len(want)) == want
+
+
 def test_peer_half_close_still_gets_every_reply(serve: ServeFn, connect: ConnectFn) -> None:
     # ~10 MiB of replies to 100 small requests: more than the kernel buffers hold, so
     # output is still queued when the server reads the FIN.  A high write_high_water
