@@ -443,9 +443,14 @@ class _RespDecoder(Decoder):
                 for j in range(count):
                     sizes = parts[i + 1 + 2 * j : stop : period]
                     size = bulks(sizes[0])
-                    if (size is None or sizes.count(sizes[0]) != run
-                            or list(map(len, columns[j])) != [size] * run) \
-                            and list(map(bulks, sizes)) != list(map(len, columns[j])):
+                    column = columns[j]
+                    first = column[0]
+                    # A column of one repeated argument (a command's name, above all)
+                    # is checked with one count instead of a len() per argument.
+                    same_size = size is not None and sizes.count(sizes[0]) == run and (
+                        (len(first) == size and column.count(first) == run)
+                        or list(map(len, column)) == [size] * run)
+                    if not same_size and list(map(bulks, sizes)) != list(map(len, column)):
                         # Some frame of the run is not what its headers say: cut the run
                         # frame by frame, to stop exactly at that one.
                         return self._cut_commands_checked(parts, i, last, frames)

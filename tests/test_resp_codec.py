@@ -185,6 +185,22 @@ def test_frames_before_a_bad_frame_are_delivered_first() -> None:
     assert len(errors) == 1 and isinstance(errors[0], FrameError) and errors[0].fatal
 
 
+def test_a_uniform_run_is_checked_argument_by_argument() -> None:
+    """Runs of one command shape are checked column by column: a repeated argument with
+    one count, any other column one length per argument.  A wrong length in the middle
+    of a run (made up for by another, so the run's total is right) still stops there."""
+    same = encode_command(b"SET", b"key", b"v")
+    other = encode_command(b"SET", b"kez", b"v")  # the same lengths, another key
+    frames, errors, _ = cut(resp(commands=True), [same * 5 + other + same * 3])
+    assert frames == [[b"SET", b"key", b"v"]] * 5 + [[b"SET", b"kez", b"v"]] + \
+        [[b"SET", b"key", b"v"]] * 3 and errors == []
+    short = b"*3\r\n$3\r\nSET\r\n$3\r\nke\r\n$1\r\nv\r\n"  # 2 bytes, not 3
+    long = b"*3\r\n$3\r\nSET\r\n$3\r\nkeyy\r\n$1\r\nv\r\n"  # 4 bytes, not 3
+    frames, errors, _ = cut(resp(commands=True), [same * 4 + short + long + same * 2])
+    assert frames == [[b"SET", b"key", b"v"]] * 4
+    assert len(errors) == 1 and isinstance(errors[0], FrameError)
+
+
 # -- any split, fast path = general parser ------------------------------------------------------
 
 ARG = st.one_of(st.binary(max_size=12), st.sampled_from([b"\r\n", b"a\r\nb", b"\r", b"\n"]),
