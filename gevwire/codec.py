@@ -376,7 +376,6 @@ class _LayoutDecoder(Decoder):
         return frames, pos
 
 
-#: Reads up to this size are copied to ``bytes`` once and sliced (see decode_view).
 #: decode_view copies a read to bytes once when it is at most this long and its first
 #: frame at most _COPY_ONCE_FRAME bytes (see _BytesPrefixDecoder.decode_view).
 _COPY_ONCE_READ = 16384
