@@ -741,14 +741,14 @@ def test_reset_in_the_middle_of_a_frame_and_of_a_large_reply(
     serve: ServeFn, gevwire_log: LogCapture
 ) -> None:
     big = random.Random(6).randbytes(8 * MiB)
-    close_after: set[int] = set()
+    close_after: list[Any] = []  # the peer of each big reply sent while closing
 
     class Big(Echo):
         def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
             self.frames += 1
             if frame == b"big-then-close":
                 conn.close()  # closing, with 8 MiB still to flush: then the RST comes
-                close_after.add(id(conn))
+                close_after.append(conn.peer_addr)
                 return big
             return big if frame == b"big" else frame
 
