@@ -26,10 +26,10 @@ class Echo(gevwire.Handler):
         self.connections: dict[Any, gevwire.Connection] = {}  # by the client's address
 
     def on_connect(self, conn: gevwire.Connection) -> None:
-        with self._lock:
+        with self._lock:  # also keeps the two loops' lines whole
             self.opened += 1
-        self.connections[conn.peer_addr] = conn
-        print(f"  server: connection from {conn.peer_addr[0]}:{conn.peer_addr[1]}")
+            self.connections[conn.peer_addr] = conn
+            print(f"  server: connection from {conn.peer_addr[0]}:{conn.peer_addr[1]}")
 
     def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
         return frame
