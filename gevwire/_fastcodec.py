@@ -43,6 +43,14 @@ Buffer: TypeAlias = bytes | bytearray | memoryview
 MAX_VARINT_BYTES = 10
 """Longest VarInt prefix accepted: 10 bytes hold 70 bits, more than any sane length."""
 
+#: A `FastCodec.cut`: ``(view, limit) -> (frames, bytes used)``.
+CutFn: TypeAlias = Callable[[memoryview, int], tuple[list[Any], int]]
+
+#: `cut` copies a read to bytes once when it is at most this long and its first frame's
+#: payload at most CUT_COPY_ONCE_FRAME bytes (as the codec's prefixed-bytes decoder).
+CUT_COPY_ONCE_READ = 16384
+CUT_COPY_ONCE_FRAME = 2048
+
 
 class FastDecodeError(FrameError):
     """The bytes are not a valid frame (construct would raise a ConstructError)."""
@@ -95,6 +103,12 @@ class FastCodec:
     fixed_size: int | None
     decode: _DecodeFn = field(repr=False)
     encode: Callable[[Any], bytes] = field(repr=False)
+    #: ``cut(view, limit) -> (frames, used)``: decodes every whole frame at the start of
+    #: ``view`` whose size is at most ``limit``, stopping at the first one that is
+    #: incomplete, too large or malformed (``used``: the bytes of the frames returned).
+    #: Frames equal ``decode``'s and never refer to ``view``.  None where the schema has
+    #: no single-loop form (then frames are cut with ``layout`` and ``decode``).
+    cut: CutFn | None = field(default=None, repr=False)
 
 
 # --------------------------------------------------------------------------- internals
@@ -165,6 +179,7 @@ class _Node:
     prefix: _PrefixInfo | None = None
     greedy: bool = False
     top: _DecodeFn | None = None  # a specialised top-level decoder, when there is one
+    cut: CutFn | None = None  # cuts and decodes whole top-level frames in one loop
 
 
 @dataclass(slots=True)
@@ -701,7 +716,7 @@ def _struct(sc: Any) -> _Node:
     node = _Node(size, dec, enc, struct=info)
     fast = _fast_struct(shape)
     if fast is not None:
-        node.dec, node.top = fast
+        node.dec, node.top, node.cut = fast
     return node
 
 
@@ -733,11 +748,14 @@ def _builder(
     return build
 
 
-def _fast_struct(shape: list[_Run | _Field]) -> tuple[_Dec, _DecodeFn] | None:
+def _fast_struct(shape: list[_Run | _Field]) -> tuple[_Dec, _DecodeFn, CutFn | None] | None:
     """Decoders for the common shape: one run of fixed fields, then maybe a bytes tail.
 
     The tail is `Bytes(this.<field of the run> +- k)` or `GreedyBytes`: one unpack, one
-    slice, one generated builder call.
+    slice, one generated builder call.  Without a tail or with a `Bytes(this.x)` one, the
+    frame's size is in its fields too, and a `cut` decodes a whole read's frames in one
+    loop (one unpack per frame: the header is not read twice, as framing then parsing
+    would).
     """
     if not shape or not isinstance(shape[0], _Run) or shape[0].keep is not None:
         return None
@@ -778,7 +796,14 @@ def _fast_struct(shape: list[_Run | _Field]) -> tuple[_Dec, _DecodeFn] | None:
             raw = unpack_from(data, offset)
             return build(raw, None)
 
-        return dec_fixed, top_fixed
+        def cut_fixed(view: memoryview, limit: int) -> tuple[list[Any], int]:
+            if size > limit or not size:
+                return [], 0
+            count = len(view) // size
+            frames = [build(unpack_from(view, i * size), None) for i in range(count)]
+            return frames, count * size
+
+        return dec_fixed, top_fixed, cut_fixed
 
     if ref < 0:  # GreedyBytes tail
 
@@ -800,7 +825,7 @@ def _fast_struct(shape: list[_Run | _Field]) -> tuple[_Dec, _DecodeFn] | None:
             b = data[start:end]
             return build(raw, b if type(b) is bytes else bytes(b))
 
-        return dec_greedy, top_greedy
+        return dec_greedy, top_greedy, None
 
     def dec_ref(data: Buffer, pos: int, end: int) -> tuple[Any, int]:
         start = pos + size
@@ -828,7 +853,38 @@ def _fast_struct(shape: list[_Run | _Field]) -> tuple[_Dec, _DecodeFn] | None:
         b = data[start:stop]
         return build(raw, b if type(b) is bytes else bytes(b))
 
-    return dec_ref, top_ref
+    def cut_ref(view: memoryview, limit: int) -> tuple[list[Any], int]:
+        frames: list[Any] = []
+        append = frames.append
+        n = len(view)
+        last = n - size  # the last offset where a whole header fits
+        if last < 0:
+            return frames, 0
+        pos = 0
+        if n <= CUT_COPY_ONCE_READ and unpack_from(view, 0)[ref] + adj <= CUT_COPY_ONCE_FRAME:
+            # Small frames: the read copied to bytes once, then one bytes slice per
+            # payload (not a memoryview slice and its copy).
+            data = view.tobytes()
+            while pos <= last:
+                raw = unpack_from(data, pos)
+                start = pos + size
+                stop = start + raw[ref] + adj
+                if stop < start or stop > n or stop - pos > limit:
+                    break  # incomplete, too large or malformed: decode() says which
+                append(build(raw, data[start:stop]))
+                pos = stop
+            return frames, pos
+        while pos <= last:
+            raw = unpack_from(view, pos)
+            start = pos + size
+            stop = start + raw[ref] + adj
+            if stop < start or stop > n or stop - pos > limit:
+                break
+            append(build(raw, view[start:stop].tobytes()))
+            pos = stop
+        return frames, pos
+
+    return dec_ref, top_ref, cut_ref
 
 
 # --------------------------------------------------------------------------- Prefixed
@@ -1068,4 +1124,4 @@ def analyse(schema: Any) -> FastCodec | None:
         except Exception as e:  # struct.error, KeyError, OverflowError, TypeError, ...
             raise FastEncodeError(f"cannot encode {value!r}: {e}") from e
 
-    return FastCodec(schema, _layout(node), node.size, decode, encode)
+    return FastCodec(schema, _layout(node), node.size, decode, encode, node.cut)

@@ -315,7 +315,7 @@ def _int_prefix_layout(fmt: struct.Struct, includelength: bool) -> FrameLayout:
 class _LayoutDecoder(Decoder):
     """Frames whose length is in a header: checked before the body is buffered."""
 
-    __slots__ = ("_discard", "_frame_length", "_header", "_limit", "_max_header",
+    __slots__ = ("_cut", "_discard", "_frame_length", "_header", "_limit", "_max_header",
                  "_mode_discard", "_parse")
 
     def __init__(self, codec: Codec, layout: FrameLayout) -> None:
@@ -323,6 +323,11 @@ class _LayoutDecoder(Decoder):
         self._max_header = layout.max_header_size
         self._frame_length = layout.frame_length
         self._parse = codec.parse_frame
+        fast = codec.fast
+        # The fast codec's one-loop cutter, unless parse_frame was replaced (a subclass
+        # that wraps it must see every frame).
+        self._cut = fast.cut if fast is not None and codec.parse_frame is fast.decode \
+            else None
         self._limit = codec.max_frame_size
         self._mode_discard = codec.on_oversize == "discard"
         self._discard = 0  # bytes of an oversized frame still to skip
@@ -357,6 +362,11 @@ class _LayoutDecoder(Decoder):
     def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
         if self._discard:
             return [], 0  # the ring path does the skipping
+        if self._cut is not None:
+            try:
+                return self._cut(view, self._limit)
+            except FrameError:
+                pass  # a malformed field: the loop below stops just before that frame
         frames: list[Any] = []
         pos = 0
         n = len(view)

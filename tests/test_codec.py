@@ -342,3 +342,36 @@ def test_a_subclass_encode_is_used_for_replies_too() -> None:
     parts: list[bytes] = []
     assert codec.encode_into(parts, b"abc") == 7
     assert b"".join(parts) == b"\x00\x00\x00\x03ABC"
+
+
+FIXED_CONST = c.Struct("magic" / c.Const(b"GW"), "kind" / c.Enum(c.Int8ub, a=1, b=2),
+                       "n" / c.Int16ub)
+HEADER_CONST = c.Struct("magic" / c.Const(b"GW"), "length" / c.Int16ub,
+                        "payload" / c.Bytes(c.this.length))
+
+
+@pytest.mark.parametrize("schema", [FIXED_CONST, HEADER_CONST], ids=["fixed", "header"])
+def test_one_loop_cut_stops_before_a_malformed_frame(schema: Any) -> None:
+    """A read's frames are cut in one loop (FastCodec.cut); a frame that fails a check
+    (a Const) ends the batch just before it, and decode() then reports it."""
+    codec = Codec(schema)
+    assert codec.fast is not None and codec.fast.cut is not None
+    good = codec.encode({"kind": "a", "n": 7} if schema is FIXED_CONST
+                        else {"length": 3, "payload": b"abc"})
+    bad = b"XX" + good[2:]
+    decoder = codec.decoder()
+    frames, used = decoder.decode_view(memoryview(good * 3 + bad + good))
+    assert used == 3 * len(good) and len(frames) == 3
+    assert all(f == codec.schema.parse(good) for f in frames)
+    ring = RingBuffer()
+    ring.write(bad + good)
+    with pytest.raises(FrameError):
+        decoder.decode(ring)
+
+
+def test_a_replaced_parse_frame_sees_every_frame_of_a_read() -> None:
+    codec = CountingCodec(HEADER)
+    frame = codec.encode({"kind": "ping", "flags": 0, "id": 1, "length": 2, "payload": b"hi"})
+    frames, used = codec.decoder().decode_view(memoryview(frame * 5))
+    assert len(frames) == 5 and used == 5 * len(frame)
+    assert codec.parses == 5  # the one-loop cut is off when parse_frame is wrapped

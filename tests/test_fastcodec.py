@@ -564,3 +564,48 @@ def test_unsupported_gives_none(why: str, make: Callable[[], Any]) -> None:
 def test_struct_pack_mixed_byte_orders() -> None:
     raw = struct.pack("<L", 1) + struct.pack(">L", 2) + b"\x01\x00\x00\x01" + b"\x05tail"
     assert same(FAST["mixed"].decode(raw), MIXED.parse(raw))
+
+
+# --------------------------------------------------------------------------- cut
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if FAST[c.name].cut is not None],
+                         ids=[c.name for c in CASES if FAST[c.name].cut is not None])
+def test_cut_equals_decoding_frame_by_frame(case: Case) -> None:
+    """`cut` decodes a whole read in one loop: the same frames as `decode` one by one,
+    stopping before an incomplete frame or one over the limit."""
+    fast = FAST[case.name]
+    cut = fast.cut
+    assert cut is not None
+
+    @given(st.lists(case.values, min_size=1, max_size=6), st.integers(0, 40))
+    def check(values: list[Any], keep_of_last: int) -> None:
+        built = [case.schema.build(v) for v in values]
+        expected = [case.schema.parse(b) for b in built]
+        whole = b"".join(built)
+        frames, used = cut(memoryview(whole), 1 << 30)
+        assert used == len(whole)
+        assert len(frames) == len(expected)
+        assert all(same(g, e) for g, e in zip(frames, expected, strict=True))
+        # The last frame cut short: every frame before it, and not a byte of it.
+        partial = whole[: len(whole) - len(built[-1]) + min(keep_of_last, len(built[-1]) - 1)]
+        frames, used = cut(memoryview(partial), 1 << 30)
+        assert used == len(whole) - len(built[-1]) and len(frames) == len(built) - 1
+        # A limit below the largest frame: it stops before the first frame over it.
+        limit = max(map(len, built)) - 1
+        first_over = next(i for i, b in enumerate(built) if len(b) > limit)
+        frames, used = cut(memoryview(whole), limit)
+        assert len(frames) == first_over and used == sum(map(len, built[:first_over]))
+
+    check()
+
+
+def test_cut_reads_large_frames_straight_from_the_view() -> None:
+    cut = FAST["header"].cut
+    assert cut is not None
+    payloads = [bytes([i]) * size for i, size in enumerate((5000, 3, 70000))]
+    whole = b"".join(HEADER.build({"kind": "data", "flags": 0, "id": i, "len": len(p),
+                                   "payload": p}) for i, p in enumerate(payloads))
+    frames, used = cut(memoryview(whole), 1 << 20)
+    assert used == len(whole) and [f.payload for f in frames] == payloads
+    assert all(type(f.payload) is bytes for f in frames)
