@@ -938,7 +938,36 @@ def _prefixed(sc: Any) -> _Node:
             body = ienc(obj)
             return _write_varint(len(body)) + body
 
-        return _Node(None, dec, enc, prefix=info)
+        greedy = inner.greedy
+
+        def cut(view: memoryview, limit: int) -> tuple[list[Any], int]:
+            frames: list[Any] = []
+            append = frames.append
+            n = len(view)
+            # Small reads are copied to bytes once: bytes slices, and int indexing
+            # without a memoryview in between.
+            data: Buffer = view.tobytes() if n <= CUT_COPY_ONCE_READ else view
+            pos = 0
+            while pos < n:
+                b = data[pos]
+                if b < 0x80:  # a one-byte length, the common case, read inline
+                    length, start = b, pos + 1
+                else:
+                    length, start = _read_varint(data, pos, n)
+                    if start < 0:
+                        break  # the prefix itself is incomplete
+                stop = start + length
+                if stop > n or stop - pos > limit:
+                    break
+                if greedy:
+                    v = data[start:stop]
+                    append(v if type(v) is bytes else bytes(v))
+                else:
+                    append(idec(data, start, stop)[0])
+                pos = stop
+            return frames, pos
+
+        return _Node(None, dec, enc, prefix=info, cut=cut)
 
     piece = _leaf(lf)
     if piece.reader is None:

@@ -375,3 +375,30 @@ def test_a_replaced_parse_frame_sees_every_frame_of_a_read() -> None:
     frames, used = codec.decoder().decode_view(memoryview(frame * 5))
     assert len(frames) == 5 and used == 5 * len(frame)
     assert codec.parses == 5  # the one-loop cut is off when parse_frame is wrapped
+
+
+@pytest.mark.parametrize("inner", ["bytes", "struct"])
+def test_varint_prefixed_reads_cut_in_one_loop(inner: str) -> None:
+    schema = VARINT if inner == "bytes" else c.Prefixed(
+        c.VarInt, c.Struct("n" / c.Int16ub, "rest" / c.GreedyBytes))
+    codec = Codec(schema, max_frame_size=64 << 10)
+    assert codec.fast is not None and codec.fast.cut is not None
+
+    def message(size: int) -> Any:
+        payload = bytes([size % 251]) * size
+        return payload if inner == "bytes" else {"n": size & 0xFFFF, "rest": payload}
+
+    sizes = [0, 5, 127, 128, 300, 20000, 3]  # one- to three-byte varints, a >16 KiB read
+    stream = b"".join(codec.encode(message(size)) for size in sizes)
+    frames, used = codec.decoder().decode_view(memoryview(stream))
+    assert used == len(stream)
+    assert frames == [schema.parse(codec.encode(message(size))) for size in sizes]
+    # An overlong varint in the middle: the frames before it, then decode() reports it.
+    bad = b"\x80" * 11 + b"\x01"
+    first = codec.encode(message(7))
+    frames, used = codec.decoder().decode_view(memoryview(first + bad + first))
+    assert used == len(first) and len(frames) == 1
+    ring = RingBuffer()
+    ring.write(bad + first)
+    with pytest.raises(FrameError):
+        codec.decoder().decode(ring)
