@@ -944,9 +944,15 @@ def _prefixed(sc: Any) -> _Node:
             frames: list[Any] = []
             append = frames.append
             n = len(view)
-            # Small reads are copied to bytes once: bytes slices, and int indexing
-            # without a memoryview in between.
-            data: Buffer = view.tobytes() if n <= CUT_COPY_ONCE_READ else view
+            if not n:
+                return frames, 0
+            data: Buffer = view
+            if n <= CUT_COPY_ONCE_READ:
+                first = view[0] if view[0] < 0x80 else _read_varint(view, 0, n)[0]
+                if first <= CUT_COPY_ONCE_FRAME:
+                    # Small frames: the read copied to bytes once, then bytes slices
+                    # (and int indexing without a memoryview in between).
+                    data = view.tobytes()
             pos = 0
             while pos < n:
                 b = data[pos]
