@@ -18,6 +18,10 @@ __all__ = ["BufferPool", "RingBuffer"]
 
 _EMPTY = memoryview(b"")
 
+#: By default, up to this many readable bytes are moved to the start of the storage
+#: rather than let a write wrap around its end (see RingBuffer).
+COMPACT_MAX = 8192
+
 
 class BufferPool:
     """Reusable power-of-two byte buffers (with their addresses), bounded in total size.
@@ -71,16 +75,27 @@ class RingBuffer:
     """A circular buffer that grows on demand and holds no storage while empty.
 
     ``peek`` returns memoryviews into the storage: they are valid until the next call
-    that writes, retrieves, or resets.  The virtual-read calls (``virtual_read``,
+    that writes (``write_regions`` included), retrieves, or resets.
+
+    A write that would wrap around the end of the storage first moves a few readable
+    bytes (at most ``compact_max``: typically the start of an incomplete frame) to the
+    front, so the bytes of a stream stay in one piece and a parser can cut every whole
+    frame from one view; ``compact_max=0`` never moves them (tests use it to make
+    wrapped storage common).  The virtual-read calls (``virtual_read``,
     ``virtual_flush``, ``virtual_revert``) read ahead without consuming, for parsers that
     may find a frame incomplete and need to give the bytes back.
     """
 
-    __slots__ = ("_addr", "_buf", "_cap", "_len", "_min", "_pool", "_r", "_view", "_vskip")
+    __slots__ = ("_addr", "_buf", "_cap", "_compact_max", "_len", "_min", "_pool", "_r",
+                 "_view", "_vskip")
 
-    def __init__(self, min_capacity: int = 4096, pool: BufferPool | None = None) -> None:
+    def __init__(self, min_capacity: int = 4096, pool: BufferPool | None = None, *,
+                 compact_max: int = COMPACT_MAX) -> None:
         if min_capacity < 1:
             raise ValueError("min_capacity must be positive")
+        if compact_max < 0:
+            raise ValueError("compact_max must not be negative")
+        self._compact_max = compact_max
         self._min = 1 << (min_capacity - 1).bit_length()
         self._pool = pool if pool is not None else DEFAULT_POOL
         self._buf: bytearray | None = None
@@ -153,6 +168,13 @@ class RingBuffer:
         self._cap = capacity
         self._r = 0
 
+    def _compact(self) -> None:
+        """Move the readable bytes (contiguous, at most compact_max) to offset 0."""
+        r = self._r
+        n = self._len
+        self._view[:n] = self._view[r : r + n]  # memoryview copies overlap safely
+        self._r = 0
+
     # -- writing -----------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -162,6 +184,9 @@ class RingBuffer:
             return 0
         if self._len + n > self._cap:
             self.reserve(n)
+        elif (self._r and self._r + self._len + n > self._cap
+              and self._len <= self._compact_max and self._r + self._len <= self._cap):
+            self._compact()  # rather than wrap
         cap = self._cap
         w = self._r + self._len
         if w >= cap:
@@ -180,12 +205,16 @@ class RingBuffer:
         """The free space as ``(address, size, address, size)`` for ``readv``.
 
         The second region is empty (``0, 0``) when the free space does not wrap.  After
-        the read, :meth:`commit` the number of bytes the kernel wrote.
+        the read, :meth:`commit` the number of bytes the kernel wrote.  A few readable
+        bytes that leave free space on both sides are moved to the front first.
         """
         cap = self._cap
         free = cap - self._len
         if not free:
             return 0, 0, 0, 0
+        if self._r and self._len <= self._compact_max and self._r + self._len <= cap:
+            self._compact()
+            return self._addr + self._len, free, 0, 0
         w = self._r + self._len
         if w >= cap:
             w -= cap

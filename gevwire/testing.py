@@ -26,7 +26,7 @@ from gevwire.codec import BaseCodec, Decoder, RawCodec
 from gevwire.errors import ConnectionClosed, FrameError, GevwireError
 from gevwire.handler import Handler
 from gevwire.loop import SPARE_SIZE
-from gevwire.ringbuffer import RingBuffer
+from gevwire.ringbuffer import COMPACT_MAX, RingBuffer
 from gevwire.server import Server
 
 if TYPE_CHECKING:
@@ -173,16 +173,19 @@ class FrameCutter:
     :class:`~gevwire.FrameError` is reported and cutting goes on; any other error ends
     the stream (``failed`` is set and later reads are ignored), as the connection closes.
 
-    ``ring_capacity`` is the input ring's smallest size (the connection's is 4096); a
-    small one makes the ring wrap around often, the case where ``decode`` rather than
+    ``ring_capacity`` is the input ring's smallest size (the connection's is 4096) and
+    ``compact_max`` how many buffered bytes it moves to its front rather than wrap (the
+    connection's: :data:`~gevwire.ringbuffer.COMPACT_MAX`); a small ring with
+    ``compact_max=0`` wraps around often, the case where ``decode`` rather than
     ``decode_view`` cuts frames.  What would hang a connection raises ``RuntimeError``:
     a ``decode`` that returns a frame without consuming bytes, or a ``decode_view``
     reporting more bytes used than it was given.
     """
 
-    def __init__(self, codec: BaseCodec | Decoder, *, ring_capacity: int = 4096) -> None:
+    def __init__(self, codec: BaseCodec | Decoder, *, ring_capacity: int = 4096,
+                 compact_max: int = COMPACT_MAX) -> None:
         self.decoder: Decoder = codec.decoder() if isinstance(codec, BaseCodec) else codec
-        self.ring = RingBuffer(ring_capacity)
+        self.ring = RingBuffer(ring_capacity, compact_max=compact_max)
         self.failed: BaseException | None = None
 
     @property

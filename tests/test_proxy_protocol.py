@@ -68,7 +68,7 @@ def feed(
     ring's read position is not at the start of its storage (headers may wrap).
     """
     decoder = ProxyHeaderDecoder()
-    ring = RingBuffer(capacity)
+    ring = RingBuffer(capacity, compact_max=0)
     results: list[ProxyInfo | None] = []
     ring.write(b"j" * offset)
     found = False
@@ -611,7 +611,7 @@ def test_mutated_headers_only_raise_proxy_protocol_error(
         if whole is not None:
             assert 0 < whole[1] <= len(stream)
     # Byte by byte, the decoder agrees with the one-shot parse.
-    ring = RingBuffer(16)
+    ring = RingBuffer(16, compact_max=0)
     got: ProxyInfo | None = None
     for i in range(len(stream)):
         ring.write(stream[i : i + 1])
@@ -659,7 +659,7 @@ def test_decode_on_an_empty_ring_and_a_wrapped_ring() -> None:
     decoder = ProxyHeaderDecoder()
     assert decoder.decode(RingBuffer()) is None
     header = encode_v2(ProxyInfo(2, "PROXY", "TCP6", ("::1", 1), ("::2", 2), {1: b"h2"}))
-    ring = RingBuffer(64)
+    ring = RingBuffer(64, compact_max=0)
     ring.write(b"j" * 60)
     ring.retrieve(50)  # read position 50 of 64: the header will wrap
     ring.write(header[:10])

@@ -47,7 +47,7 @@ PROPERTY = settings(max_examples=int(os.environ.get("RESP_EXAMPLES", "150")), de
 def cut(codec: RespCodec, chunks: list[bytes], ring: int = 4096
         ) -> tuple[list[Any], list[BaseException], int]:
     """Frames, errors and bytes left buffered after feeding ``chunks`` as reads."""
-    cutter = FrameCutter(codec, ring_capacity=ring)
+    cutter = FrameCutter(codec, ring_capacity=ring, compact_max=0 if ring < 4096 else 8192)
     frames: list[Any] = []
     errors: list[BaseException] = []
     for chunk in chunks:

@@ -93,10 +93,11 @@ class RingMachine(RuleBasedStateMachine):
         min_capacity=st.sampled_from([1, 2, 3, 5, 8, 13, 16, 64]),
         skip=st.integers(0, 100),
         prefill=st.binary(max_size=100),
+        compact_max=st.sampled_from([0, 3, 8192]),
     )
-    def setup(self, min_capacity: int, skip: int, prefill: bytes) -> None:
+    def setup(self, min_capacity: int, skip: int, prefill: bytes, compact_max: int) -> None:
         """Start with ``prefill`` readable after ``skip`` consumed bytes (position > 0)."""
-        self.ring = RingBuffer(min_capacity, self.pool)
+        self.ring = RingBuffer(min_capacity, self.pool, compact_max=compact_max)
         self.min = 1 << (min_capacity - 1).bit_length()
         self.ring.write(b"\xee" * skip + prefill)
         self.ring.retrieve(skip)
@@ -400,7 +401,7 @@ def test_growth_is_to_the_next_power_of_two_above_need() -> None:
 
 def test_growth_preserves_content_across_the_wrap() -> None:
     pool = BufferPool()
-    ring = RingBuffer(8, pool)
+    ring = RingBuffer(8, pool, compact_max=0)
     ring.write(b"012345")
     ring.retrieve(4)  # read position 4
     ring.write(b"6789ab")  # 8 readable bytes at 4..7 then 0..3: wrapped and full
@@ -420,7 +421,7 @@ def test_growth_preserves_content_across_the_wrap() -> None:
 
 
 def test_contiguous_rotates_wrapped_bytes_into_one_view() -> None:
-    ring = RingBuffer(8, BufferPool())
+    ring = RingBuffer(8, BufferPool(), compact_max=0)
     ring.write(b"......!")
     ring.retrieve(6)  # read position 6, one byte left so the storage is kept
     ring.write(b"ABCDE")  # "!ABCDE" wraps at 8
@@ -432,6 +433,43 @@ def test_contiguous_rotates_wrapped_bytes_into_one_view() -> None:
     assert ring.capacity == 8
 
 
+def test_a_write_that_would_wrap_moves_a_few_bytes_to_the_front_instead() -> None:
+    ring = RingBuffer(16, BufferPool())
+    ring.write(b"x" * 10 + b"abc")
+    ring.retrieve(10)  # "abc" at 10..12
+    ring.write(b"defghi")  # would wrap at 16
+    first, second = ring.peek_all()
+    assert (bytes(first), bytes(second)) == (b"abcdefghi", b"")
+    assert ring.read_regions()[1] == 9  # one region, from the start of the storage
+    assert ring.capacity == 16  # moved, not grown
+
+
+def test_free_space_for_readv_is_one_region_after_moving_a_few_bytes() -> None:
+    ring = RingBuffer(16, BufferPool())
+    ring.write(b"x" * 12 + b"ab")
+    ring.retrieve(12)  # "ab" at 12..13: the free space would be 14..15 and 0..11
+    a1, l1, a2, l2 = ring.write_regions()
+    assert (l1, a2, l2) == (14, 0, 0)
+    assert a1 == ring.read_regions()[0] + 2  # right after "ab", now at the front
+    assert ring.to_bytes() == b"ab"
+
+
+def test_more_readable_bytes_than_compact_max_wrap_as_before() -> None:
+    ring = RingBuffer(16, BufferPool(), compact_max=2)
+    ring.write(b"x" * 10 + b"abc")
+    ring.retrieve(10)  # 3 readable bytes: over the limit of 2
+    ring.write(b"defghi")
+    first, second = ring.peek_all()
+    assert (bytes(first), bytes(second)) == (b"abcdef", b"ghi")
+    _, l1, _, l2 = ring.write_regions()
+    assert (l1, l2) == (7, 0)  # the free space between the two pieces
+
+
+def test_compact_max_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="compact_max"):
+        RingBuffer(16, compact_max=-1)
+
+
 def test_contiguous_without_wrap_is_a_view_in_place() -> None:
     ring = RingBuffer(8, BufferPool())
     ring.write(b"abcdef")
@@ -441,7 +479,7 @@ def test_contiguous_without_wrap_is_a_view_in_place() -> None:
 
 
 def test_find_and_unpack_across_the_wrap() -> None:
-    ring = RingBuffer(16, BufferPool())
+    ring = RingBuffer(16, BufferPool(), compact_max=0)
     ring.write(b"x" * 13)
     ring.retrieve(12)  # read position 12, "x" left
     ring.write(b"ab\r\n" + struct.pack(">I", 0xDEADBEEF) + b"\r\n")  # wraps at 16

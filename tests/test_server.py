@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import construct as c  # type: ignore[import-untyped]
 import pytest
 from conftest import (
     ConnectFn,
@@ -1034,3 +1035,58 @@ def test_graceful_stop_flushes_pending_output(
     assert recv_until_eof(client, limit=len(data)) == data
     assert server.wait(10)
     assert handler.closed == [conn]
+
+
+# -- frames cut from the input ring ----------------------------------------------------
+
+
+class EchoFrames(gevwire.Handler):
+    def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+        return frame
+
+
+class CountingDecoder(gevwire.Decoder):
+    """Delegates to a codec's decoder, counting the frames each path returns."""
+
+    def __init__(self, inner: gevwire.Decoder, counts: Counter[str]) -> None:
+        self.inner = inner
+        self.counts = counts
+
+    def decode(self, ring: Any) -> Any:
+        frame = self.inner.decode(ring)
+        if frame is not None:
+            self.counts["decode"] += 1
+        return frame
+
+    def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
+        frames, used = self.inner.decode_view(view)
+        self.counts["decode_view"] += len(frames)
+        return frames, used
+
+
+def test_frames_split_across_reads_are_cut_in_batches_from_one_view(serve: ServeFn) -> None:
+    # 1004-byte frames in 1500-byte reads: the input ring keeps a partial frame at a
+    # read position that moves on every read.  The ring moves those few bytes to its
+    # front rather than wrap around, so every whole frame is cut by decode_view (the
+    # batch path) and decode() only finds the partial tail.
+    counts: Counter[str] = Counter()
+
+    class Counted(gevwire.Codec):
+        def decoder(self) -> gevwire.Decoder:
+            return CountingDecoder(super().decoder(), counts)
+
+    server = serve(EchoFrames(), codec=Counted(c.Prefixed(c.Int32ub, c.GreedyBytes)))
+    frames = [payload(1000, seed) for seed in range(60)]
+    stream = b"".join(len(f).to_bytes(4, "big") + f for f in frames)
+    with socket.create_connection(server.address[:2]) as client:
+        client.settimeout(10)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sent = replied = 0
+        for start in range(0, len(stream), 1500):
+            client.sendall(stream[start : start + 1500])
+            sent = min(start + 1500, len(stream))
+            whole = sent // 1004 * 1004  # the frames this read completes are echoed
+            assert recv_exactly(client, whole - replied) == stream[replied:whole]
+            replied = whole
+    assert replied == len(stream)
+    assert counts == {"decode_view": 60}, counts

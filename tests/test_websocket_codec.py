@@ -58,7 +58,8 @@ PONG = Opcode.PONG
 def cut(data: bytes, chunks: list[bytes] | None = None, *, codec: WebSocketCodec | None = None,
         ring: int = 4096) -> tuple[list[Any], list[BaseException]]:
     """Events and errors from ``data`` (or from ``chunks``, one read each)."""
-    cutter = FrameCutter(codec or websocket(), ring_capacity=ring)
+    cutter = FrameCutter(codec or websocket(), ring_capacity=ring,
+                         compact_max=0 if ring < 4096 else 8192)
     events: list[Any] = []
     errors: list[BaseException] = []
     for chunk in chunks if chunks is not None else [data]:
@@ -149,7 +150,7 @@ def test_bad_requests_get_their_status(name: str) -> None:
 
 def test_everything_after_an_error_is_ignored() -> None:
     for bad in (b"GET / HTTP/1.1\r\nHost x\r\n\r\n", opened(frame(T, b"x", mask=None))):
-        cutter = FrameCutter(websocket(), ring_capacity=16)
+        cutter = FrameCutter(websocket(), ring_capacity=16, compact_max=0)
         _, errors = cutter.push(bad + text("after"))
         assert len(errors) == 1 and cutter.failed is None
         assert cutter.push(text("later") + upgrade_request()) == ([], [])
@@ -201,7 +202,7 @@ def test_lengths_7_16_and_64_bit_round_trip(size: int) -> None:
 
 def test_a_header_that_wraps_around_the_rings_end() -> None:
     """The 16-bit length lies past the end of the ring's storage: read across the wrap."""
-    cutter = FrameCutter(websocket(), ring_capacity=16)
+    cutter = FrameCutter(websocket(), ring_capacity=16, compact_max=0)
     assert isinstance(cutter.push(upgrade_request())[0][0], Handshake)
     first, second = text("abcdefgh"), frame(B, bytes(range(200)))
     assert len(first) == 14 and second[1] & 0x7F == 126

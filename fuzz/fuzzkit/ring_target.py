@@ -1,7 +1,9 @@
 """The ring buffer harness: random operations on a :class:`gevwire.RingBuffer` and on a
 ``bytearray`` model must agree after every step.
 
-A case's plan is ``{"min_capacity": n, "ops": [[name, a, b, c], ...]}``; each operation
+A case's plan is ``{"min_capacity": n, "compact_max": m, "ops": [[name, a, b, c], ...]}``
+(``compact_max`` 0, the default, never moves bytes to the front: the ring wraps around
+most often); each operation
 reads its arguments from the three small integers given the state at that step (so any
 list of operations is valid, and shrinking keeps it valid); a third of the writes fill
 the ring to within a few bytes of its capacity, so the next one wraps around.  Bytes
@@ -30,6 +32,7 @@ __all__ = ["OPS", "RingTarget"]
 OPS = ("write", "readv", "reserve", "read", "retrieve", "peek", "contiguous", "unpack",
        "find", "vread", "vflush", "vrevert", "read_regions", "read_all", "reset")
 CAPACITIES = (1, 2, 16, 64)
+COMPACTS = (0, 3, 8192)  # compact_max values (8192: a connection's)
 FORMATS = tuple(struct.Struct(f) for f in (">B", ">H", "<I", ">Q", "3s"))
 
 
@@ -61,7 +64,8 @@ class RingTarget(Target):
 
     def check(self, case: Case) -> None:
         pool = BufferPool()
-        ring = self.ring_class(int(case.plan.get("min_capacity", 16)), pool=pool)
+        ring = self.ring_class(int(case.plan.get("min_capacity", 16)), pool=pool,
+                               compact_max=int(case.plan.get("compact_max", 0)))
         model = _Model()
         source = _Source(case.data)
         for step, op in enumerate(case.plan.get("ops", [])):
@@ -196,26 +200,33 @@ class RingTarget(Target):
         size = st.one_of(st.integers(0, 24), st.integers(0, 24), st.integers(0, 3000))
         op = st.tuples(st.sampled_from(OPS), size, small, small).map(list)
         return st.builds(
-            lambda data, cap, ops: Case(data, {"min_capacity": cap, "ops": ops}),
+            lambda data, cap, compact, ops: Case(
+                data, {"min_capacity": cap, "compact_max": compact, "ops": ops}),
             st.binary(max_size=64),
             st.sampled_from(CAPACITIES),
+            st.sampled_from(COMPACTS),
             st.lists(op, max_size=self.max_ops),
         )
 
     def from_bytes(self, raw: bytes) -> Case:
-        """Layout: capacity choice, operation count, then 5 bytes an operation (name,
-        a as 2 bytes, b, c), then the data."""
+        """Layout: capacity and compact_max choices (one byte), operation count, then 5
+        bytes an operation (name, a as 2 bytes, b, c), then the data."""
         reader = ByteReader(raw)
-        cap = CAPACITIES[reader.byte() % len(CAPACITIES)]
+        choice = reader.byte()
+        cap = CAPACITIES[choice % len(CAPACITIES)]
+        compact = COMPACTS[choice // len(CAPACITIES) % len(COMPACTS)]
         ops = [[OPS[reader.byte() % len(OPS)], reader.u16() % 4096, reader.byte(),
                 reader.byte()] for _ in range(reader.byte() % (self.max_ops + 1))]
-        return Case(reader.rest(), {"min_capacity": cap, "ops": ops})
+        return Case(reader.rest(), {"min_capacity": cap, "compact_max": compact, "ops": ops})
 
     def to_bytes(self, case: Case) -> bytes:
         plan = case.plan
         cap = int(plan.get("min_capacity", 16))
+        compact = int(plan.get("compact_max", 0))
         ops = list(plan.get("ops", []))[: self.max_ops]
-        out = bytearray([CAPACITIES.index(cap) if cap in CAPACITIES else 2, len(ops)])
+        choice = (CAPACITIES.index(cap) if cap in CAPACITIES else 2) + len(CAPACITIES) * (
+            COMPACTS.index(compact) if compact in COMPACTS else 0)
+        out = bytearray([choice, len(ops)])
         for name, a, b, c in ops:
             out += bytes([OPS.index(name)]) + min(a, 4095).to_bytes(2, "big")
             out += bytes([b & 0xFF, c & 0xFF])

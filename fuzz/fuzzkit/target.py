@@ -36,8 +36,9 @@ __all__ = [
     "time_limit",
 ]
 
-#: Input ring sizes a case may pick: small ones wrap around often (the path on which
-#: ``decode`` rather than ``decode_view`` cuts frames); 4096 is a connection's own.
+#: Input ring sizes a case may pick: small ones (which never move bytes to their front)
+#: wrap around often, the path on which ``decode`` rather than ``decode_view`` cuts
+#: frames; 4096 is a connection's own.
 RINGS = (16, 64, 4096)
 
 
