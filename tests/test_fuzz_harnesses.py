@@ -1,8 +1,9 @@
 """fuzz/: every harness runs (briefly), the runner stops at its time bound, and planted
 bugs -- a codec that drops the last byte of a frame split across reads, one that refuses
 a frame of exactly max_frame_size, a ring buffer that misreads across its wrap, decoders
-that raise the wrong exception, buffer without bound, hang or make no progress -- are
-found, and saved as regression cases that then replay as failures."""
+that raise the wrong exception, buffer without bound, hang or make no progress, a
+WebSocket decoder that decodes each fragment's UTF-8 on its own -- are found, and saved
+as regression cases that then replay as failures."""
 
 from __future__ import annotations
 
@@ -274,3 +275,23 @@ def test_without_atheris_the_engine_says_why(monkeypatch: pytest.MonkeyPatch,
     assert "pip install atheris" in (atheris_available() or "")
     assert run_atheris(registry()["varint"], seconds=1) == 2
     assert "skipped varint: atheris is not installed" in capsys.readouterr().err
+
+
+class PerFragmentUtf8:
+    """A planted bug: each fragment of a text message decoded as UTF-8 on its own, so a
+    character split between two fragments fails as invalid text."""
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        return data.decode()
+
+
+def test_the_websocket_target_sends_fragmented_messages_and_closes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import gevwire.codecs.websocket as ws  # type: ignore[import-not-found,unused-ignore]
+
+    target = registry()["websocket"]
+    assert isinstance(target, CodecTarget)
+    monkeypatch.setattr(ws, "_Utf8Decoder", PerFragmentUtf8)
+    result = run_hypothesis(target, seconds=60, max_examples=3000, seed=0, database=None,
+                            regressions=None)
+    assert result.failure is not None and "expected" in result.failure, result.summary()

@@ -166,6 +166,14 @@ def _wire_size(message: Any, encoded: bytes) -> int:
     return len(encoded)
 
 
+def _one_frame(message: Any) -> int:
+    return 1
+
+
+def _never(message: Any) -> bool:
+    return False
+
+
 @dataclass(repr=False)
 class CodecTarget(Target):
     """A harness for one codec configuration: see the module docstring.
@@ -178,8 +186,10 @@ class CodecTarget(Target):
       gives the function that does (a separate prepender);
     - ``limit_of(message, encoded)``: the ``limit`` at which that message is exactly
       at the codec's limit, so cases probe ``limit`` and ``limit - 1``; a stream of valid
-      messages that are all within the limit must read back as one frame each, with no
-      error (the plan's ``expect``, which a saved case may also set by hand);
+      messages that are all within the limit must read back as ``frames_of(message)``
+      frames each (default one), with no error, up to the first message for which
+      ``ends_stream(message)`` holds (a WebSocket Close: nothing after it is read) (the
+      plan's ``expect``, which a saved case may also set by hand);
       ``fits(limit_of(...), limit)`` says whether a message is within a limit (``<=``;
       ``==`` for a fixed size);
     - ``reencode(frame)``: the message that encodes to ``frame`` (or :data:`SKIP`);
@@ -200,6 +210,8 @@ class CodecTarget(Target):
     encoder: Callable[[BaseCodec], Callable[[Any], bytes]] = _encoder
     limit_of: Callable[[Any, bytes], int] = _wire_size
     fits: Callable[[int, int], bool] = operator.le
+    frames_of: Callable[[Any], int] = _one_frame
+    ends_stream: Callable[[Any], bool] = _never
     reencode: Callable[[Any], Any] | None = _identity
     framing: bool = True
     bounded: bool = True
@@ -309,7 +321,12 @@ class CodecTarget(Target):
             if kind == "valid" and self.framing and all(
                     self.fits(self.limit_of(m, e), effective)
                     for m, e in zip(messages, parts, strict=True)):
-                plan["expect"] = [["frame"]] * len(parts)
+                count = 0
+                for message in messages:
+                    count += self.frames_of(message)
+                    if self.ends_stream(message):
+                        break
+                plan["expect"] = [["frame"]] * count
             if len(data) > 1 and draw(st.integers(0, 5)) == 0:
                 cuts = list(range(1, len(data)))  # byte by byte
             else:

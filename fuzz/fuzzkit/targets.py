@@ -12,8 +12,10 @@ codec that offers ``example_strategy()`` (as ``check_codec`` reads it) can use
 from __future__ import annotations
 
 import importlib
+import itertools
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import construct  # type: ignore[import-untyped]
@@ -195,6 +197,31 @@ def _mqtt_targets(module: Any) -> None:
 _MASK = bytes.fromhex("37fa213d")
 
 
+@dataclass(frozen=True)
+class Fragmented:
+    """A text or binary WebSocket message sent as several frames: its payload cut at
+    ``cuts`` (byte offsets, so a UTF-8 character may be split), with a ping between the
+    first two fragments when ``ping`` is not None.  It reads back as the whole message,
+    after the ping."""
+
+    message: str | bytes
+    cuts: tuple[int, ...]
+    ping: bytes | None = None
+
+
+def _fragmented(draw: Any) -> Fragmented:
+    message = draw(st.one_of(st.text(max_size=30), st.binary(max_size=60)))
+    size = len(message.encode() if isinstance(message, str) else message)
+    cuts = draw(st.lists(st.integers(0, size), min_size=1, max_size=4))
+    ping = draw(st.none() | st.binary(max_size=10))
+    return Fragmented(message, tuple(sorted(cuts)), ping)
+
+
+#: Close codes a peer may send (RFC 6455 7.4: 1000-1003, 1007-1011, 3000-4999).
+_CLOSE_CODES = st.one_of(st.sampled_from([1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010,
+                                          1011]), st.integers(3000, 4999))
+
+
 def _websocket_targets(module: Any) -> None:
     opcode = module.Opcode
 
@@ -212,21 +239,47 @@ def _websocket_targets(module: Any) -> None:
                  module.Pong: opcode.PONG, module.Close: opcode.CLOSE}
 
         def encode(message: Any) -> bytes:  # what a client sends: masked frames
+            if isinstance(message, Fragmented):
+                data = payload(message.message)
+                bounds = [0, *message.cuts, len(data)]
+                frames = []
+                for i, (start, end) in enumerate(itertools.pairwise(bounds)):
+                    frames.append(module.encode_frame(
+                        kinds[type(message.message)] if i == 0 else opcode.CONTINUATION,
+                        data[start:end], fin=i == len(bounds) - 2,
+                        mask_key=_MASK))
+                    if i == 0 and message.ping is not None:
+                        frames.append(module.encode_frame(opcode.PING, message.ping,
+                                                          mask_key=_MASK))
+                return b"".join(frames)
             return bytes(module.encode_frame(kinds[type(message)], payload(message),
                                              mask_key=_MASK))
 
         return encode
 
+    def limit_of(message: Any, encoded: bytes) -> int:
+        if isinstance(message, Fragmented):  # the whole message counts, and the ping
+            return max(len(payload(message.message)), len(message.ping or b""))
+        return len(payload(message))
+
     control = st.binary(max_size=20)
+    reason = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
     register(CodecTarget(
         name="websocket",
-        about="WebSocket frames after the handshake, masked as a client sends them",
+        about="WebSocket frames after the handshake, masked as a client sends them: "
+              "messages whole or fragmented, pings, pongs and closes",
         make=lambda limit: module.WebSocketCodec(max_message_size=limit, handshake=False),
         limit=64,
         messages=st.one_of(st.text(max_size=40), st.binary(max_size=80),
-                           st.builds(module.Ping, control), st.builds(module.Pong, control)),
+                           st.builds(module.Ping, control), st.builds(module.Pong, control),
+                           st.composite(_fragmented)(),
+                           st.builds(module.Close, _CLOSE_CODES, reason),
+                           st.just(module.Close(module.CloseCode.NO_STATUS, ""))),
         encoder=client_encoder,
-        limit_of=lambda message, encoded: len(payload(message)),
+        limit_of=limit_of,
+        frames_of=lambda message: 2 if isinstance(message, Fragmented) and message.ping
+        is not None else 1,
+        ends_stream=lambda message: isinstance(message, module.Close),
     ))
 
 
