@@ -126,7 +126,9 @@ class _DelimiterDecoder(Decoder):
 
     def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
         # memoryview has no find(): search one bytes copy (one memcpy of at most a read).
-        data = view.tobytes()
+        return self.decode_bytes(view.tobytes())
+
+    def decode_bytes(self, data: bytes) -> tuple[list[Any], int]:
         end = len(data)
         frames: list[Any] = []
         pos = 0

@@ -320,6 +320,19 @@ class _RespDecoder(Decoder):
             return frames, self._cut(data, pos, pos, frames, None)
         return frames, self._cut_view(view, frames, None)
 
+    def decode_bytes(self, data: bytes) -> tuple[list[Any], int]:
+        n = len(data)
+        if self._fast and not self._done and not self._queue and self._scan < 0 \
+                and n >= self._need:
+            # decode_view's hot path, without its copy of the read.
+            self._need = 0
+            frames: list[Any] = []
+            pos = self._cut_commands(data, frames)
+            if pos == n:
+                return frames, n
+            return frames, self._cut(data, pos, pos, frames, None)
+        return self.decode_view(memoryview(data))
+
     def decode(self, ring: RingBuffer) -> Any | None:
         queue = self._queue
         if queue:

@@ -44,7 +44,7 @@ MAX_VARINT_BYTES = 10
 """Longest VarInt prefix accepted: 10 bytes hold 70 bits, more than any sane length."""
 
 #: A `FastCodec.cut`: ``(view, limit) -> (frames, bytes used)``.
-CutFn: TypeAlias = Callable[[memoryview, int], tuple[list[Any], int]]
+CutFn: TypeAlias = Callable[[memoryview | bytes, int], tuple[list[Any], int]]
 
 #: `cut` copies a read to bytes once when it is at most this long and its first frame's
 #: payload at most CUT_COPY_ONCE_FRAME bytes (as the codec's prefixed-bytes decoder).
@@ -796,7 +796,7 @@ def _fast_struct(shape: list[_Run | _Field]) -> tuple[_Dec, _DecodeFn, CutFn | N
             raw = unpack_from(data, offset)
             return build(raw, None)
 
-        def cut_fixed(view: memoryview, limit: int) -> tuple[list[Any], int]:
+        def cut_fixed(view: memoryview | bytes, limit: int) -> tuple[list[Any], int]:
             if size > limit or not size:
                 return [], 0
             count = len(view) // size
@@ -853,7 +853,7 @@ def _fast_struct(shape: list[_Run | _Field]) -> tuple[_Dec, _DecodeFn, CutFn | N
         b = data[start:stop]
         return build(raw, b if type(b) is bytes else bytes(b))
 
-    def cut_ref(view: memoryview, limit: int) -> tuple[list[Any], int]:
+    def cut_ref(view: memoryview | bytes, limit: int) -> tuple[list[Any], int]:
         frames: list[Any] = []
         append = frames.append
         n = len(view)
@@ -861,10 +861,15 @@ def _fast_struct(shape: list[_Run | _Field]) -> tuple[_Dec, _DecodeFn, CutFn | N
         if last < 0:
             return frames, 0
         pos = 0
-        if n <= CUT_COPY_ONCE_READ and unpack_from(view, 0)[ref] + adj <= CUT_COPY_ONCE_FRAME:
+        if isinstance(view, bytes):
+            data = view  # a read that is bytes already: its slices are the payloads
+        elif n <= CUT_COPY_ONCE_READ and unpack_from(view, 0)[ref] + adj <= CUT_COPY_ONCE_FRAME:
             # Small frames: the read copied to bytes once, then one bytes slice per
             # payload (not a memoryview slice and its copy).
             data = view.tobytes()
+        else:
+            data = b""
+        if data or isinstance(view, bytes):
             while pos <= last:
                 raw = unpack_from(data, pos)
                 start = pos + size
@@ -874,6 +879,7 @@ def _fast_struct(shape: list[_Run | _Field]) -> tuple[_Dec, _DecodeFn, CutFn | N
                 append(build(raw, data[start:stop]))
                 pos = stop
             return frames, pos
+        assert isinstance(view, memoryview)
         while pos <= last:
             raw = unpack_from(view, pos)
             start = pos + size
@@ -940,14 +946,14 @@ def _prefixed(sc: Any) -> _Node:
 
         greedy = inner.greedy
 
-        def cut(view: memoryview, limit: int) -> tuple[list[Any], int]:
+        def cut(view: memoryview | bytes, limit: int) -> tuple[list[Any], int]:
             frames: list[Any] = []
             append = frames.append
             n = len(view)
             if not n:
                 return frames, 0
             data: Buffer = view
-            if n <= CUT_COPY_ONCE_READ:
+            if isinstance(view, memoryview) and n <= CUT_COPY_ONCE_READ:
                 first = view[0] if view[0] < 0x80 else _read_varint(view, 0, n)[0]
                 if first <= CUT_COPY_ONCE_FRAME:
                     # Small frames: the read copied to bytes once, then bytes slices

@@ -34,8 +34,9 @@ from gevwire._sys import (
     get_errno,
     raw_read,
     raw_readv,
-    raw_write,
     raw_writev,
+    read_bytes,
+    write_bytes,
 )
 from gevwire._sys import (
     close as sys_close,
@@ -43,7 +44,7 @@ from gevwire._sys import (
 from gevwire._sys import (
     shutdown as sys_shutdown,
 )
-from gevwire.codec import BaseCodec
+from gevwire.codec import BaseCodec, Decoder
 from gevwire.errors import ConnectionClosed, FrameError, FrameTimeout, WriteBufferFull
 from gevwire.loop import SPARE_SIZE
 from gevwire.proxy_protocol import ProxyHeaderDecoder, ProxyInfo
@@ -122,6 +123,7 @@ class Connection:
         "_close_requested",
         "_close_timer",
         "_codec",
+        "_decode_bytes",
         "_decode_view",
         "_decoder",
         "_deferred",
@@ -188,6 +190,10 @@ class Connection:
         self._encode_into: Callable[[list[bytes], Any], int] = encode_into
         self._decoder = codec.decoder()
         self._decode_view = self._decoder.decode_view
+        decode_bytes = getattr(self._decoder, "decode_bytes", None)
+        if decode_bytes is None:  # a duck-typed decoder, not derived from Decoder
+            decode_bytes = functools.partial(Decoder.decode_bytes, self._decoder)
+        self._decode_bytes: Callable[[bytes], tuple[list[Any], int]] = decode_bytes
         self._options = options
         self._on_closed = on_closed
         self._input = RingBuffer()
@@ -426,19 +432,26 @@ class Connection:
                     return
             elif self._input._len == 0:
                 loop = self.loop
-                n = raw_read(self._fd, loop.spare_ptr, SPARE_SIZE)
-                if n > 0:
+                try:
+                    # Into a new bytes (os.read): cheaper than ctypes plus a copy out of
+                    # a buffer, and the decoder may keep slices of it (see _sys).
+                    data = read_bytes(self._fd, SPARE_SIZE)
+                except OSError as exc:
+                    self._read_error(exc)
+                    return
+                n = len(data)
+                if n:
                     loop.bytes_in += n
                     self._last_active = loop.now
                     try:
-                        frames, used = self._decode_view(loop.spare_view[:n])
+                        frames, used = self._decode_bytes(data)
                     except Exception as exc:
                         self._fail(exc)
                         return
                     if used < n:
-                        # An incomplete frame, or one the view path leaves to decode()
+                        # An incomplete frame, or one the fast path leaves to decode()
                         # (errors, discards): the ring takes it, decode() runs below.
-                        self._input.write(loop.spare_view[used:n])
+                        self._input.write(memoryview(data)[used:])
                     if len(frames) == 1 and not self._close_requested:
                         loop.frames_in += 1
                         try:
@@ -450,23 +463,24 @@ class Connection:
                                         or self._deferred is not None):
                                     self._write(data)
                                 elif self._state != _CLOSED:
-                                    size = len(data)
-                                    written = raw_write(self._fd, data, size)
-                                    if written == size:
-                                        loop.bytes_out += size
+                                    try:
+                                        written = write_bytes(self._fd, data)
+                                    except OSError as exc:
+                                        self._write_error(data, exc)
                                     else:
-                                        self._write_rest(data, written)
+                                        if written == len(data):
+                                            loop.bytes_out += written
+                                        else:
+                                            self._write_rest(data, written)
                         except Exception as exc:
                             self._fail(exc)
                     elif frames:
                         self._dispatch(frames)
                     if used < n and self._state == _OPEN:
                         self._cut_from_ring()
-                elif n == 0:
+                else:
                     self._on_eof()
                     return
-                else:
-                    self._read_failed()
             else:
                 self._read_into_ring()
         if events & EV_WRITE and self._state != _CLOSED:
@@ -507,6 +521,14 @@ class Connection:
         if err == EAGAIN or err == EINTR or err == _EWOULDBLOCK:
             return
         log.debug("%r: read failed: %s", self, errno.errorcode.get(err, err))
+        self._close_now()
+
+    def _read_error(self, exc: OSError) -> None:
+        """A ``read_bytes`` that raised: nothing to read yet, or the connection is gone."""
+        err = exc.errno
+        if err == EAGAIN or err == EINTR or err == _EWOULDBLOCK:
+            return
+        log.debug("%r: read failed: %s", self, exc)
         self._close_now()
 
     def _cut_from_ring(self) -> None:
@@ -655,10 +677,13 @@ class Connection:
                 self._write(data)
                 return
             # _write, inlined: one Python call less per read.
-            size = len(data)
-            n = raw_write(self._fd, data, size)
-            if n == size:
-                self.loop.bytes_out += size
+            try:
+                n = write_bytes(self._fd, data)
+            except OSError as exc:
+                self._write_error(data, exc)
+                return
+            if n == len(data):
+                self.loop.bytes_out += n
             else:
                 self._write_rest(data, n)
 
@@ -676,22 +701,27 @@ class Connection:
             output.write(data)
             self._check_high_water()
             return
-        size = len(data)
-        n = raw_write(self._fd, data, size)
-        if n == size:
-            self.loop.bytes_out += size
+        try:
+            n = write_bytes(self._fd, data)
+        except OSError as exc:
+            self._write_error(data, exc)
+            return
+        if n == len(data):
+            self.loop.bytes_out += n
         else:
             self._write_rest(data, n)
 
+    def _write_error(self, data: bytes, exc: OSError) -> None:
+        """A ``write_bytes`` of ``data`` that raised: buffer it all, or close."""
+        err = exc.errno
+        if err != EAGAIN and err != EINTR and err != _EWOULDBLOCK:
+            log.debug("%r: write failed: %s", self, exc)
+            self._close_now()
+            return
+        self._write_rest(data, 0)
+
     def _write_rest(self, data: bytes, n: int) -> None:
-        """Buffer what a write of ``data`` did not take (``n``: its result)."""
-        if n < 0:
-            err = get_errno()
-            if err != EAGAIN and err != EINTR and err != _EWOULDBLOCK:
-                log.debug("%r: write failed: %s", self, errno.errorcode.get(err, err))
-                self._close_now()
-                return
-            n = 0
+        """Buffer what a write of ``data`` did not take (``n`` of its bytes went out)."""
         self.loop.bytes_out += n
         if self._output._len + len(data) - n > self._options.max_write_buffer:
             self._over_cap(self._output._len + len(data) - n)

@@ -166,7 +166,8 @@ class FrameCutter:
     """Cuts frames from successive reads exactly as a :class:`~gevwire.Connection` does.
 
     While the input ring is empty, a read (at most the loop's 64 KiB spare buffer) goes
-    to ``decoder.decode_view`` and only what it leaves is copied into the ring.  While
+    to ``decoder.decode_bytes`` (``decode_view`` with ``view_reads=True``, as on io_uring)
+    and only what it leaves is copied into the ring.  While
     the ring holds a partial frame, a read fills the ring's free space (plus the spare
     buffer); then ``decode_view`` cuts the ring's bytes if they are contiguous, and
     ``decoder.decode(ring)`` runs until it returns None.  A non-fatal
@@ -183,9 +184,10 @@ class FrameCutter:
     """
 
     def __init__(self, codec: BaseCodec | Decoder, *, ring_capacity: int = 4096,
-                 compact_max: int = COMPACT_MAX) -> None:
+                 compact_max: int = COMPACT_MAX, view_reads: bool = False) -> None:
         self.decoder: Decoder = codec.decoder() if isinstance(codec, BaseCodec) else codec
         self.ring = RingBuffer(ring_capacity, compact_max=compact_max)
+        self.view_reads = view_reads
         self.failed: BaseException | None = None
 
     @property
@@ -223,12 +225,19 @@ class FrameCutter:
 
     def _read_spare(self, view: memoryview) -> Iterator[tuple[Any, BaseException | None]]:
         try:
-            frames, used = self.decoder.decode_view(view)
+            if self.view_reads:
+                frames, used = self.decoder.decode_view(view)
+            else:
+                decode_bytes = getattr(self.decoder, "decode_bytes", None)
+                data = view.tobytes()
+                frames, used = (decode_bytes(data) if decode_bytes is not None
+                                else Decoder.decode_bytes(self.decoder, data))
         except Exception as exc:
             yield self._error(exc)
             return  # the connection drops this read
         if not 0 <= used <= len(view):
-            raise RuntimeError(f"decode_view used {used} of {len(view)} bytes")
+            how = "decode_view" if self.view_reads else "decode_bytes"
+            raise RuntimeError(f"{how} used {used} of {len(view)} bytes")
         if used < len(view):
             self.ring.write(view[used:])
         for frame in frames:

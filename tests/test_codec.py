@@ -402,3 +402,48 @@ def test_varint_prefixed_reads_cut_in_one_loop(inner: str) -> None:
     ring.write(bad + first)
     with pytest.raises(FrameError):
         codec.decoder().decode(ring)
+
+
+# -- decode_bytes: the epoll read path -------------------------------------------------
+
+
+def test_raw_decode_bytes_hands_on_the_read_itself() -> None:
+    data = b"a read of some bytes"
+    frames, used = RawCodec().decoder().decode_bytes(data)
+    assert frames[0] is data and used == len(data)
+
+
+DECODE_BYTES_CODECS = {
+    "prefixed": lambda: Codec(PREFIXED, max_frame_size=300),
+    "prefixed_signed_adjusted": lambda: Codec(
+        c.Prefixed(c.Int16sb, c.GreedyBytes, includelength=True), max_frame_size=300),
+    "header": lambda: Codec(HEADER, max_frame_size=300),
+    "varint": lambda: Codec(VARINT, max_frame_size=300),
+    "prefixed_generic": lambda: Codec(PREFIXED_GENERIC, max_frame_size=300),
+    "generic": lambda: Codec(GENERIC, max_frame_size=300),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DECODE_BYTES_CODECS))
+@settings(max_examples=150, deadline=None)
+@given(frames=st.lists(st.binary(max_size=400), max_size=6), tail=st.binary(max_size=12),
+       big=st.booleans())
+def test_decode_bytes_cuts_what_decode_view_cuts(name: str, frames: list[bytes], tail: bytes,
+                                                  big: bool) -> None:
+    # Whole frames, then junk or a partial frame: both paths cut the same frames and
+    # stop at the same byte, whether the read is small (copied once) or not.
+    codec = DECODE_BYTES_CODECS[name]()
+    if name == "header":
+        encoded = [codec.encode({"kind": "data", "flags": 1, "id": i, "length": len(p),
+                                 "payload": p}) for i, p in enumerate(frames)]
+    elif name.startswith(("prefixed", "varint")) and name != "prefixed_generic":
+        encoded = [codec.encode(p[:250]) for p in frames]
+    else:
+        encoded = frames  # arbitrary bytes: whatever they frame as
+    stream = b"".join(encoded) + tail
+    if big:
+        stream = stream * (20000 // max(len(stream), 1) + 1)
+    with_bytes = codec.decoder().decode_bytes(stream)
+    with_view = codec.decoder().decode_view(memoryview(bytearray(stream)))
+    assert with_bytes == with_view
+    assert all(type(f) is not memoryview for f in with_bytes[0])

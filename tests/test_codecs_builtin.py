@@ -62,7 +62,8 @@ MiB = 1 << 20
 class ConnectionSim:
     """Feeds reads to a decoder exactly as ``Connection._on_events`` does.
 
-    An empty ring: ``decode_view`` on the read buffer, the rest into the ring, then
+    An empty ring: ``decode_view`` on the read buffer (io_uring's way) or, every other
+    read, ``decode_bytes`` on the read as ``bytes`` (epoll's), the rest into the ring, then
     ``decode`` on the ring (``_cut_from_ring``) if anything was left.  Otherwise: the
     read into the ring, then ``decode`` until it returns None.  An exception from
     ``decode_view`` loses that call's frames (the connection fails at once); one from
@@ -80,6 +81,7 @@ class ConnectionSim:
         self.ring = ring if ring is not None else RingBuffer(min_capacity=16, compact_max=0)
         self.frames: list[Any] = []
         self.max_ring = 0  # most bytes the ring held after a read was handled
+        self.reads = 0
 
     def feed(self, chunk: bytes) -> list[Any]:
         """One read of ``chunk`` (non-empty); returns the frames it completed."""
@@ -87,8 +89,20 @@ class ConnectionSim:
         ring = self.ring
         got: list[Any] = []
         used = 0  # bytes of the read that decode_view consumed
+        self.reads += 1
         try:
-            if ring.length == 0:
+            if ring.length == 0 and self.reads % 2 == 0:
+                data = bytes(chunk)
+                try:
+                    frames, used = self.decoder.decode_bytes(data)
+                except FrameError as exc:
+                    assert exc.fatal, "decode_bytes raised a non-fatal error"
+                    raise
+                assert 0 <= used <= len(chunk)
+                if used < len(chunk):
+                    ring.write(memoryview(data)[used:])
+                got = list(frames)
+            elif ring.length == 0:
                 spare = bytearray(chunk)
                 view = memoryview(spare)
                 try:

@@ -136,7 +136,7 @@ def test_auto_falls_back_to_epoll_and_explicit_io_uring_says_why(
 
 def _forbid_foreign_io(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     calls: Counter[str] = Counter()
-    for name in ("raw_read", "raw_readv", "raw_write", "raw_writev"):
+    for name in ("raw_read", "raw_readv", "raw_writev", "read_bytes", "write_bytes"):
         original = getattr(connection_module, name)
 
         def wrapper(*args: Any, _name: str = name, _fn: Callable[..., Any] = original) -> Any:

@@ -80,14 +80,15 @@ class Feed:
 
 
 def feed_reads(codec: BaseCodec, chunks: Sequence[bytes], ring: int = 4096,
-               bound: int | None = None) -> Feed:
+               bound: int | None = None, view_reads: bool = False) -> Feed:
     """Feed ``chunks`` (one read each) as a connection does; see :class:`Feed`.
 
     With ``bound``, more than that many bytes buffered after a read is a failure.  A
     ring under 4096 bytes never moves bytes to its front, so it wraps around often.
+    ``view_reads``: reads go to ``decode_view`` (io_uring), not ``decode_bytes`` (epoll).
     """
     cutter = FrameCutter(codec, ring_capacity=ring,
-                         compact_max=0 if ring < 4096 else COMPACT_MAX)
+                         compact_max=0 if ring < 4096 else COMPACT_MAX, view_reads=view_reads)
     out = Feed()
     for i, chunk in enumerate(chunks):
         try:
@@ -229,18 +230,22 @@ class CodecTarget(Target):
         bound = codec.max_frame_size + SLACK if self.bounded else None
         whole = feed_reads(codec, [stream] if stream else [], 4096, bound)
         reads = feed_reads(codec, chunks, ring, bound)
+        viewed = feed_reads(codec, chunks, ring, bound, view_reads=True)
         alone = decode_only(codec, stream)
         if not self.same_errors:
-            for feed in (whole, reads, alone):
+            for feed in (whole, reads, viewed, alone):
                 feed.events = [("error", "FrameError", e[2]) if e[0] == "error" else e
                                for e in feed.events]
         if not self.framing:
-            for label, feed in (("one read", whole), (f"{len(chunks)} reads", reads)):
+            for label, feed in (("one read", whole), (f"{len(chunks)} reads", reads),
+                                (f"{len(chunks)} reads into views", viewed)):
                 joined = b"".join(feed.frames)
                 if len(feed.frames) != len(feed.events) or joined != stream:
                     raise HarnessFailure(f"{label} of {stream!r} gave {_show(feed.events)}")
             return
         compare("one read", whole, f"{len(chunks)} reads (ring {ring})", reads)
+        compare(f"{len(chunks)} reads", reads, f"{len(chunks)} reads into views (io_uring)",
+                viewed)
         compare("one read", whole, "decode() alone", alone)
         expect = plan.get("expect")
         if expect is not None:

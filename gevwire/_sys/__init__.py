@@ -20,11 +20,13 @@ from gevwire._sys._calls import (
     raw_readv,
     raw_write,
     raw_writev,
+    read_bytes,
     read_into,
     readv_into,
     set_nodelay,
     shutdown,
     write,
+    write_bytes,
     writev,
 )
 from gevwire._sys._libc import (
@@ -67,11 +69,13 @@ __all__ = [
     "raw_readv",
     "raw_write",
     "raw_writev",
+    "read_bytes",
     "read_into",
     "readv_into",
     "set_nodelay",
     "shutdown",
     "write",
+    "write_bytes",
     "writev",
 ]
 
