@@ -487,8 +487,26 @@ class _BytesPrefixDecoder(_LayoutDecoder):
             pos = end
         return frames, pos
 
-    # decode_view takes bytes as well (and then copies nothing but the frames).
-    decode_bytes = decode_view
+    def decode_bytes(self, data: bytes) -> tuple[list[Any], int]:  # type: ignore[override]
+        if self._adjust or not self._unsigned or self._discard:
+            return self.decode_view(data)  # (which takes bytes as well)
+        # decode_view's common case for a read in bytes, without its choices.
+        frames: list[Any] = []
+        append = frames.append
+        unpack_from = self._unpack_from
+        size = self._size
+        limit = self._limit - size
+        n = len(data)
+        last = n - size  # the last offset where a whole header fits
+        pos = 0
+        while pos <= last:
+            (length,) = unpack_from(data, pos)
+            end = pos + size + length
+            if end > n or length > limit:
+                break  # incomplete, or an error that decode() reports in order
+            append(data[pos + size:end])
+            pos = end
+        return frames, pos
 
 
 class _StreamDecoder(Decoder):
