@@ -15,7 +15,10 @@ one read into the loop's spare buffer brings; at least 16 frames). Decoders, all
 per call over the whole stream and reported per frame:
 
 - ``gevwire view``: ``Codec(schema).decoder().decode_view(memoryview(stream))``, the path
-  a connection takes when its ring is empty (frames cut straight from the read buffer).
+  an io_uring connection takes when its ring is empty (frames cut straight from the
+  read buffer), and the one the hand-written decoder is compared with.
+- ``gevwire bytes``: ``decoder.decode_bytes(stream)``, the epoll connection's path (its
+  read arrives as ``bytes``, so payloads are slices of it, with no copy of the read).
 - ``gevwire ring``: ``ring.write(stream)``, then ``decoder.decode(ring)`` until it returns
   None (the path for bytes that were buffered); the copy into the ring is included.
 - ``construct parse``: ``schema.parse(frame)`` for every frame, on frames cut in advance
@@ -242,6 +245,7 @@ def decoders_for(fmt: Format, stream: bytes, frames: list[bytes]) -> dict[str, C
     if codec.layout is None or codec.fast is None:
         raise SystemExit(f"{fmt.name}: gevwire does not take the fast path for this schema")
     view_decoder = codec.decoder()
+    bytes_decoder = codec.decoder()
     ring_decoder = codec.decoder()
     ring = RingBuffer(min_capacity=len(stream))
     view = memoryview(stream)
@@ -251,6 +255,10 @@ def decoders_for(fmt: Format, stream: bytes, frames: list[bytes]) -> dict[str, C
 
     def gevwire_view() -> Frames:
         out, _ = view_decoder.decode_view(memoryview(stream))
+        return out
+
+    def gevwire_bytes() -> Frames:
+        out, _ = bytes_decoder.decode_bytes(stream)
         return out
 
     def gevwire_ring() -> Frames:
@@ -274,6 +282,7 @@ def decoders_for(fmt: Format, stream: bytes, frames: list[bytes]) -> dict[str, C
 
     return {
         "gevwire view": gevwire_view,
+        "gevwire bytes": gevwire_bytes,
         "gevwire ring": gevwire_ring,
         "construct parse": construct_parse,
         "construct compiled": construct_compiled,
