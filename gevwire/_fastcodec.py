@@ -964,6 +964,8 @@ def _prefixed(sc: Any) -> _Node:
                 b = data[pos]
                 if b < 0x80:  # a one-byte length, the common case, read inline
                     length, start = b, pos + 1
+                elif pos + 1 < n and data[pos + 1] < 0x80:  # two bytes (128 B - 16 KiB)
+                    length, start = (b & 0x7F) | data[pos + 1] << 7, pos + 2
                 else:
                     length, start = _read_varint(data, pos, n)
                     if start < 0:
