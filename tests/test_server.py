@@ -1090,3 +1090,45 @@ def test_frames_split_across_reads_are_cut_in_batches_from_one_view(serve: Serve
             replied = whole
     assert replied == len(stream)
     assert counts == {"decode_view": 60}, counts
+
+
+def test_a_readable_event_with_nothing_to_read_changes_nothing(
+    serve: ServeFn, connect: ConnectFn
+) -> None:
+    # The fast path reads with os.read, which raises BlockingIOError when the socket
+    # has nothing (a spurious or stale readiness event): that is not an error.
+    handler = Recorder()
+    server = serve(handler, backend="epoll")
+    client = connect(server)
+    client.sendall(b"one")
+    assert recv_exactly(client, 3) == b"one"
+    [conn] = handler.connected
+    done = threading.Event()
+
+    def spurious() -> None:
+        conn._on_events(gevwire._sys.EV_READ)  # nothing to read: EAGAIN
+        done.set()
+
+    conn.loop.call_soon(spurious)
+    assert done.wait(5)
+    assert conn.connected and not handler.errors and not handler.closed
+    client.sendall(b"two")
+    assert recv_exactly(client, 3) == b"two"
+
+
+def test_a_reset_peer_closes_the_connection_on_the_fast_path(
+    serve: ServeFn, connect: ConnectFn
+) -> None:
+    # os.read raising ConnectionResetError closes this connection only, quietly.
+    handler = Recorder()
+    server = serve(handler, backend="epoll")
+    client = connect(server)
+    other = connect(server)
+    client.sendall(b"x")
+    assert recv_exactly(client, 1) == b"x"
+    set_linger_reset(client)
+    client.close()  # RST
+    assert wait_until(lambda: len(handler.closed) == 1, 5)
+    assert not handler.errors
+    other.sendall(b"still here")
+    assert recv_exactly(other, 10) == b"still here"
