@@ -169,7 +169,6 @@ class EventLoop:
         callbacks = self._callbacks
         tasks = self._tasks
         timers = self._timers
-        after_events = self.after_events
         monotonic = time.monotonic
         try:
             while not self._stopping:
@@ -193,7 +192,7 @@ class EventLoop:
                     elif token == _WAKER_TOKEN:
                         self._wake_pending = False
                         self._waker.drain()
-                if after_events:
+                if self.after_events:
                     self.run_after_events()
                 if tasks:
                     self._run_tasks()
@@ -206,8 +205,8 @@ class EventLoop:
 
     def run_after_events(self) -> None:
         """Run (and clear) :attr:`after_events`; one that fails is logged."""
-        callbacks = self.after_events[:]
-        self.after_events.clear()
+        callbacks = self.after_events
+        self.after_events = []  # callbacks added while these run wait for the next turn
         for callback in callbacks:
             try:
                 callback()
