@@ -432,49 +432,41 @@ class _BytesPrefixDecoder(_LayoutDecoder):
     def decode_view(self, view: memoryview | bytes) -> tuple[list[Any], int]:
         if self._discard:
             return [], 0
-        frames: list[Any] = []
         n = len(view)
         size = self._size
         if n < size:
-            return frames, 0
+            return [], 0
         unpack_from = self._unpack_from
         adjust = self._adjust
-        limit = self._limit - size
-        append = frames.append
+        simple = adjust == 0 and self._unsigned  # a length that needs no other check
         data: Buffer = view
         mv = _NO_VIEW  # the view, when frames are copied out of it one by one
-        if isinstance(view, bytes):  # decode_bytes: slices of the read are the frames
+        if isinstance(view, bytes):  # from decode_bytes: slices of the read are the frames
             copy_once = True
         elif n <= _COPY_ONCE_READ and unpack_from(view, 0)[0] + adjust <= _COPY_ONCE_FRAME:
             # Small frames: one copy of the read to bytes, then each frame is one bytes
             # slice, instead of a memoryview slice and its copy per frame (measured
             # -8% to -17% per frame up to 8 x 2 KiB frames; copying more costs more).
-            copy_once = True
             data = view.tobytes()
+            if simple:
+                return self.decode_bytes(data)
+            copy_once = True
         else:
             copy_once = False
             mv = view
+        frames: list[Any] = []
+        append = frames.append
+        limit = self._limit - size
         pos = 0
         last = n - size  # the last offset where a whole header fits
-        if adjust == 0 and self._unsigned:
-            # The common case, with only the checks a length that cannot be negative
-            # needs, and one loop per way of copying (no test per frame).
-            if copy_once:
-                while pos <= last:
-                    (length,) = unpack_from(data, pos)
-                    end = pos + size + length
-                    if end > n or length > limit:
-                        break  # incomplete, or an error that decode() reports in order
-                    append(data[pos + size:end])
-                    pos = end
-            else:
-                while pos <= last:
-                    (length,) = unpack_from(mv, pos)
-                    end = pos + size + length
-                    if end > n or length > limit:
-                        break
-                    append(mv[pos + size:end].tobytes())
-                    pos = end
+        if simple and not copy_once:
+            while pos <= last:
+                (length,) = unpack_from(mv, pos)
+                end = pos + size + length
+                if end > n or length > limit:
+                    break  # incomplete, or an error that decode() reports in order
+                append(mv[pos + size:end].tobytes())
+                pos = end
             return frames, pos
         while pos <= last:
             (length,) = unpack_from(data, pos)
@@ -490,7 +482,8 @@ class _BytesPrefixDecoder(_LayoutDecoder):
     def decode_bytes(self, data: bytes) -> tuple[list[Any], int]:  # type: ignore[override]
         if self._adjust or not self._unsigned or self._discard:
             return self.decode_view(data)  # (which takes bytes as well)
-        # decode_view's common case for a read in bytes, without its choices.
+        # The common case: a length that cannot be negative needs no other check, and
+        # every payload is a slice of the read.
         frames: list[Any] = []
         append = frames.append
         unpack_from = self._unpack_from
