@@ -435,23 +435,23 @@ class Connection:
                 try:
                     # Into a new bytes (os.read): cheaper than ctypes plus a copy out of
                     # a buffer, and the decoder may keep slices of it (see _sys).
-                    data = read_bytes(self._fd, SPARE_SIZE)
+                    received = read_bytes(self._fd, SPARE_SIZE)
                 except OSError as exc:
                     self._read_error(exc)
                     return
-                n = len(data)
+                n = len(received)
                 if n:
                     loop.bytes_in += n
                     self._last_active = loop.now
                     try:
-                        frames, used = self._decode_bytes(data)
+                        frames, used = self._decode_bytes(received)
                     except Exception as exc:
                         self._fail(exc)
                         return
                     if used < n:
                         # An incomplete frame, or one the fast path leaves to decode()
                         # (errors, discards): the ring takes it, decode() runs below.
-                        self._input.write(memoryview(data)[used:])
+                        self._input.write(memoryview(received)[used:])
                     if len(frames) == 1 and not self._close_requested:
                         loop.frames_in += 1
                         try:
