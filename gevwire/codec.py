@@ -35,6 +35,9 @@ class Decoder:
         """Consume and return the next whole frame from ``ring``, or None if incomplete.
 
         Raise :class:`~gevwire.errors.FrameError` for bytes that can never be a frame.
+        A decoder may cut several buffered frames at once and return them one per call,
+        consuming their bytes together when it returns the last of them; so call
+        ``decode`` until it returns None before anything else reads from the ring.
         """
         raise NotImplementedError
 
@@ -327,8 +330,8 @@ def _int_prefix_layout(fmt: struct.Struct, includelength: bool) -> FrameLayout:
 class _LayoutDecoder(Decoder):
     """Frames whose length is in a header: checked before the body is buffered."""
 
-    __slots__ = ("_cut", "_discard", "_frame_length", "_header", "_limit", "_max_header",
-                 "_mode_discard", "_parse")
+    __slots__ = ("_ahead", "_ahead_used", "_cut", "_discard", "_frame_length", "_header",
+                 "_limit", "_max_header", "_mode_discard", "_parse")
 
     def __init__(self, codec: Codec, layout: FrameLayout) -> None:
         self._header = layout.header_size
@@ -343,8 +346,19 @@ class _LayoutDecoder(Decoder):
         self._limit = codec.max_frame_size
         self._mode_discard = codec.on_oversize == "discard"
         self._discard = 0  # bytes of an oversized frame still to skip
+        # Frames decode() cut ahead, last one first, and the bytes they all used: left
+        # in the ring until the last of them is returned (a retrieve per frame would
+        # cost a third of the time the batch saves).
+        self._ahead: list[Any] = []
+        self._ahead_used = 0
 
     def decode(self, ring: RingBuffer) -> Any | None:
+        ahead = self._ahead
+        if ahead:
+            frame = ahead.pop()
+            if not ahead:
+                ring.retrieve(self._ahead_used)
+            return frame
         if self._discard:
             skip = min(self._discard, ring._len)
             ring.retrieve(skip)
@@ -367,13 +381,28 @@ class _LayoutDecoder(Decoder):
             raise FrameTooLarge(length, self._limit, fatal=False)
         if n < length:
             return None
+        if n > length:
+            # More than this frame is buffered: cut every whole frame in the readable
+            # bytes' first piece at once, as the connection does, and return them one
+            # per call (a per-frame decode costs 3-9 times as much per frame).
+            first = ring.peek(n)[0]
+            if len(first) > length:
+                frames, used = self.decode_view(first)
+                if len(frames) > 1:
+                    frames.reverse()
+                    self._ahead = frames
+                    self._ahead_used = used
+                    return frames.pop()
+                if frames:
+                    ring.retrieve(used)
+                    return frames[0]
         frame = self._parse(ring.contiguous(length), 0, length)
         ring.retrieve(length)
         return frame
 
     def decode_view(self, view: memoryview | bytes) -> tuple[list[Any], int]:
-        if self._discard:
-            return [], 0  # the ring path does the skipping
+        if self._discard or self._ahead:
+            return [], 0  # the ring path does the skipping, or has frames to return
         if self._cut is not None:
             try:
                 return self._cut(view, self._limit)
@@ -430,7 +459,7 @@ class _BytesPrefixDecoder(_LayoutDecoder):
         self._parse = parse
 
     def decode_view(self, view: memoryview | bytes) -> tuple[list[Any], int]:
-        if self._discard:
+        if self._discard or self._ahead:
             return [], 0
         n = len(view)
         size = self._size
@@ -480,7 +509,7 @@ class _BytesPrefixDecoder(_LayoutDecoder):
         return frames, pos
 
     def decode_bytes(self, data: bytes) -> tuple[list[Any], int]:  # type: ignore[override]
-        if self._adjust or not self._unsigned or self._discard:
+        if self._adjust or not self._unsigned or self._discard or self._ahead:
             return self.decode_view(data)  # (which takes bytes as well)
         # The common case: a length that cannot be negative needs no other check, and
         # every payload is a slice of the read.

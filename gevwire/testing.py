@@ -179,7 +179,8 @@ class FrameCutter:
     connection's: :data:`~gevwire.ringbuffer.COMPACT_MAX`); a small ring with
     ``compact_max=0`` wraps around often, the case where ``decode`` rather than
     ``decode_view`` cuts frames.  What would hang a connection raises ``RuntimeError``:
-    a ``decode`` that returns a frame without consuming bytes, or a ``decode_view``
+    a ``decode`` that returns more frames without consuming bytes than are buffered
+    (each frame takes at least one), or a ``decode_view``
     reporting more bytes used than it was given.
     """
 
@@ -261,20 +262,29 @@ class FrameCutter:
             for frame in frames:
                 yield frame, None
         decode = self.decoder.decode
+        # A decoder may return frames it cut together before it consumes their bytes,
+        # but every frame takes at least one byte: more frames than buffered bytes
+        # without the ring shrinking would never end.
+        mark = ring.length
+        unconsumed = 0
         while ring.length and self.failed is None:
-            before = ring.length
             try:
                 frame = decode(ring)
             except Exception as exc:
                 yield self._error(exc)
+                mark, unconsumed = ring.length, 0
                 continue
             if frame is None:
                 return
-            if ring.length >= before:
-                raise RuntimeError(
-                    f"decode returned {frame!r} without consuming bytes: a connection "
-                    "would loop forever"
-                )
+            if ring.length < mark:
+                mark, unconsumed = ring.length, 0
+            else:
+                unconsumed += 1
+                if unconsumed > mark:
+                    raise RuntimeError(
+                        f"decode returned {frame!r} {unconsumed} times in a row without "
+                        f"consuming bytes (of {mark} buffered): a connection would loop "
+                        "forever")
             yield frame, None
 
     def push(self, data: bytes | bytearray | memoryview) -> tuple[list[Any], list[BaseException]]:

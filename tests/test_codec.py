@@ -447,3 +447,75 @@ def test_decode_bytes_cuts_what_decode_view_cuts(name: str, frames: list[bytes],
     with_view = codec.decoder().decode_view(memoryview(bytearray(stream)))
     assert with_bytes == with_view
     assert all(type(f) is not memoryview for f in with_bytes[0])
+
+
+@pytest.mark.parametrize("schema", [PREFIXED, HEADER, VARINT], ids=["prefixed", "header",
+                                                                 "varint"])
+def test_decode_cuts_buffered_frames_at_once_and_returns_them_in_order(schema: Any) -> None:
+    """decode(ring) with many frames buffered cuts them in one batch and returns one per
+    call; their bytes leave the ring with the last, and the fast paths wait till then."""
+    codec = Codec(schema)
+    values = [b"p%d" % i for i in range(5)] if schema is not HEADER else [
+        {"kind": "data", "flags": i, "id": i, "length": 2, "payload": b"p%d" % i}
+        for i in range(5)]
+    stream = b"".join(codec.encode(v) for v in values)
+    expected = [schema.parse(schema.build(v)) for v in values]
+    tail = codec.encode(values[0])[:-1]  # a partial frame after the whole ones
+    decoder = codec.decoder()
+    ring = RingBuffer()
+    ring.write(stream + tail)
+    got = [decoder.decode(ring)]
+    # The rest of the batch is waiting: the read fast paths must not jump the queue.
+    assert decoder.decode_view(memoryview(stream)) == ([], 0)
+    assert decoder.decode_bytes(stream) == ([], 0)
+    assert ring.length == len(stream) + len(tail)  # consumed with the last frame
+    while (frame := decoder.decode(ring)) is not None:
+        got.append(frame)
+    assert got == expected
+    assert ring.length == len(tail) and ring.to_bytes() == tail
+    # Afterwards the fast paths cut again.
+    assert decoder.decode_bytes(stream)[0] == expected
+
+
+def test_a_while_ring_length_loop_gets_every_frame_cut_ahead() -> None:
+    codec = Codec(PREFIXED)
+    stream = b"".join(codec.encode(b"x" * i) for i in range(1, 9))
+    decoder = codec.decoder()
+    ring = RingBuffer()
+    ring.write(stream)
+    frames = []
+    while ring.length:
+        frame = decoder.decode(ring)
+        assert frame is not None
+        frames.append(frame)
+    assert frames == [b"x" * i for i in range(1, 9)]
+
+
+@pytest.mark.parametrize("mode", ["close", "discard"])
+def test_decode_batch_stops_before_an_oversized_frame(mode: str) -> None:
+    """Frames cut ahead come first, then the oversized frame's error, in stream order;
+    in discard mode the frames after it follow."""
+    codec = Codec(PREFIXED, max_frame_size=16, on_oversize=mode)
+    good = [codec.encode(b"g%d" % i) for i in range(3)]
+    big = PREFIXED.build(b"B" * 100)
+    decoder = codec.decoder()
+    ring = RingBuffer()
+    ring.write(b"".join(good) + big + b"".join(good))
+    events: list[Any] = []
+    while ring.length:
+        try:
+            frame = decoder.decode(ring)
+        except FrameTooLarge as exc:
+            events.append(("too large", exc.fatal))
+            if exc.fatal:
+                break
+            continue
+        if frame is None:
+            break
+        events.append(frame)
+    head = [b"g0", b"g1", b"g2"]
+    if mode == "close":
+        assert events == [*head, ("too large", True)]
+    else:
+        assert events == [*head, ("too large", False), *head]
+        assert ring.length == 0

@@ -9,7 +9,7 @@ and optionally the codec's limit), :class:`CodecTarget` checks:
   cut by ``Decoder.decode`` alone from one ring (the contract, no ``decode_view``); and
   the same number of bytes is left buffered;
 - *only FrameError*: any other exception from the decoder is a bug, as is a decoder
-  that returns a frame without consuming bytes;
+  that returns more frames without consuming bytes than there are bytes buffered;
 - *bounded*: after every read, at most the codec's ``max_frame_size`` + 16 bytes stay
   buffered (unless the stream already failed);
 - *re-encoding*: each decoded frame, encoded again, reads back as exactly that frame.
@@ -115,17 +115,24 @@ def decode_only(codec: BaseCodec, stream: bytes) -> Feed:
     ring = RingBuffer(4096, pool=BufferPool())
     ring.write(stream)
     out = Feed()
+    mark = ring.length
+    unconsumed = 0  # frames returned since the ring last shrank (see FrameCutter)
     while ring.length and not out.failed:
-        before = ring.length
         try:
             frame = decoder.decode(ring)
         except Exception as exc:
             out.error(exc, "decode() on the whole stream")
+            mark, unconsumed = ring.length, 0
             continue
         if frame is None:
             break
-        if ring.length >= before:
-            raise HarnessFailure(f"decode() returned {frame!r} without consuming bytes")
+        if ring.length < mark:
+            mark, unconsumed = ring.length, 0
+        else:
+            unconsumed += 1
+            if unconsumed > mark:
+                raise HarnessFailure(f"decode() returned {frame!r} {unconsumed} times "
+                                     f"without consuming bytes (of {mark} buffered)")
         out.events.append(("frame", frame))
     out.buffered = ring.length
     return out
