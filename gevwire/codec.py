@@ -230,13 +230,13 @@ class Codec(BaseCodec):
 
     def _prefix_encoder(self, fmt: struct.Struct, extra: int) -> Callable[[Any], bytes]:
         """``encode`` for ``Prefixed(<int>, GreedyBytes)``: one pack for bytes payloads."""
-        pack = fmt.pack
+        pack = _length_packer(fmt, extra)
         general: Callable[[Any], bytes] = Codec.encode.__get__(self)
 
         def encode(message: Any) -> bytes:
             if type(message) is bytes:
                 try:
-                    return pack(len(message) - extra) + message
+                    return pack(len(message)) + message
                 except struct.error as exc:
                     raise EncodeError(f"payload of {len(message)} bytes: {exc}") from exc
             return general(message)
@@ -247,7 +247,7 @@ class Codec(BaseCodec):
                              extra: int) -> Callable[[list[bytes], Any], int]:
         """``encode_into`` for ``Prefixed(<int>, GreedyBytes)``: the header and the
         payload as two parts (no concatenation: one copy less per reply)."""
-        pack = fmt.pack
+        pack = _length_packer(fmt, extra)
         header = fmt.size
         encode = self.encode
 
@@ -255,7 +255,7 @@ class Codec(BaseCodec):
             if type(message) is bytes:
                 size = len(message)
                 try:
-                    parts.append(pack(size - extra))
+                    parts.append(pack(size))
                 except struct.error as exc:
                     raise EncodeError(f"payload of {size} bytes: {exc}") from exc
                 parts.append(message)
@@ -284,6 +284,15 @@ class Codec(BaseCodec):
             return self._build(message)
         except (construct.ConstructError, ValueError, TypeError, KeyError) as exc:
             raise EncodeError(f"cannot encode {message!r}: {_first_line(exc)}") from exc
+
+
+def _length_packer(fmt: struct.Struct, extra: int) -> Callable[[int], bytes]:
+    """The prefix for a payload of a given size (``fmt.pack`` itself when ``extra`` is 0,
+    the common case: a subtraction less per reply)."""
+    if not extra:
+        return fmt.pack
+    pack = fmt.pack
+    return lambda size: pack(size - extra)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -521,6 +530,16 @@ class _BytesPrefixDecoder(_LayoutDecoder):
         n = len(data)
         last = n - size  # the last offset where a whole header fits
         pos = 0
+        if n <= limit:
+            # No whole frame in the read can be over the limit: only the end is checked
+            # (-0.1 us per 8-frame read).
+            while pos <= last:
+                start = pos + size
+                pos = start + unpack_from(data, pos)[0]
+                if pos > n:
+                    return frames, start - size  # incomplete: decode() takes it
+                append(data[start:pos])
+            return frames, pos
         while pos <= last:
             (length,) = unpack_from(data, pos)
             end = pos + size + length
