@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import construct  # type: ignore[import-untyped]
 
-from gevwire.codec import BaseCodec, Decoder
+from gevwire.codec import BaseCodec, CutAheadDecoder, Decoder
 from gevwire.errors import EncodeError, FrameError, FrameTooLarge
 from gevwire.ringbuffer import RingBuffer
 
@@ -145,11 +145,12 @@ def length_field_prepender(
     )
 
 
-class _LengthFieldDecoder(Decoder):
+class _LengthFieldDecoder(CutAheadDecoder):
     __slots__ = ("_adjust", "_discard", "_end", "_fail_fast", "_max", "_offset", "_order",
                  "_pending", "_skip", "_strip", "_struct")
 
     def __init__(self, codec: LengthFieldCodec) -> None:
+        super().__init__()
         self._offset = codec.length_field_offset
         self._end = codec.length_field_offset + codec.length_field_length
         self._adjust = codec.length_adjustment + self._end
@@ -199,7 +200,7 @@ class _LengthFieldDecoder(Decoder):
             raise FrameTooLarge(frame, self._max, fatal=False)
         self._pending = frame
 
-    def decode(self, ring: RingBuffer) -> Any | None:
+    def decode_one(self, ring: RingBuffer) -> Any | None:
         if self._skip:
             n = min(self._skip, ring.length)
             ring.retrieve(n)
@@ -234,6 +235,8 @@ class _LengthFieldDecoder(Decoder):
         # decode(): the connection calls it on the bytes after ``used`` at once, and only
         # decode() can report an error and then go on (or hand on the frames cut before
         # a fatal one).
+        if self._ahead:
+            return [], 0
         size = len(view)
         pos = 0
         if self._skip:

@@ -27,7 +27,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gevwire.codec import BaseCodec, Decoder
+from gevwire.codec import BaseCodec, CutAheadDecoder, Decoder
 from gevwire.errors import EncodeError, FrameError, FrameTooLarge
 from gevwire.ringbuffer import RingBuffer
 
@@ -65,11 +65,12 @@ def _first_match(
     return best, best_len
 
 
-class _DelimiterDecoder(Decoder):
+class _DelimiterDecoder(CutAheadDecoder):
     __slots__ = ("_delims", "_encoding", "_max", "_scanned", "_single", "_strip",
                  "_strip_cr", "_window")
 
     def __init__(self, codec: DelimiterCodec) -> None:
+        super().__init__()
         self._delims = codec.delimiters
         self._single = codec.delimiters[0] if len(codec.delimiters) == 1 else None
         self._max = codec.max_length
@@ -94,7 +95,7 @@ class _DelimiterDecoder(Decoder):
         except UnicodeDecodeError as exc:
             raise FrameError(f"line is not valid {self._encoding}: {exc}") from exc
 
-    def decode(self, ring: RingBuffer) -> Any | None:
+    def decode_one(self, ring: RingBuffer) -> Any | None:
         available = ring.length
         window = self._window
         stop = available if available < window else window
@@ -126,9 +127,13 @@ class _DelimiterDecoder(Decoder):
 
     def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
         # memoryview has no find(): search one bytes copy (one memcpy of at most a read).
+        if self._ahead:
+            return [], 0
         return self.decode_bytes(view.tobytes())
 
     def decode_bytes(self, data: bytes) -> tuple[list[Any], int]:
+        if self._ahead:
+            return [], 0
         end = len(data)
         frames: list[Any] = []
         pos = 0

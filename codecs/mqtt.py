@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import construct as c  # type: ignore[import-untyped]
 
-from gevwire.codec import BaseCodec, Decoder
+from gevwire.codec import BaseCodec, CutAheadDecoder, Decoder
 from gevwire.errors import EncodeError, FrameError, FrameTooLarge
 from gevwire.ringbuffer import RingBuffer
 
@@ -614,13 +614,14 @@ def _parse(data: Buffer, pos: int, header: int, total: int) -> Packet:
     return parse(data, pos + header, pos + total, first & 0x0F)
 
 
-class _MqttDecoder(Decoder):
+class _MqttDecoder(CutAheadDecoder):
     __slots__ = ("_limit",)
 
     def __init__(self, limit: int) -> None:
+        super().__init__()
         self._limit = limit
 
-    def decode(self, ring: RingBuffer) -> Packet | None:
+    def decode_one(self, ring: RingBuffer) -> Packet | None:
         n = ring.length
         if n < 2:
             return None
@@ -634,6 +635,8 @@ class _MqttDecoder(Decoder):
         return packet
 
     def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
+        if self._ahead:
+            return [], 0
         frames: list[Any] = []
         pos = 0
         end = len(view)

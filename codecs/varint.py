@@ -22,7 +22,7 @@ from typing import Any
 
 import construct  # type: ignore[import-untyped]
 
-from gevwire.codec import BaseCodec, Decoder
+from gevwire.codec import BaseCodec, CutAheadDecoder, Decoder
 from gevwire.errors import EncodeError, FrameError, FrameTooLarge
 from gevwire.ringbuffer import RingBuffer
 
@@ -78,14 +78,15 @@ def _read_varint(buf: Any, pos: int, end: int, canonical: bool) -> tuple[int, in
     return 0, 0
 
 
-class _VarintDecoder(Decoder):
+class _VarintDecoder(CutAheadDecoder):
     __slots__ = ("_canonical", "_max")
 
     def __init__(self, max_frame_size: int, canonical: bool) -> None:
+        super().__init__()
         self._max = max_frame_size
         self._canonical = canonical
 
-    def decode(self, ring: RingBuffer) -> bytes | None:
+    def decode_one(self, ring: RingBuffer) -> bytes | None:
         first, second = ring.peek(MAX_VARINT_BYTES)
         if not first:
             return None
@@ -101,6 +102,8 @@ class _VarintDecoder(Decoder):
         return ring.read(length)
 
     def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
+        if self._ahead:
+            return [], 0
         frames: list[Any] = []
         end = len(view)
         pos = 0

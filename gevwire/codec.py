@@ -17,7 +17,7 @@ from gevwire._fastcodec import Buffer, FrameLayout, analyse
 from gevwire.errors import EncodeError, FrameError, FrameTooLarge
 from gevwire.ringbuffer import RingBuffer
 
-__all__ = ["BaseCodec", "Codec", "Decoder", "RawCodec"]
+__all__ = ["BaseCodec", "Codec", "CutAheadDecoder", "Decoder", "RawCodec"]
 
 
 class Decoder:
@@ -60,6 +60,50 @@ class Decoder:
         cutting it override this to spare the copy.
         """
         return self.decode_view(memoryview(data))
+
+
+class CutAheadDecoder(Decoder):
+    """A :class:`Decoder` whose ``decode`` cuts ahead with the batch path.
+
+    Subclasses implement :meth:`decode_one` (what ``decode`` would otherwise be) and
+    ``decode_view``, and start ``decode_view`` / ``decode_bytes`` with ``if
+    self._ahead: return [], 0``.  When ``decode_one`` returns a frame and bytes remain,
+    the frames whole in the rest of the ring's first piece are cut at once with
+    ``decode_view`` and returned by the next calls; their bytes leave the ring with the
+    last of them.  A sans-I/O caller that calls ``decode`` once per frame then pays
+    about what the connection's batch path pays, not 2-6 times as much.
+    """
+
+    __slots__ = ("_ahead", "_ahead_used")
+
+    def __init__(self) -> None:
+        self._ahead: list[Any] = []  # frames cut ahead, the next one last
+        self._ahead_used = 0  # the bytes they all used, still in the ring
+
+    def decode_one(self, ring: RingBuffer) -> Any | None:
+        """Consume and return one whole frame from ``ring`` (the ``decode`` contract)."""
+        raise NotImplementedError
+
+    def decode(self, ring: RingBuffer) -> Any | None:
+        ahead = self._ahead
+        if ahead:
+            frame = ahead.pop()
+            if not ahead:
+                ring.retrieve(self._ahead_used)
+            return frame
+        frame = self.decode_one(ring)
+        if frame is not None and ring._len:
+            try:
+                frames, used = self.decode_view(ring.peek(ring._len)[0])
+            except FrameError:
+                return frame  # decode_one raises it next call, in order
+            if frames:
+                frames.reverse()
+                self._ahead = frames
+                self._ahead_used = used
+            elif used:
+                ring.retrieve(used)  # what decode_view skipped is consumed, as always
+        return frame
 
 
 class BaseCodec:

@@ -120,19 +120,19 @@ class ConnectionSim:
             else:
                 ring.write(chunk)
             if used < len(chunk):  # the connection cuts what is left in the ring at once
+                progress = Progress(ring)
                 while ring.length:
-                    before = ring.length
                     try:
                         frame = self.decoder.decode(ring)
                     except FrameError as exc:
                         if exc.fatal:
                             raise
                         got.append(discarded(exc))
+                        progress.reset()
                         continue
                     if frame is None:
                         break
-                    # the connection loops while frames come: each must consume bytes
-                    assert ring.length < before, "decode returned a frame but consumed nothing"
+                    progress.check()
                     got.append(frame)
         finally:
             self.frames.extend(got)
@@ -176,20 +176,44 @@ def ring_only(codec: BaseCodec, data: bytes) -> tuple[list[Any], Any]:
     ring = RingBuffer()
     ring.write(data)
     frames: list[Any] = []
+    progress = Progress(ring)
     while ring.length:
-        before = ring.length
         try:
             frame = decoder.decode(ring)
         except FrameError as exc:
             if exc.fatal:
                 return frames, exc
             frames.append(discarded(exc))
+            progress.reset()
             continue
         if frame is None:
             break
-        assert ring.length < before, "decode returned a frame but consumed nothing"
+        progress.check()
         frames.append(frame)
     return frames, None
+
+
+class Progress:
+    """The connection loops while ``decode`` returns frames: it must end.  A decoder may
+    return frames it cut together before their bytes leave the ring, but each frame
+    takes at least one byte, so more frames than buffered bytes with no byte consumed
+    would never end."""
+
+    def __init__(self, ring: RingBuffer) -> None:
+        self.ring = ring
+        self.reset()
+
+    def reset(self) -> None:
+        self.mark = self.ring.length
+        self.unconsumed = 0
+
+    def check(self) -> None:
+        if self.ring.length < self.mark:
+            self.reset()
+            return
+        self.unconsumed += 1
+        assert self.unconsumed <= self.mark, (
+            f"decode returned {self.unconsumed} frames and consumed nothing")
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -1003,3 +1027,63 @@ def test_encode_into_errors_leave_the_parts_alone() -> None:
     with pytest.raises(EncodeError):
         length_field(length_field_length=1).encode_into(parts, b"x" * 300)
     assert parts == []
+
+
+# -- decode(ring) once per frame: cut ahead with the batch path --------------------------
+
+CUT_AHEAD = {
+    # codec, frames, bytes that end the stream with an error (None: a partial frame)
+    "length_field": (lambda: length_field(length_field_length=2, max_frame_size=64),
+                     [b"a", b"bb", b"", b"ccc"], struct.pack(">H", 500)),
+    "line": (lambda: line(max_length=8), [b"one", b"two", b"", b"four"], b"x" * 20 + b"\n"),
+    "varint": (lambda: varint(max_frame_size=64), [b"a", b"bb", b"", b"ccc"],
+               encode_varint(500)),
+    "mqtt": (lambda: gevwire.codecs.MqttCodec(), [b"\xc0\x00", b"\xd0\x00", b"\xe0\x00"], None),
+}
+
+
+def _cut_ahead_stream(name: str) -> tuple[BaseCodec, list[bytes], list[Any]]:
+    """The codec, its encoded frames, and what they decode to."""
+    make, payloads, _ = CUT_AHEAD[name]
+    codec = make()
+    encoded = payloads if name == "mqtt" else [codec.encode(p) for p in payloads]
+    frames = ring_only(codec, b"".join(encoded))[0]
+    assert len(frames) == len(payloads)
+    return codec, encoded, frames
+
+
+@pytest.mark.parametrize("name", sorted(CUT_AHEAD))
+def test_decode_once_per_frame_cuts_the_rest_ahead_in_order(name: str) -> None:
+    codec, encoded, expected = _cut_ahead_stream(name)
+    stream = b"".join(encoded)
+    partial = stream[:1]  # the start of a frame, after the whole ones
+    decoder = codec.decoder()
+    ring = RingBuffer()
+    ring.write(stream + partial)
+    got = [decoder.decode(ring)]
+    # The rest of the buffered frames wait, cut: reads must not jump the queue, and
+    # their bytes stay in the ring until the last of them is returned.
+    assert decoder.decode_view(memoryview(stream)) == ([], 0)
+    assert decoder.decode_bytes(stream) == ([], 0)
+    assert ring.length == len(stream) - len(encoded[0]) + len(partial)
+    while (frame := decoder.decode(ring)) is not None:
+        got.append(frame)
+    assert got == expected
+    assert ring.to_bytes() == partial
+    assert decoder.decode_bytes(stream)[0] == expected  # the fast paths are back
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CUT_AHEAD if CUT_AHEAD[n][2] is not None))
+def test_frames_cut_ahead_come_before_the_error_after_them(name: str) -> None:
+    codec, encoded, expected = _cut_ahead_stream(name)
+    stream = b"".join(encoded)
+    bad = CUT_AHEAD[name][2]
+    assert bad is not None
+    decoder = codec.decoder()
+    ring = RingBuffer()
+    ring.write(stream + bad)
+    got: list[Any] = []
+    with pytest.raises(FrameTooLarge):
+        while (frame := decoder.decode(ring)) is not None:
+            got.append(frame)
+    assert got == expected

@@ -183,6 +183,9 @@ def test_stats_count_traffic() -> None:
         for _ in range(10):
             sock.sendall(b"12345")
             assert recv_exactly(sock, 5) == b"12345"
+        # A write is counted when the syscall returns, which may be just after the peer
+        # has read its bytes.
+        assert wait_until(lambda: server.stats()["bytes_out"] == 50, 2)
         stats = server.stats()
         assert stats["connections_open"] == 1
         assert stats["connections_total"] == 1
