@@ -91,6 +91,10 @@ class CutAheadDecoder(Decoder):
             if not ahead:
                 ring.retrieve(self._ahead_used)
             return frame
+        return self._next_frame(ring)
+
+    def _next_frame(self, ring: RingBuffer) -> Any | None:
+        """``decode`` when no frame waits: one frame, and the whole ones after it cut."""
         frame = self.decode_one(ring)
         if frame is not None and ring._len:
             try:
@@ -98,12 +102,16 @@ class CutAheadDecoder(Decoder):
             except FrameError:
                 return frame  # decode_one raises it next call, in order
             if frames:
-                frames.reverse()
-                self._ahead = frames
-                self._ahead_used = used
+                self._keep_ahead(frames, used)
             elif used:
                 ring.retrieve(used)  # what decode_view skipped is consumed, as always
         return frame
+
+    def _keep_ahead(self, frames: list[Any], used: int) -> None:
+        """Hold ``frames`` (cut from the ring's first ``used`` bytes) for the next calls."""
+        frames.reverse()
+        self._ahead = frames
+        self._ahead_used = used
 
 
 class BaseCodec:
@@ -380,13 +388,14 @@ def _int_prefix_layout(fmt: struct.Struct, includelength: bool) -> FrameLayout:
     return FrameLayout(size, size, frame_length)
 
 
-class _LayoutDecoder(Decoder):
+class _LayoutDecoder(CutAheadDecoder):
     """Frames whose length is in a header: checked before the body is buffered."""
 
-    __slots__ = ("_ahead", "_ahead_used", "_cut", "_discard", "_frame_length", "_header",
-                 "_limit", "_max_header", "_mode_discard", "_parse")
+    __slots__ = ("_cut", "_discard", "_frame_length", "_header", "_limit", "_max_header",
+                 "_mode_discard", "_parse")
 
     def __init__(self, codec: Codec, layout: FrameLayout) -> None:
+        super().__init__()
         self._header = layout.header_size
         self._max_header = layout.max_header_size
         self._frame_length = layout.frame_length
@@ -399,19 +408,16 @@ class _LayoutDecoder(Decoder):
         self._limit = codec.max_frame_size
         self._mode_discard = codec.on_oversize == "discard"
         self._discard = 0  # bytes of an oversized frame still to skip
-        # Frames decode() cut ahead, last one first, and the bytes they all used: left
-        # in the ring until the last of them is returned (a retrieve per frame would
-        # cost a third of the time the batch saves).
-        self._ahead: list[Any] = []
-        self._ahead_used = 0
 
-    def decode(self, ring: RingBuffer) -> Any | None:
-        ahead = self._ahead
-        if ahead:
-            frame = ahead.pop()
-            if not ahead:
-                ring.retrieve(self._ahead_used)
-            return frame
+    def decode_one(self, ring: RingBuffer) -> Any | None:
+        return self._decode(ring, batch=False)
+
+    def _next_frame(self, ring: RingBuffer) -> Any | None:
+        # The header says whether the first frame is whole: then it is cut in the batch
+        # too (not parsed on its own first).
+        return self._decode(ring, batch=True)
+
+    def _decode(self, ring: RingBuffer, *, batch: bool) -> Any | None:
         if self._discard:
             skip = min(self._discard, ring._len)
             ring.retrieve(skip)
@@ -434,17 +440,17 @@ class _LayoutDecoder(Decoder):
             raise FrameTooLarge(length, self._limit, fatal=False)
         if n < length:
             return None
-        if n > length:
+        if batch and n > length:
             # More than this frame is buffered: cut every whole frame in the readable
             # bytes' first piece at once, as the connection does, and return them one
-            # per call (a per-frame decode costs 3-9 times as much per frame).
+            # per call (a per-frame decode costs 3-9 times as much per frame).  Their
+            # bytes leave the ring with the last: a retrieve per frame would cost a
+            # third of what the batch saves.
             first = ring.peek(n)[0]
             if len(first) > length:
                 frames, used = self.decode_view(first)
                 if len(frames) > 1:
-                    frames.reverse()
-                    self._ahead = frames
-                    self._ahead_used = used
+                    self._keep_ahead(frames, used)
                     return frames.pop()
                 if frames:
                     ring.retrieve(used)
