@@ -580,6 +580,14 @@ class _RespDecoder(Decoder):
                     pass  # an inline command
                 elif kind == _BULK or kind == _ARRAY or kind == _INTEGER:
                     e = find(_CRLF, pos + 1, pos + _NUMBER_LINE)
+                    # Bytes arriving one by one would meet "too large" (more than
+                    # max_frame buffered, the line incomplete) before the line's end or
+                    # its length limit: so must a read that has them all, or the error
+                    # would depend on how the stream was split.
+                    too_large = start + max_frame + 1
+                    if too_large < (e + 2 if e >= 0 else pos + _NUMBER_LINE) \
+                            and end >= too_large:
+                        raise RespTooLarge("max_frame_size", start - too_large, max_frame)
                     if e < 0:
                         if end - pos >= _NUMBER_LINE:
                             raise RespProtocolError(

@@ -370,3 +370,22 @@ def test_a_line_trickled_byte_by_byte_is_not_rescanned() -> None:
     frames, calls, scanned = parse_calls(resp(commands=True), chunks)
     assert frames == [[b"SET", b"key", b"v" * 20000]]
     assert calls <= 4 and scanned <= 4 * len(line)
+
+
+@pytest.mark.parametrize("stream", [
+    b"$0\r\x00\x00\n\r\n",  # a number line whose CRLF lies past max_frame_size
+    b"*1" + b"7" * 9,  # a number line that reaches neither its CRLF nor its length limit
+])
+def test_a_header_line_past_the_frame_limit_is_too_large_however_it_is_split(
+        stream: bytes) -> None:
+    """Byte by byte, more than max_frame_size bytes without the line's end is "too
+    large"; one read holding the whole line must say the same (fuzzing found it said
+    "malformed")."""
+    for chunks in ([stream], [stream[i : i + 1] for i in range(len(stream))]):
+        cutter = FrameCutter(resp(max_frame_size=6))
+        errors: list[BaseException] = []
+        for chunk in chunks:
+            errors += cutter.push(chunk)[1]
+            if errors:
+                break
+        assert [type(e) for e in errors] == [RespTooLarge], (chunks, errors)
