@@ -12,7 +12,7 @@ from typing import Any
 
 import construct  # type: ignore[import-untyped]
 
-from gevwire.codec import BaseCodec, Decoder
+from gevwire.codec import BaseCodec, CutAheadDecoder, Decoder
 from gevwire.errors import EncodeError, FrameError
 from gevwire.ringbuffer import RingBuffer
 
@@ -21,10 +21,11 @@ from ._util import as_bytes
 __all__ = ["FixedLengthCodec", "fixed_length"]
 
 
-class _FixedDecoder(Decoder):
+class _FixedDecoder(CutAheadDecoder):
     __slots__ = ("_count", "_limit", "_size")
 
     def __init__(self, size: int, limit: int | None) -> None:
+        super().__init__()
         self._size = size
         self._limit = limit
         # Frames cut from the current read (only counted when there is a limit).  A read
@@ -32,7 +33,13 @@ class _FixedDecoder(Decoder):
         # decode_view, not decode, for the next read when the ring is empty.
         self._count = 0
 
-    def decode(self, ring: RingBuffer) -> bytes | None:
+    def _next_frame(self, ring: RingBuffer) -> Any | None:
+        if self._limit is not None:
+            # Frames are counted per decode call against the per-read cap: not cut ahead.
+            return self.decode_one(ring)
+        return super()._next_frame(ring)
+
+    def decode_one(self, ring: RingBuffer) -> bytes | None:
         size = self._size
         if ring.length < size:
             self._count = 0
@@ -47,6 +54,8 @@ class _FixedDecoder(Decoder):
         return frame
 
     def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
+        if self._ahead:
+            return [], 0
         size = self._size
         count = len(view) // size
         self._count = 0

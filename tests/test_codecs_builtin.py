@@ -339,6 +339,14 @@ def test_fixed_max_frames_per_read_is_a_flood_guard_on_both_paths() -> None:
     assert frames == [b"aa", b"bb", b"cc"] and type(error) is FrameError
     frames, error = run(codec, [b"a", b"abbccdd"])  # the ring path counts per read too
     assert frames == [b"aa", b"bb", b"cc"] and type(error) is FrameError
+    # decode(ring) alone: with a cap it does not cut ahead (that would count a batch
+    # as one call), so the fourth call raises.
+    decoder = codec.decoder()
+    ring = RingBuffer()
+    ring.write(b"aabbccdd")
+    assert [decoder.decode(ring) for _ in range(3)] == [b"aa", b"bb", b"cc"]
+    with pytest.raises(FrameError):
+        decoder.decode(ring)
 
 
 # -- length field ------------------------------------------------------------------------
@@ -1039,6 +1047,7 @@ CUT_AHEAD = {
     "varint": (lambda: varint(max_frame_size=64), [b"a", b"bb", b"", b"ccc"],
                encode_varint(500)),
     "mqtt": (lambda: gevwire.codecs.MqttCodec(), [b"\xc0\x00", b"\xd0\x00", b"\xe0\x00"], None),
+    "fixed_length": (lambda: fixed_length(2), [b"ab", b"cd", b"ef"], None),
 }
 
 
