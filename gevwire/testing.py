@@ -36,6 +36,7 @@ __all__ = [
     "BlockingClient",
     "CheckReport",
     "CodecCheckFailed",
+    "DecodeProgress",
     "FakeConnection",
     "FrameCutter",
     "HandlerHarness",
@@ -262,29 +263,17 @@ class FrameCutter:
             for frame in frames:
                 yield frame, None
         decode = self.decoder.decode
-        # A decoder may return frames it cut together before it consumes their bytes,
-        # but every frame takes at least one byte: more frames than buffered bytes
-        # without the ring shrinking would never end.
-        mark = ring.length
-        unconsumed = 0
+        progress = DecodeProgress(ring)
         while ring.length and self.failed is None:
             try:
                 frame = decode(ring)
             except Exception as exc:
                 yield self._error(exc)
-                mark, unconsumed = ring.length, 0
+                progress.reset()
                 continue
             if frame is None:
                 return
-            if ring.length < mark:
-                mark, unconsumed = ring.length, 0
-            else:
-                unconsumed += 1
-                if unconsumed > mark:
-                    raise RuntimeError(
-                        f"decode returned {frame!r} {unconsumed} times in a row without "
-                        f"consuming bytes (of {mark} buffered): a connection would loop "
-                        "forever")
+            progress.returned(frame)
             yield frame, None
 
     def push(self, data: bytes | bytearray | memoryview) -> tuple[list[Any], list[BaseException]]:
@@ -297,6 +286,40 @@ class FrameCutter:
             else:
                 errors.append(error)
         return frames, errors
+
+
+class DecodeProgress:
+    """Checks that a loop calling ``decode(ring)`` while frames come will end.
+
+    A decoder may return frames it cut together before their bytes leave the ring
+    (:class:`~gevwire.codec.CutAheadDecoder`), but every frame takes at least one byte:
+    more frames than buffered bytes with the ring never shrinking would loop forever.
+    Call :meth:`returned` for each frame and :meth:`reset` after an error.
+    """
+
+    __slots__ = ("_mark", "_ring", "_unconsumed")
+
+    def __init__(self, ring: RingBuffer) -> None:
+        self._ring = ring
+        self._mark = ring.length
+        self._unconsumed = 0
+
+    def reset(self) -> None:
+        """Start counting again from the bytes buffered now."""
+        self._mark = self._ring.length
+        self._unconsumed = 0
+
+    def returned(self, frame: Any) -> None:
+        """``decode`` returned ``frame``; raise ``RuntimeError`` if it cannot be ending."""
+        if self._ring.length < self._mark:
+            self.reset()
+            return
+        self._unconsumed += 1
+        if self._unconsumed > self._mark:
+            raise RuntimeError(
+                f"decode returned {frame!r} {self._unconsumed} times in a row without "
+                f"consuming bytes (of {self._mark} buffered): a connection would loop "
+                "forever")
 
 
 def feed(codec: BaseCodec | Decoder, chunks: Iterable[bytes]) -> list[Any]:

@@ -314,3 +314,22 @@ def test_ready_made_codecs_pass(name: str) -> None:
     make, messages, frame_of = CODECS[name]
     report = check_codec(make(), messages=messages, frame_of=frame_of, examples=60)
     assert {"round trip", "splits", "max_frame_size", "garbage"} <= set(report.passed)
+
+
+def test_decode_progress_allows_frames_cut_ahead_but_not_a_decoder_that_never_consumes() -> None:
+    from gevwire import RingBuffer
+    from gevwire.testing import DecodeProgress
+
+    ring = RingBuffer()
+    ring.write(b"abc")
+    progress = DecodeProgress(ring)
+    for frame in (b"a", b"b"):  # two frames returned, their bytes still in the ring
+        progress.returned(frame)
+    ring.retrieve(3)  # ... consumed with the third
+    progress.returned(b"c")
+    ring.write(b"xy")
+    progress.reset()
+    progress.returned(b"x")
+    progress.returned(b"x")
+    with pytest.raises(RuntimeError, match="loop forever"):
+        progress.returned(b"x")  # a third frame from two bytes, none consumed

@@ -41,6 +41,7 @@ from gevwire.codecs import (
     raw,
     varint,
 )
+from gevwire.testing import DecodeProgress
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -120,7 +121,7 @@ class ConnectionSim:
             else:
                 ring.write(chunk)
             if used < len(chunk):  # the connection cuts what is left in the ring at once
-                progress = Progress(ring)
+                progress = DecodeProgress(ring)
                 while ring.length:
                     try:
                         frame = self.decoder.decode(ring)
@@ -132,7 +133,7 @@ class ConnectionSim:
                         continue
                     if frame is None:
                         break
-                    progress.check()
+                    progress.returned(frame)
                     got.append(frame)
         finally:
             self.frames.extend(got)
@@ -176,7 +177,7 @@ def ring_only(codec: BaseCodec, data: bytes) -> tuple[list[Any], Any]:
     ring = RingBuffer()
     ring.write(data)
     frames: list[Any] = []
-    progress = Progress(ring)
+    progress = DecodeProgress(ring)
     while ring.length:
         try:
             frame = decoder.decode(ring)
@@ -188,32 +189,9 @@ def ring_only(codec: BaseCodec, data: bytes) -> tuple[list[Any], Any]:
             continue
         if frame is None:
             break
-        progress.check()
+        progress.returned(frame)
         frames.append(frame)
     return frames, None
-
-
-class Progress:
-    """The connection loops while ``decode`` returns frames: it must end.  A decoder may
-    return frames it cut together before their bytes leave the ring, but each frame
-    takes at least one byte, so more frames than buffered bytes with no byte consumed
-    would never end."""
-
-    def __init__(self, ring: RingBuffer) -> None:
-        self.ring = ring
-        self.reset()
-
-    def reset(self) -> None:
-        self.mark = self.ring.length
-        self.unconsumed = 0
-
-    def check(self) -> None:
-        if self.ring.length < self.mark:
-            self.reset()
-            return
-        self.unconsumed += 1
-        assert self.unconsumed <= self.mark, (
-            f"decode returned {self.unconsumed} frames and consumed nothing")
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:

@@ -34,7 +34,7 @@ from gevwire._fastcodec import FrameLengthError
 from gevwire.codec import BaseCodec, Codec
 from gevwire.errors import FrameError
 from gevwire.ringbuffer import COMPACT_MAX, BufferPool, RingBuffer
-from gevwire.testing import FrameCutter
+from gevwire.testing import DecodeProgress, FrameCutter
 
 if TYPE_CHECKING:
     from hypothesis.strategies import DrawFn, SearchStrategy
@@ -115,24 +115,20 @@ def decode_only(codec: BaseCodec, stream: bytes) -> Feed:
     ring = RingBuffer(4096, pool=BufferPool())
     ring.write(stream)
     out = Feed()
-    mark = ring.length
-    unconsumed = 0  # frames returned since the ring last shrank (see FrameCutter)
+    progress = DecodeProgress(ring)
     while ring.length and not out.failed:
         try:
             frame = decoder.decode(ring)
         except Exception as exc:
             out.error(exc, "decode() on the whole stream")
-            mark, unconsumed = ring.length, 0
+            progress.reset()
             continue
         if frame is None:
             break
-        if ring.length < mark:
-            mark, unconsumed = ring.length, 0
-        else:
-            unconsumed += 1
-            if unconsumed > mark:
-                raise HarnessFailure(f"decode() returned {frame!r} {unconsumed} times "
-                                     f"without consuming bytes (of {mark} buffered)")
+        try:
+            progress.returned(frame)
+        except RuntimeError as exc:
+            raise HarnessFailure(str(exc)) from exc
         out.events.append(("frame", frame))
     out.buffered = ring.length
     return out
