@@ -5,6 +5,7 @@ from gevwire.codec import BaseCodec, Codec, Decoder, RawCodec
 from gevwire.connection import Connection, ConnectionOptions
 from gevwire.errors import (
     ConnectionClosed,
+    DecoderContractError,
     EncodeError,
     FrameError,
     FrameTimeout,
@@ -29,6 +30,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionOptions",
     "Decoder",
+    "DecoderContractError",
     "EncodeError",
     "EventLoop",
     "FrameError",

@@ -63,7 +63,7 @@ class UringConnection(Connection):
     __slots__ = ("_bufs", "_held", "_recv_armed", "_recv_ud", "_ring", "_send_ud",
                  "_sending", "_sent")
 
-    _inline_write = False
+    _view_reads = True
 
     def __init__(
         self,
@@ -92,7 +92,7 @@ class UringConnection(Connection):
     def write_buffer_length(self) -> int:
         """Bytes waiting to be written to the socket (in flight included)."""
         inflight = len(self._sending) - self._sent if self._sending is not None else 0
-        return self._output._len + sum(len(d) for d in self._pending) + inflight
+        return self._output._len + sum(len(d) for d in self._pipe.pending) + inflight
 
     # -- loop side ---------------------------------------------------------------------
 
@@ -128,49 +128,28 @@ class UringConnection(Connection):
                         # Paused while this was already received: keep it, frame it
                         # when reading resumes.
                         self._held.append(bytes(view))
-                    elif self._input._len == 0:
-                        # The echo fast path, as in Connection._on_events.
-                        try:
-                            frames, used = self._decode_view(view)
-                        except Exception as exc:
-                            self._fail(exc)
-                            return
-                        if used < res:
-                            self._input.write(view[used:])
-                        if len(frames) == 1 and not self._close_requested:
-                            loop.frames_in += 1
-                            try:
-                                reply = self._on_message(self, frames[0])
-                                if reply is not None:
-                                    loop.frames_out += 1
-                                    data = self._encode(reply)
-                                    if (self._sending is not None or self._output._len
-                                            or type(data) is not bytes):
-                                        self._write(data)
-                                    else:  # _write's SEND, inlined
-                                        self._sending = data
-                                        self._sent = 0
-                                        size = len(data)
-                                        loop.bytes_out += size
-                                        ring = self._ring
-                                        if ring.pending >= ring.sq_entries:
-                                            ring.submit()
-                                        tail = ring.sq_tail
-                                        SQE_HEAD.pack_into(
-                                            ring.sqes, (tail & ring.sq_mask) << 6, OP_SEND, 0,
-                                            0, self._fd, 0, id(data) + BYTES_OFFSET, size,
-                                            MSG_NOSIGNAL, self._send_ud)
-                                        ring.sq_tail = (tail + 1) & 0xFFFFFFFF
-                                        ring.pending += 1
-                            except Exception as exc:
-                                self._fail(exc)
-                        elif frames:
-                            self._dispatch(frames)
-                        if used < res and self._state == _OPEN:
-                            self._cut_from_ring()
                     else:
-                        self._input.write(view)
-                        self._cut_from_ring()
+                        # Cut, dispatch and answer (the pipeline), as on epoll; a read
+                        # that was one frame returns its reply, sent here.
+                        data = self._received(view)
+                        if data is not None:
+                            if self._sending is not None or self._output._len:
+                                self._write(data)
+                            elif self._state != _CLOSED:  # _write's SEND, inlined
+                                self._sending = data
+                                self._sent = 0
+                                size = len(data)
+                                loop.bytes_out += size
+                                ring = self._ring
+                                if ring.pending >= ring.sq_entries:
+                                    ring.submit()
+                                tail = ring.sq_tail
+                                SQE_HEAD.pack_into(
+                                    ring.sqes, (tail & ring.sq_mask) << 6, OP_SEND, 0,
+                                    0, self._fd, 0, id(data) + BYTES_OFFSET, size,
+                                    MSG_NOSIGNAL, self._send_ud)
+                                ring.sq_tail = (tail + 1) & 0xFFFFFFFF
+                                ring.pending += 1
             finally:
                 bufs.put(bid)  # the loop publishes the ring tail once per turn
                 if not self._recv_armed:
@@ -229,6 +208,10 @@ class UringConnection(Connection):
                            id(data) + BYTES_OFFSET, len(data), MSG_NOSIGNAL, self._send_ud)
         ring.sq_tail = (tail + 1) & 0xFFFFFFFF
         ring.pending += 1
+
+    def _write_batch(self, data: bytes) -> None:
+        """A read's joined replies: sent (or gathered behind the SEND in flight) now."""
+        self._write(data)
 
     def _send_output(self) -> None:
         """Start a SEND of (up to 1 MiB of) the output ring."""
@@ -319,14 +302,14 @@ class UringConnection(Connection):
                 self._on_eof()
                 return
             self._input.write(chunk)
-            self._cut_from_ring()
+            self._pipe.cut_ring()
 
     def _check_high_water(self) -> None:
         inflight = len(self._sending) - self._sent if self._sending is not None else 0
         size = self._output._len + inflight
         options = self._options
         if size > options.max_write_buffer:
-            self._fail(WriteBufferFull(
+            self._pipe.fail(WriteBufferFull(
                 f"{size} unsent bytes exceed max_write_buffer={options.max_write_buffer}"
             ), abort=True)
         elif size > options.write_high_water and not self._read_paused:
@@ -364,7 +347,7 @@ class UringConnection(Connection):
             self._recv_armed = True
 
     def _has_unsent(self) -> bool:
-        return bool(self._output._len or self._pending or self._sending is not None)
+        return bool(self._output._len or self._pipe.pending or self._sending is not None)
 
     def _release_fd(self, fd: int) -> None:
         """Cancel what is in flight (by ``user_data``), then close the fd."""

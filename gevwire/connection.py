@@ -14,7 +14,6 @@ without bound), and a hard cap closes the connection.
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import socket
 import threading
@@ -44,9 +43,10 @@ from gevwire._sys import (
 from gevwire._sys import (
     shutdown as sys_shutdown,
 )
-from gevwire.codec import BaseCodec, Decoder
+from gevwire.codec import BaseCodec
 from gevwire.errors import ConnectionClosed, FrameError, FrameTimeout, WriteBufferFull
 from gevwire.loop import SPARE_SIZE
+from gevwire.pipeline import FramePipeline, Transport
 from gevwire.proxy_protocol import ProxyHeaderDecoder, ProxyInfo
 from gevwire.ringbuffer import RingBuffer
 
@@ -120,33 +120,25 @@ class Connection:
 
     __slots__ = (
         "__weakref__",
-        "_close_requested",
         "_close_timer",
         "_codec",
-        "_decode_bytes",
-        "_decode_view",
-        "_decoder",
         "_deferred",
-        "_dispatching",
         "_encode",
-        "_encode_into",
         "_events",
         "_fd",
         "_frame_timer",
-        "_gathered",
         "_handler",
         "_idle_timer",
         "_input",
         "_last_active",
         "_lingering",
         "_on_closed",
-        "_on_message",
         "_options",
         "_output",
-        "_partial_since",
-        "_pending",
+        "_pipe",
         "_proxy",
         "_read_paused",
+        "_received",
         "_state",
         "_token",
         "_write_shut",
@@ -160,9 +152,8 @@ class Connection:
         "values",
     )
 
-    #: Whether ``_dispatch`` may write a lone reply with ``write(2)`` itself (readiness
-    #: backends); a completion backend routes every write through ``_write``.
-    _inline_write = True
+    #: Reads arrive as views of a reused buffer (completion backends), not ``bytes``.
+    _view_reads = False
 
     def __init__(
         self,
@@ -181,31 +172,26 @@ class Connection:
         self.values: dict[str, Any] = {}
         self._fd = fd
         self._handler = handler
-        self._on_message = handler.on_message
         self._codec = codec
         self._encode = codec.encode
-        encode_into = getattr(codec, "encode_into", None)
-        if encode_into is None:  # a duck-typed codec, not derived from BaseCodec
-            encode_into = functools.partial(BaseCodec.encode_into, codec)
-        self._encode_into: Callable[[list[bytes], Any], int] = encode_into
-        self._decoder = codec.decoder()
-        self._decode_view = self._decoder.decode_view
-        decode_bytes = getattr(self._decoder, "decode_bytes", None)
-        if decode_bytes is None:  # a duck-typed decoder, not derived from Decoder
-            decode_bytes = functools.partial(Decoder.decode_bytes, self._decoder)
-        self._decode_bytes: Callable[[bytes], tuple[list[Any], int]] = decode_bytes
         self._options = options
         self._on_closed = on_closed
-        self._input = RingBuffer()
+        transport = Transport(
+            write=self._write, write_batch=self._write_batch, close=self._close_gracefully,
+            abort=self._close_now, refuses_sends=self._refuses_sends,
+            partial_frame_started=self._partial_frame_started)
+        # Framing, dispatch, reply gathering and the error policy: the one pipeline
+        # every transport drives.  This class moves bytes and keeps the close states.
+        self._pipe = pipe = FramePipeline(
+            self, handler, codec, transport, loop, view_reads=self._view_reads,
+            high_water=options.write_high_water, frame_timeout=options.frame_timeout)
+        self._received = pipe.received
+        self._input: RingBuffer = pipe.input
         self._output = RingBuffer()
-        self._pending: list[bytes] = []  # replies gathered while dispatching one read
-        self._gathered = 0  # bytes put in _pending since it was last written
         # A read's joined replies, written when the loop turn's events are handled (see
-        # _dispatch); None when there are none.
+        # _write_batch); None when there are none.
         self._deferred: bytes | None = None
-        self._dispatching = False
         self._state = _OPEN
-        self._close_requested = False
         self._write_shut = 0  # 0: open, 1: shut down after the output drains, 2: done
         self._read_paused = False
         self._events = EV_READ
@@ -216,7 +202,6 @@ class Connection:
         self._close_timer: TimerHandle | None = None
         self._idle_timer: TimerHandle | None = None
         self._frame_timer: TimerHandle | None = None
-        self._partial_since = 0.0  # when the buffered partial frame began (0: none)
         self._proxy: ProxyHeaderDecoder | None = None
         #: The PROXY protocol header (``proxy_protocol=True``), else None.
         self.proxy_info: ProxyInfo | None = None
@@ -233,7 +218,7 @@ class Connection:
     @property
     def connected(self) -> bool:
         """True until the connection starts closing."""
-        return self._state == _OPEN and not self._close_requested
+        return self._state == _OPEN and not self._pipe.stopped
 
     @property
     def read_buffer_length(self) -> int:
@@ -244,7 +229,7 @@ class Connection:
     def write_buffer_length(self) -> int:
         """Bytes waiting to be written to the socket."""
         deferred = len(self._deferred) if self._deferred is not None else 0
-        return self._output._len + sum(len(d) for d in self._pending) + deferred
+        return self._output._len + sum(len(d) for d in self._pipe.pending) + deferred
 
     def get(self, key: str, default: Any = None) -> Any:
         """A value stored with :meth:`set` (gev's ``Get``)."""
@@ -265,18 +250,20 @@ class Connection:
         another thread has queued more than ``max_write_buffer`` the loop has not yet
         taken.
         """
-        if self._state != _OPEN or self._write_shut or self._close_requested:
+        pipe = self._pipe
+        if self._state != _OPEN or self._write_shut or pipe.stopped:
             raise ConnectionClosed(f"{self} is closed for writing")
         data = self._encode(message)
         if type(data) is not bytes:
             data = bytes(data)
         if threading.get_ident() == self.loop.thread_id:
             self.loop.frames_out += 1
-            if self._dispatching:
-                self._pending.append(data)
-                self._gathered += len(data)
-                if self._gathered + self._output._len > self._options.max_write_buffer:
-                    self._write_gathered()  # over the hard cap: the ring's check closes
+            if pipe.dispatching:
+                # Written with the read's replies; early only past the hard cap (the
+                # ring's check then closes), so a handler's send then shutdown_write
+                # stay together.
+                if pipe.gather(data) + self._output._len > self._options.max_write_buffer:
+                    pipe.flush_gathered()
             else:
                 self._write(data)
         else:
@@ -287,7 +274,7 @@ class Connection:
                 # between two loop turns would take memory without bound.
                 error = WriteBufferFull(f"{queued} bytes queued by send() from other threads "
                                         f"exceed max_write_buffer={limit}")
-                self._close_requested = True
+                pipe.stopped = True
                 self.loop.call_soon(self._fail_and_abort, error)
                 raise error
             self._xsend_bytes = queued
@@ -303,8 +290,8 @@ class Connection:
         returns is still sent; later frames of the same read are not dispatched.
         ``on_close`` runs once, after the fd is closed.
         """
-        if not self._close_requested:
-            self._close_requested = True
+        if not self._pipe.stopped:
+            self._pipe.stopped = True
             self.loop.call_soon(self._close_gracefully)
 
     def abort(self) -> None:
@@ -350,7 +337,7 @@ class Connection:
             try:
                 info = self._proxy.decode(self._input)
             except FrameError as exc:
-                self._fail(exc)
+                self._pipe.fail(exc)
                 return
             if info is None:
                 return
@@ -361,7 +348,7 @@ class Connection:
             self.loop.replace_callback(self._token, self._on_events)
             self._connected()
             if self._input._len and self._state == _OPEN:
-                self._cut_from_ring()
+                self._pipe.cut_ring()
         elif events & (EV_HUP | EV_ERROR) and self._state != _OPEN:
             self._close_now()
             return
@@ -414,17 +401,11 @@ class Connection:
             self._close_now()
 
     def _connected(self) -> None:
-        try:
-            self._handler.on_connect(self)
-        except Exception as exc:
-            self._fail(exc)
-            return
-        if self._pending and self._state != _CLOSED:
-            self._flush_pending()
+        self._pipe.connected()
 
     def _on_events(self, events: int) -> None:
-        # The echo fast path is inlined here and in _dispatch: each Python call level
-        # costs ~0.1 µs, a sixth of a foreign call (measured in benchmarks/).
+        # The echo fast path is inlined here and in FramePipeline.received: each Python
+        # call level costs ~0.1 µs, a sixth of a foreign call (measured in benchmarks/).
         if events & _READ_EVENTS:
             if self._state != _OPEN:
                 if events & (EV_HUP | EV_ERROR):  # closing, and the peer is gone too
@@ -443,41 +424,22 @@ class Connection:
                 if n:
                     loop.bytes_in += n
                     self._last_active = loop.now
-                    try:
-                        frames, used = self._decode_bytes(received)
-                    except Exception as exc:
-                        self._fail(exc)
-                        return
-                    if used < n:
-                        # An incomplete frame, or one the fast path leaves to decode()
-                        # (errors, discards): the ring takes it, decode() runs below.
-                        self._input.write(memoryview(received)[used:])
-                    if len(frames) == 1 and not self._close_requested:
-                        loop.frames_in += 1
-                        try:
-                            reply = self._on_message(self, frames[0])
-                            if reply is not None:
-                                data = self._encode(reply)
-                                loop.frames_out += 1
-                                if (self._output._len or type(data) is not bytes
-                                        or self._deferred is not None):
-                                    self._write(data)
-                                elif self._state != _CLOSED:
-                                    try:
-                                        written = write_bytes(self._fd, data)
-                                    except OSError as exc:
-                                        self._write_error(data, exc)
-                                    else:
-                                        if written == len(data):
-                                            loop.bytes_out += written
-                                        else:
-                                            self._write_rest(data, written)
-                        except Exception as exc:
-                            self._fail(exc)
-                    elif frames:
-                        self._dispatch(frames)
-                    if used < n and self._state == _OPEN:
-                        self._cut_from_ring()
+                    # Cut, dispatch and answer (the pipeline); a read that was one frame
+                    # returns its reply, written here without another call level.
+                    data = self._received(received)
+                    if data is not None:
+                        if self._output._len or self._deferred is not None:
+                            self._write(data)
+                        elif self._state != _CLOSED:
+                            try:
+                                written = write_bytes(self._fd, data)
+                            except OSError as exc:
+                                self._write_error(data, exc)
+                            else:
+                                if written == len(data):
+                                    loop.bytes_out += written
+                                else:
+                                    self._write_rest(data, written)
                 else:
                     self._on_eof()
                     return
@@ -489,7 +451,7 @@ class Connection:
     def _read_into_ring(self) -> None:
         """Read while a partial frame is buffered: into the ring's free space + spare."""
         if self._fill_ring() > 0:
-            self._cut_from_ring()
+            self._pipe.cut_ring()
 
     def _fill_ring(self) -> int:
         """``readv`` into the input ring (plus spare); returns bytes read, or <= 0 after
@@ -531,143 +493,44 @@ class Connection:
         log.debug("%r: read failed: %s", self, exc)
         self._close_now()
 
-    def _cut_from_ring(self) -> None:
-        decode = self._decoder.decode
-        ring = self._input
-        buffered = ring._len
-        frames: list[Any] = []
-        first, second = ring.peek_all()
-        if not second:
-            # The buffered bytes are contiguous: cut whole frames with the batch path
-            # (decode_view), leaving decode() only the tail or whatever it declined.
-            try:
-                frames, used = self._decode_view(first)
-            except Exception as exc:
-                self._fail(exc)
-                return
-            if used:
-                ring.retrieve(used)
-        while ring._len and self._state == _OPEN:
-            try:
-                frame = decode(ring)
-            except Exception as exc:
-                if frames:
-                    self._dispatch(frames)
-                    frames = []
-                if self._state == _OPEN:
-                    self._fail(exc)
-                if getattr(exc, "fatal", True) or not isinstance(exc, FrameError):
-                    return
-                continue  # the codec skipped just that frame: go on with the next
-            if frame is None:
-                break
-            frames.append(frame)
-        if frames:
-            self._dispatch(frames)
-        if self._options.frame_timeout is not None:
-            self._track_partial_frame(ring._len < buffered)
-
-    def _track_partial_frame(self, consumed: bool) -> None:
-        """Stamp when a partial frame starts and arm the frame deadline (timer armed
-        once per partial frame, not per read)."""
-        if not self._input._len or self._state != _OPEN:
-            self._partial_since = 0.0
-        elif consumed or not self._partial_since:
-            self._partial_since = self.loop.now
-            if self._frame_timer is None:
-                timeout = self._options.frame_timeout
-                assert timeout is not None
-                self._frame_timer = self.loop.run_after(timeout, self._check_frame_deadline)
+    def _partial_frame_started(self) -> None:
+        """Arm the frame deadline (once per partial frame, not per read)."""
+        if self._frame_timer is None and self._state == _OPEN:
+            timeout = self._options.frame_timeout
+            assert timeout is not None
+            self._frame_timer = self.loop.run_after(timeout, self._check_frame_deadline)
 
     def _check_frame_deadline(self) -> None:
         """Frame timer: fail with FrameTimeout if the partial frame is overdue."""
         self._frame_timer = None
-        if self._state != _OPEN or not self._partial_since or not self._input._len:
+        if self._state != _OPEN:
+            return
+        left = self._pipe.frame_time_left(time.monotonic())
+        if left is None:
             return
         timeout = self._options.frame_timeout
         assert timeout is not None
-        left = self._partial_since + timeout - time.monotonic()
         if left > 0 or self._read_paused:  # paused by us (backpressure): not the peer's fault
             self._frame_timer = self.loop.run_after(left if left > 0 else timeout,
                                                     self._check_frame_deadline)
             return
-        self._fail(FrameTimeout(timeout, self._input._len))
+        self._pipe.fail(FrameTimeout(timeout, self._input._len))
 
-    def _dispatch(self, frames: list[Any]) -> None:
-        if self._close_requested:  # close() came from elsewhere: no frame after it
-            return
-        on_message = self._on_message
-        encode_into = self._encode_into
-        pending = self._pending
-        loop = self.loop
-        loop.frames_in += len(frames)
-        replies = 0
-        gathered = 0  # reply bytes in pending (a handler's sends count in _gathered)
-        high_water = self._options.write_high_water
-        self._gathered = 0
-        self._dispatching = True
-        try:
-            for frame in frames:
-                reply = on_message(self, frame)
-                if reply is not None:
-                    replies += 1
-                    gathered += encode_into(pending, reply)
-                    if gathered > high_water:
-                        gathered = 0
-                        self._write_gathered()
-                if self._close_requested:  # also set once closing or closed
-                    break
-        except Exception as exc:
-            loop.frames_out += replies
-            self._dispatching = False
-            if pending:
-                self._flush_pending()
-            self._fail(exc)
-            return
-        self._dispatching = False
-        loop.frames_out += replies
-        if pending:
-            # _flush_pending and _write, inlined: one write for the whole read's replies.
-            data = pending[0] if len(pending) == 1 else b"".join(pending)
-            pending.clear()
-            if type(data) is not bytes:
-                data = bytes(data)
-            if self._output._len or not self._inline_write or self._deferred is not None:
-                if self._state != _CLOSED:
-                    self._write(data)
-            elif self._state != _CLOSED:
-                # Written once the turn's events are handled: the replies of every
-                # connection served in a turn then go out back to back, and the peers
-                # they wake find the next ones already written (redis-benchmark -P 16:
-                # 0.84 -> 0.28 us of kernel time per request, measured).
-                self._deferred = data
-                loop.after_events.append(self._write_deferred)
-
-    def _write_gathered(self) -> None:
-        """Write the replies gathered so far in the middle of a batch (loop thread only).
-
-        One read can hold thousands of small requests whose replies are large: gathered
-        until the whole read is dispatched, they would bypass the water marks and the
-        hard cap (``max_write_buffer``) and take memory without bound.  Replies past the
-        high water mark go to the output ring at once, where the marks and the cap apply
-        (closing the connection stops the batch); ``send`` calls in a handler are
-        written early only past the cap, so a handler's ``send`` then ``shutdown_write``
-        stay together.
-        """
-        self._gathered = 0
-        self._flush_pending()
-
-    def _flush_pending(self) -> None:
-        pending = self._pending
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
-        if type(data) is not bytes:
-            data = bytes(data)
-        if self._state != _CLOSED:
-            self._write(data)
+    def _write_batch(self, data: bytes) -> None:
+        """Write a read's joined replies (the pipeline's ``write_batch``)."""
+        if self._output._len or self._deferred is not None:
+            if self._state != _CLOSED:
+                self._write(data)
+        elif self._state != _CLOSED:
+            # Written once the turn's events are handled: the replies of every
+            # connection served in a turn then go out back to back, and the peers
+            # they wake find the next ones already written (redis-benchmark -P 16:
+            # 0.84 -> 0.28 us of kernel time per request, measured).
+            self._deferred = data
+            self.loop.after_events.append(self._write_deferred)
 
     def _write_deferred(self) -> None:
-        """Write the replies _dispatch deferred to the end of the turn."""
+        """Write the replies _write_batch deferred to the end of the turn."""
         data = self._deferred
         if data is not None:
             self._deferred = None
@@ -776,10 +639,10 @@ class Connection:
             self.loop.modify(self._fd, self._token, events)
 
     def _fail_and_abort(self, error: BaseException) -> None:
-        self._fail(error, abort=True)
+        self._pipe.fail(error, abort=True)
 
     def _over_cap(self, size: int) -> None:
-        self._fail(WriteBufferFull(
+        self._pipe.fail(WriteBufferFull(
             f"{size} unsent bytes exceed max_write_buffer={self._options.max_write_buffer}"
         ), abort=True)
 
@@ -826,14 +689,14 @@ class Connection:
         log.debug("%r: idle for %.1fs, closing", self, timeout)
         self.loop.errors["idle_timeout"] = self.loop.errors.get("idle_timeout", 0) + 1
         if self._state == _OPEN:
-            self._close_requested = True
+            self._pipe.stopped = True
             self._close_gracefully()
         else:
             self._close_now()
 
     def _has_unsent(self) -> bool:
         """True while output is buffered, gathered, or (completion backends) in flight."""
-        return bool(self._output._len or self._pending or self._deferred is not None)
+        return bool(self._output._len or self._pipe.pending or self._deferred is not None)
 
     def _on_eof(self) -> None:
         """The peer shut down its writing half: finish replies, then close (as asyncio)."""
@@ -855,39 +718,14 @@ class Connection:
         except OSError as exc:
             log.debug("%r: shutdown failed: %s", self, exc)
 
-    def _fail(self, error: BaseException, *, abort: bool = False) -> None:
-        """Report ``error`` to the handler's ``on_error`` (default: log and close)."""
-        if isinstance(error, ConnectionClosed) and (self._close_requested or self._write_shut):
-            # A handler's ``send`` lost a race with ``close`` / ``shutdown_write`` called
-            # from another thread (they refuse ``send`` at once, while the handler runs):
-            # the connection is closing or half-closed as asked, so this is nobody's
-            # error — not one to log with a traceback, count, or close the connection for.
-            log.debug("%r: a handler's send came after close: %s", self, error)
-            return
-        errors = self.loop.errors
-        kind = type(error).__name__
-        errors[kind] = errors.get(kind, 0) + 1
-        on_error = getattr(self._handler, "on_error", None)
-        try:
-            if on_error is not None:
-                on_error(self, error)
-            else:
-                log.error("closing %r after error", self, exc_info=error)
-                self._close_gracefully()
-        except Exception:
-            log.exception("%r: on_error failed", self)
-            self._close_now()
-        if abort:
-            self._close_now()
-        elif isinstance(error, FrameError) and error.fatal and self._state == _OPEN:
-            # The stream is out of sync: no later byte can be framed, whatever the hook
-            # decided.  Replies already queued still go out.
-            self._close_gracefully()
+    def _refuses_sends(self) -> bool:
+        """True once close or shutdown_write was asked for (``send`` raises)."""
+        return bool(self._pipe.stopped or self._write_shut)
 
     def _close_gracefully(self) -> None:
         if self._state != _OPEN:
             return
-        self._close_requested = True
+        self._pipe.stopped = True
         if not self._has_unsent():
             self._state = _CLOSING
             self._finish_close()
@@ -896,11 +734,9 @@ class Connection:
         if self._deferred is not None:
             self._output.write(self._deferred)  # before what is gathered: it came first
             self._deferred = None
-        if self._pending and not self._dispatching:
-            pending = self._pending
-            data = b"".join(pending)
-            pending.clear()
-            self._output.write(data)
+        gathered = self._pipe.take_pending()
+        if gathered is not None:
+            self._output.write(gathered)
         self._set_events(EV_WRITE)  # after the write: a completion backend sends on it
         timeout = self._options.close_timeout
         self._close_timer = self.loop.run_after(timeout, self._close_now)
@@ -924,7 +760,7 @@ class Connection:
         if self._state == _CLOSED:
             return
         self._state = _CLOSED
-        self._close_requested = True
+        self._pipe.stopped = True
         fd, self._fd = self._fd, -1
         if self._close_timer is not None:
             self._close_timer.cancel()
@@ -936,9 +772,8 @@ class Connection:
             self._frame_timer.cancel()
             self._frame_timer = None
         self._release_fd(fd)
-        self._input.reset()
+        self._pipe.reset()
         self._output.reset()
-        self._pending.clear()
         self._deferred = None
         self._xsend.clear()
         try:

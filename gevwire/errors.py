@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConnectionClosed",
+    "DecoderContractError",
     "EncodeError",
     "FrameError",
     "FrameTooLarge",
@@ -63,6 +64,12 @@ class FrameTimeout(FrameError):
 
 class EncodeError(GevwireError, ValueError):
     """A reply or ``send`` argument cannot be encoded by the connection's codec."""
+
+
+class DecoderContractError(GevwireError, RuntimeError):
+    """A decoder broke its contract: it reported more bytes used than it was given, or
+    returned frames forever without consuming bytes.  A bug in the codec, not the peer:
+    the connection is closed (through ``on_error``) instead of hanging its loop."""
 
 
 class RoutingError(GevwireError):

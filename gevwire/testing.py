@@ -14,6 +14,7 @@ need it (:func:`strategy_for`, :func:`check_codec`), so the harness, ``serve`` a
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections import deque
@@ -23,11 +24,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gevwire.codec import BaseCodec, Decoder, RawCodec
-from gevwire.errors import ConnectionClosed, FrameError, GevwireError
-from gevwire.handler import Handler
+from gevwire.errors import ConnectionClosed, DecoderContractError, FrameError, GevwireError
 from gevwire.loop import SPARE_SIZE
+from gevwire.pipeline import Counters, DecodeProgress, FramePipeline, Transport
 from gevwire.ringbuffer import COMPACT_MAX, RingBuffer
 from gevwire.server import Server
+
+log = logging.getLogger("gevwire")
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -164,25 +167,28 @@ def check_codec(
 
 
 class FrameCutter:
-    """Cuts frames from successive reads exactly as a :class:`~gevwire.Connection` does.
+    """Cuts frames from successive reads with the :class:`~gevwire.pipeline.FramePipeline`
+    that serves a :class:`~gevwire.Connection`: the same object, so what passes here
+    passes on a server.
 
-    While the input ring is empty, a read (at most the loop's 64 KiB spare buffer) goes
-    to ``decoder.decode_bytes`` (``decode_view`` with ``view_reads=True``, as on io_uring)
-    and only what it leaves is copied into the ring.  While
-    the ring holds a partial frame, a read fills the ring's free space (plus the spare
-    buffer); then ``decode_view`` cuts the ring's bytes if they are contiguous, and
-    ``decoder.decode(ring)`` runs until it returns None.  A non-fatal
-    :class:`~gevwire.FrameError` is reported and cutting goes on; any other error ends
-    the stream (``failed`` is set and later reads are ignored), as the connection closes.
+    Each read of at most the loop's 64 KiB spare buffer goes to the pipeline as a
+    connection hands it one: while the input ring is empty, to
+    ``decoder.decode_bytes`` (``decode_view`` with ``view_reads=True``, as on io_uring),
+    only what it leaves being copied into the ring; while the ring holds a partial frame,
+    into the ring's free space (plus the spare buffer), then ``decode_view`` on the
+    ring's bytes if they are contiguous and ``decoder.decode(ring)`` until it returns
+    None.  A non-fatal :class:`~gevwire.FrameError` is reported and cutting goes on;
+    any other error ends the stream (``failed`` is set and later reads are ignored), as
+    the connection closes.
 
     ``ring_capacity`` is the input ring's smallest size (the connection's is 4096) and
     ``compact_max`` how many buffered bytes it moves to its front rather than wrap (the
     connection's: :data:`~gevwire.ringbuffer.COMPACT_MAX`); a small ring with
     ``compact_max=0`` wraps around often, the case where ``decode`` rather than
-    ``decode_view`` cuts frames.  What would hang a connection raises ``RuntimeError``:
-    a ``decode`` that returns more frames without consuming bytes than are buffered
-    (each frame takes at least one), or a ``decode_view``
-    reporting more bytes used than it was given.
+    ``decode_view`` cuts frames.  What would hang a connection raises
+    :class:`~gevwire.DecoderContractError` (a ``RuntimeError``): a ``decode`` that returns
+    more frames without consuming bytes than are buffered (each frame takes at least
+    one), or a batch cutter reporting more bytes used than it was given.
     """
 
     def __init__(self, codec: BaseCodec | Decoder, *, ring_capacity: int = 4096,
@@ -191,6 +197,12 @@ class FrameCutter:
         self.ring = RingBuffer(ring_capacity, compact_max=compact_max)
         self.view_reads = view_reads
         self.failed: BaseException | None = None
+        self._events: list[tuple[Any, BaseException | None]] = []
+        transport = Transport(write=_refuse_bytes, close=self._stop, abort=self._stop,
+                              refuses_sends=_never)
+        self.pipeline = FramePipeline(
+            self, self, self.decoder, transport, Counters(), view_reads=view_reads,
+            input_ring=self.ring, reraise=_is_contract_error)
 
     @property
     def buffered(self) -> int:
@@ -202,79 +214,13 @@ class FrameCutter:
     ) -> Iterator[tuple[Any, BaseException | None]]:
         """Process ``data`` as it arrives (one read, or several if it exceeds what one
         read of the connection takes): yields ``(frame, None)`` or ``(None, error)`` in
-        stream order.
-
-        Stop iterating to stop dispatching (as a connection does once closed): frames
-        already cut from this read are dropped.
+        stream order, each read's once the pipeline has cut all of it.
         """
-        view = memoryview(data)
-        ring = self.ring
-        while len(view) and self.failed is None:
-            if ring.length == 0:
-                piece, view = view[:SPARE_SIZE], view[SPARE_SIZE:]
-                yield from self._read_spare(piece)
-            else:
-                room = ring.free
-                piece, view = view[: room + SPARE_SIZE], view[room + SPARE_SIZE :]
-                ring.write(piece[:room])  # readv into the ring's free space ...
-                ring.write(piece[room:])  # ... and the spare buffer, then appended
-                yield from self._cut_from_ring()
-
-    def _error(self, exc: BaseException) -> tuple[None, BaseException]:
-        if not isinstance(exc, FrameError) or exc.fatal:
-            self.failed = exc
-        return None, exc
-
-    def _read_spare(self, view: memoryview) -> Iterator[tuple[Any, BaseException | None]]:
-        try:
-            if self.view_reads:
-                frames, used = self.decoder.decode_view(view)
-            else:
-                decode_bytes = getattr(self.decoder, "decode_bytes", None)
-                data = view.tobytes()
-                frames, used = (decode_bytes(data) if decode_bytes is not None
-                                else Decoder.decode_bytes(self.decoder, data))
-        except Exception as exc:
-            yield self._error(exc)
-            return  # the connection drops this read
-        if not 0 <= used <= len(view):
-            how = "decode_view" if self.view_reads else "decode_bytes"
-            raise RuntimeError(f"{how} used {used} of {len(view)} bytes")
-        if used < len(view):
-            self.ring.write(view[used:])
-        for frame in frames:
-            yield frame, None
-        if used < len(view):
-            yield from self._cut_from_ring()
-
-    def _cut_from_ring(self) -> Iterator[tuple[Any, BaseException | None]]:
-        ring = self.ring
-        first, second = ring.peek_all()
-        if not len(second):
-            try:
-                frames, used = self.decoder.decode_view(first)
-            except Exception as exc:
-                yield self._error(exc)
+        for _ in _reads(self.pipeline, data, self.view_reads):
+            events, self._events = self._events, []
+            yield from events
+            if self.failed is not None:
                 return
-            if not 0 <= used <= len(first):
-                raise RuntimeError(f"decode_view used {used} of {len(first)} bytes")
-            if used:
-                ring.retrieve(used)
-            for frame in frames:
-                yield frame, None
-        decode = self.decoder.decode
-        progress = DecodeProgress(ring)
-        while ring.length and self.failed is None:
-            try:
-                frame = decode(ring)
-            except Exception as exc:
-                yield self._error(exc)
-                progress.reset()
-                continue
-            if frame is None:
-                return
-            progress.returned(frame)
-            yield frame, None
 
     def push(self, data: bytes | bytearray | memoryview) -> tuple[list[Any], list[BaseException]]:
         """Process one read: every frame cut from it, and every error raised."""
@@ -287,39 +233,53 @@ class FrameCutter:
                 errors.append(error)
         return frames, errors
 
+    # The pipeline's handler: frames and errors are recorded, nothing is answered.
 
-class DecodeProgress:
-    """Checks that a loop calling ``decode(ring)`` while frames come will end.
+    def on_message(self, conn: Any, frame: Any) -> None:
+        self._events.append((frame, None))
 
-    A decoder may return frames it cut together before their bytes leave the ring
-    (:class:`~gevwire.codec.CutAheadDecoder`), but every frame takes at least one byte:
-    more frames than buffered bytes with the ring never shrinking would loop forever.
-    Call :meth:`returned` for each frame and :meth:`reset` after an error.
-    """
+    def on_error(self, conn: Any, error: BaseException) -> None:
+        self._events.append((None, error))
+        if not isinstance(error, FrameError) or error.fatal:
+            self.failed = error
+            self.pipeline.stopped = True
 
-    __slots__ = ("_mark", "_ring", "_unconsumed")
+    def _stop(self) -> None:
+        self.pipeline.stopped = True
 
-    def __init__(self, ring: RingBuffer) -> None:
-        self._ring = ring
-        self._mark = ring.length
-        self._unconsumed = 0
 
-    def reset(self) -> None:
-        """Start counting again from the bytes buffered now."""
-        self._mark = self._ring.length
-        self._unconsumed = 0
+def _refuse_bytes(data: bytes) -> None:
+    raise RuntimeError("FrameCutter's handler answered a frame")
 
-    def returned(self, frame: Any) -> None:
-        """``decode`` returned ``frame``; raise ``RuntimeError`` if it cannot be ending."""
-        if self._ring.length < self._mark:
-            self.reset()
-            return
-        self._unconsumed += 1
-        if self._unconsumed > self._mark:
-            raise RuntimeError(
-                f"decode returned {frame!r} {self._unconsumed} times in a row without "
-                f"consuming bytes (of {self._mark} buffered): a connection would loop "
-                "forever")
+
+def _never() -> bool:
+    return False
+
+
+def _is_contract_error(error: BaseException) -> bool:
+    return isinstance(error, DecoderContractError)
+
+
+def _reads(pipeline: FramePipeline, data: bytes | bytearray | memoryview,
+           view_reads: bool, write: Callable[[bytes], None] = _refuse_bytes
+           ) -> Iterator[None]:
+    """Hand ``data`` to ``pipeline`` in the reads a connection would make of it (at most
+    the ring's free space plus the 64 KiB spare buffer each); yields after each."""
+    view = memoryview(data)
+    ring = pipeline.input
+    while len(view) and not pipeline.stopped:
+        if ring.length == 0:
+            piece, view = view[:SPARE_SIZE], view[SPARE_SIZE:]
+            reply = pipeline.received(piece if view_reads else piece.tobytes())
+            if reply is not None:  # the one-frame read's reply: the transport writes it
+                write(reply)
+        else:
+            room = ring.free
+            piece, view = view[: room + SPARE_SIZE], view[room + SPARE_SIZE :]
+            ring.write(piece[:room])  # readv into the ring's free space ...
+            ring.write(piece[room:])  # ... and the spare buffer, then appended
+            pipeline.cut_ring()
+        yield None
 
 
 def feed(codec: BaseCodec | Decoder, chunks: Iterable[bytes]) -> list[Any]:
@@ -371,7 +331,7 @@ class FakeConnection:
     @property
     def read_buffer_length(self) -> int:
         """Bytes received but not yet cut into a frame."""
-        return self._harness.cutter.buffered
+        return self._harness.pipeline.input.length
 
     @property
     def write_buffer_length(self) -> int:
@@ -387,22 +347,29 @@ class FakeConnection:
         self.values[key] = value
 
     def send(self, message: Any) -> None:
-        """Encode ``message`` with the codec and record it as sent.
+        """Encode ``message`` with the codec and record it as sent (with the replies of
+        the frame being handled, as a connection gathers them).
 
         Raises :class:`~gevwire.ConnectionClosed` once closing or shut down for writing.
         """
         if self.close_requested or self.write_shut or self._harness.closed:
             raise ConnectionClosed(f"{self!r} is closed for writing")
-        self._harness._record(message)
+        pipeline = self._harness.pipeline
+        data = pipeline.encode(message)
+        if pipeline.dispatching:
+            pipeline.gather(data)
+        else:
+            self._harness._write(data)
 
     def close(self) -> None:
         """Close after the current call (``on_close`` runs once, then)."""
         self.close_requested = True
+        self._harness.pipeline.stopped = True
 
     def abort(self) -> None:
         """Close at once; recorded in ``aborted``."""
         self.aborted = True
-        self.close_requested = True
+        self.close()
 
     def shutdown_write(self) -> None:
         """Half-close: later ``send`` calls raise ``ConnectionClosed``."""
@@ -412,22 +379,67 @@ class FakeConnection:
         return f"<FakeConnection peer={self.peer_addr!r}>"
 
 
+class _RecordingCodec:
+    """The harness's codec: encodes as the real one, recording each reply and ``send``
+    argument with its bytes."""
+
+    def __init__(self, codec: BaseCodec, harness: HandlerHarness) -> None:
+        self._codec = codec
+        self._harness = harness
+
+    def decoder(self) -> Decoder:
+        return self._codec.decoder()
+
+    def encode(self, message: Any) -> bytes:
+        data = bytes(self._codec.encode(message))
+        harness = self._harness
+        harness.sent.append(data)
+        harness.replies.append(message)
+        harness._new.append(message)
+        return data
+
+    def encode_into(self, parts: list[bytes], message: Any) -> int:
+        data = self.encode(message)
+        parts.append(data)
+        return len(data)
+
+
+class _ObservedHandler:
+    """The harness's handler: the user's, with every ``on_error`` recorded."""
+
+    def __init__(self, handler: Any, harness: HandlerHarness) -> None:
+        self.on_connect = handler.on_connect
+        self.on_message = handler.on_message
+        self._on_error = getattr(handler, "on_error", None)
+        self._harness = harness
+
+    def on_error(self, conn: Any, error: BaseException) -> None:
+        self._harness.errors.append(error)
+        if self._on_error is not None:
+            self._on_error(conn, error)
+        else:  # as a connection's pipeline does for a handler without on_error
+            log.error("closing %r after error", conn, exc_info=error)
+            conn.close()
+
+
 class HandlerHarness:
-    """Runs a handler against a :class:`FakeConnection`, no sockets or threads.
+    """Runs a handler against a :class:`FakeConnection`, no sockets or threads, through
+    the :class:`~gevwire.pipeline.FramePipeline` that serves a real connection.
 
     ``on_connect`` runs at once.  :meth:`feed` hands bytes to the codec's decoder as a
     connection would (each call is one read), :meth:`deliver` hands a frame straight to
     ``on_message``; both return the replies that call produced.  Replies (returned values
     and ``send`` arguments, in order) collect in ``replies`` and are encoded with the
-    codec, so an unencodable reply fails as it would on a server; the bytes collect in
-    ``output``.  Once the handler closes, later frames are not dispatched and
-    ``on_close`` runs (once) at the end of that call.
+    codec, so an unencodable reply fails as it would on a server; their bytes collect in
+    ``sent`` (one ``bytes`` each) and ``output``.  Once the handler closes, later frames
+    are not dispatched and ``on_close`` runs (once) at the end of that call.
 
     With ``raise_errors`` (the default) an exception from a handler callback or the
     codec propagates to the test; only :class:`~gevwire.FrameError`\\s go to the
     handler's ``on_error``, as on a server.  With ``raise_errors=False`` every error goes
     to ``on_error`` as on a server (the default hook logs and closes); ``errors`` lists
-    them either way.
+    them either way.  A decoder that breaks its contract always raises
+    :class:`~gevwire.DecoderContractError`.
 
         harness = HandlerHarness(MyHandler(), Codec(SCHEMA))
         assert harness.deliver({"kind": "ping", "id": 7}) == [{"kind": "pong", "id": 7}]
@@ -444,7 +456,6 @@ class HandlerHarness:
         self.handler = handler
         self.codec: BaseCodec = codec if codec is not None else RawCodec()
         self.raise_errors = raise_errors
-        self.cutter = FrameCutter(self.codec)
         self.conn = FakeConnection(self, peer_addr)
         #: Every reply and ``send`` argument, in order.
         self.replies: list[Any] = []
@@ -455,16 +466,25 @@ class HandlerHarness:
         #: True once ``on_close`` has run.
         self.closed = False
         self._new: list[Any] = []
-        self._call(lambda: handler.on_connect(self.conn))
+        self._written: list[bytes] = []
+        conn = self.conn
+        transport = Transport(
+            write=self._write, close=conn.close, abort=conn.abort,
+            refuses_sends=lambda: conn.close_requested or conn.write_shut)
+        #: The pipeline a connection would frame and dispatch with.
+        self.pipeline = FramePipeline(
+            conn, _ObservedHandler(handler, self), _RecordingCodec(self.codec, self),
+            transport, Counters(), reraise=self._reraise)
+        self._call(self.pipeline.connected)
 
     @property
     def output(self) -> bytes:
         """Every byte sent to the peer so far."""
-        return b"".join(self.sent)
+        return b"".join(self._written)
 
     def deliver(self, frame: Any) -> list[Any]:
         """Hand one decoded frame to ``on_message``; the replies it produced."""
-        return self._call(lambda: self._dispatch(frame))
+        return self._call(lambda: self.pipeline.dispatch([frame]))
 
     def feed(self, data: bytes) -> list[Any]:
         """One read of raw bytes through the codec's decoder; the replies produced."""
@@ -479,11 +499,21 @@ class HandlerHarness:
         self.conn.close_requested = True
         self._call(lambda: None)
 
-    def _record(self, message: Any) -> None:
-        data = self.codec.encode(message)
-        self.sent.append(bytes(data))
-        self.replies.append(message)
-        self._new.append(message)
+    def _write(self, data: bytes) -> None:
+        if not self.closed:
+            self._written.append(data)
+
+    def _read(self, data: bytes) -> None:
+        for _ in _reads(self.pipeline, data, False, self._write):
+            pass
+
+    def _reraise(self, error: BaseException) -> bool:
+        if isinstance(error, DecoderContractError):
+            return True
+        if self.raise_errors and not isinstance(error, FrameError):
+            self.errors.append(error)
+            return True
+        return False
 
     def _call(self, action: Callable[[], None]) -> list[Any]:
         self._new = []
@@ -494,52 +524,9 @@ class HandlerHarness:
             finally:
                 if self.conn.close_requested and not self.closed:
                     self.closed = True
+                    self.pipeline.reset()
                     self.handler.on_close(self.conn)
         return self._new
-
-    def _dispatch(self, frame: Any) -> None:
-        try:
-            reply = self.handler.on_message(self.conn, frame)
-            if reply is not None:
-                self._record(reply)
-        except Exception as exc:
-            if self.raise_errors:
-                raise
-            self._fail(exc)
-
-    def _read(self, data: bytes) -> None:
-        try:
-            for frame, error in self.cutter.cut(data):
-                if error is not None:
-                    if self.raise_errors and not isinstance(error, FrameError):
-                        raise error
-                    self._fail(error)
-                else:
-                    self._dispatch(frame)
-                if self.conn.close_requested:
-                    return
-        except RuntimeError:
-            raise
-        except Exception as exc:
-            if self.raise_errors:
-                raise
-            self._fail(exc)
-
-    def _fail(self, error: BaseException) -> None:
-        """As ``Connection._fail``: the handler's ``on_error``, or log and close."""
-        self.errors.append(error)
-        on_error = getattr(self.handler, "on_error", None)
-        try:
-            if on_error is not None:
-                on_error(self.conn, error)
-            else:
-                Handler.on_error(self.handler, self.conn, error)  # type: ignore[arg-type]
-        except Exception:
-            if self.raise_errors:
-                raise
-            self.conn.abort()
-        if isinstance(error, FrameError) and error.fatal:
-            self.conn.close()
 
 
 # -- loopback servers and clients ----------------------------------------------------------

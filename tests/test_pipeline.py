@@ -1,0 +1,250 @@
+"""``FramePipeline`` driven directly, no sockets: the one read → frame → dispatch → write
+path every transport uses (epoll, io_uring, ``FrameCutter``, ``HandlerHarness``)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+from conftest import ServeFn, peer_closed, wait_until
+
+import gevwire
+from gevwire import DecoderContractError, FrameError, FrameTooLarge
+from gevwire.codecs import line
+from gevwire.pipeline import Counters, FramePipeline, Transport
+from gevwire.ringbuffer import RingBuffer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Wire:
+    """A transport that records what the pipeline asks of it, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.pipeline: FramePipeline | None = None
+        self.write_shut = False
+
+    def transport(self) -> Transport:
+        return Transport(
+            write=lambda data: self.calls.append(("write", data)),
+            write_batch=lambda data: self.calls.append(("batch", data)),
+            close=self._close, abort=self._abort,
+            refuses_sends=lambda: self.write_shut,
+            partial_frame_started=lambda: self.calls.append(("partial", None)))
+
+    def _close(self) -> None:
+        self.calls.append(("close", None))
+        assert self.pipeline is not None
+        self.pipeline.stopped = True
+
+    def _abort(self) -> None:
+        self.calls.append(("abort", None))
+        assert self.pipeline is not None
+        self.pipeline.stopped = True
+
+    @property
+    def sent(self) -> bytes:
+        return b"".join(d for kind, d in self.calls if kind in ("write", "batch"))
+
+
+class Upper(gevwire.Handler):
+    """Replies to each line with it in upper case; ``boom`` raises, ``bye`` closes."""
+
+    def __init__(self) -> None:
+        self.frames: list[Any] = []
+        self.errors: list[BaseException] = []
+
+    def on_message(self, conn: Any, frame: Any) -> Any:
+        self.frames.append(frame)
+        if frame == b"boom":
+            raise ValueError("boom")
+        if frame == b"bye":
+            conn.close()
+            return b"BYE"
+        return bytes(frame).upper()
+
+    def on_error(self, conn: Any, error: BaseException) -> None:
+        self.errors.append(error)
+
+
+def make(handler: Any, codec: Any = None, **kwargs: Any) -> tuple[FramePipeline, Wire,
+                                                                   Counters]:
+    wire = Wire()
+    counters = Counters()
+    codec = codec if codec is not None else line(max_length=64)
+
+    class Conn:
+        def close(self) -> None:
+            wire._close()
+
+    pipeline = FramePipeline(Conn(), handler, codec, wire.transport(), counters, **kwargs)
+    wire.pipeline = pipeline
+    return pipeline, wire, counters
+
+
+def test_a_read_of_one_frame_returns_its_reply_for_the_transport_to_write() -> None:
+    pipeline, wire, counters = make(Upper())
+    assert pipeline.received(b"ping\n") == b"PING\n"
+    assert wire.calls == []
+    assert (counters.frames_in, counters.frames_out) == (1, 1)
+
+
+def test_the_replies_of_a_read_of_many_frames_leave_as_one_batch_in_order() -> None:
+    pipeline, wire, counters = make(Upper())
+    assert pipeline.received(b"a\nb\nc\n") is None
+    assert wire.calls == [("batch", b"A\nB\nC\n")]
+    assert (counters.frames_in, counters.frames_out) == (3, 3)
+
+
+def test_a_partial_frame_waits_in_the_ring_and_its_reply_follows_the_earlier_ones() -> None:
+    pipeline, wire, _ = make(Upper())
+    assert pipeline.received(b"one\ntw") is None
+    assert wire.sent == b"ONE\n"
+    assert pipeline.input.length == 2
+    assert pipeline.received(b"o\nthree\n") is None  # ring not empty: cut from it
+    assert wire.sent == b"ONE\nTWO\nTHREE\n"
+    assert pipeline.input.length == 0
+
+
+def test_view_reads_keep_no_reference_to_the_reused_buffer() -> None:
+    pipeline, wire, _ = make(Upper(), view_reads=True)
+    buffer = bytearray(b"abc\nde")
+    assert pipeline.received(memoryview(buffer)) is None
+    buffer[:] = b"XXXXXX"  # the kernel reuses the buffer
+    pipeline.received(memoryview(b"f\n"))
+    assert wire.sent == b"ABC\nDEF\n"
+
+
+def test_a_handler_exception_goes_to_on_error_after_the_replies_before_it() -> None:
+    handler = Upper()
+    pipeline, wire, counters = make(handler)
+    pipeline.received(b"a\nboom\nc\n")
+    assert [type(e) for e in handler.errors] == [ValueError]
+    assert counters.errors == {"ValueError": 1}
+    assert wire.calls == [("write", b"A\n")]  # not closed: on_error decided to go on
+    assert handler.frames == [b"a", b"boom"]  # the read's later frames are dropped
+    assert pipeline.received(b"d\n") == b"D\n"
+
+
+def test_a_fatal_frame_error_closes_whatever_on_error_decides() -> None:
+    handler = Upper()
+    pipeline, wire, counters = make(handler)
+    pipeline.received(b"ok\n" + b"x" * 100)  # a line past max_length=64
+    assert [type(e) for e in handler.errors] == [FrameTooLarge]
+    assert wire.calls[0] == ("batch", b"OK\n") or wire.calls[0] == ("write", b"OK\n")
+    assert ("close", None) in wire.calls
+    assert counters.errors == {"FrameTooLarge": 1}
+    pipeline.received(b"later\n")
+    assert handler.frames == [b"ok"]  # stopped: nothing after the close
+
+
+def test_a_non_fatal_frame_error_skips_just_its_frame() -> None:
+    from gevwire.codecs import length_field
+
+    handler = Upper()
+    codec = length_field(length_field_length=2, initial_bytes_to_strip=2, max_frame_size=6,
+                         on_oversize="discard")
+    pipeline, wire, _ = make(handler, codec)
+    stream = b"\x00\x02ab" + b"\x00\x07toolong" + b"\x00\x02cd"
+    pipeline.received(stream)
+    assert [type(e) for e in handler.errors] == [FrameTooLarge]
+    assert not handler.errors[0].fatal  # type: ignore[attr-defined]
+    assert handler.frames == [b"ab", b"cd"]
+    assert ("close", None) not in wire.calls
+
+
+def test_close_in_a_handler_stops_the_frames_after_it() -> None:
+    handler = Upper()
+    pipeline, wire, _ = make(handler)
+    pipeline.received(b"a\nbye\nc\n")
+    assert handler.frames == [b"a", b"bye"]
+    assert wire.sent == b"A\nBYE\n"
+
+
+def test_replies_past_high_water_are_written_in_the_middle_of_a_read() -> None:
+    pipeline, wire, _ = make(Upper(), high_water=8)
+    pipeline.received(b"aaaa\nbbbb\ncccc\n")
+    kinds = [kind for kind, _ in wire.calls]
+    assert kinds == ["write", "batch"]
+    assert wire.sent == b"AAAA\nBBBB\nCCCC\n"
+
+
+def test_the_partial_frame_deadline_is_armed_once_per_partial_frame() -> None:
+    pipeline, wire, counters = make(Upper(), frame_timeout=2.0)
+    counters.now = 100.0
+    pipeline.received(b"par")
+    assert wire.calls == [("partial", None)]
+    assert pipeline.frame_time_left(101.5) == pytest.approx(0.5)
+    counters.now = 101.0
+    pipeline.received(b"tial")  # the same frame, still partial: no new deadline
+    assert wire.calls == [("partial", None)]
+    pipeline.received(b"\nnext")  # a frame completed, a new one began
+    assert wire.calls[-1] == ("partial", None) and pipeline.partial_since == 101.0
+    pipeline.received(b"\n")
+    assert pipeline.frame_time_left(200.0) is None
+
+
+class GreedyLiar(gevwire.Decoder):
+    """Claims to have used more bytes than it was given."""
+
+    def decode(self, ring: RingBuffer) -> Any:
+        return None
+
+    def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
+        return [], len(view) + 1
+
+
+class Repeater(gevwire.Decoder):
+    """Returns the same frame forever without consuming a byte."""
+
+    def decode(self, ring: RingBuffer) -> Any:
+        return b"again"
+
+
+class LiarCodec(gevwire.BaseCodec):
+    def __init__(self, decoder: type[gevwire.Decoder]) -> None:
+        self._decoder = decoder
+
+    def decoder(self) -> gevwire.Decoder:
+        return self._decoder()
+
+    def encode(self, message: Any) -> bytes:
+        return bytes(message)
+
+
+@pytest.mark.parametrize("decoder", [GreedyLiar, Repeater])
+def test_a_decoder_that_breaks_its_contract_fails_the_connection_instead_of_hanging(
+    decoder: type[gevwire.Decoder],
+) -> None:
+    handler = Upper()
+    pipeline, _, counters = make(handler, LiarCodec(decoder))
+    pipeline.received(b"abc")
+    assert [type(e) for e in handler.errors] == [DecoderContractError]
+    assert isinstance(handler.errors[0], RuntimeError)
+    assert counters.errors == {"DecoderContractError": 1}
+
+
+def test_reraise_hands_chosen_errors_to_the_caller() -> None:
+    pipeline, _, _ = make(Upper(), reraise=lambda e: not isinstance(e, FrameError))
+    with pytest.raises(ValueError, match="boom"):
+        pipeline.received(b"boom\n")
+    assert not pipeline.dispatching
+
+
+@pytest.mark.parametrize("decoder", [GreedyLiar, Repeater])
+def test_a_server_closes_the_connection_of_a_broken_decoder_and_counts_it(
+    serve: ServeFn, decoder: type[gevwire.Decoder]
+) -> None:
+    class Quiet(gevwire.Handler):
+        def on_error(self, conn: gevwire.Connection, error: BaseException) -> None:
+            conn.close()
+
+    server = serve(Quiet(), codec=LiarCodec(decoder), loops=1)
+    for count in (1, 2):  # the loop lives on: a second connection is served (and closed)
+        with socket.create_connection(server.address[:2], timeout=5) as sock:
+            sock.sendall(b"abc")
+            assert peer_closed(sock)
+        assert wait_until(
+            lambda n=count: server.stats()["errors"].get("DecoderContractError") == n)
