@@ -95,7 +95,7 @@ def _example_missing(name: str) -> Callable[[], str | None]:
 def _uring_missing() -> str | None:
     if not (REPO_DIR / "examples" / "echo.py").is_file():
         return "examples/echo.py does not exist yet"
-    from gevwire._uring_loop import uring_available
+    from gevwire._uring.loop import uring_available
 
     ok, reason = uring_available()
     return None if ok else f"io_uring unavailable: {reason}"

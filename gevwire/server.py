@@ -16,9 +16,9 @@ from typing import Any
 
 from gevwire._sys import close as sys_close
 from gevwire._sys import set_nodelay
-from gevwire._uring_connection import UringConnection
-from gevwire._uring_listener import UringListener
-from gevwire._uring_loop import UringLoop, uring_available
+from gevwire._uring.connection import UringConnection
+from gevwire._uring.listener import UringListener
+from gevwire._uring.loop import UringLoop, uring_available
 from gevwire.address import parse_address
 from gevwire.client import open_connection
 from gevwire.codec import BaseCodec, RawCodec

@@ -218,7 +218,7 @@ class LineCodec(gevwire.BaseCodec):
 
 def pytest_report_header() -> str:
     backend = os.environ.get("GEVWIRE_BACKEND") or "epoll"
-    from gevwire._uring_loop import uring_available
+    from gevwire._uring.loop import uring_available
 
     ok, reason = uring_available()
     state = "available" if ok else "unavailable: " + reason

@@ -32,7 +32,7 @@ from conftest import (
 
 import gevwire
 from gevwire import ConnectionClosed, WriteBufferFull
-from gevwire._uring_loop import uring_available
+from gevwire._uring.loop import uring_available
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -21,8 +21,8 @@ from conftest import Recorder, recv_exactly, wait_until
 import gevwire
 from gevwire import connection as connection_module
 from gevwire._sys import EV_READ, _uring
-from gevwire._uring_connection import UringConnection
-from gevwire._uring_loop import UringLoop
+from gevwire._uring.connection import UringConnection
+from gevwire._uring.loop import UringLoop
 
 AVAILABLE, REASON = _uring.availability()
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=f"io_uring unavailable: {REASON}")

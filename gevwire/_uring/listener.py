@@ -24,7 +24,7 @@ from typing import Any
 
 from gevwire._sys import close as sys_close
 from gevwire._sys._uring import CQE_F_MORE
-from gevwire._uring_loop import UringLoop
+from gevwire._uring.loop import UringLoop
 from gevwire.timers import TimerHandle
 
 __all__ = ["UringListener"]

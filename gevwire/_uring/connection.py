@@ -1,5 +1,5 @@
 """``UringConnection``: a :class:`~gevwire.connection.Connection` whose I/O is io_uring
-completions on a :class:`~gevwire._uring_loop.UringLoop`.
+completions on a :class:`~gevwire._uring.loop.UringLoop`.
 
 Only the I/O differs; framing, dispatch, output buffering, water marks, idle and frame
 timers, half-close and close are :class:`Connection`'s own code.
@@ -45,7 +45,7 @@ from gevwire.errors import WriteBufferFull
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from gevwire._uring_loop import UringLoop
+    from gevwire._uring.loop import UringLoop
     from gevwire.codec import BaseCodec
 
 __all__ = ["UringConnection"]
