@@ -46,7 +46,7 @@ from gevwire._sys import (
 from gevwire.codec import BaseCodec
 from gevwire.errors import ConnectionClosed, FrameError, FrameTimeout, WriteBufferFull
 from gevwire.loop import SPARE_SIZE
-from gevwire.pipeline import FramePipeline, Transport
+from gevwire.pipeline import FramePipeline
 from gevwire.proxy_protocol import ProxyHeaderDecoder, ProxyInfo
 from gevwire.ringbuffer import RingBuffer
 
@@ -63,6 +63,7 @@ log = logging.getLogger("gevwire")
 _EWOULDBLOCK = errno.EWOULDBLOCK
 _READ_EVENTS = EV_READ | EV_ERROR | EV_HUP | EV_RDHUP
 _OPEN, _CLOSING, _CLOSED = 0, 1, 2
+_XSEND_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +122,10 @@ class Connection:
     __slots__ = (
         "__weakref__",
         "_close_timer",
-        "_codec",
         "_deferred",
-        "_encode",
         "_events",
         "_fd",
         "_frame_timer",
-        "_handler",
         "_idle_timer",
         "_input",
         "_last_active",
@@ -138,9 +136,9 @@ class Connection:
         "_pipe",
         "_proxy",
         "_read_paused",
-        "_received",
         "_state",
         "_token",
+        "_values",
         "_write_shut",
         "_xsend",
         "_xsend_bytes",
@@ -149,7 +147,6 @@ class Connection:
         "loop",
         "peer_addr",
         "proxy_info",
-        "values",
     )
 
     #: Reads arrive as views of a reused buffer (completion backends), not ``bytes``.
@@ -169,23 +166,16 @@ class Connection:
         self.peer_addr = peer_addr
         #: Free for the application: anything it wants to keep with the connection.
         self.context: Any = None
-        self.values: dict[str, Any] = {}
+        self._values: dict[str, Any] | None = None  # made by the first set() or values
         self._fd = fd
-        self._handler = handler
-        self._codec = codec
-        self._encode = codec.encode
         self._options = options
         self._on_closed = on_closed
-        transport = Transport(
-            write=self._write, write_batch=self._write_batch, close=self._close_gracefully,
-            abort=self._close_now, refuses_sends=self._refuses_sends,
-            partial_frame_started=self._partial_frame_started)
         # Framing, dispatch, reply gathering and the error policy: the one pipeline
-        # every transport drives.  This class moves bytes and keeps the close states.
+        # every transport drives, this connection being its transport (it moves the
+        # bytes and keeps the close states).
         self._pipe = pipe = FramePipeline(
-            self, handler, codec, transport, loop, view_reads=self._view_reads,
+            self, handler, codec, self, loop, view_reads=self._view_reads,
             high_water=options.write_high_water, frame_timeout=options.frame_timeout)
-        self._received = pipe.received
         self._input: RingBuffer = pipe.input
         self._output = RingBuffer()
         # A read's joined replies, written when the loop turn's events are handled (see
@@ -196,7 +186,9 @@ class Connection:
         self._read_paused = False
         self._events = EV_READ
         self._token = -1
-        self._xsend: deque[bytes] = deque()
+        # Sends from other threads, made by the first (an idle connection holds none:
+        # an empty deque is 600 bytes, more than the rest of a connection's state).
+        self._xsend: deque[bytes] | None = None
         self._xsend_scheduled = False
         self._xsend_bytes = 0  # queued by other threads since the last drain (approximate)
         self._close_timer: TimerHandle | None = None
@@ -233,11 +225,22 @@ class Connection:
 
     def get(self, key: str, default: Any = None) -> Any:
         """A value stored with :meth:`set` (gev's ``Get``)."""
-        return self.values.get(key, default)
+        return self._values.get(key, default) if self._values is not None else default
 
     def set(self, key: str, value: Any) -> None:
         """Store a value with the connection (gev's ``Set``)."""
         self.values[key] = value
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The values stored with :meth:`set`, free for the application as a dict."""
+        if self._values is None:
+            self._values = {}
+        return self._values
+
+    @values.setter
+    def values(self, values: dict[str, Any]) -> None:
+        self._values = values
 
     def send(self, message: Any) -> None:
         """Encode ``message`` with the connection's codec and send it; from any thread.
@@ -253,9 +256,7 @@ class Connection:
         pipe = self._pipe
         if self._state != _OPEN or self._write_shut or pipe.stopped:
             raise ConnectionClosed(f"{self} is closed for writing")
-        data = self._encode(message)
-        if type(data) is not bytes:
-            data = bytes(data)
+        data = pipe.encode(message)
         if threading.get_ident() == self.loop.thread_id:
             self.loop.frames_out += 1
             if pipe.dispatching:
@@ -278,7 +279,13 @@ class Connection:
                 self.loop.call_soon(self._fail_and_abort, error)
                 raise error
             self._xsend_bytes = queued
-            self._xsend.append(data)
+            queue = self._xsend
+            if queue is None:
+                with _XSEND_LOCK:  # two threads' first sends must not make two queues
+                    queue = self._xsend
+                    if queue is None:
+                        queue = self._xsend = deque()
+            queue.append(data)
             if not self._xsend_scheduled:
                 self._xsend_scheduled = True
                 self.loop.call_soon(self._drain_xsend)
@@ -426,7 +433,7 @@ class Connection:
                     self._last_active = loop.now
                     # Cut, dispatch and answer (the pipeline); a read that was one frame
                     # returns its reply, written here without another call level.
-                    data = self._received(received)
+                    data = self._pipe.received(received)
                     if data is not None:
                         if self._output._len or self._deferred is not None:
                             self._write(data)
@@ -664,6 +671,8 @@ class Connection:
         self._xsend_scheduled = False  # before draining: see send()
         self._xsend_bytes = 0
         queue = self._xsend
+        if queue is None:
+            return
         if self._state == _CLOSED or not queue:
             queue.clear()
             return
@@ -775,9 +784,10 @@ class Connection:
         self._pipe.reset()
         self._output.reset()
         self._deferred = None
-        self._xsend.clear()
+        if self._xsend is not None:
+            self._xsend.clear()
         try:
-            self._handler.on_close(self)
+            self._pipe.handler.on_close(self)
         except Exception:
             log.exception("%r: on_close failed", self)
         self.loop.connections_closed += 1

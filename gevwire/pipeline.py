@@ -31,7 +31,6 @@ without consuming bytes) is a :class:`DecoderContractError` instead of a hung lo
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -45,40 +44,32 @@ __all__ = ["Counters", "DecodeProgress", "FramePipeline", "PipelineCounters", "T
 log = logging.getLogger("gevwire")
 
 
-class Transport:
-    """What a pipeline asks of the connection that owns it, as callables (all called
-    on the connection's loop thread).
+class Transport(Protocol):
+    """What a pipeline asks of the connection that owns it (all on its loop thread).
 
-    ``write(data)``: send now, after every byte written before.  ``write_batch(data)``:
-    send the joined replies of a read; may wait for the end of the loop turn.
-    ``close()``: stop reading, send what is queued, then close (the graceful close).
-    ``abort()``: close at once, dropping unsent output.  ``refuses_sends()``: True once
-    ``close`` or ``shutdown_write`` was asked for (``send`` then raises).
-    ``partial_frame_started()``: a partial frame began to be buffered (arm the
-    ``frame_timeout`` timer).  Bound methods are stored as they are, so calling one
-    costs no extra Python call level.
+    The owner implements these itself, so a connection costs no extra object or
+    bound method for them (memory per idle connection is a target: see
+    ``benchmarks/idle_memory.py``); the names are private because handlers never call
+    them.
     """
 
-    __slots__ = ("abort", "close", "partial_frame_started", "refuses_sends", "write",
-                 "write_batch")
+    def _write(self, data: bytes) -> None:
+        """Send ``data`` now, after every byte written before it."""
 
-    def __init__(
-        self,
-        *,
-        write: Callable[[bytes], None],
-        write_batch: Callable[[bytes], None] | None = None,
-        close: Callable[[], None],
-        abort: Callable[[], None],
-        refuses_sends: Callable[[], bool],
-        partial_frame_started: Callable[[], None] | None = None,
-    ) -> None:
-        self.write = write
-        self.write_batch = write_batch if write_batch is not None else write
-        self.close = close
-        self.abort = abort
-        self.refuses_sends = refuses_sends
-        self.partial_frame_started = (partial_frame_started if partial_frame_started
-                                      is not None else _nothing)
+    def _write_batch(self, data: bytes) -> None:
+        """Send the joined replies of a read; may wait for the end of the loop turn."""
+
+    def _close_gracefully(self) -> None:
+        """Stop reading, send what is queued, then close."""
+
+    def _close_now(self) -> None:
+        """Close at once, dropping unsent output."""
+
+    def _refuses_sends(self) -> bool:
+        """True once ``close`` or ``shutdown_write`` was asked for (``send`` raises)."""
+
+    def _partial_frame_started(self) -> None:
+        """A partial frame began to be buffered: arm the ``frame_timeout`` timer."""
 
 
 class PipelineCounters(Protocol):
@@ -153,27 +144,26 @@ class FramePipeline:
     """
 
     __slots__ = (
+        "_codec",
         "_counters",
-        "_decode",
-        "_decode_read",
-        "_decode_view",
         "_decoder",
-        "_encode_into",
         "_frame_timeout",
-        "_handler",
         "_high_water",
-        "_on_message",
         "_reraise",
         "_transport",
+        "_view_reads",
         "conn",
         "dispatching",
-        "encode",
         "gathered",
+        "handler",
         "input",
         "partial_since",
         "pending",
         "stopped",
     )
+
+    # Per connection this holds state and the objects it calls, never bound methods:
+    # each would cost 64 bytes per connection, and the methods are found per read.
 
     def __init__(
         self,
@@ -190,39 +180,32 @@ class FramePipeline:
         reraise: Callable[[BaseException], bool] | None = None,
     ) -> None:
         self.conn = conn
-        self._handler = handler
-        self._on_message = handler.on_message
+        #: The handler frames are dispatched to.
+        self.handler = handler
         self._transport = transport
         self._counters = counters
         if isinstance(codec, Decoder) or not hasattr(codec, "decoder"):
             # A bare decoder (test tools): frames only, no replies to encode.
             decoder: Any = codec
-            encode_into: Any = _cannot_encode
-            self.encode: Callable[[Any], bytes] = _cannot_encode_one
+            codec = _NO_ENCODER
         else:
             decoder = codec.decoder()
-            encode_into = getattr(codec, "encode_into", None)
-            if encode_into is None:  # a duck-typed codec, not derived from BaseCodec
-                encode_into = functools.partial(BaseCodec.encode_into, codec)
-            self.encode = codec.encode
+            if not hasattr(codec, "encode_into"):  # duck-typed, not derived from BaseCodec
+                codec = _EncodeInto(codec)
+        if not hasattr(decoder, "decode_bytes"):  # duck-typed, not derived from Decoder
+            decoder = _DecodeBytes(decoder)
+        self._codec = codec
         self._decoder = decoder
-        self._encode_into: Callable[[list[bytes], Any], int] = encode_into
-        self._decode = decoder.decode
-        self._decode_view = decoder.decode_view
-        if view_reads:
-            self._decode_read: Callable[[Any], tuple[list[Any], int]] = decoder.decode_view
-        else:
-            decode_bytes = getattr(decoder, "decode_bytes", None)
-            if decode_bytes is None:  # a duck-typed decoder, not derived from Decoder
-                decode_bytes = functools.partial(Decoder.decode_bytes, decoder)
-            self._decode_read = decode_bytes
+        self._view_reads = view_reads
         self._high_water = high_water
         self._frame_timeout = frame_timeout
         self._reraise = reraise
         #: Bytes received and not yet cut: a partial frame, or what a batch left.
         self.input = input_ring if input_ring is not None else RingBuffer()
-        #: Replies gathered while a read is dispatched (written when it is done).
-        self.pending: list[bytes] = []
+        #: Replies gathered while a read is dispatched (written when it is done); a
+        #: list of its own from the first read of several frames (until then a shared
+        #: empty one that is never appended to: a ping-pong connection makes none).
+        self.pending: list[bytes] = _NO_PENDING
         #: Bytes put in ``pending`` by ``send`` since the last write.
         self.gathered = 0
         #: True while handlers run for a read (``send`` then gathers into ``pending``).
@@ -231,6 +214,11 @@ class FramePipeline:
         self.stopped = False
         #: ``counters.now`` when the buffered partial frame began (0.0: none).
         self.partial_since = 0.0
+
+    def encode(self, message: Any) -> bytes:
+        """``message`` encoded by the connection's codec (what ``send`` writes)."""
+        data = self._codec.encode(message)
+        return data if type(data) is bytes else bytes(data)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -245,15 +233,19 @@ class FramePipeline:
             self.cut_ring()
             return None
         try:
-            frames, used = self._decode_read(data)
+            if self._view_reads:
+                frames, used = self._decoder.decode_view(data)
+            else:
+                frames, used = self._decoder.decode_bytes(data)
         except Exception as exc:
             self.fail(exc)  # the read is dropped: the decoder could not say where it ends
             return None
         n = len(data)
         if used != n:
             if not 0 <= used <= n:
+                how = "decode_view" if self._view_reads else "decode_bytes"
                 self.fail(DecoderContractError(
-                    f"{type(self._decoder).__name__} used {used} of {n} bytes"))
+                    f"{type(self._decoder).__name__}.{how} used {used} of {n} bytes"))
                 return None
             # An incomplete frame, or one the batch cutter leaves to decode() (errors,
             # discards): the ring takes it, and decode() runs after this read's frames.
@@ -268,9 +260,9 @@ class FramePipeline:
             counters.frames_in += 1
             # Not "dispatching": a handler's send() is written at once, before this reply.
             try:
-                reply = self._on_message(self.conn, frames[0])
+                reply = self.handler.on_message(self.conn, frames[0])
                 if reply is not None:
-                    data = self.encode(reply)
+                    data = self._codec.encode(reply)
                     counters.frames_out += 1
                     return data if type(data) is bytes else bytes(data)
             except Exception as exc:
@@ -294,7 +286,7 @@ class FramePipeline:
             # Contiguous: cut whole frames with the batch path, leaving decode() only
             # the tail or whatever the batch cutter declined.
             try:
-                frames, used = self._decode_view(first)
+                frames, used = self._decoder.decode_view(first)
             except Exception as exc:
                 self.fail(exc)
                 return
@@ -305,7 +297,7 @@ class FramePipeline:
                         f"{len(first)} bytes"))
                     return
                 ring.retrieve(used)
-        decode = self._decode
+        decode = self._decoder.decode
         progress: DecodeProgress | None = None
         start = ring._len
         while ring._len and not self.stopped:
@@ -339,9 +331,11 @@ class FramePipeline:
         """Hand each frame to ``on_message`` and send the replies as one write."""
         if self.stopped:  # closing: no frame after it
             return
-        on_message = self._on_message
-        encode_into = self._encode_into
+        on_message = self.handler.on_message
+        encode_into = self._codec.encode_into
         pending = self.pending
+        if pending is _NO_PENDING:
+            pending = self.pending = []
         counters = self._counters
         conn = self.conn
         counters.frames_in += len(frames)
@@ -373,11 +367,13 @@ class FramePipeline:
         if pending:
             data = pending[0] if len(pending) == 1 else b"".join(pending)
             pending.clear()
-            self._transport.write_batch(data if type(data) is bytes else bytes(data))
+            self._transport._write_batch(data if type(data) is bytes else bytes(data))
 
     def gather(self, data: bytes) -> int:
         """A handler's ``send`` during dispatch: queue ``data`` with the read's replies;
         returns the bytes so queued since the last write."""
+        if self.pending is _NO_PENDING:
+            self.pending = []
         self.pending.append(data)
         self.gathered += len(data)
         return self.gathered
@@ -403,14 +399,16 @@ class FramePipeline:
 
     def _flush_pending(self) -> None:
         pending = self.pending
+        if not pending:
+            return
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         pending.clear()
-        self._transport.write(data if type(data) is bytes else bytes(data))
+        self._transport._write(data if type(data) is bytes else bytes(data))
 
     def connected(self) -> None:
         """Run ``on_connect`` under the error policy."""
         try:
-            self._handler.on_connect(self.conn)
+            self.handler.on_connect(self.conn)
         except Exception as exc:
             self.fail(exc)
             return
@@ -421,7 +419,7 @@ class FramePipeline:
         """The connection is closed: drop what is buffered and gathered."""
         self.stopped = True
         self.input.reset()
-        self.pending.clear()
+        self.pending = _NO_PENDING
         self.partial_since = 0.0
 
     # -- errors and deadlines ----------------------------------------------------------
@@ -429,7 +427,7 @@ class FramePipeline:
     def fail(self, error: BaseException, *, abort: bool = False) -> None:
         """Report ``error`` to the handler's ``on_error`` (default: log and close)."""
         transport = self._transport
-        if isinstance(error, ConnectionClosed) and transport.refuses_sends():
+        if isinstance(error, ConnectionClosed) and transport._refuses_sends():
             # A handler's ``send`` lost a race with ``close`` / ``shutdown_write`` called
             # from another thread (they refuse ``send`` at once, while the handler runs):
             # the connection is closing or half-closed as asked, so this is nobody's
@@ -441,22 +439,22 @@ class FramePipeline:
         errors = self._counters.errors
         kind = type(error).__name__
         errors[kind] = errors.get(kind, 0) + 1
-        on_error = getattr(self._handler, "on_error", None)
+        on_error = getattr(self.handler, "on_error", None)
         try:
             if on_error is not None:
                 on_error(self.conn, error)
             else:
                 log.error("closing %r after error", self.conn, exc_info=error)
-                transport.close()
+                transport._close_gracefully()
         except Exception:
             log.exception("%r: on_error failed", self.conn)
-            transport.abort()
+            transport._close_now()
         if abort:
-            transport.abort()
+            transport._close_now()
         elif isinstance(error, FrameError) and error.fatal:
             # The stream is out of sync: no later byte can be framed, whatever the hook
             # decided.  Replies already queued still go out.
-            transport.close()
+            transport._close_gracefully()
 
     def _track_partial_frame(self, consumed: bool) -> None:
         """Stamp when a partial frame starts; the transport arms the deadline once per
@@ -465,7 +463,7 @@ class FramePipeline:
             self.partial_since = 0.0
         elif consumed or not self.partial_since:
             self.partial_since = self._counters.now
-            self._transport.partial_frame_started()
+            self._transport._partial_frame_started()
 
     def frame_time_left(self, now: float) -> float | None:
         """Seconds until the buffered partial frame is overdue (<= 0: it is), or None
@@ -481,13 +479,51 @@ class FramePipeline:
         return self._frame_timeout
 
 
-def _cannot_encode(parts: list[bytes], message: Any) -> int:
-    raise TypeError(f"a pipeline built on a bare decoder cannot encode {message!r}")
+_NO_PENDING: list[bytes] = []  # never appended to: see FramePipeline.pending
 
 
-def _cannot_encode_one(message: Any) -> bytes:
-    return bytes(_cannot_encode([], message))
+class _NoEncoder:
+    """The codec of a pipeline built on a bare decoder: it cuts frames, never answers."""
+
+    def encode(self, message: Any) -> bytes:
+        raise TypeError(f"a pipeline built on a bare decoder cannot encode {message!r}")
+
+    def encode_into(self, parts: list[bytes], message: Any) -> int:
+        return len(self.encode(message))
 
 
-def _nothing() -> None:
-    pass
+_NO_ENCODER = _NoEncoder()
+
+
+class _EncodeInto:
+    """A duck-typed codec (``decoder`` and ``encode`` only) with ``encode_into``."""
+
+    __slots__ = ("_codec",)
+
+    def __init__(self, codec: Any) -> None:
+        self._codec = codec
+
+    def encode(self, message: Any) -> Any:
+        return self._codec.encode(message)
+
+    def encode_into(self, parts: list[bytes], message: Any) -> int:
+        return BaseCodec.encode_into(self._codec, parts, message)
+
+
+class _DecodeBytes:
+    """A duck-typed decoder with ``decode_bytes`` (as :class:`~gevwire.Decoder`'s)."""
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self, decoder: Any) -> None:
+        self._decoder = decoder
+
+    def decode(self, ring: RingBuffer) -> Any:
+        return self._decoder.decode(ring)
+
+    def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
+        result: tuple[list[Any], int] = self._decoder.decode_view(view)
+        return result
+
+    def decode_bytes(self, data: bytes) -> tuple[list[Any], int]:
+        return Decoder.decode_bytes(self._decoder, data)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from gevwire.codec import BaseCodec, Decoder, RawCodec
 from gevwire.errors import ConnectionClosed, DecoderContractError, FrameError, GevwireError
 from gevwire.loop import SPARE_SIZE
-from gevwire.pipeline import Counters, DecodeProgress, FramePipeline, Transport
+from gevwire.pipeline import Counters, DecodeProgress, FramePipeline
 from gevwire.ringbuffer import COMPACT_MAX, RingBuffer
 from gevwire.server import Server
 
@@ -198,10 +198,9 @@ class FrameCutter:
         self.view_reads = view_reads
         self.failed: BaseException | None = None
         self._events: list[tuple[Any, BaseException | None]] = []
-        transport = Transport(write=_refuse_bytes, close=self._stop, abort=self._stop,
-                              refuses_sends=_never)
+        # This cutter is the pipeline's handler (it records) and its transport.
         self.pipeline = FramePipeline(
-            self, self, self.decoder, transport, Counters(), view_reads=view_reads,
+            self, self, self.decoder, self, Counters(), view_reads=view_reads,
             input_ring=self.ring, reraise=_is_contract_error)
 
     @property
@@ -244,16 +243,27 @@ class FrameCutter:
             self.failed = error
             self.pipeline.stopped = True
 
-    def _stop(self) -> None:
+    # The pipeline's transport: nothing is ever written; closing ends the stream.
+
+    def _write(self, data: bytes) -> None:
+        _refuse_bytes(data)
+
+    _write_batch = _write
+
+    def _close_gracefully(self) -> None:
         self.pipeline.stopped = True
+
+    _close_now = _close_gracefully
+
+    def _refuses_sends(self) -> bool:
+        return False
+
+    def _partial_frame_started(self) -> None:
+        pass
 
 
 def _refuse_bytes(data: bytes) -> None:
     raise RuntimeError("FrameCutter's handler answered a frame")
-
-
-def _never() -> bool:
-    return False
 
 
 def _is_contract_error(error: BaseException) -> bool:
@@ -467,14 +477,11 @@ class HandlerHarness:
         self.closed = False
         self._new: list[Any] = []
         self._written: list[bytes] = []
-        conn = self.conn
-        transport = Transport(
-            write=self._write, close=conn.close, abort=conn.abort,
-            refuses_sends=lambda: conn.close_requested or conn.write_shut)
-        #: The pipeline a connection would frame and dispatch with.
+        #: The pipeline a connection would frame and dispatch with (this harness is
+        #: its transport).
         self.pipeline = FramePipeline(
-            conn, _ObservedHandler(handler, self), _RecordingCodec(self.codec, self),
-            transport, Counters(), reraise=self._reraise)
+            self.conn, _ObservedHandler(handler, self), _RecordingCodec(self.codec, self),
+            self, Counters(), reraise=self._reraise)
         self._call(self.pipeline.connected)
 
     @property
@@ -499,9 +506,25 @@ class HandlerHarness:
         self.conn.close_requested = True
         self._call(lambda: None)
 
+    # The pipeline's transport.
+
     def _write(self, data: bytes) -> None:
         if not self.closed:
             self._written.append(data)
+
+    _write_batch = _write
+
+    def _close_gracefully(self) -> None:
+        self.conn.close()
+
+    def _close_now(self) -> None:
+        self.conn.abort()
+
+    def _refuses_sends(self) -> bool:
+        return self.conn.close_requested or self.conn.write_shut
+
+    def _partial_frame_started(self) -> None:
+        pass
 
     def _read(self, data: bytes) -> None:
         for _ in _reads(self.pipeline, data, False, self._write):

@@ -12,7 +12,7 @@ from conftest import ServeFn, peer_closed, wait_until
 import gevwire
 from gevwire import DecoderContractError, FrameError, FrameTooLarge
 from gevwire.codecs import line
-from gevwire.pipeline import Counters, FramePipeline, Transport
+from gevwire.pipeline import Counters, FramePipeline
 from gevwire.ringbuffer import RingBuffer
 
 pytestmark = pytest.mark.timeout(60)
@@ -26,23 +26,27 @@ class Wire:
         self.pipeline: FramePipeline | None = None
         self.write_shut = False
 
-    def transport(self) -> Transport:
-        return Transport(
-            write=lambda data: self.calls.append(("write", data)),
-            write_batch=lambda data: self.calls.append(("batch", data)),
-            close=self._close, abort=self._abort,
-            refuses_sends=lambda: self.write_shut,
-            partial_frame_started=lambda: self.calls.append(("partial", None)))
+    def _write(self, data: bytes) -> None:
+        self.calls.append(("write", data))
 
-    def _close(self) -> None:
+    def _write_batch(self, data: bytes) -> None:
+        self.calls.append(("batch", data))
+
+    def _close_gracefully(self) -> None:
         self.calls.append(("close", None))
         assert self.pipeline is not None
         self.pipeline.stopped = True
 
-    def _abort(self) -> None:
+    def _close_now(self) -> None:
         self.calls.append(("abort", None))
         assert self.pipeline is not None
         self.pipeline.stopped = True
+
+    def _refuses_sends(self) -> bool:
+        return self.write_shut
+
+    def _partial_frame_started(self) -> None:
+        self.calls.append(("partial", None))
 
     @property
     def sent(self) -> bytes:
@@ -76,11 +80,14 @@ def make(handler: Any, codec: Any = None, **kwargs: Any) -> tuple[FramePipeline,
     codec = codec if codec is not None else line(max_length=64)
 
     class Conn:
-        def close(self) -> None:
-            wire._close()
+        pipeline: FramePipeline
 
-    pipeline = FramePipeline(Conn(), handler, codec, wire.transport(), counters, **kwargs)
-    wire.pipeline = pipeline
+        def close(self) -> None:
+            wire._close_gracefully()
+
+    conn = Conn()
+    pipeline = FramePipeline(conn, handler, codec, wire, counters, **kwargs)
+    conn.pipeline = wire.pipeline = pipeline
     return pipeline, wire, counters
 
 
@@ -248,3 +255,27 @@ def test_a_server_closes_the_connection_of_a_broken_decoder_and_counts_it(
             assert peer_closed(sock)
         assert wait_until(
             lambda n=count: server.stats()["errors"].get("DecoderContractError") == n)
+
+
+def test_the_shared_empty_pending_list_is_never_appended_to() -> None:
+    """Until a read of several frames, a pipeline shares one empty ``pending`` list (an
+    idle ping-pong connection then makes none); appending to it would leak replies
+    from one connection to every other."""
+    from gevwire import pipeline as pipeline_module
+
+    class Sender(Upper):
+        def on_message(self, conn: Any, frame: Any) -> Any:
+            if frame == b"send":
+                conn.pipeline.gather(b"sent\n")  # what Connection.send does in dispatch
+            return super().on_message(conn, frame)
+
+    shared = pipeline_module._NO_PENDING
+    pipeline, wire, _ = make(Sender())
+    assert pipeline.pending is shared
+    assert pipeline.received(b"one\n") == b"ONE\n"  # the fast path gathers nothing
+    assert pipeline.pending is shared
+    pipeline.received(b"a\nsend\n")
+    assert pipeline.pending is not shared and pipeline.pending == []
+    assert wire.sent == b"A\nsent\nSEND\n"
+    pipeline.reset()
+    assert pipeline.pending is shared and shared == []

@@ -60,10 +60,11 @@ _MAX_SEND = 1 << 20  # bytes handed to one SEND from the output ring (counted as
 class UringConnection(Connection):
     """A connection served by io_uring completions (see the module docstring)."""
 
-    __slots__ = ("_bufs", "_held", "_recv_armed", "_recv_ud", "_ring", "_send_ud",
+    __slots__ = ("_held", "_recv_armed", "_send_ud",
                  "_sending", "_sent")
 
     _view_reads = True
+    loop: UringLoop  # (narrowed: its ring and provided buffers are used directly)
 
     def __init__(
         self,
@@ -76,17 +77,16 @@ class UringConnection(Connection):
         on_closed: Callable[[Connection], None] | None = None,
     ) -> None:
         super().__init__(loop, fd, peer_addr, handler, codec, options, on_closed)
-        self._ring = loop.ring
-        self._bufs = loop.buffers
-        ud = loop.new_user_data(2)
-        self._recv_ud = ud
+        # The RECV's user_data is the token (as an epoll connection's registration).
+        self._token = ud = loop.add_target(self)
         self._send_ud = ud + 1
         self._recv_armed = False
         self._sending: bytes | None = None  # the bytes a SEND in flight points into
         self._sent = 0  # of them, bytes already taken by the socket
         # Bytes that arrived while input was paused (the RECV's cancellation takes a turn),
         # fed one completion's worth at a time when reading resumes, as epoll would read.
-        self._held: deque[bytes] = deque()
+        # (made by the first such completion: an empty deque is 600 bytes per connection)
+        self._held: deque[bytes] | None = None
 
     @property
     def write_buffer_length(self) -> int:
@@ -98,15 +98,11 @@ class UringConnection(Connection):
 
     def _start(self) -> None:
         """Arm the RECV and call ``on_connect`` (loop thread only)."""
-        loop: Any = self.loop
+        loop = self.loop
         self._last_active = loop.now
         if self._options.idle_timeout:
             self._idle_timer = loop.run_after(self._options.idle_timeout, self._check_idle)
-        ops = loop.ops
-        ops[self._recv_ud] = self._on_recv
-        ops[self._send_ud] = self._on_send
-        self._token = self._recv_ud
-        self._ring.recv_multishot(self._fd, self._bufs.group, self._recv_ud)
+        self.loop.ring.recv_multishot(self._fd, self.loop.buffers.group, self._token)
         self._recv_armed = True
         self._connected()
 
@@ -115,7 +111,7 @@ class UringConnection(Connection):
         if not flags & CQE_F_MORE:
             self._recv_armed = False
         if res > 0:
-            bufs = self._bufs
+            bufs = self.loop.buffers
             bid = flags >> 16
             try:
                 if self._state == _OPEN:
@@ -127,11 +123,13 @@ class UringConnection(Connection):
                     if not self._events & EV_READ or self._held:
                         # Paused while this was already received: keep it, frame it
                         # when reading resumes.
+                        if self._held is None:
+                            self._held = deque()
                         self._held.append(bytes(view))
                     else:
                         # Cut, dispatch and answer (the pipeline), as on epoll; a read
                         # that was one frame returns its reply, sent here.
-                        data = self._received(view)
+                        data = self._pipe.received(view)
                         if data is not None:
                             if self._sending is not None or self._output._len:
                                 self._write(data)
@@ -140,7 +138,7 @@ class UringConnection(Connection):
                                 self._sent = 0
                                 size = len(data)
                                 loop.bytes_out += size
-                                ring = self._ring
+                                ring = self.loop.ring
                                 if ring.pending >= ring.sq_entries:
                                     ring.submit()
                                 tail = ring.sq_tail
@@ -158,7 +156,7 @@ class UringConnection(Connection):
             if self._lingering:
                 if self._state != _CLOSED:
                     self._close_now()  # the peer's EOF ends the lingering close
-            elif self._held:
+            elif self._held:  # (not None: it holds bytes)
                 self._held.append(b"")  # EOF, after the held bytes
             elif self._state == _OPEN:
                 self._on_eof()
@@ -176,7 +174,7 @@ class UringConnection(Connection):
             return
         if ((self._state == _OPEN and self._events & EV_READ)
                 or (self._lingering and self._state == _CLOSING)):
-            self._ring.recv_multishot(self._fd, self._bufs.group, self._recv_ud)
+            self.loop.ring.recv_multishot(self._fd, self.loop.buffers.group, self._token)
             self._recv_armed = True
         elif self._state == _CLOSED and self._sending is None:
             self._forget()
@@ -200,7 +198,7 @@ class UringConnection(Connection):
         self._sent = 0
         self.loop.bytes_out += len(data)  # counted when submitted; a failure takes it back
         # Ring.send inlined (one Python call level less per message).
-        ring = self._ring
+        ring = self.loop.ring
         if ring.pending >= ring.sq_entries:
             ring.submit()
         tail = ring.sq_tail
@@ -220,7 +218,7 @@ class UringConnection(Connection):
         self._sending = data
         self._sent = 0
         self.loop.bytes_out += len(data)
-        self._ring.send(self._fd, bytes_address(data), len(data), self._send_ud)
+        self.loop.ring.send(self._fd, bytes_address(data), len(data), self._send_ud)
 
     def _on_send(self, res: int, flags: int) -> None:
         """Completion of the SEND in flight."""
@@ -260,7 +258,7 @@ class UringConnection(Connection):
         if sent < len(data):  # a short send: the rest, from where it stopped
             self._sent = sent
             loop.bytes_out += len(data) - sent
-            self._ring.send(self._fd, bytes_address(data) + sent, len(data) - sent,
+            self.loop.ring.send(self._fd, bytes_address(data) + sent, len(data) - sent,
                             self._send_ud)
             if self._read_paused:
                 self._maybe_resume(len(data) - sent)
@@ -285,12 +283,12 @@ class UringConnection(Connection):
         if events & EV_READ:
             if not old & EV_READ:
                 if not self._recv_armed:
-                    self._ring.recv_multishot(self._fd, self._bufs.group, self._recv_ud)
+                    self.loop.ring.recv_multishot(self._fd, self.loop.buffers.group, self._token)
                     self._recv_armed = True
                 if self._held:  # received while paused: frame it next turn
                     self.loop.call_soon(self._feed_held)
         elif old & EV_READ and self._recv_armed:
-            self._ring.cancel(self._recv_ud, 0)
+            self.loop.ring.cancel(self._token, 0)
         if events & EV_WRITE and self._sending is None and self._output._len:
             self._send_output()
 
@@ -336,14 +334,14 @@ class UringConnection(Connection):
             return
         self._lingering = True
         self._input.reset()
-        self._held.clear()
+        self._held = None
         if self._write_shut != 2:
             self._do_shutdown_write()
         if self._close_timer is not None:
             self._close_timer.cancel()
         self._close_timer = self.loop.run_after(self._options.linger_timeout, self._close_now)
         if not self._recv_armed:
-            self._ring.recv_multishot(self._fd, self._bufs.group, self._recv_ud)
+            self.loop.ring.recv_multishot(self._fd, self.loop.buffers.group, self._token)
             self._recv_armed = True
 
     def _has_unsent(self) -> bool:
@@ -351,18 +349,20 @@ class UringConnection(Connection):
 
     def _release_fd(self, fd: int) -> None:
         """Cancel what is in flight (by ``user_data``), then close the fd."""
-        ring = self._ring
-        self._held.clear()
+        ring = self.loop.ring
+        self._held = None
         if self._recv_armed:
-            ring.cancel(self._recv_ud, 0)
+            ring.cancel(self._token, 0)
         if self._sending is not None:
             ring.cancel(self._send_ud, 0)
         self._close_fd(fd)
         if not self._recv_armed and self._sending is None:
             self._forget()
 
+    # The loop's completion routes (CompletionTarget): the RECV's and the SEND's.
+    _on_input = _on_recv
+    _on_output = _on_send
+
     def _forget(self) -> None:
         """No completion can come any more: drop the ``user_data`` routes."""
-        ops = self.loop.ops  # type: ignore[attr-defined]
-        ops.pop(self._recv_ud, None)
-        ops.pop(self._send_ud, None)
+        self.loop.forget_target(self._token)

@@ -73,8 +73,7 @@ class UringListener:
 
     def start(self) -> None:
         """Arm the multishot ACCEPT (loop thread only)."""
-        self._ud = self.loop.new_user_data()
-        self.loop.ops[self._ud] = self._on_complete
+        self._ud = self.loop.add_target(self)
         self._arm()
 
     def _arm(self) -> None:
@@ -83,7 +82,11 @@ class UringListener:
             self.loop.ring.accept_multishot(self._fd, self._ud, _ACCEPT_FLAGS)
             self._armed = True
 
-    def _on_complete(self, res: int, flags: int) -> None:
+    def _on_output(self, res: int, flags: int) -> None:
+        """(Nothing is sent with this listener's user_data.)"""
+
+    def _on_input(self, res: int, flags: int) -> None:
+        """Completion of the multishot ACCEPT."""
         if not flags & CQE_F_MORE:
             self._armed = False
         if res >= 0:
@@ -105,7 +108,7 @@ class UringListener:
             log.error("accept failed: %s", errno.errorcode.get(-res, res))
         if self._closed:
             if not self._armed:
-                self.loop.ops.pop(self._ud, None)
+                self.loop.forget_target(self._ud)
         elif self._paused_timer is None:
             self._arm()
 
@@ -133,5 +136,5 @@ class UringListener:
         if self._armed:
             self.loop.ring.cancel(self._ud, 0)
         elif self._ud >= 0:
-            self.loop.ops.pop(self._ud, None)
+            self.loop.forget_target(self._ud)
         self.sock.close()

@@ -26,7 +26,7 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import Callable
+from typing import Protocol
 
 from gevwire._sys._epoll import EpollPoller
 from gevwire._sys._uring import BufferRing, Ring, UringUnavailable, availability
@@ -40,6 +40,21 @@ _EPOLL_UD = 1  # user_data of the POLL_ADD watching the embedded epoll fd
 _FIRST_UD = 16  # 0 .. 15 are reserved: 0 means "ignore this completion"
 _POLLIN = 0x001
 _BENIGN = frozenset({errno.EINTR, errno.ETIME, errno.EBUSY, errno.EAGAIN})
+
+
+class CompletionTarget(Protocol):
+    """What owns a pair of ``user_data`` values (see :meth:`UringLoop.add_target`).
+
+    The loop calls a method of the target rather than a stored callback: a bound
+    method per registration would cost 64 bytes per connection, and so would a second
+    dictionary entry for its second ``user_data``.
+    """
+
+    def _on_input(self, res: int, flags: int) -> None:
+        """A completion of the even ``user_data`` (RECV, ACCEPT)."""
+
+    def _on_output(self, res: int, flags: int) -> None:
+        """A completion of the odd ``user_data`` (SEND)."""
 
 
 def uring_available() -> tuple[bool, str]:
@@ -56,8 +71,8 @@ class UringLoop(EventLoop):
     which more than ``buffers`` connections receive ends some multishot RECVs with
     ``ENOBUFS``, which re-arms them (their bytes wait in the socket).
 
-    ``ops`` maps a ``user_data`` to the ``callback(res, flags)`` of its completions;
-    :meth:`new_user_data` hands out values never used before.  ``ring`` and ``buffers``
+    :meth:`add_target` hands out a pair of ``user_data`` values never used before and
+    routes their completions to a :class:`CompletionTarget`.  ``ring`` and ``buffers``
     (the provided-buffer ring of group 0) are for this loop's thread only.
     """
 
@@ -84,7 +99,8 @@ class UringLoop(EventLoop):
         except BaseException:
             super().close()
             raise
-        self.ops: dict[int, Callable[[int, int], None]] = {}
+        # user_data >> 1 -> the target of that pair of user_data values.
+        self._targets: dict[int, CompletionTarget] = {}
         self._next_ud = _FIRST_UD
         self._epoll_armed = False
         #: ``io_uring_enter`` calls so far (one per turn, plus one per full SQ).
@@ -92,11 +108,23 @@ class UringLoop(EventLoop):
         #: Completions handled so far.
         self.completions = 0
 
-    def new_user_data(self, count: int = 1) -> int:
-        """The first of ``count`` fresh ``user_data`` values (loop thread, or before run)."""
+    def add_target(self, target: CompletionTarget) -> int:
+        """Route the completions of two fresh ``user_data`` values to ``target``: of the
+        returned (even) value to ``target._on_input``, of the value + 1 to
+        ``target._on_output`` (loop thread, or before run)."""
         ud = self._next_ud
-        self._next_ud = ud + count
+        self._next_ud = ud + 2
+        self._targets[ud >> 1] = target
         return ud
+
+    def forget_target(self, ud: int) -> None:
+        """No completion can come for ``ud`` (from :meth:`add_target`) any more."""
+        self._targets.pop(ud >> 1, None)
+
+    @property
+    def targets(self) -> int:
+        """How many targets may still get completions."""
+        return len(self._targets)
 
     def run(self) -> None:
         """Run until :meth:`stop`; the calling thread becomes the loop thread (and the
@@ -113,7 +141,7 @@ class UringLoop(EventLoop):
         poller = self._poller
         assert isinstance(poller, EpollPoller)
         epoll_fd = poller.fileno()
-        ops = self.ops
+        targets = self._targets
         callbacks = self._callbacks
         tasks = self._tasks
         timers = self._timers
@@ -147,10 +175,13 @@ class UringLoop(EventLoop):
                 cqes = completions()
                 self.completions += len(cqes)
                 for ud, res, flags in cqes:
-                    callback = ops.get(ud)
-                    if callback is not None:
+                    target = targets.get(ud >> 1)
+                    if target is not None:
                         try:
-                            callback(res, flags)
+                            if ud & 1:
+                                target._on_output(res, flags)
+                            else:
+                                target._on_input(res, flags)
                         except Exception:
                             log.exception("%s: completion callback failed", self.name)
                     elif ud == _EPOLL_UD:
@@ -186,7 +217,8 @@ class UringLoop(EventLoop):
             super().close()
             self.buffers.close()
             self.ring.close()
-            self.ops.clear()
+            self._targets.clear()
 
     def __repr__(self) -> str:
-        return f"<UringLoop {self.name} ops={len(self.ops)} fds={len(self._callbacks)}>"
+        return (f"<UringLoop {self.name} targets={len(self._targets)} "
+                f"fds={len(self._callbacks)}>")
