@@ -30,7 +30,7 @@ IO_TESTS = tests/test_server.py tests/test_server_features.py tests/test_hot_pat
 	tests/test_codecs_builtin.py tests/test_redis_example.py tests/test_mqtt_broker.py \
 	tests/test_websocket_example.py tests/test_protobuf_example.py tests/test_router.py \
 	tests/test_harness.py tests/test_cli.py tests/test_demo.py tests/test_haproxy.py \
-	tests/test_soak.py tests/test_pipeline.py
+	tests/test_soak.py tests/test_pipeline.py tests/test_connection.py
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q

@@ -69,7 +69,7 @@ def open_connection(
     def start() -> None:
         if on_start is not None:
             on_start(conn)
-        conn._start()
+        conn.start()
 
     loop.run_in_loop(start)
     return conn

@@ -13,6 +13,7 @@ without bound), and a hard cap closes the connection.
 
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import socket
@@ -56,14 +57,50 @@ if TYPE_CHECKING:
     from gevwire.loop import EventLoop
     from gevwire.timers import TimerHandle
 
-__all__ = ["Connection", "ConnectionOptions"]
+__all__ = ["ConnState", "Connection", "ConnectionOptions"]
 
 log = logging.getLogger("gevwire")
 
 _EWOULDBLOCK = errno.EWOULDBLOCK
 _READ_EVENTS = EV_READ | EV_ERROR | EV_HUP | EV_RDHUP
-_OPEN, _CLOSING, _CLOSED = 0, 1, 2
 _XSEND_LOCK = threading.Lock()
+
+
+class ConnState(enum.IntEnum):
+    """Where a connection is in its life (``conn.state``), in the order it goes.
+
+    Each state may go to any later one, never back; only a connection's loop thread
+    moves it, except ``shutdown_write`` from another thread (OPEN → WRITE_SHUTTING,
+    under a lock that every move out of OPEN takes).  Reading from the peer goes on
+    up to WRITE_SHUT; ``send`` works only while OPEN.
+    """
+
+    #: Reading and writing.
+    OPEN = 0
+    #: ``shutdown_write()`` was asked: FIN once every queued byte is written.
+    WRITE_SHUTTING = 1
+    #: FIN sent; reading goes on until the peer's EOF.
+    WRITE_SHUT = 2
+    #: Closing: reading stopped, unsent output draining (at most ``close_timeout``).
+    FLUSHING = 3
+    #: FIN sent after the last reply while the peer was still sending: its bytes are
+    #: discarded until its EOF (at most ``linger_timeout``), so no RST destroys replies.
+    LINGERING = 4
+    #: The fd is closed and ``on_close`` has run.
+    CLOSED = 5
+
+    def __str__(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+_OPEN = ConnState.OPEN
+_WRITE_SHUTTING = ConnState.WRITE_SHUTTING
+_WRITE_SHUT = ConnState.WRITE_SHUT
+_FLUSHING = ConnState.FLUSHING
+_LINGERING = ConnState.LINGERING
+_CLOSED = ConnState.CLOSED
+# Taken by every move out of OPEN: shutdown_write() may make one from any thread.
+_STATE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +166,6 @@ class Connection:
         "_idle_timer",
         "_input",
         "_last_active",
-        "_lingering",
         "_on_closed",
         "_options",
         "_output",
@@ -139,7 +175,6 @@ class Connection:
         "_state",
         "_token",
         "_values",
-        "_write_shut",
         "_xsend",
         "_xsend_bytes",
         "_xsend_scheduled",
@@ -182,7 +217,6 @@ class Connection:
         # _write_batch); None when there are none.
         self._deferred: bytes | None = None
         self._state = _OPEN
-        self._write_shut = 0  # 0: open, 1: shut down after the output drains, 2: done
         self._read_paused = False
         self._events = EV_READ
         self._token = -1
@@ -198,7 +232,6 @@ class Connection:
         #: The PROXY protocol header (``proxy_protocol=True``), else None.
         self.proxy_info: ProxyInfo | None = None
         self._last_active = 0.0
-        self._lingering = False
 
     # -- public API --------------------------------------------------------------------
 
@@ -210,7 +243,12 @@ class Connection:
     @property
     def connected(self) -> bool:
         """True until the connection starts closing."""
-        return self._state == _OPEN and not self._pipe.stopped
+        return self._state < _FLUSHING and not self._pipe.stopped
+
+    @property
+    def state(self) -> ConnState:
+        """Where the connection is in its life (see :class:`ConnState`)."""
+        return self._state
 
     @property
     def read_buffer_length(self) -> int:
@@ -254,7 +292,7 @@ class Connection:
         taken.
         """
         pipe = self._pipe
-        if self._state != _OPEN or self._write_shut or pipe.stopped:
+        if self._state != _OPEN or pipe.stopped:
             raise ConnectionClosed(f"{self} is closed for writing")
         data = pipe.encode(message)
         if threading.get_ident() == self.loop.thread_id:
@@ -311,19 +349,22 @@ class Connection:
         Reading goes on until the peer closes.  Unlike gev's, this never cuts off output
         that is still buffered.
         """
-        if self._state == _OPEN and not self._write_shut:
-            self._write_shut = 1
-            # Queued even on the loop thread: replies of the frame being handled (and of
-            # the rest of its read) are written this turn, before the FIN.
-            self.loop.call_soon(self._shutdown_write_in_loop)
+        with _STATE_LOCK:
+            if self._state != _OPEN:
+                return
+            self._state = _WRITE_SHUTTING
+        # Queued even on the loop thread: replies of the frame being handled (and of the
+        # rest of its read) are written this turn, before the FIN.
+        self.loop.call_soon(self._shutdown_write_in_loop)
 
     def __repr__(self) -> str:
-        return f"<Connection fd={self._fd} peer={self.peer_addr!r}>"
+        return f"<Connection fd={self._fd} peer={self.peer_addr!r} {self._state}>"
 
     # -- loop side ---------------------------------------------------------------------
 
-    def _start(self) -> None:
-        """Register with the loop and call ``on_connect`` (loop thread only)."""
+    def start(self) -> None:
+        """Register with the loop and call ``on_connect`` (loop thread only; the server,
+        the client and ``Server.connect`` call it once for each connection they make)."""
         self._last_active = self.loop.now
         if self._options.idle_timeout:
             self._idle_timer = self.loop.run_after(self._options.idle_timeout,
@@ -338,7 +379,7 @@ class Connection:
         self._connected()
 
     def _on_proxy_events(self, events: int) -> None:
-        if events & _READ_EVENTS and self._state == _OPEN and self._proxy is not None:
+        if events & _READ_EVENTS and self._state < _FLUSHING and self._proxy is not None:
             if self._fill_ring() <= 0:
                 return
             try:
@@ -354,9 +395,9 @@ class Connection:
                 self.peer_addr = info.source
             self.loop.replace_callback(self._token, self._on_events)
             self._connected()
-            if self._input._len and self._state == _OPEN:
+            if self._input._len and self._state < _FLUSHING:
                 self._pipe.cut_ring()
-        elif events & (EV_HUP | EV_ERROR) and self._state != _OPEN:
+        elif events & (EV_HUP | EV_ERROR) and self._state >= _FLUSHING:
             self._close_now()
             return
         if events & EV_WRITE and self._state != _CLOSED:
@@ -364,7 +405,7 @@ class Connection:
 
     def _finish_close(self) -> None:
         """A graceful close has flushed its output: close, lingering if the peer is
-        still sending (loop thread; state is _CLOSING).
+        still sending (loop thread; state is FLUSHING).
 
         ``close(2)`` with unread input makes the kernel answer with RST, which can
         destroy replies still in flight to the peer (an error reply, a close frame).
@@ -375,10 +416,9 @@ class Connection:
         if not self._linger_read() or not self._options.linger_timeout:
             self._close_now()
             return
-        self._lingering = True
+        self._state = _LINGERING
         self._input.reset()  # nothing more is framed: give the storage back now
-        if self._write_shut != 2:
-            self._do_shutdown_write()
+        self._do_shutdown_write()  # (again, if shutdown_write came first: harmless)
         if self._close_timer is not None:
             self._close_timer.cancel()
         self._close_timer = self.loop.run_after(self._options.linger_timeout, self._close_now)
@@ -389,7 +429,7 @@ class Connection:
         """Discard what the peer has sent; True if it is still sending: bytes came (or
         we already linger) and neither EOF nor an error did."""
         loop = self.loop
-        got = self._lingering
+        got = self._state == _LINGERING
         for _ in range(16):  # bounded per event: a fast sender cannot hold the loop
             n = raw_read(self._fd, loop.spare_ptr, SPARE_SIZE)
             if n > 0:
@@ -414,7 +454,7 @@ class Connection:
         # The echo fast path is inlined here and in FramePipeline.received: each Python
         # call level costs ~0.1 µs, a sixth of a foreign call (measured in benchmarks/).
         if events & _READ_EVENTS:
-            if self._state != _OPEN:
+            if self._state >= _FLUSHING:
                 if events & (EV_HUP | EV_ERROR):  # closing, and the peer is gone too
                     self._close_now()
                     return
@@ -502,7 +542,7 @@ class Connection:
 
     def _partial_frame_started(self) -> None:
         """Arm the frame deadline (once per partial frame, not per read)."""
-        if self._frame_timer is None and self._state == _OPEN:
+        if self._frame_timer is None and self._state < _FLUSHING:
             timeout = self._options.frame_timeout
             assert timeout is not None
             self._frame_timer = self.loop.run_after(timeout, self._check_frame_deadline)
@@ -510,7 +550,7 @@ class Connection:
     def _check_frame_deadline(self) -> None:
         """Frame timer: fail with FrameTimeout if the partial frame is overdue."""
         self._frame_timer = None
-        if self._state != _OPEN:
+        if self._state >= _FLUSHING:
             return
         left = self._pipe.frame_time_left(time.monotonic())
         if left is None:
@@ -632,12 +672,13 @@ class Connection:
         events = self._events & ~EV_WRITE
         if self._read_paused:
             self._read_paused = False
-            if self._state == _OPEN:
+            if self._state < _FLUSHING:
                 events |= EV_READ
         self._set_events(events)
-        if self._write_shut == 1:
+        if self._state == _WRITE_SHUTTING:
+            self._state = _WRITE_SHUT
             self._do_shutdown_write()
-        if self._state == _CLOSING and not self._lingering:
+        elif self._state == _FLUSHING:
             self._finish_close()
 
     def _set_events(self, events: int) -> None:
@@ -664,7 +705,7 @@ class Connection:
 
     def _resume_reading(self) -> None:
         self._read_paused = False
-        if self._state == _OPEN:
+        if self._state < _FLUSHING:
             self._set_events(self._events | EV_READ)
 
     def _drain_xsend(self) -> None:
@@ -697,7 +738,7 @@ class Connection:
             return
         log.debug("%r: idle for %.1fs, closing", self, timeout)
         self.loop.errors["idle_timeout"] = self.loop.errors.get("idle_timeout", 0) + 1
-        if self._state == _OPEN:
+        if self._state < _FLUSHING:
             self._pipe.stopped = True
             self._close_gracefully()
         else:
@@ -715,13 +756,11 @@ class Connection:
             self._close_now()
 
     def _shutdown_write_in_loop(self) -> None:
-        if self._state == _CLOSED or self._write_shut != 1:
-            return
-        if not self._has_unsent():
+        if self._state == _WRITE_SHUTTING and not self._has_unsent():
+            self._state = _WRITE_SHUT
             self._do_shutdown_write()
 
     def _do_shutdown_write(self) -> None:
-        self._write_shut = 2
         try:
             sys_shutdown(self._fd, socket.SHUT_WR)
         except OSError as exc:
@@ -729,17 +768,17 @@ class Connection:
 
     def _refuses_sends(self) -> bool:
         """True once close or shutdown_write was asked for (``send`` raises)."""
-        return bool(self._pipe.stopped or self._write_shut)
+        return self._pipe.stopped or self._state != _OPEN
 
     def _close_gracefully(self) -> None:
-        if self._state != _OPEN:
-            return
+        with _STATE_LOCK:
+            if self._state >= _FLUSHING:
+                return
+            self._state = _FLUSHING
         self._pipe.stopped = True
         if not self._has_unsent():
-            self._state = _CLOSING
             self._finish_close()
             return
-        self._state = _CLOSING
         if self._deferred is not None:
             self._output.write(self._deferred)  # before what is gathered: it came first
             self._deferred = None
@@ -766,9 +805,10 @@ class Connection:
             log.debug("close(%d) failed: %s", fd, exc)
 
     def _close_now(self) -> None:
-        if self._state == _CLOSED:
-            return
-        self._state = _CLOSED
+        with _STATE_LOCK:
+            if self._state == _CLOSED:
+                return
+            self._state = _CLOSED
         self._pipe.stopped = True
         fd, self._fd = self._fd, -1
         if self._close_timer is not None:

@@ -213,6 +213,13 @@ class EventLoop:
             except Exception:
                 log.exception("%s: after-events callback %r failed", self.name, callback)
 
+    def run_queued(self) -> None:
+        """Run the callbacks queued so far by :meth:`call_soon`, on a loop that is not
+        running (its owner's thread, after :meth:`run` has returned)."""
+        if self._running:
+            raise RuntimeError(f"{self.name} is running: its own thread runs its tasks")
+        self._run_tasks()
+
     def _run_tasks(self) -> None:
         # Reset before draining: a producer that saw the flag set appended before this
         # point, so its task runs below; one that sees it cleared writes the waker.

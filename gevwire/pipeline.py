@@ -228,9 +228,10 @@ class FramePipeline:
         Returns the reply of a read that was one whole frame, for the caller to write
         at once; every other reply is handed to the transport.
         """
-        if self.input._len:
-            self.input.write(data)
-            self.cut_ring()
+        if self.input._len or self.stopped:
+            if not self.stopped:  # (stopped: closing, the read is dropped)
+                self.input.write(data)
+                self.cut_ring()
             return None
         try:
             if self._view_reads:
@@ -255,7 +256,7 @@ class FramePipeline:
             if not self.stopped:
                 self.cut_ring()
             return None
-        if len(frames) == 1 and not self.stopped:
+        if len(frames) == 1:
             counters = self._counters
             counters.frames_in += 1
             # Not "dispatching": a handler's send() is written at once, before this reply.
@@ -278,6 +279,8 @@ class FramePipeline:
         For a transport that reads into the ring itself (``readv`` while a partial frame
         is buffered) and for what :meth:`received` left there.
         """
+        if self.stopped:  # closing: nothing more is cut
+            return
         ring = self.input
         buffered = ring._len
         frames: list[Any] = []

@@ -601,7 +601,7 @@ class Server:
         conn = conn_class(loop, fd, peer, self.handler, self.codec, self.options,
                           self._connection_closed)
         self._connections[loop].add(conn)
-        conn._start()
+        conn.start()
 
     def _connection_closed(self, conn: Connection) -> None:
         self._connections[conn.loop].discard(conn)
@@ -641,7 +641,7 @@ class Server:
                 thread.join(timeout + 5)
         for loop in loops:
             if not loop.running:
-                loop._run_tasks()  # connections handed over but never started: close them
+                loop.run_queued()  # connections handed over but never started: close them
                 for conn in list(self._connections.get(loop, ())):
                     conn._close_now()
                 loop.close()

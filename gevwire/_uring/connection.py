@@ -39,7 +39,14 @@ from gevwire._sys._uring import (
     SQE_HEAD,
     bytes_address,
 )
-from gevwire.connection import _CLOSED, _CLOSING, _OPEN, Connection, ConnectionOptions
+from gevwire.connection import (
+    _CLOSED,
+    _FLUSHING,
+    _LINGERING,
+    _WRITE_SHUTTING,
+    Connection,
+    ConnectionOptions,
+)
 from gevwire.errors import WriteBufferFull
 
 if TYPE_CHECKING:
@@ -60,8 +67,7 @@ _MAX_SEND = 1 << 20  # bytes handed to one SEND from the output ring (counted as
 class UringConnection(Connection):
     """A connection served by io_uring completions (see the module docstring)."""
 
-    __slots__ = ("_held", "_recv_armed", "_send_ud",
-                 "_sending", "_sent")
+    __slots__ = ("_discarded", "_held", "_recv_armed", "_send_ud", "_sending", "_sent")
 
     _view_reads = True
     loop: UringLoop  # (narrowed: its ring and provided buffers are used directly)
@@ -87,6 +93,9 @@ class UringConnection(Connection):
         # fed one completion's worth at a time when reading resumes, as epoll would read.
         # (made by the first such completion: an empty deque is 600 bytes per connection)
         self._held: deque[bytes] | None = None
+        # Bytes came after close() was asked for: the peer is still sending, so the
+        # close lingers (the RECV takes them from the socket, where _linger_read looks).
+        self._discarded = False
 
     @property
     def write_buffer_length(self) -> int:
@@ -96,7 +105,7 @@ class UringConnection(Connection):
 
     # -- loop side ---------------------------------------------------------------------
 
-    def _start(self) -> None:
+    def start(self) -> None:
         """Arm the RECV and call ``on_connect`` (loop thread only)."""
         loop = self.loop
         self._last_active = loop.now
@@ -114,7 +123,7 @@ class UringConnection(Connection):
             bufs = self.loop.buffers
             bid = flags >> 16
             try:
-                if self._state == _OPEN:
+                if self._state < _FLUSHING:
                     start = bid * bufs.size
                     view = bufs.view[start: start + res]
                     loop = self.loop
@@ -148,22 +157,25 @@ class UringConnection(Connection):
                                     MSG_NOSIGNAL, self._send_ud)
                                 ring.sq_tail = (tail + 1) & 0xFFFFFFFF
                                 ring.pending += 1
+                        elif self._pipe.stopped:
+                            self._discarded = True
+                else:
+                    self._discarded = True
             finally:
                 bufs.put(bid)  # the loop publishes the ring tail once per turn
                 if not self._recv_armed:
                     self._recv_ended()
         elif res == 0:
-            if self._lingering:
-                if self._state != _CLOSED:
-                    self._close_now()  # the peer's EOF ends the lingering close
+            if self._state == _LINGERING:
+                self._close_now()  # the peer's EOF ends the lingering close
             elif self._held:  # (not None: it holds bytes)
                 self._held.append(b"")  # EOF, after the held bytes
-            elif self._state == _OPEN:
+            elif self._state < _FLUSHING:
                 self._on_eof()
             self._recv_ended()
         else:
             if res != -_ECANCELED and res != -_ENOBUFS and (
-                    self._state == _OPEN or (self._lingering and self._state != _CLOSED)):
+                    self._state < _FLUSHING or self._state == _LINGERING):
                 log.debug("%r: recv failed: %s", self, errno.errorcode.get(-res, res))
                 self._close_now()
             self._recv_ended()
@@ -172,8 +184,8 @@ class UringConnection(Connection):
         """The multishot RECV is over: re-arm it if reading is wanted, else maybe forget."""
         if self._recv_armed:
             return
-        if ((self._state == _OPEN and self._events & EV_READ)
-                or (self._lingering and self._state == _CLOSING)):
+        if ((self._state < _FLUSHING and self._events & EV_READ)
+                or self._state == _LINGERING):
             self.loop.ring.recv_multishot(self._fd, self.loop.buffers.group, self._token)
             self._recv_armed = True
         elif self._state == _CLOSED and self._sending is None:
@@ -225,7 +237,7 @@ class UringConnection(Connection):
         data = self._sending
         if data is None:
             return
-        if res > 0 and self._state == _OPEN and self._sent + res == len(data):
+        if res > 0 and self._state < _FLUSHING and self._sent + res == len(data):
             # The common case, kept short: all of it went out.
             self._sending = None
             self._last_active = self.loop.now
@@ -233,7 +245,8 @@ class UringConnection(Connection):
                 self._send_output()
                 if self._read_paused:
                     self._maybe_resume(len(self._sending or b""))
-            elif self._events != EV_READ or self._read_paused or self._write_shut == 1:
+            elif (self._events != EV_READ or self._read_paused
+                  or self._state == _WRITE_SHUTTING):
                 self._on_drained()
             return
         loop = self.loop
@@ -294,7 +307,7 @@ class UringConnection(Connection):
 
     def _feed_held(self) -> None:
         held = self._held
-        while held and self._state == _OPEN and self._events & EV_READ:
+        while held and self._state < _FLUSHING and self._events & EV_READ:
             chunk = held.popleft()
             if not chunk:
                 self._on_eof()
@@ -329,14 +342,13 @@ class UringConnection(Connection):
     def _finish_close(self) -> None:
         """As :meth:`Connection._finish_close`; while lingering, the RECV's data
         completions are discarded and its EOF closes."""
-        if not self._linger_read() or not self._options.linger_timeout:
+        if not (self._linger_read() or self._discarded) or not self._options.linger_timeout:
             self._close_now()
             return
-        self._lingering = True
+        self._state = _LINGERING
         self._input.reset()
         self._held = None
-        if self._write_shut != 2:
-            self._do_shutdown_write()
+        self._do_shutdown_write()  # (again, if shutdown_write came first: harmless)
         if self._close_timer is not None:
             self._close_timer.cancel()
         self._close_timer = self.loop.run_after(self._options.linger_timeout, self._close_now)

@@ -1,0 +1,164 @@
+"""One ``Connection`` on a loop over a socketpair: its close states and their transitions."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import recv_exactly, wait_until
+
+import gevwire
+from gevwire import ConnectionClosed
+from gevwire._uring import UringConnection, UringLoop, uring_available
+from gevwire.codecs import line
+from gevwire.connection import Connection, ConnectionOptions, ConnState
+from gevwire.loop import EventLoop
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Lines(gevwire.Handler):
+    """Echoes each line upper-cased; ``half`` shuts the writing half after its reply,
+    ``bye`` closes after its reply, ``big`` sends 8 MiB."""
+
+    def __init__(self) -> None:
+        self.frames: list[Any] = []
+        self.closed: list[ConnState] = []
+        self.conn: Connection | None = None
+
+    def on_connect(self, conn: gevwire.Connection) -> None:
+        self.conn = conn
+
+    def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+        self.frames.append(frame)
+        if frame == b"half":
+            conn.send(b"HALF")
+            conn.shutdown_write()
+            return None
+        if frame == b"bye":
+            conn.close()
+            return b"BYE"
+        if frame == b"big":
+            conn.send(b"z" * (8 << 20))
+            return None
+        return bytes(frame).upper()
+
+    def on_close(self, conn: gevwire.Connection) -> None:
+        self.closed.append(conn.state)
+
+
+@pytest.fixture(params=["epoll", "io_uring"])
+def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Lines, Connection, socket.socket]]:
+    """A started connection on a running loop of each backend, and the peer's socket."""
+    loop: EventLoop
+    conn_class: type[Connection] = Connection
+    if request.param == "io_uring":
+        ok, reason = uring_available()
+        if not ok:
+            pytest.skip(f"io_uring unavailable: {reason}")
+        loop, conn_class = UringLoop("test-connection"), UringConnection
+    else:
+        loop = EventLoop("test-connection")
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    peer.settimeout(10)
+    handler = Lines()
+    conn = conn_class(loop, ours.detach(), "pair", handler, line(),  # type: ignore[arg-type]
+                      ConnectionOptions(linger_timeout=5.0, max_write_buffer=64 << 20))
+    loop.call_soon(conn.start)
+    assert wait_until(lambda: handler.conn is conn)
+    yield handler, conn, peer
+    conn.abort()
+    assert wait_until(lambda: conn.state is ConnState.CLOSED)
+    loop.stop()
+    thread.join(10)
+    loop.close()
+    peer.close()
+
+
+def test_an_open_connection_echoes_and_says_so_in_its_repr(
+    pair: tuple[Lines, Connection, socket.socket],
+) -> None:
+    _, conn, peer = pair
+    peer.sendall(b"ping\n")
+    assert recv_exactly(peer, 5) == b"PING\n"
+    assert conn.state is ConnState.OPEN and conn.connected
+    assert "open" in repr(conn)
+
+
+def test_shutdown_write_sends_fin_after_the_replies_and_reading_goes_on(
+    pair: tuple[Lines, Connection, socket.socket],
+) -> None:
+    handler, conn, peer = pair
+    peer.sendall(b"half\n")
+    assert recv_exactly(peer, 5) == b"HALF\n"
+    assert peer.recv(16) == b""  # our FIN
+    assert conn.state is ConnState.WRITE_SHUT
+    assert "write-shut" in repr(conn)
+    with pytest.raises(ConnectionClosed):
+        conn.send(b"late")
+    peer.sendall(b"still\n")  # we still read
+    assert wait_until(lambda: handler.frames[-1:] == [b"still"])
+    peer.shutdown(socket.SHUT_WR)  # the peer's EOF ends it
+    assert wait_until(lambda: handler.closed == [ConnState.CLOSED])
+
+
+def test_send_raises_at_once_after_shutdown_write_from_another_thread(
+    pair: tuple[Lines, Connection, socket.socket],
+) -> None:
+    _, conn, peer = pair
+    conn.shutdown_write()  # this (non-loop) thread
+    assert conn.state in (ConnState.WRITE_SHUTTING, ConnState.WRITE_SHUT)
+    with pytest.raises(ConnectionClosed):
+        conn.send(b"x")
+    assert peer.recv(16) == b""
+    assert conn.state is ConnState.WRITE_SHUT
+
+
+def test_close_flushes_unsent_output_first(
+    pair: tuple[Lines, Connection, socket.socket],
+) -> None:
+    handler, conn, peer = pair
+    peer.sendall(b"big\n")
+    assert wait_until(lambda: conn.write_buffer_length > 0)  # the peer is not reading
+    conn.close()
+    assert wait_until(lambda: conn.state is ConnState.FLUSHING)
+    assert not conn.connected
+    assert "flushing" in repr(conn)
+    got = recv_exactly(peer, (8 << 20) + 1)  # the whole reply, then the close
+    assert got == b"z" * (8 << 20) + b"\n"
+    assert peer.recv(16) == b""
+    assert wait_until(lambda: handler.closed == [ConnState.CLOSED])
+
+
+def test_a_close_while_the_peer_still_sends_lingers_until_its_eof(
+    pair: tuple[Lines, Connection, socket.socket],
+) -> None:
+    handler, conn, peer = pair
+    # More than one read takes: bytes are still arriving when the close comes.
+    peer.sendall(b"a\n" * 1000 + b"bye\n" + b"m" * (256 << 10))
+    reply = recv_exactly(peer, 2000 + 4)
+    assert reply.endswith(b"BYE\n")
+    assert peer.recv(16) == b""  # FIN after the last reply, not RST
+    # epoll finds the peer's bytes still in the socket; io_uring's RECV has taken some
+    # of them after close() was asked for: either way the peer is still sending.
+    assert wait_until(lambda: conn.state is ConnState.LINGERING)
+    assert handler.closed == []
+    peer.sendall(b"discarded\n")
+    peer.shutdown(socket.SHUT_WR)
+    assert wait_until(lambda: handler.closed == [ConnState.CLOSED])
+    assert b"discarded" not in handler.frames
+    assert handler.frames[-1] == b"bye"
+
+
+def test_abort_closes_at_once(pair: tuple[Lines, Connection, socket.socket]) -> None:
+    handler, conn, peer = pair
+    conn.abort()
+    assert wait_until(lambda: handler.closed == [ConnState.CLOSED])
+    assert conn.fd == -1 and "closed" in repr(conn)
+    assert peer.recv(16) == b""
