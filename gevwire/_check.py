@@ -5,20 +5,20 @@ from __future__ import annotations
 import copy
 import io
 import itertools
-import math
 import threading
 from collections.abc import Callable
 from typing import Any
 
-import construct  # type: ignore[import-untyped]
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from gevwire._cutter import FrameCutter
 from gevwire._fastcodec import FrameLengthError
+from gevwire._strategies import build_strategy
+from gevwire._testbase import CheckReport, CodecCheckFailed, same_frames
 from gevwire.codec import BaseCodec, Codec, RawCodec
 from gevwire.errors import FrameError
 from gevwire.ringbuffer import COMPACT_MAX
-from gevwire.testing import CheckReport, CodecCheckFailed, FrameCutter, strategy_for
 
 __all__ = ["SLACK", "run_checks"]
 
@@ -78,25 +78,6 @@ def _draw_ring(data: st.DataObject) -> int:
     ``decode_view`` (as on io_uring), otherwise to ``decode_bytes`` (as on epoll)."""
     ring: int = data.draw(st.sampled_from([16, 64, 4096]), label="ring capacity")
     return ring
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal with the same types all the way down (NaN equals NaN; -0.0 is not 0.0)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        ka = [k for k in a if not (isinstance(k, str) and k.startswith("_"))]
-        kb = [k for k in b if not (isinstance(k, str) and k.startswith("_"))]
-        return ka == kb and all(_same(a[k], b[k]) for k in ka)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float):
-        if math.isnan(a):
-            return math.isnan(b)
-        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
-    if isinstance(a, construct.EnumIntegerString):
-        return str(a) == str(b) and a.intvalue == b.intvalue
-    return bool(a == b)
 
 
 def _fail(prop: str, message: str) -> CodecCheckFailed:
@@ -198,7 +179,7 @@ class _Checker:
                 raise _fail(prop, f"encode({message!r}) = {encoded!r}, construct builds "
                                   f"{built!r}")
             parsed = self.schema.parse(encoded)
-            if not _same(frame, parsed):
+            if not same_frames(frame, parsed):
                 raise _fail(prop, f"decoded {frame!r} from {encoded!r}, construct parses "
                                   f"{parsed!r}")
         if (self.frame_of is not None or self.parse_shaped or self.schema is None) \
@@ -280,7 +261,7 @@ class _Checker:
                 from exc
         if not ok:
             raise _fail(prop, f"fast decoder parsed {raw!r} as {got!r}; construct refuses it")
-        if not _same(got, expected):
+        if not same_frames(got, expected):
             raise _fail(prop, f"fast decoder parsed {raw!r} as {got!r}; construct parses "
                               f"{expected!r}")
 
@@ -378,7 +359,7 @@ def _messages_for(codec: BaseCodec, messages: st.SearchStrategy[Any] | None
     if callable(example):
         return example(), False
     if isinstance(codec, Codec):
-        return strategy_for(codec.schema), True
+        return build_strategy(codec.schema, None, 32), True
     if isinstance(codec, RawCodec):
         return st.binary(min_size=1, max_size=64), False
     raise TypeError(

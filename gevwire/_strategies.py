@@ -31,7 +31,7 @@ from construct.lib import bits2bytes, bytes2bits  # type: ignore[import-untyped]
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from gevwire.testing import UnsupportedConstruct
+from gevwire._testbase import UnsupportedConstruct
 
 __all__ = ["Override", "build_strategy"]
 

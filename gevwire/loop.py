@@ -1,8 +1,14 @@
-"""``EventLoop``: one thread, one poller, the fds it owns, a task queue and timers.
+"""``EventLoop``: one thread, one run loop, the fds it owns, a task queue and timers.
 
 The loop knows fds, tokens and callbacks, nothing of connections or codecs.  Other
 threads reach it only through :meth:`EventLoop.call_soon`, which appends to a deque and
-writes the waker only when the loop may be asleep in ``poll`` (gev's ``needWake``).
+writes the waker only when the loop may be asleep waiting (gev's ``needWake``).
+
+How a turn waits for I/O and hands out what came is its :class:`LoopBackend`'s (trio's
+``_io_epoll`` / ``_io_kqueue`` shape): readiness of the loop's poller by default
+(:class:`ReadinessBackend`: epoll or kqueue), or io_uring completions
+(:class:`~gevwire._uring.loop.UringBackend`).  The run loop, timers, tasks, waker and
+``after_events`` are written once, here.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from gevwire._sys import EV_READ, Iovecs, Poller, Waker, alloc, new_poller
 from gevwire.timers import TimerHandle, TimerQueue
@@ -27,10 +33,58 @@ SPARE_SIZE = 65536
 _WAKER_TOKEN = 0
 
 
+class LoopBackend(Protocol):
+    """How an :class:`EventLoop` waits for I/O and hands out what came (loop thread)."""
+
+    def start(self) -> None:
+        """:meth:`EventLoop.run` begins on this thread."""
+
+    def wait(self, timeout_ms: int) -> Any:
+        """Wait up to ``timeout_ms`` (-1: no limit, 0: do not block) for I/O; returns
+        what came, for :meth:`dispatch`."""
+
+    def dispatch(self, got: Any) -> None:
+        """Run the callbacks of what :meth:`wait` returned."""
+
+    def finish(self) -> None:
+        """:meth:`EventLoop.run` returns."""
+
+    def close(self) -> None:
+        """Release what the backend holds (the loop is closing)."""
+
+
+class ReadinessBackend:
+    """The loop's poller (epoll or kqueue): ``wait`` is its ``poll``, ``dispatch`` runs
+    each ready fd's callback (:meth:`EventLoop.dispatch_ready`)."""
+
+    __slots__ = ("dispatch", "wait")
+
+    def __init__(self, loop: EventLoop) -> None:
+        # The loop's own bound methods, so a turn costs no call level more than the
+        # poll and the dispatch loop.
+        self.wait = loop.poller.poll
+        self.dispatch = loop.dispatch_ready
+
+    def start(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class EventLoop:
     """A reactor loop.  Methods marked *loop thread only* must run on the loop's thread."""
 
-    def __init__(self, name: str = "gevwire-loop", *, max_events: int = 512) -> None:
+    def __init__(
+        self,
+        name: str = "gevwire-loop",
+        *,
+        max_events: int = 512,
+        backend: Callable[[EventLoop], LoopBackend] | None = None,
+    ) -> None:
         self.name = name
         self._poller: Poller = new_poller(max_events)
         self._callbacks: dict[int, Callable[[int], None]] = {}
@@ -68,6 +122,19 @@ class EventLoop:
         self.frames_out = 0
         self.connections_closed = 0
         self.errors: dict[str, int] = {}
+        try:
+            #: How the loop waits for I/O (``backend(loop)``; default: the poller).
+            self.backend: LoopBackend = (ReadinessBackend(self) if backend is None
+                                         else backend(self))
+        except BaseException:
+            self._poller.close()
+            self._waker.close()
+            raise
+
+    @property
+    def poller(self) -> Poller:
+        """The readiness poller of :meth:`register` (its fds also wake an io_uring loop)."""
+        return self._poller
 
     # -- registration (loop thread only) -----------------------------------------------
 
@@ -165,33 +232,26 @@ class EventLoop:
             raise RuntimeError(f"{self.name} is closed")
         self.thread_id = threading.get_ident()
         self._running = True
-        poll = self._poller.poll
-        callbacks = self._callbacks
+        backend = self.backend
+        wait = backend.wait
+        dispatch = backend.dispatch
         tasks = self._tasks
         timers = self._timers
         monotonic = time.monotonic
         try:
+            backend.start()
             while not self._stopping:
                 self._polling = True
                 if tasks:
-                    events = poll(0)
+                    got = wait(0)
                 elif timers._heap:
-                    events = poll(timers.timeout_ms(monotonic()))
+                    got = wait(timers.timeout_ms(monotonic()))
                 else:
-                    events = poll(-1)
+                    got = wait(-1)
                 self._polling = False
                 self.now = now = monotonic()
                 self.turn_count += 1
-                for mask, token in events:
-                    callback = callbacks.get(token)
-                    if callback is not None:
-                        try:
-                            callback(mask)
-                        except Exception:
-                            log.exception("%s: event callback failed", self.name)
-                    elif token == _WAKER_TOKEN:
-                        self._wake_pending = False
-                        self._waker.drain()
+                dispatch(got)
                 if self.after_events:
                     self.run_after_events()
                 if tasks:
@@ -200,8 +260,25 @@ class EventLoop:
                     timers.run_due(monotonic())
                 self.busy_time += monotonic() - now
         finally:
-            self._running = False
-            self._stopping = False
+            try:
+                backend.finish()
+            finally:
+                self._running = False
+                self._stopping = False
+
+    def dispatch_ready(self, events: list[tuple[int, int]]) -> None:
+        """Run the callback of each ready ``(mask, token)`` (loop thread only)."""
+        callbacks = self._callbacks
+        for mask, token in events:
+            callback = callbacks.get(token)
+            if callback is not None:
+                try:
+                    callback(mask)
+                except Exception:
+                    log.exception("%s: event callback failed", self.name)
+            elif token == _WAKER_TOKEN:
+                self._wake_pending = False
+                self._waker.drain()
 
     def run_after_events(self) -> None:
         """Run (and clear) :attr:`after_events`; one that fails is logged."""
@@ -243,13 +320,16 @@ class EventLoop:
         return self._running
 
     def close(self) -> None:
-        """Release the poller and waker (after :meth:`run` has returned)."""
+        """Release the backend, poller and waker (after :meth:`run` has returned)."""
         if self._running:
             raise RuntimeError("cannot close a running loop")
         if not self._closed:
             self._closed = True
-            self._poller.close()
-            self._waker.close()
+            try:
+                self.backend.close()
+            finally:
+                self._poller.close()
+                self._waker.close()
 
     def __repr__(self) -> str:
         return f"<EventLoop {self.name} fds={len(self._callbacks)}>"

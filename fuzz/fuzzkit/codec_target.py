@@ -29,12 +29,12 @@ import construct  # type: ignore[import-untyped]
 
 from fuzzkit.case import Case, split
 from fuzzkit.target import RINGS, ByteReader, HarnessFailure, HarnessHang, Target
-from gevwire._check import _same as same  # the equality check_codec uses
 from gevwire._fastcodec import FrameLengthError
 from gevwire.codec import BaseCodec, Codec
 from gevwire.errors import FrameError
 from gevwire.ringbuffer import COMPACT_MAX, BufferPool, RingBuffer
 from gevwire.testing import DecodeProgress, FrameCutter
+from gevwire.testing import same_frames as same  # the equality check_codec uses
 
 if TYPE_CHECKING:
     from hypothesis.strategies import DrawFn, SearchStrategy

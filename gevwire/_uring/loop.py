@@ -1,10 +1,13 @@
-"""``UringLoop``: an :class:`~gevwire.loop.EventLoop` driven by io_uring completions.
+"""``UringLoop``: an :class:`~gevwire.loop.EventLoop` whose backend is io_uring.
 
-Connections and listeners of this loop submit operations (multishot RECV into the
-loop's provided-buffer ring, SEND, multishot ACCEPT, cancellations) and get their
-completions back as ``callback(res, flags)``, routed by ``user_data``.  Every loop turn
-makes one ``io_uring_enter`` that submits all operations queued during the previous turn
-and waits for completions (or for the next timer, through ``IORING_ENTER_EXT_ARG``).
+The loop's run loop, timers, tasks, waker and ``after_events`` are
+:class:`~gevwire.loop.EventLoop`'s own; :class:`UringBackend` supplies the wait and the
+dispatch.  Connections and listeners of this loop submit operations (multishot RECV
+into the loop's provided-buffer ring, SEND, multishot ACCEPT, cancellations) and get
+their completions back through a :class:`CompletionTarget`, routed by ``user_data``.
+Every loop turn makes one ``io_uring_enter`` that submits all operations queued during
+the previous turn and waits for completions (or for the next timer, through
+``IORING_ENTER_EXT_ARG``).
 
 The readiness API of :class:`EventLoop` (``register`` / ``modify`` / ``unregister``)
 still works: its epoll instance (which also holds the cross-thread waker) is watched by
@@ -15,24 +18,26 @@ events costs them nothing.
 
 ``user_data`` values are never reused for another connection: a completion that was
 already queued when a connection closed (its fd number perhaps already given to a new
-connection by the kernel) is routed to the closed connection's callback, which only
-recycles its buffer.  Requests hold a reference to their file, so ``close(2)`` on an fd
-with a request in flight only frees the number; the socket goes when the request ends.
+connection by the kernel) is routed to the closed connection, which only recycles its
+buffer.  Requests hold a reference to their file, so ``close(2)`` on an fd with a
+request in flight only frees the number; the socket goes when the request ends.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import threading
-import time
-from typing import Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from gevwire._sys._epoll import EpollPoller
 from gevwire._sys._uring import BufferRing, Ring, UringUnavailable, availability
-from gevwire.loop import _WAKER_TOKEN, EventLoop
+from gevwire.loop import EventLoop
 
-__all__ = ["UringLoop", "uring_available"]
+if TYPE_CHECKING:
+    from gevwire._sys import Poller
+
+__all__ = ["CompletionTarget", "UringBackend", "UringLoop", "uring_available"]
 
 log = logging.getLogger("gevwire")
 
@@ -62,18 +67,101 @@ def uring_available() -> tuple[bool, str]:
     return availability()
 
 
+class UringBackend:
+    """An event loop's wait and dispatch through io_uring (see the module docstring).
+
+    ``ring`` and ``buffers`` (the provided-buffer ring of group 0) are for the loop's
+    thread only.
+    """
+
+    def __init__(self, loop: EventLoop, *, entries: int, buffers: int,
+                 buffer_size: int) -> None:
+        self._loop = loop
+        poller: Poller = loop.poller
+        assert isinstance(poller, EpollPoller)
+        self._poller = poller
+        self._epoll_fd = poller.fileno()
+        self.ring = Ring(entries, cq_entries=entries * 8)
+        try:
+            self.buffers = BufferRing(self.ring, group=0, count=buffers, size=buffer_size)
+        except BaseException:
+            self.ring.close()
+            raise
+        # user_data >> 1 -> the target of that pair of user_data values.
+        self.targets: dict[int, CompletionTarget] = {}
+        self.next_ud = _FIRST_UD
+        self._epoll_armed = False
+        #: ``io_uring_enter`` calls so far (one per turn, plus one per full SQ).
+        self.enters = 0
+        #: Completions handled so far.
+        self.completions = 0
+
+    def start(self) -> None:
+        """The loop's thread begins to run: it becomes the ring's only submitter (with
+        ``SINGLE_ISSUER`` a later run must be on the same thread, or
+        ``io_uring_enter`` fails with ``EEXIST``)."""
+        self.ring.enable()
+
+    def wait(self, timeout_ms: int) -> Sequence[tuple[int, int, int]]:
+        """Submit what the last turn queued and wait up to ``timeout_ms`` (-1: no limit)
+        for completions; returns them."""
+        ring = self.ring
+        if not self._epoll_armed:
+            ring.poll_add(self._epoll_fd, _POLLIN, _EPOLL_UD)
+            self._epoll_armed = True
+        self.buffers.publish()  # buffers recycled last turn
+        if timeout_ms < 0:
+            result = ring.enter(1)
+        elif timeout_ms:
+            result = ring.enter(1, timeout_ms)
+        else:
+            result = ring.enter(0)
+        self.enters += 1
+        if result < 0 and -result not in _BENIGN:
+            log.error("%s: io_uring_enter failed: %s", self._loop.name,
+                      errno.errorcode.get(-result, result))
+            if -result in (errno.EBADF, errno.EFAULT, errno.EINVAL, errno.EEXIST):
+                raise OSError(-result, "io_uring_enter")
+        cqes = ring.completions()
+        self.completions += len(cqes)
+        return cqes
+
+    def dispatch(self, cqes: Sequence[tuple[int, int, int]]) -> None:
+        """Route each completion to its target; readiness events to the loop's fds."""
+        targets = self.targets
+        for ud, res, flags in cqes:
+            target = targets.get(ud >> 1)
+            if target is not None:
+                try:
+                    if ud & 1:
+                        target._on_output(res, flags)
+                    else:
+                        target._on_input(res, flags)
+                except Exception:
+                    log.exception("%s: completion callback failed", self._loop.name)
+            elif ud == _EPOLL_UD:
+                self._epoll_armed = False
+                self._loop.dispatch_ready(self._poller.poll(0))
+
+    def finish(self) -> None:
+        """The loop stops: cancellations queued by its last turn go out."""
+        self.ring.submit()
+
+    def close(self) -> None:
+        """Release the ring (cancelling whatever is still in flight)."""
+        self.buffers.close()
+        self.ring.close()
+        self.targets.clear()
+
+
 class UringLoop(EventLoop):
-    """A completion-based reactor loop with :class:`EventLoop`'s public surface.
+    """An :class:`EventLoop` on the io_uring backend, with its ring at hand.
 
     ``buffers`` x ``buffer_size`` (4 MiB by default, touched as used) is the provided-buffer
     ring every RECV of the loop fills: 16 KiB buffers take 8 pipelined 1 KiB frames in one
     completion (4 KiB ones cost 40 % more CPU per message there, measured), and a turn in
     which more than ``buffers`` connections receive ends some multishot RECVs with
     ``ENOBUFS``, which re-arms them (their bytes wait in the socket).
-
-    :meth:`add_target` hands out a pair of ``user_data`` values never used before and
-    routes their completions to a :class:`CompletionTarget`.  ``ring`` and ``buffers``
-    (the provided-buffer ring of group 0) are for this loop's thread only.
     """
 
     def __init__(
@@ -88,137 +176,44 @@ class UringLoop(EventLoop):
         ok, reason = availability()
         if not ok:
             raise UringUnavailable(reason)
-        super().__init__(name, max_events=max_events)
-        try:
-            self.ring = Ring(entries, cq_entries=entries * 8)
-            try:
-                self.buffers = BufferRing(self.ring, group=0, count=buffers, size=buffer_size)
-            except BaseException:
-                self.ring.close()
-                raise
-        except BaseException:
-            super().close()
-            raise
-        # user_data >> 1 -> the target of that pair of user_data values.
-        self._targets: dict[int, CompletionTarget] = {}
-        self._next_ud = _FIRST_UD
-        self._epoll_armed = False
-        #: ``io_uring_enter`` calls so far (one per turn, plus one per full SQ).
-        self.enters = 0
-        #: Completions handled so far.
-        self.completions = 0
+        super().__init__(name, max_events=max_events, backend=lambda loop: UringBackend(
+            loop, entries=entries, buffers=buffers, buffer_size=buffer_size))
+        backend = self.backend
+        assert isinstance(backend, UringBackend)
+        self.uring = backend
+        #: The ring and its provided buffers (loop thread only).
+        self.ring = backend.ring
+        self.buffers = backend.buffers
 
     def add_target(self, target: CompletionTarget) -> int:
         """Route the completions of two fresh ``user_data`` values to ``target``: of the
         returned (even) value to ``target._on_input``, of the value + 1 to
         ``target._on_output`` (loop thread, or before run)."""
-        ud = self._next_ud
-        self._next_ud = ud + 2
-        self._targets[ud >> 1] = target
+        uring = self.uring
+        ud = uring.next_ud
+        uring.next_ud = ud + 2
+        uring.targets[ud >> 1] = target
         return ud
 
     def forget_target(self, ud: int) -> None:
         """No completion can come for ``ud`` (from :meth:`add_target`) any more."""
-        self._targets.pop(ud >> 1, None)
+        self.uring.targets.pop(ud >> 1, None)
 
     @property
     def targets(self) -> int:
         """How many targets may still get completions."""
-        return len(self._targets)
+        return len(self.uring.targets)
 
-    def run(self) -> None:
-        """Run until :meth:`stop`; the calling thread becomes the loop thread (and the
-        ring's only submitter: with ``SINGLE_ISSUER`` a later :meth:`run` must be on the
-        same thread, or ``io_uring_enter`` fails with ``EEXIST``)."""
-        if self._running:
-            raise RuntimeError(f"{self.name} is already running")
-        if self._closed:
-            raise RuntimeError(f"{self.name} is closed")
-        self.thread_id = threading.get_ident()
-        self._running = True
-        ring = self.ring
-        ring.enable()
-        poller = self._poller
-        assert isinstance(poller, EpollPoller)
-        epoll_fd = poller.fileno()
-        targets = self._targets
-        callbacks = self._callbacks
-        tasks = self._tasks
-        timers = self._timers
-        monotonic = time.monotonic
-        enter = ring.enter
-        completions = ring.completions
-        buffers = self.buffers
-        try:
-            while not self._stopping:
-                if not self._epoll_armed:
-                    ring.poll_add(epoll_fd, _POLLIN, _EPOLL_UD)
-                    self._epoll_armed = True
-                buffers.publish()  # buffers recycled last turn
-                self._polling = True
-                if tasks:
-                    result = enter(0)
-                elif timers._heap:
-                    timeout = timers.timeout_ms(monotonic())
-                    result = enter(1, timeout) if timeout else enter(0)
-                else:
-                    result = enter(1)
-                self._polling = False
-                self.now = now = monotonic()
-                self.turn_count += 1
-                self.enters += 1
-                if result < 0 and -result not in _BENIGN:
-                    log.error("%s: io_uring_enter failed: %s", self.name,
-                              errno.errorcode.get(-result, result))
-                    if -result in (errno.EBADF, errno.EFAULT, errno.EINVAL, errno.EEXIST):
-                        raise OSError(-result, "io_uring_enter")
-                cqes = completions()
-                self.completions += len(cqes)
-                for ud, res, flags in cqes:
-                    target = targets.get(ud >> 1)
-                    if target is not None:
-                        try:
-                            if ud & 1:
-                                target._on_output(res, flags)
-                            else:
-                                target._on_input(res, flags)
-                        except Exception:
-                            log.exception("%s: completion callback failed", self.name)
-                    elif ud == _EPOLL_UD:
-                        self._epoll_armed = False
-                        for mask, token in poller.poll(0):
-                            event_callback = callbacks.get(token)
-                            if event_callback is not None:
-                                try:
-                                    event_callback(mask)
-                                except Exception:
-                                    log.exception("%s: event callback failed", self.name)
-                            elif token == _WAKER_TOKEN:
-                                self._wake_pending = False
-                                self._waker.drain()
-                if self.after_events:
-                    self.run_after_events()
-                if tasks:
-                    self._run_tasks()
-                if timers._heap:
-                    timers.run_due(monotonic())
-                self.busy_time += monotonic() - now
-        finally:
-            # Cancellations queued by the last turn (connections closed at stop) go out.
-            ring.submit()
-            self._running = False
-            self._stopping = False
+    @property
+    def enters(self) -> int:
+        """``io_uring_enter`` calls so far (one per turn, plus one per full SQ)."""
+        return self.uring.enters
 
-    def close(self) -> None:
-        """Release the ring (cancelling whatever is still in flight), poller and waker."""
-        if self._running:
-            raise RuntimeError("cannot close a running loop")
-        if not self._closed:
-            super().close()
-            self.buffers.close()
-            self.ring.close()
-            self._targets.clear()
+    @property
+    def completions(self) -> int:
+        """Completions handled so far."""
+        return self.uring.completions
 
     def __repr__(self) -> str:
-        return (f"<UringLoop {self.name} targets={len(self._targets)} "
-                f"fds={len(self._callbacks)}>")
+        return (f"<UringLoop {self.name} targets={self.targets} "
+                f"fds={self.registered}>")
