@@ -232,6 +232,10 @@ class Connection:
         #: The PROXY protocol header (``proxy_protocol=True``), else None.
         self.proxy_info: ProxyInfo | None = None
         self._last_active = 0.0
+        self._init_io()
+
+    def _init_io(self) -> None:
+        """Set up the backend's own I/O state (a completion backend's requests)."""
 
     # -- public API --------------------------------------------------------------------
 

@@ -212,8 +212,55 @@ class LineCodec(gevwire.BaseCodec):
 
 
 # -- backend ---------------------------------------------------------------------------
-# Every Server without an explicit backend= uses $GEVWIRE_BACKEND (default epoll), so the
-# whole suite runs on io_uring with ``GEVWIRE_BACKEND=io_uring pytest``.
+# Every Server without an explicit backend= uses $GEVWIRE_BACKEND (default epoll).
+# ``pytest --backend=io_uring`` (or auto, or epoll) sets it for the run, subprocesses
+# (the examples) included. Test modules that serve sockets are marked ``io``:
+# ``make test`` runs them a second time with ``--backend=auto -m io``, and a test that
+# starts a server in this process without the mark fails (it would skip io_uring).
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--backend", choices=("epoll", "io_uring", "auto"), default=None,
+                     help="the backend of every Server without backend= "
+                          "(default: $GEVWIRE_BACKEND, else epoll)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    backend = config.getoption("--backend")
+    if backend:
+        os.environ["GEVWIRE_BACKEND"] = backend
+
+
+@pytest.fixture(autouse=True)
+def _io_tests_are_marked(request: pytest.FixtureRequest,
+                         monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail a test that starts a server on the default backend here while its module is
+    not marked ``io`` (one that names its backend tests that backend on purpose)."""
+    if request.node.get_closest_marker("io") is not None:
+        yield
+        return
+    defaults: set[int] = set()  # id() of the servers made without backend=
+    started: list[str] = []
+    original_init = gevwire.Server.__init__
+    original_start = gevwire.Server.start
+
+    def init(self: gevwire.Server, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("backend") is None:
+            defaults.add(id(self))
+        original_init(self, *args, **kwargs)
+
+    def start(self: gevwire.Server) -> gevwire.Server:
+        if id(self) in defaults:
+            started.append(repr(self))
+        return original_start(self)
+
+    monkeypatch.setattr(gevwire.Server, "__init__", init)
+    monkeypatch.setattr(gevwire.Server, "start", start)
+    yield
+    if started:
+        pytest.fail(f"{request.node.nodeid} starts a server on the default backend but its "
+                    "module is not marked pytest.mark.io: make test would not run it on "
+                    "io_uring")
 
 
 def pytest_report_header() -> str:

@@ -14,7 +14,7 @@ from test_workers import ServerProcess, alive, kill_quietly
 import gevwire
 from gevwire.cli import CliError, load_codec, load_handler, main
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.io]
 
 APP = '''
 import gevwire

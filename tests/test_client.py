@@ -13,6 +13,8 @@ from conftest import ipv6_loopback_available, wait_until
 
 import gevwire
 
+pytestmark = pytest.mark.io
+
 FRAMES = gevwire.Codec(c.Prefixed(c.Int16ub, c.GreedyBytes))
 
 

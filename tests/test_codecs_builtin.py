@@ -43,7 +43,7 @@ from gevwire.codecs import (
 )
 from gevwire.testing import DecodeProgress
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.io]
 
 settings.register_profile(
     "codecs_builtin",

@@ -17,7 +17,7 @@ from gevwire.codecs import line
 from gevwire.connection import Connection, ConnectionOptions, ConnState
 from gevwire.loop import EventLoop
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.io]
 
 
 class Lines(gevwire.Handler):
@@ -68,7 +68,7 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Lines, Connection, so
     ours.setblocking(False)
     peer.settimeout(10)
     handler = Lines()
-    conn = conn_class(loop, ours.detach(), "pair", handler, line(),  # type: ignore[arg-type]
+    conn = conn_class(loop, ours.detach(), "pair", handler, line(),
                       ConnectionOptions(linger_timeout=5.0, max_write_buffer=64 << 20))
     loop.call_soon(conn.start)
     assert wait_until(lambda: handler.conn is conn)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from example_process import EXAMPLES, REPO, example_env
+
+pytestmark = pytest.mark.io
 
 
 def test_demo_runs_to_demo_ok() -> None:

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import wait_until
 
 import gevwire
@@ -15,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 import maxconnection
 import pushmessage
+
+pytestmark = pytest.mark.io
 
 
 def test_maxconnection_refuses_politely_over_the_limit() -> None:

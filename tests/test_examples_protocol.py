@@ -20,7 +20,7 @@ from example_process import EXAMPLES, REPO, assert_stops_cleanly, example_env, e
 
 CLIENT_TIMEOUT = 60.0
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.io]
 
 
 def run_client(script: str, port: int) -> subprocess.CompletedProcess[str]:

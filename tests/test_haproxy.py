@@ -23,7 +23,7 @@ from gevwire.proxy_protocol import ProxyHeaderDecoder, ProxyInfo, ProxyProtocolE
 from gevwire.ringbuffer import RingBuffer
 
 # The first test may install haproxy (apt-get update + install) inside its time budget.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.io]
 
 IO_TIMEOUT = 10.0
 

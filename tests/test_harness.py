@@ -24,6 +24,8 @@ from gevwire import (
 )
 from gevwire.testing import BlockingClient, HandlerHarness, serve, strategy_for
 
+pytestmark = pytest.mark.io
+
 SCHEMA = c.Struct(
     "kind" / c.Enum(c.Int8ub, ping=1, pong=2, put=3, get=4, value=5, bye=6),
     "id" / c.Int16ub,

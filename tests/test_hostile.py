@@ -52,7 +52,7 @@ from gevwire import ConnectionClosed, FrameError, FrameTimeout, FrameTooLarge, W
 from gevwire import codecs as gcodecs
 from gevwire.ringbuffer import DEFAULT_POOL
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.io]
 
 KiB = 1 << 10
 MiB = 1 << 20

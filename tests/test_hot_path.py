@@ -22,6 +22,8 @@ import gevwire
 from gevwire import connection as connection_module
 from gevwire._sys import _epoll
 
+pytestmark = pytest.mark.io
+
 MESSAGES = 300
 
 

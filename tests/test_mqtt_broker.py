@@ -30,7 +30,7 @@ paho_client = pytest.importorskip("paho.mqtt.client")
 
 WAIT = 10.0  # any single expected event
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.io]
 
 
 # -- the broker process ----------------------------------------------------------------

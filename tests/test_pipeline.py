@@ -15,7 +15,7 @@ from gevwire.codecs import line
 from gevwire.pipeline import Counters, FramePipeline
 from gevwire.ringbuffer import RingBuffer
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.io]
 
 
 class Wire:

@@ -20,7 +20,7 @@ from gevwire.codecs import encode_varint
 
 pytest.importorskip("google.protobuf")
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.io]
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "protobuf_echo.py"
 

@@ -29,7 +29,7 @@ from redis._parsers import _RESP2Parser  # noqa: E402
 
 SOCKET_TIMEOUT = 10.0
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.io]
 
 
 @pytest.fixture(scope="module")

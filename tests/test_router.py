@@ -13,6 +13,8 @@ import pytest
 import gevwire
 from gevwire import Codec, Connection, Router, RoutingError, Server
 
+pytestmark = pytest.mark.io
+
 KIND = c.Enum(c.Int8ub, ping=1, pong=2, echo=3, unknown=9)
 MESSAGE = c.Prefixed(
     c.Int32ub,

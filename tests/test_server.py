@@ -34,7 +34,7 @@ import gevwire
 from gevwire import ConnectionClosed, WriteBufferFull
 from gevwire._uring.loop import uring_available
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.io]
 
 MiB = 1 << 20
 KiB = 1 << 10

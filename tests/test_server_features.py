@@ -14,6 +14,8 @@ from conftest import ipv6_loopback_available, recv_exactly, wait_until
 
 import gevwire
 
+pytestmark = pytest.mark.io
+
 
 class Echo(gevwire.Handler):
     def __init__(self) -> None:

@@ -12,6 +12,8 @@ from conftest_haproxy import haproxy_binary, run_haproxy
 import gevwire
 from gevwire.proxy_protocol import ProxyInfo, encode_v1
 
+pytestmark = pytest.mark.io
+
 
 class ReportPeer(gevwire.Handler):
     """Replies to every frame with the peer address the server believes in."""

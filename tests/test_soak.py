@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.io]
 
 SOAK = Path(__file__).resolve().parent.parent / "fuzz" / "soak.py"
 REDIS_EXAMPLE = SOAK.parent.parent / "examples" / "redis_server.py"

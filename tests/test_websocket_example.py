@@ -31,7 +31,7 @@ from gevwire.codecs.websocket import (
 )
 from gevwire.testing import serve
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.io]
 
 MiB = 1 << 20
 BROWSER_TIMEOUT = 60.0

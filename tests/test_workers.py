@@ -25,6 +25,7 @@ import gevwire
 from gevwire.workers import Supervisor, WorkerControl
 
 pytestmark = [
+    pytest.mark.io,
     pytest.mark.skipif(not hasattr(os, "fork") or not os.path.isdir("/proc/self"),
                        reason="needs fork() and /proc"),
     pytest.mark.timeout(60),

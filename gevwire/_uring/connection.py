@@ -28,7 +28,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gevwire._sys import EV_READ, EV_WRITE
 from gevwire._sys._uring import (
@@ -45,15 +45,12 @@ from gevwire.connection import (
     _LINGERING,
     _WRITE_SHUTTING,
     Connection,
-    ConnectionOptions,
 )
 from gevwire.errors import WriteBufferFull
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
     from gevwire._uring.loop import UringLoop
-    from gevwire.codec import BaseCodec
 
 __all__ = ["UringConnection"]
 
@@ -72,17 +69,9 @@ class UringConnection(Connection):
     _view_reads = True
     loop: UringLoop  # (narrowed: its ring and provided buffers are used directly)
 
-    def __init__(
-        self,
-        loop: UringLoop,
-        fd: int,
-        peer_addr: Any,
-        handler: Any,
-        codec: BaseCodec,
-        options: ConnectionOptions,
-        on_closed: Callable[[Connection], None] | None = None,
-    ) -> None:
-        super().__init__(loop, fd, peer_addr, handler, codec, options, on_closed)
+    def _init_io(self) -> None:
+        """The requests' state: RECV and SEND ``user_data``, the SEND in flight."""
+        loop = self.loop
         # The RECV's user_data is the token (as an epoll connection's registration).
         self._token = ud = loop.add_target(self)
         self._send_ud = ud + 1
