@@ -53,9 +53,7 @@ class _FixedDecoder(CutAheadDecoder):
             self._count = 0
         return frame
 
-    def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
-        if self._ahead:
-            return [], 0
+    def cut_view(self, view: memoryview) -> tuple[list[Any], int]:
         size = self._size
         count = len(view) // size
         self._count = 0

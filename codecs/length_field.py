@@ -230,13 +230,11 @@ class _LengthFieldDecoder(CutAheadDecoder):
             ring.retrieve(strip)
         return ring.read(frame - strip)
 
-    def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
+    def cut_view(self, view: memoryview) -> tuple[list[Any], int]:
         # Errors, including the non-fatal report of a discarded frame, are left to
         # decode(): the connection calls it on the bytes after ``used`` at once, and only
         # decode() can report an error and then go on (or hand on the frames cut before
         # a fatal one).
-        if self._ahead:
-            return [], 0
         size = len(view)
         pos = 0
         if self._skip:

@@ -125,15 +125,11 @@ class _DelimiterDecoder(CutAheadDecoder):
             data = ring.read(i + size)
         return self._frame(data)
 
-    def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
+    def cut_view(self, view: memoryview) -> tuple[list[Any], int]:
         # memoryview has no find(): search one bytes copy (one memcpy of at most a read).
-        if self._ahead:
-            return [], 0
-        return self.decode_bytes(view.tobytes())
+        return self.cut_bytes(view.tobytes())
 
-    def decode_bytes(self, data: bytes) -> tuple[list[Any], int]:
-        if self._ahead:
-            return [], 0
+    def cut_bytes(self, data: bytes) -> tuple[list[Any], int]:
         end = len(data)
         frames: list[Any] = []
         pos = 0

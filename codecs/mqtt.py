@@ -634,9 +634,7 @@ class _MqttDecoder(CutAheadDecoder):
         ring.retrieve(total)
         return packet
 
-    def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
-        if self._ahead:
-            return [], 0
+    def cut_view(self, view: memoryview) -> tuple[list[Any], int]:
         frames: list[Any] = []
         pos = 0
         end = len(view)

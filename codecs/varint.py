@@ -101,9 +101,7 @@ class _VarintDecoder(CutAheadDecoder):
         ring.retrieve(size)
         return ring.read(length)
 
-    def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
-        if self._ahead:
-            return [], 0
+    def cut_view(self, view: memoryview) -> tuple[list[Any], int]:
         frames: list[Any] = []
         end = len(view)
         pos = 0

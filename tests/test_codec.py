@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gevwire import Codec, EncodeError, FrameError, FrameTooLarge, RawCodec, RingBuffer
-from gevwire.codec import Decoder
+from gevwire.codec import CutAheadDecoder, Decoder
 
 HEADER = c.Struct(
     "kind" / c.Enum(c.Int8ub, ping=1, pong=2, data=3),
@@ -489,6 +489,31 @@ def test_a_while_ring_length_loop_gets_every_frame_cut_ahead() -> None:
         assert frame is not None
         frames.append(frame)
     assert frames == [b"x" * i for i in range(1, 9)]
+
+
+class _Pairs(CutAheadDecoder):
+    """A decoder of one's own: two-byte frames, written as decode_one and cut_view only."""
+
+    def decode_one(self, ring: RingBuffer) -> Any | None:
+        return ring.read(2) if ring.length >= 2 else None
+
+    def cut_view(self, view: memoryview) -> tuple[list[Any], int]:
+        used = len(view) - len(view) % 2
+        return [view[i:i + 2].tobytes() for i in range(0, used, 2)], used
+
+
+def test_a_cut_ahead_decoder_of_ones_own_gets_the_waiting_rule_from_its_base() -> None:
+    decoder = _Pairs()
+    ring = RingBuffer()
+    ring.write(b"aabbccd")
+    assert decoder.decode(ring) == b"aa"  # bb and cc are cut ahead, their bytes held
+    assert ring.length == 5  # "bbccd": the bytes of the frames waiting stay
+    # While they wait, the batch paths cut nothing: a read never jumps the queue.
+    assert decoder.decode_view(memoryview(b"eeff")) == ([], 0)
+    assert decoder.decode_bytes(b"eeff") == ([], 0)
+    assert [decoder.decode(ring), decoder.decode(ring)] == [b"bb", b"cc"]
+    assert ring.length == 1 and decoder.decode(ring) is None
+    assert decoder.decode_bytes(b"eeff") == ([b"ee", b"ff"], 4)  # nothing waits now
 
 
 @pytest.mark.parametrize("mode", ["close", "discard"])
