@@ -43,9 +43,9 @@ from run_echo import (
     SERVERS,
     BenchError,
     Server,
+    available_servers,
     free_port,
     read_tail,
-    select,
     stop_process,
     wait_for_port,
 )
@@ -350,15 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("this benchmark needs Linux (/proc, taskset)")
     if shutil.which("taskset") is None:
         raise SystemExit("taskset not found (util-linux)")
-    servers: list[Server] = []
-    for srv in select(args.servers, IDLE_SERVERS, "server"):
-        reason = srv.available()
-        if reason is None:
-            servers.append(srv)
-        else:
-            print(f"skipping {srv.name}: {reason}", file=sys.stderr)
-    if not servers:
-        raise SystemExit("no server to benchmark")
+    servers = available_servers(args.servers, IDLE_SERVERS)
     nofile = raise_fd_limit(args.connections)
     check_port_range(args.connections)
     if (os.cpu_count() or 1) > CLIENT_CPU:

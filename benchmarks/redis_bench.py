@@ -44,10 +44,10 @@ from run_echo import (
     CLK_TCK,
     HOST,
     BenchError,
+    available_servers,
     free_port,
     proc_cpu_ticks,
     read_tail,
-    select,
     stop_process,
     wait_for_port,
 )
@@ -344,15 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if max(args.server_cpu, args.client_cpu) >= ncpu or min(args.server_cpu, args.client_cpu) < 0:
         raise SystemExit(f"need cores {args.server_cpu} and {args.client_cpu}; have {ncpu}")
     tests = [t.strip().lower() for t in args.tests.split(",") if t.strip()]
-    servers: list[Server] = []
-    for srv in select(args.servers, SERVERS, "server"):
-        reason = srv.available()
-        if reason is None:
-            servers.append(srv)
-        else:
-            print(f"skipping {srv.name}: {reason}", file=sys.stderr)
-    if not servers:
-        raise SystemExit("no server to benchmark")
+    servers = available_servers(args.servers, SERVERS)
     os.sched_setaffinity(0, {args.client_cpu})  # keep this process off the server's core
 
     total = args.rounds * len(servers)

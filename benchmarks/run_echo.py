@@ -520,6 +520,21 @@ def select(names: str | None, items: Sequence[Any], what: str) -> list[Any]:
     return [item for item in items if item.name in wanted]
 
 
+def available_servers(wanted: str | None, servers: Sequence[Server]) -> list[Server]:
+    """The servers named in ``wanted`` (all if None) that can run here; each one that
+    cannot is named on stderr with the reason.  Exits when none can."""
+    chosen: list[Server] = []
+    for srv in select(wanted, servers, "server"):
+        reason = srv.available()
+        if reason is None:
+            chosen.append(srv)
+        else:
+            print(f"skipping {srv.name}: {reason}", file=sys.stderr)
+    if not chosen:
+        raise SystemExit("no server to benchmark")
+    return chosen
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=5.0, help="measured window per run (5)")
@@ -565,15 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if max(args.server_cpu, args.client_cpu) >= ncpu or min(args.server_cpu, args.client_cpu) < 0:
         raise SystemExit(f"need cores {args.server_cpu} and {args.client_cpu}; have {ncpu}")
     scenarios = select(args.scenarios, FRAMED_SCENARIOS if args.framed else SCENARIOS, "scenario")
-    servers: list[Server] = []
-    for srv in select(args.servers, FRAMED_SERVERS if args.framed else SERVERS, "server"):
-        reason = srv.available()
-        if reason is None:
-            servers.append(srv)
-        else:
-            print(f"skipping {srv.name}: {reason}", file=sys.stderr)
-    if not servers:
-        raise SystemExit("no server to benchmark")
+    servers = available_servers(args.servers, FRAMED_SERVERS if args.framed else SERVERS)
     build_loadgen()
     # Keep this process (it sleeps, then samples /proc) off the server's core.
     os.sched_setaffinity(0, {args.client_cpu})
