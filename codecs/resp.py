@@ -741,6 +741,10 @@ def _simple(value: str) -> bytes:
 
 
 def _error(value: str) -> bytes:
+    # As redis-server does: an error message never ends its line early (a client's own
+    # argument may hold CR or LF, and an error that quotes it must still be one line).
+    if "\r" in value or "\n" in value:
+        value = value.replace("\r", " ").replace("\n", " ")
     return _line(b"-", value)
 
 

@@ -220,6 +220,14 @@ def test_quit_replies_then_closes(port: int) -> None:
     assert got == b"+OK\r\n"
 
 
+def test_an_error_that_quotes_a_cr_or_lf_is_one_line_and_the_client_stays(port: int) -> None:
+    # An unknown command named "a\nb": its error quotes the name (redis-server makes such
+    # an error one line; refusing to encode it used to drop the client).
+    got = raw_exchange(port, b"*1\r\n$3\r\na\nb\r\n*1\r\n$4\r\nPING\r\n")
+    assert got.startswith(b"-ERR unknown command 'a b'") and got.endswith(b"\r\n+PONG\r\n")
+    assert got.count(b"\r\n") == 2
+
+
 def test_protocol_error_is_reported_then_the_connection_closes(port: int) -> None:
     got = raw_exchange(port, b"PING\r\n*1\r\n$-5\r\n", until_close=True)
     assert got == b"+PONG\r\n-ERR Protocol error: invalid bulk length -5\r\n"

@@ -140,11 +140,18 @@ def test_encodes_python_values() -> None:
     assert RespError("WRONGTYPE Operation").kind == "WRONGTYPE"
 
 
-@pytest.mark.parametrize("bad", [SimpleString("a\r\nb"), RespError("x\ny"), 1 << 63,
+@pytest.mark.parametrize("bad", [SimpleString("a\r\nb"), 1 << 63,
                                  -(1 << 63) - 1, 1.5, {"a": 1}, object(), "\udc80"])
 def test_encode_refuses_what_resp2_cannot_carry(bad: Any) -> None:
     with pytest.raises(EncodeError):
         resp().encode(bad)
+
+
+def test_an_error_reply_with_cr_or_lf_becomes_one_line_as_redis_server_makes_it() -> None:
+    # e.g. an error that quotes a client's argument "a\nb": refusing it dropped the client
+    assert resp().encode(RespError("ERR value is not an integer: 'a\r\nb'")) == (
+        b"-ERR value is not an integer: 'a  b'\r\n")
+    assert resp().encode(RespError("x\ny")) == b"-x y\r\n"
 
 
 def test_encode_command_sends_every_argument_as_a_bulk_string() -> None:
