@@ -290,10 +290,13 @@ class Connection:
         On the loop thread the bytes are written at once (or with the other replies of
         the frame being handled); from another thread they are queued to the loop, and
         each ``send`` reaches the peer whole and in the order of the calls.
-        Raises :class:`ConnectionClosed` once the connection is closing or its writing
-        half is shut down; :class:`WriteBufferFull` (and closes the connection) when
-        another thread has queued more than ``max_write_buffer`` the loop has not yet
-        taken.
+        Raises :class:`ConnectionClosed` (and nothing else of gevwire's) once the
+        connection is closing or its writing half is shut down.  When sends from other
+        threads queue more than ``max_write_buffer`` the loop has not yet taken (a peer
+        that does not read), the message that passed the cap is dropped and *this*
+        connection is closed: its own ``on_error`` gets :class:`WriteBufferFull`, and
+        the sender (a handler serving someone else) gets no exception for it; its later
+        sends raise :class:`ConnectionClosed` as to any closing connection.
         """
         pipe = self._pipe
         if self._state != _OPEN or pipe.stopped:
@@ -319,7 +322,7 @@ class Connection:
                                         f"exceed max_write_buffer={limit}")
                 pipe.stopped = True
                 self.loop.call_soon(self._fail_and_abort, error)
-                raise error
+                return
             self._xsend_bytes = queued
             queue = self._xsend
             if queue is None:

@@ -651,15 +651,65 @@ def test_sends_queued_from_another_thread_are_bounded_by_max_write_buffer(
     time.sleep(0.05)
     chunk = b"x" * (64 << 10)
     sent = 0
-    with pytest.raises(WriteBufferFull):
+    # The sender (another thread: another loop's handler, say) is not failed for the
+    # slow peer: the send past the cap is dropped and closes the connection, whose own
+    # on_error gets WriteBufferFull; sends after it raise ConnectionClosed.
+    with pytest.raises(ConnectionClosed):
         for _ in range(100):  # 6.4 MiB if nothing stopped it
             conn.send(chunk)
             sent += 1
-    assert sent == 16  # 16 x 64 KiB = the 1 MiB cap; the 17th is refused
+    assert sent == 17  # 16 x 64 KiB = the 1 MiB cap; the 17th is dropped, the 18th raises
     assert wait_until(lambda: conn in handler.closed, 5)
     assert any(isinstance(e, WriteBufferFull) for _, e in handler.errors)
     with pytest.raises(ConnectionClosed):
         conn.send(b"after")
+
+
+def test_a_slow_peer_past_its_cap_never_fails_a_sender_on_another_loop(
+    serve: ServeFn, connect: ConnectFn
+) -> None:
+    """A publisher's handler sends to a subscriber on another loop that never reads: the
+    subscriber is closed at its cap (WriteBufferFull to its own on_error); the publisher
+    sees at most ConnectionClosed, the documented exception, and is served throughout."""
+
+    class Relay(gevwire.Handler):
+        def __init__(self) -> None:
+            self.subscriber: gevwire.Connection | None = None
+            self.errors: list[tuple[gevwire.Connection, BaseException]] = []
+
+        def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+            if frame == b"sub":
+                self.subscriber = conn
+                return b"subscribed"
+            assert self.subscriber is not None
+            try:
+                self.subscriber.send(b"x" * (64 << 10))
+            except ConnectionClosed:
+                return b"gone"
+            return b"ok"
+
+        def on_error(self, conn: gevwire.Connection, error: BaseException) -> None:
+            self.errors.append((conn, error))
+            conn.abort()
+
+    handler = Relay()
+    server = serve(handler, codec=LineCodec(), loops=2, max_write_buffer=1 << 20,
+                   write_high_water=256 << 10)
+    subscriber = connect(server, rcvbuf=16 << 10)
+    subscriber.sendall(b"sub\n")
+    assert recv_exactly(subscriber, 11) == b"subscribed\n"  # then it never reads again
+    publisher = connect(server)
+    replies = []
+    for _ in range(100):  # 6.4 MiB towards a 1 MiB cap
+        publisher.sendall(b"pub\n")
+        reply = recv_exactly(publisher, 3)  # b"ok\n" or the start of b"gone\n"
+        replies.append(reply if reply == b"ok\n" else reply + recv_exactly(publisher, 2))
+    assert set(replies) == {b"ok\n", b"gone\n"} and replies[-1] == b"gone\n"
+    sub_conn = handler.subscriber
+    assert sub_conn is not None
+    assert wait_until(lambda: [type(e) for c, e in handler.errors] == [WriteBufferFull])
+    assert handler.errors[0][0] is sub_conn
+    assert server.connection_count == 1  # the publisher, served throughout
 
 
 class SayByeAndClose(gevwire.Handler):
