@@ -11,6 +11,7 @@ from gevwire.errors import (
     FrameTimeout,
     FrameTooLarge,
     GevwireError,
+    ProxyHeaderTimeout,
     RoutingError,
     WriteBufferFull,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "FrameTooLarge",
     "GevwireError",
     "Handler",
+    "ProxyHeaderTimeout",
     "RawCodec",
     "RingBuffer",
     "Router",

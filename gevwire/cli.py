@@ -159,6 +159,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                      help="refuse connections over N (per process)")
     run.add_argument("--proxy-protocol", action="store_true",
                      help="expect a PROXY protocol v1/v2 header on every connection")
+    run.add_argument("--proxy-timeout", type=_positive_float, default=10.0,
+                     metavar="SECONDS",
+                     help="the PROXY header must be complete this long after the connect "
+                          "(default: %(default)s)")
     run.add_argument("--stop-timeout", type=_positive_float, default=5.0, metavar="SECONDS",
                      help="how long a graceful stop may flush output (default: %(default)s)")
     run.add_argument("--log-level", choices=_LOG_LEVELS, default="info",
@@ -194,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics_address=args.metrics_address,
             max_connections=args.max_connections,
             proxy_protocol=args.proxy_protocol,
+            proxy_timeout=args.proxy_timeout,
         )
     except (ValueError, TypeError, RuntimeError) as exc:
         run_parser.error(str(exc))

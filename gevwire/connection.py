@@ -45,7 +45,13 @@ from gevwire._sys import (
     shutdown as sys_shutdown,
 )
 from gevwire.codec import BaseCodec
-from gevwire.errors import ConnectionClosed, FrameError, FrameTimeout, WriteBufferFull
+from gevwire.errors import (
+    ConnectionClosed,
+    FrameError,
+    FrameTimeout,
+    ProxyHeaderTimeout,
+    WriteBufferFull,
+)
 from gevwire.loop import SPARE_SIZE
 from gevwire.pipeline import FramePipeline
 from gevwire.proxy_protocol import ProxyHeaderDecoder, ProxyInfo
@@ -120,7 +126,10 @@ class ConnectionOptions:
     bytes have arrived must be complete within this many seconds, else
     :class:`~gevwire.FrameTimeout` goes to ``on_error`` (default: close) — slowloris
     peers that trickle bytes never look idle (None: no deadline).  ``proxy_protocol``:
-    expect a PROXY protocol v1 or v2 header before the first frame.
+    expect a PROXY protocol v1 or v2 header before the first frame; it must be complete
+    within ``proxy_timeout`` seconds of the connect, else
+    :class:`~gevwire.ProxyHeaderTimeout` goes to ``on_error`` (nginx's
+    ``proxy_protocol_timeout``; a proxy sends it at once).
     """
 
     write_high_water: int = 1 << 20
@@ -132,6 +141,7 @@ class ConnectionOptions:
     idle_timeout: float | None = None
     frame_timeout: float | None = None
     proxy_protocol: bool = False
+    proxy_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.write_low_water <= self.write_high_water <= self.max_write_buffer:
@@ -146,6 +156,8 @@ class ConnectionOptions:
             raise ValueError("idle_timeout must be positive (or None for no limit)")
         if self.frame_timeout is not None and self.frame_timeout <= 0:
             raise ValueError("frame_timeout must be positive (or None for no limit)")
+        if self.proxy_timeout <= 0:
+            raise ValueError("proxy_timeout must be positive")
 
 
 class Connection:
@@ -381,6 +393,9 @@ class Connection:
             # nothing for it); on_connect runs once peer_addr is the real client's.
             self._proxy = ProxyHeaderDecoder()
             self._token = self.loop.register(self._fd, self._on_proxy_events, EV_READ)
+            # The header's deadline, on the frame timer (frames come after the header).
+            self._frame_timer = self.loop.run_after(self._options.proxy_timeout,
+                                                    self._check_proxy_deadline)
             return
         self._token = self.loop.register(self._fd, self._on_events, EV_READ)
         self._connected()
@@ -397,6 +412,9 @@ class Connection:
             if info is None:
                 return
             self._proxy = None
+            if self._frame_timer is not None:
+                self._frame_timer.cancel()
+                self._frame_timer = None
             self.proxy_info = info
             if info.source is not None:
                 self.peer_addr = info.source
@@ -409,6 +427,14 @@ class Connection:
             return
         if events & EV_WRITE and self._state != _CLOSED:
             self._handle_write()
+
+    def _check_proxy_deadline(self) -> None:
+        """PROXY timer: the header is overdue (idle_timeout cannot tell: a trickle of
+        bytes keeps the connection active)."""
+        self._frame_timer = None
+        if self._proxy is not None and self._state < _FLUSHING:
+            self._pipe.fail(ProxyHeaderTimeout(self._options.proxy_timeout,
+                                               self._input._len))
 
     def _finish_close(self) -> None:
         """A graceful close has flushed its output: close, lingering if the peer is

@@ -9,6 +9,7 @@ __all__ = [
     "FrameError",
     "FrameTooLarge",
     "GevwireError",
+    "ProxyHeaderTimeout",
     "RoutingError",
     "WriteBufferFull",
 ]
@@ -58,6 +59,18 @@ class FrameTimeout(FrameError):
         super().__init__(
             f"frame incomplete after {timeout:g}s ({buffered} bytes buffered; frame_timeout)"
         )
+        self.timeout = timeout
+        self.buffered = buffered
+
+
+class ProxyHeaderTimeout(FrameTimeout):
+    """A PROXY protocol header was not complete within ``proxy_timeout`` of the connect
+    (a peer that trickles it, or is no proxy at all)."""
+
+    def __init__(self, timeout: float, buffered: int) -> None:
+        FrameError.__init__(
+            self, f"PROXY header incomplete after {timeout:g}s ({buffered} bytes "
+                  "buffered; proxy_timeout)")
         self.timeout = timeout
         self.buffered = buffered
 

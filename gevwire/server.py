@@ -91,7 +91,9 @@ class Server:
     ``proxy_protocol=True``: every connection starts with a PROXY protocol v1 or v2
     header (from HAProxy, a cloud load balancer ...); ``conn.peer_addr`` is then the
     original client's address, ``conn.proxy_info`` the whole header, and a malformed
-    header closes the connection.  ``on_connect`` runs once the header is read.
+    header closes the connection.  ``on_connect`` runs once the header is read; a header
+    not complete ``proxy_timeout`` seconds after the connect (default 10) is a
+    :class:`~gevwire.ProxyHeaderTimeout` for ``on_error``.
 
     ``workers=N`` (Linux, macOS, BSD) forks N processes, each a whole server with its own
     ``SO_REUSEPORT`` listener on the same port and ``loops`` loops; the kernel spreads
@@ -136,6 +138,7 @@ class Server:
         max_connections: int | None = None,
         load_balance: str | Callable[[list[EventLoop], Any], int] = "round_robin",
         proxy_protocol: bool = False,
+        proxy_timeout: float = 10.0,
         workers: int = 1,
         metrics_address: str | None = None,
         backend: str | None = None,
@@ -164,6 +167,7 @@ class Server:
             idle_timeout=idle_timeout,
             frame_timeout=frame_timeout,
             proxy_protocol=proxy_protocol,
+            proxy_timeout=proxy_timeout,
         )
         self.max_connections = max_connections
         self._balance = load_balance

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -65,3 +66,32 @@ def test_malformed_header_closes_only_that_connection() -> None:
         assert wait_until(lambda: server.connection_count == 0)
         assert server.stats()["errors"].get("ProxyProtocolError") == 1
         assert len(handler.infos) == 1  # on_connect only after a valid header
+
+
+def test_a_proxy_header_not_complete_in_time_closes_only_that_connection() -> None:
+    """A peer that trickles a PROXY header (or is no proxy at all) is closed at
+    proxy_timeout: idle_timeout cannot catch it, every byte counts as activity."""
+    handler = ReportPeer()
+    with gevwire.Server(handler, address="127.0.0.1:0", proxy_protocol=True,
+                        proxy_timeout=0.5, idle_timeout=30) as server:
+        info = ProxyInfo(1, "PROXY", "TCP4", ("192.0.2.7", 4242), ("127.0.0.1", 80), {})
+        with socket.create_connection(server.address[:2], timeout=10) as slow, \
+                socket.create_connection(server.address[:2], timeout=10) as good:
+            good.sendall(encode_v1(info))
+            header = encode_v1(info)
+            for byte in header[:4]:  # a byte every 0.1 s: never idle, never done
+                slow.sendall(bytes([byte]))
+                time.sleep(0.1)
+            assert wait_until(lambda: server.stats()["errors"].get("ProxyHeaderTimeout") == 1)
+            assert slow.recv(16) == b""  # closed
+            # The good connection's header came in time: it is served past proxy_timeout.
+            good.sendall(b"still here")
+            reply = b"192.0.2.7 4242 still here\n"
+            assert recv_exactly(good, len(reply)) == reply
+        assert len(handler.infos) == 1  # on_connect for the good one only
+
+
+def test_proxy_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="proxy_timeout"):
+        gevwire.Server(ReportPeer(), address="127.0.0.1:0", proxy_protocol=True,
+                       proxy_timeout=0)
