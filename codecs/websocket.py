@@ -466,9 +466,12 @@ class _WebSocketDecoder(Decoder):
         self._max_frame = codec.max_frame_size
         self._scanned = 0  # request head bytes known to hold no blank line
         self._pending: tuple[HttpRequest, int, int] | None = None  # head read, body due
-        # The fragmented message in progress: its opcode (0: none), parts, payload size.
+        # The fragmented message in progress: its opcode (0: none), payload, payload size.
+        # One bytearray, not a list of parts: memory tracks the payload bytes however
+        # the peer splits it (a message sent as empty or 1-byte fragments would cost
+        # ~40 bytes of list entry and object per fragment, uncounted by max_message_size).
         self._opcode = 0
-        self._message: list[Any] = []
+        self._message = bytearray()
         self._size = 0
         self._utf8: _Utf8Decoder | None = None
         # An error decode_view met; decode raises it, in stream order.  After any error
@@ -591,16 +594,16 @@ class _WebSocketDecoder(Decoder):
         utf8 = self._utf8
         if utf8 is not None:
             try:  # incremental: bad UTF-8 fails at its fragment, not at the end
-                self._message.append(utf8.decode(payload, bool(b0 & 0x80)))
+                utf8.decode(payload, bool(b0 & 0x80))
             except UnicodeDecodeError:
                 raise WebSocketError(CloseCode.INVALID_DATA, "text is not UTF-8") from None
-        else:
-            self._message.append(payload)
+        self._message += payload
         if not b0 & 0x80:
             return _NOTHING
-        parts = self._message
-        message: Any = "".join(parts) if utf8 is not None else b"".join(parts)
-        self._message = []
+        data = self._message
+        # (Checked above, fragment by fragment: this decode cannot fail.)
+        message: Any = data.decode() if utf8 is not None else bytes(data)
+        self._message = bytearray()
         self._opcode = 0
         self._size = 0
         self._utf8 = None

@@ -1305,3 +1305,42 @@ def test_a_blocking_handler_stalls_its_own_loop_only(
           f"other loop: {len(other_rtts)} round trips, median "
           f"{median * 1000:.1f} ms, max {max(other_rtts) * 1000:.1f} ms")
 
+
+
+# -- WebSocket: fragments cost memory by their payload, not their count ----------------------
+
+
+@pytest.mark.parametrize(("piece", "count"), [(0, 100_000), (2, 1 << 17)])
+def test_websocket_fragments_cost_memory_by_their_payload_not_their_count(
+    piece: int, count: int
+) -> None:
+    """A message sent as empty or 2-byte continuation frames (6-8 bytes each on the
+    wire): a list of parts cost ~40 bytes per fragment, 0 of them counted by
+    max_message_size (issue: 200 MiB of empty fragments took +269 MiB).  The decoder's
+    memory must track the payload bytes."""
+    import tracemalloc
+
+    from websocket_support import frame, upgrade_request
+
+    from gevwire.codecs.websocket import Opcode, websocket
+    from gevwire.testing import FrameCutter
+
+    cutter = FrameCutter(websocket(max_message_size=1 << 20))
+    assert not cutter.push(upgrade_request())[1]
+    stream = frame(Opcode.CONTINUATION, b"x" * piece, fin=False) * count
+    tracemalloc.start()
+    try:
+        assert cutter.push(frame(Opcode.BINARY, b"ab", fin=False)) == ([], [])
+        before = tracemalloc.get_traced_memory()[0]
+        for start in range(0, len(stream), 1 << 16):  # the reads a connection makes
+            assert cutter.push(stream[start:start + (1 << 16)]) == ([], [])
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    payload = 2 + piece * count
+    # The payload (a bytearray grows by at most an eighth), plus the input ring, which
+    # may hold what two reads bring (its free space plus the 64 KiB spare buffer).
+    allowed = payload * 3 // 2 + (256 << 10)
+    assert held < allowed, f"{held} bytes held for {payload} bytes of payload"
+    frames, errors = cutter.push(frame(Opcode.CONTINUATION, b"!", fin=True))
+    assert not errors and frames == [b"ab" + b"x" * (piece * count) + b"!"]
