@@ -200,6 +200,25 @@ class _LengthFieldDecoder(CutAheadDecoder):
             raise FrameTooLarge(frame, self._max, fatal=False)
         self._pending = frame
 
+    def announced_length(self, ring: RingBuffer) -> int:
+        available = ring._len
+        if self._skip or self._ahead or available < self._end:
+            return 0
+        try:
+            frame = self._frame_length(self._field(ring))
+        except FrameError:
+            return 0  # decode() reports it
+        return frame if available < frame <= self._max else 0
+
+    def _field(self, ring: RingBuffer) -> int:
+        """The length field's value, from the frame at the start of ``ring``."""
+        if self._struct is not None:
+            value: int = ring.unpack_from(self._struct, self._offset)[0]  # type: ignore[assignment]
+            return value
+        first, second = ring.peek(self._end)
+        head = bytes(first) + bytes(second) if second else first
+        return int.from_bytes(head[self._offset :], self._order)
+
     def decode_one(self, ring: RingBuffer) -> Any | None:
         if self._skip:
             n = min(self._skip, ring.length)
@@ -213,13 +232,7 @@ class _LengthFieldDecoder(CutAheadDecoder):
         available = ring.length
         if available < self._end:
             return None
-        if self._struct is not None:
-            value: int = ring.unpack_from(self._struct, self._offset)[0]  # type: ignore[assignment]
-        else:
-            first, second = ring.peek(self._end)
-            head = bytes(first) + bytes(second) if second else first
-            value = int.from_bytes(head[self._offset :], self._order)
-        frame = self._frame_length(value)
+        frame = self._frame_length(self._field(ring))
         if frame > self._max:
             self._oversize(ring, frame, available)
             return None  # the ring is empty: the rest is skipped as it arrives

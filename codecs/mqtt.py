@@ -634,6 +634,18 @@ class _MqttDecoder(CutAheadDecoder):
         ring.retrieve(total)
         return packet
 
+    def announced_length(self, ring: RingBuffer) -> int:
+        n = ring.length
+        if self._ahead or n < 2:
+            return 0
+        first, second = ring.peek(5)
+        head = bytes(first) + bytes(second) if len(second) else first
+        try:
+            total, _ = _frame_size(head, 0, len(head), self._limit)
+        except FrameError:
+            return 0  # decode() reports it
+        return total if total > n else 0
+
     def cut_view(self, view: memoryview) -> tuple[list[Any], int]:
         frames: list[Any] = []
         pos = 0

@@ -361,6 +361,12 @@ class _RespDecoder(Decoder):
         ring.retrieve(size)
         return frame
 
+    def announced_length(self, ring: RingBuffer) -> int:
+        # The frame in progress cannot go on before _need bytes (a bulk string's end,
+        # once its header is parsed; checked against max_frame_size by _pause).
+        need = self._need
+        return need if not self._queue and need > ring._len and self._scan < 0 else 0
+
     def _line_may_end(self, new: bytes, buffered: int) -> bool:
         """While a line is incomplete: False if ``new`` (the bytes since the last search)
         holds no line end and the line is not yet too long (nothing to do)."""
@@ -766,25 +772,53 @@ def _raw(value: RawResp) -> bytes:
     return value  # a bytes subclass: sent as it is
 
 
+# A bulk string at least this long is sent as header, value, CRLF: three parts, the
+# value itself not copied (an MGET of large values is then measured, and refused past
+# the connection's cap, before any byte of it is copied).
+_BULK_BY_REFERENCE = 4096
+
+
 def _array(value: list[Any] | tuple[Any, ...]) -> bytes:
     parts: list[bytes] = [b"*%d\r\n" % len(value)]
     _array_parts(value, parts, 0)
     return b"".join(parts)
 
 
-def _array_parts(value: list[Any] | tuple[Any, ...], parts: list[bytes], depth: int) -> None:
+def _array_into(value: list[Any] | tuple[Any, ...], parts: list[bytes]) -> int:
+    """Append the array ``value`` to ``parts`` (its large values as parts of their own,
+    not copied); return the length appended."""
+    mine: list[bytes] = [b"*%d\r\n" % len(value)]
+    if _array_parts(value, mine, 0):
+        parts.extend(mine)
+        return sum(map(len, mine))
+    data = b"".join(mine)
+    parts.append(data)
+    return len(data)
+
+
+def _array_parts(value: list[Any] | tuple[Any, ...], parts: list[bytes], depth: int) -> bool:
+    """Append the items of ``value``; True if a large value was appended by reference."""
     if depth > 1000:
         raise EncodeError("arrays nested more than 1000 deep")
     append = parts.append
+    referenced = False
     for item in value:
         kind = type(item)
         if kind is bytes:
-            append(b"$%d\r\n%b\r\n" % (len(item), item))
+            if len(item) < _BULK_BY_REFERENCE:
+                append(b"$%d\r\n%b\r\n" % (len(item), item))
+            else:
+                append(b"$%d\r\n" % len(item))
+                append(item)
+                append(_CRLF)
+                referenced = True
         elif kind is list or kind is tuple:
             append(b"*%d\r\n" % len(item))
-            _array_parts(item, parts, depth + 1)
+            if _array_parts(item, parts, depth + 1):
+                referenced = True
         else:
             append(_encode_value(item))
+    return referenced
 
 
 _ENCODERS: Final[dict[type, Callable[[Any], bytes]]] = {
@@ -884,7 +918,10 @@ class RespCodec(BaseCodec):
 
     def encode_into(self, parts: list[bytes], message: Any) -> int:
         # encode, inlined: a reply costs one Python call level, not two.
-        encoder = _ENCODERS.get(type(message))
+        kind = type(message)
+        if kind is list or kind is tuple:  # parts, not joined: see _BULK_BY_REFERENCE
+            return _array_into(message, parts)
+        encoder = _ENCODERS.get(kind)
         data = encoder(message) if encoder is not None else _encode_value(message)
         parts.append(data)
         return len(data)

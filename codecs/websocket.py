@@ -631,6 +631,20 @@ class _WebSocketDecoder(Decoder):
 
     # -- the Decoder interface -------------------------------------------------------------
 
+    def announced_length(self, ring: RingBuffer) -> int:
+        n = ring._len
+        if self._phase != _FRAMES or self._error is not None or n < 2:
+            return 0
+        head = ring.contiguous(min(n, 14))
+        try:
+            parsed = self._header(head, 0, len(head))
+        except FrameError:
+            return 0  # decode() reports it
+        if parsed is None:
+            return 0
+        total = parsed[0] + parsed[1]
+        return total if total > n else 0
+
     def decode(self, ring: RingBuffer) -> Any | None:
         if self._error is not None:
             error, self._error = self._error, None

@@ -61,6 +61,16 @@ class Decoder:
         """
         return self.decode_view(memoryview(data))
 
+    def announced_length(self, ring: RingBuffer) -> int:
+        """The whole length of the incomplete frame at the start of ``ring`` when its
+        header has said it (and it is within the codec's limit), else 0.
+
+        The pipeline asks when a partial frame grows large, and reserves that much input
+        storage at once rather than doubling it as the bytes come.  The default: not
+        known.
+        """
+        return 0
+
 
 class CutAheadDecoder(Decoder):
     """A :class:`Decoder` whose ``decode`` cuts ahead with the batch path.
@@ -480,6 +490,16 @@ class _LayoutDecoder(CutAheadDecoder):
         frame = self._parse(ring.contiguous(length), 0, length)
         ring.retrieve(length)
         return frame
+
+    def announced_length(self, ring: RingBuffer) -> int:
+        n = ring._len
+        if self._discard or self._ahead or n < self._header:
+            return 0
+        try:
+            length = self._frame_length(ring.contiguous(min(n, self._max_header)), 0)
+        except FrameError:
+            return 0  # decode() reports it
+        return length if n < length <= self._limit else 0
 
     def cut_view(self, view: memoryview | bytes) -> tuple[list[Any], int]:
         if self._discard:

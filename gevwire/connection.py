@@ -53,7 +53,7 @@ from gevwire.errors import (
     WriteBufferFull,
 )
 from gevwire.loop import SPARE_SIZE
-from gevwire.pipeline import FramePipeline
+from gevwire.pipeline import LARGE_RING, FramePipeline
 from gevwire.proxy_protocol import ProxyHeaderDecoder, ProxyInfo
 from gevwire.ringbuffer import RingBuffer
 
@@ -222,7 +222,8 @@ class Connection:
         # bytes and keeps the close states).
         self._pipe = pipe = FramePipeline(
             self, handler, codec, self, loop, view_reads=self._view_reads,
-            high_water=options.write_high_water, frame_timeout=options.frame_timeout)
+            high_water=options.write_high_water, max_output=options.max_write_buffer,
+            frame_timeout=options.frame_timeout)
         self._input: RingBuffer = pipe.input
         self._output = RingBuffer()
         # A read's joined replies, written when the loop turn's events are handled (see
@@ -303,8 +304,9 @@ class Connection:
         the frame being handled); from another thread they are queued to the loop, and
         each ``send`` reaches the peer whole and in the order of the calls.
         Raises :class:`ConnectionClosed` (and nothing else of gevwire's) once the
-        connection is closing or its writing half is shut down.  When sends from other
-        threads queue more than ``max_write_buffer`` the loop has not yet taken (a peer
+        connection is closing or its writing half is shut down.  When a message alone
+        encodes to more than ``max_write_buffer`` (measured before it is joined), or
+        sends from other threads queue more than that the loop has not yet taken (a peer
         that does not read), the message that passed the cap is dropped and *this*
         connection is closed: its own ``on_error`` gets :class:`WriteBufferFull`, and
         the sender (a handler serving someone else) gets no exception for it; its later
@@ -313,7 +315,11 @@ class Connection:
         pipe = self._pipe
         if self._state != _OPEN or pipe.stopped:
             raise ConnectionClosed(f"{self} is closed for writing")
-        data = pipe.encode(message)
+        try:
+            data = pipe.encode(message)
+        except WriteBufferFull as error:  # alone past the cap: never joined, and this
+            self._refuse_send(error)  # connection closes, as for any send past it
+            return
         if threading.get_ident() == self.loop.thread_id:
             self.loop.frames_out += 1
             if pipe.dispatching:
@@ -330,10 +336,9 @@ class Connection:
             if queued + self._output._len > limit:
                 # A producer thread outrunning the peer: without this, sends queued
                 # between two loop turns would take memory without bound.
-                error = WriteBufferFull(f"{queued} bytes queued by send() from other threads "
-                                        f"exceed max_write_buffer={limit}")
-                pipe.stopped = True
-                self.loop.call_soon(self._fail_and_abort, error)
+                self._refuse_send(WriteBufferFull(
+                    f"{queued} bytes queued by send() from other threads exceed "
+                    f"max_write_buffer={limit}"))
                 return
             self._xsend_bytes = queued
             queue = self._xsend
@@ -551,6 +556,12 @@ class Connection:
                 ring.commit(n)
             else:
                 ring.commit(room)
+                if ring._cap > LARGE_RING:
+                    # Sized by a frame's header, and that frame is whole now: cut it
+                    # before the bytes after it go in (else the ring would double,
+                    # copying the frame, for them).  Handlers do not read: the spare
+                    # buffer is not reused meanwhile.
+                    self._pipe.cut_ring()
                 ring.write(loop.spare_view[: n - room])
         elif n == 0:
             self._on_eof()
@@ -718,6 +729,15 @@ class Connection:
         if events != self._events and self._state != _CLOSED:
             self._events = events
             self.loop.modify(self._fd, self._token, events)
+
+    def _refuse_send(self, error: WriteBufferFull) -> None:
+        """A ``send`` past the cap: drop it and close this connection (its ``on_error``
+        gets ``error`` on the loop thread; the sender gets nothing)."""
+        if threading.get_ident() == self.loop.thread_id:
+            self._pipe.fail(error, abort=True)
+        else:
+            self._pipe.stopped = True
+            self.loop.call_soon(self._fail_and_abort, error)
 
     def _fail_and_abort(self, error: BaseException) -> None:
         self._pipe.fail(error, abort=True)

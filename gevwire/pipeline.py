@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from gevwire.codec import BaseCodec, Decoder
-from gevwire.errors import ConnectionClosed, DecoderContractError, FrameError
+from gevwire.errors import ConnectionClosed, DecoderContractError, FrameError, WriteBufferFull
 from gevwire.ringbuffer import RingBuffer
 
 __all__ = ["Counters", "DecodeProgress", "FramePipeline", "PipelineCounters", "Transport"]
@@ -139,6 +139,11 @@ class FramePipeline:
     nothing of them is kept; otherwise as ``bytes``, cut with ``decode_bytes``.
     ``high_water``: replies gathered past it are written in the middle of a read, so
     a read of many requests cannot hold its replies outside the output buffer's marks.
+    ``max_output``: replies (and a handler's sends) that add up to more bytes than
+    this, before they are joined, close the connection with
+    :class:`~gevwire.WriteBufferFull` instead of being built (the transport's
+    ``max_write_buffer``: a reply of references to large values must not be copied
+    into one bytes object only to be refused).
     ``reraise(error)``: errors for which it is true propagate to the caller instead of
     ``on_error`` (test tools; a server never sets it).
     """
@@ -149,6 +154,7 @@ class FramePipeline:
         "_decoder",
         "_frame_timeout",
         "_high_water",
+        "_max_output",
         "_reraise",
         "_transport",
         "_view_reads",
@@ -175,6 +181,7 @@ class FramePipeline:
         *,
         view_reads: bool = False,
         high_water: int = 1 << 20,
+        max_output: int | None = None,
         frame_timeout: float | None = None,
         input_ring: RingBuffer | None = None,
         reraise: Callable[[BaseException], bool] | None = None,
@@ -198,6 +205,7 @@ class FramePipeline:
         self._decoder = decoder
         self._view_reads = view_reads
         self._high_water = high_water
+        self._max_output = max_output if max_output is not None else _UNBOUNDED
         self._frame_timeout = frame_timeout
         self._reraise = reraise
         #: Bytes received and not yet cut: a partial frame, or what a batch left.
@@ -216,8 +224,20 @@ class FramePipeline:
         self.partial_since = 0.0
 
     def encode(self, message: Any) -> bytes:
-        """``message`` encoded by the connection's codec (what ``send`` writes)."""
-        data = self._codec.encode(message)
+        """``message`` encoded by the connection's codec (what ``send`` writes).
+
+        Raises :class:`~gevwire.WriteBufferFull` (nothing joined) when it alone is
+        longer than ``max_output``.
+        """
+        if type(message) is bytes:  # its encoding costs at most its own size
+            data = self._codec.encode(message)
+        else:  # a container of references may encode to much more: measured first
+            parts: list[bytes] = []
+            size = self._codec.encode_into(parts, message)
+            if size > self._max_output:
+                raise WriteBufferFull(
+                    f"a message of {size} bytes exceeds max_write_buffer={self._max_output}")
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
         return data if type(data) is bytes else bytes(data)
 
     # -- reads -------------------------------------------------------------------------
@@ -230,7 +250,11 @@ class FramePipeline:
         """
         if self.input._len or self.stopped:
             if not self.stopped:  # (stopped: closing, the read is dropped)
-                self.input.write(data)
+                ring = self.input
+                if ring._cap > LARGE_RING and len(data) > ring._cap - ring._len:
+                    self.received_past_large_frame(data)
+                    return None
+                ring.write(data)
                 self.cut_ring()
             return None
         try:
@@ -263,9 +287,15 @@ class FramePipeline:
             try:
                 reply = self.handler.on_message(self.conn, frames[0])
                 if reply is not None:
-                    data = self._codec.encode(reply)
+                    if type(reply) is bytes:  # (encode, inlined for the echo path)
+                        data = self._codec.encode(reply)
+                        counters.frames_out += 1
+                        return data if type(data) is bytes else bytes(data)
+                    encoded = self.encode(reply)
                     counters.frames_out += 1
-                    return data if type(data) is bytes else bytes(data)
+                    return encoded
+            except WriteBufferFull as exc:
+                self.fail(exc, abort=True)
             except Exception as exc:
                 self.fail(exc)
             return None
@@ -325,8 +355,36 @@ class FramePipeline:
             frames.append(frame)
         if frames:
             self.dispatch(frames)
+        if ring._cap > LARGE_RING and ring._len <= ring._cap >> 2:
+            ring.shrink()  # a large frame left: its storage (resident) goes back
+        if ring._len > ANNOUNCED_FROM and not self.stopped:
+            self._reserve_announced(ring)
         if self._frame_timeout is not None:
             self._track_partial_frame(ring._len < buffered)
+
+    def _reserve_announced(self, ring: RingBuffer) -> None:
+        """A large partial frame is buffered: if its header said how long it is, make
+        the ring that long at once (page-rounded) rather than let it double as the
+        bytes come: memory by what the frame needs, no copy per doubling."""
+        announced = getattr(self._decoder, "announced_length", None)
+        if announced is None:
+            return  # (a duck-typed decoder without it)
+        length = announced(ring)
+        if length > ring._cap:
+            ring.reserve(length - ring._len, exact=True)
+
+    def received_past_large_frame(self, data: Any) -> None:
+        """A read that overflows a large ring (one sized by a frame's header): the part
+        that fits completes the frame and is cut first, so the ring is not grown (and
+        the frame copied) for the bytes that follow it."""
+        ring = self.input
+        room = ring._cap - ring._len
+        view = memoryview(data)
+        ring.write(view[:room])
+        self.cut_ring()
+        if not self.stopped:
+            ring.write(view[room:])
+            self.cut_ring()
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -362,12 +420,17 @@ class FramePipeline:
             counters.frames_out += replies
             self.dispatching = False
             if pending:
-                self._flush_pending()
+                self.flush_gathered()
             self.fail(exc)
             return
         self.dispatching = False
         counters.frames_out += replies
         if pending:
+            if gathered + self.gathered > self._max_output:  # (a bound: the exact
+                size = sum(map(len, pending))  # sum only when it might be over)
+                if size > self._max_output:
+                    self._over_cap(size)
+                    return
             data = pending[0] if len(pending) == 1 else b"".join(pending)
             pending.clear()
             self._transport._write_batch(data if type(data) is bytes else bytes(data))
@@ -386,10 +449,15 @@ class FramePipeline:
 
         One read can hold thousands of small requests whose replies are large: gathered
         until the whole read is dispatched, they would bypass the water marks and the
-        hard cap (``max_write_buffer``) and take memory without bound.
+        hard cap (``max_write_buffer``) and take memory without bound.  Past
+        ``max_output`` nothing is joined: the connection is closed.
         """
         self.gathered = 0
-        self._flush_pending()
+        size = sum(map(len, self.pending))  # (rare: past the high water mark)
+        if size > self._max_output:
+            self._over_cap(size)
+        else:
+            self._flush_pending()
 
     def take_pending(self) -> bytes | None:
         """Remove and return what is gathered (the connection is closing), or None."""
@@ -399,6 +467,14 @@ class FramePipeline:
         data = b"".join(pending)
         pending.clear()
         return data
+
+    def _over_cap(self, size: int) -> None:
+        """Drop what is gathered (``size`` bytes, never joined) and abort: the replies
+        cannot fit the output buffer's hard cap."""
+        if self.pending is not _NO_PENDING:
+            self.pending.clear()
+        self.fail(WriteBufferFull(
+            f"replies of {size} bytes exceed max_write_buffer={self._max_output}"), abort=True)
 
     def _flush_pending(self) -> None:
         pending = self.pending
@@ -482,7 +558,13 @@ class FramePipeline:
         return self._frame_timeout
 
 
+#: A partial frame buffered past this many bytes has its announced length asked for.
+ANNOUNCED_FROM = 1 << 16
+#: Rings larger than this (never pooled: see BufferPool) are sized by frame headers.
+LARGE_RING = 1 << 20
+
 _NO_PENDING: list[bytes] = []  # never appended to: see FramePipeline.pending
+_UNBOUNDED = 1 << 62  # max_output when there is none (an int: compared per reply)
 
 
 class _NoEncoder:

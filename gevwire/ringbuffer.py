@@ -9,40 +9,59 @@ allocation, so the connection can hand the free or readable regions straight to
 
 from __future__ import annotations
 
+import mmap
 import struct
 import threading
+from typing import TypeAlias
 
 from gevwire._sys import address_of
 
 __all__ = ["BufferPool", "RingBuffer"]
 
 _EMPTY = memoryview(b"")
+_PAGE = mmap.PAGESIZE
 
 #: By default, up to this many readable bytes are moved to the start of the storage
 #: rather than let a write wrap around its end (see RingBuffer).
 COMPACT_MAX = 8192
 
+#: A ring's storage: a ``bytearray``, or (past the pool's ``max_buffer``) anonymous
+#: memory the kernel backs page by page as bytes reach it.
+Storage: TypeAlias = bytearray | mmap.mmap
+
 
 class BufferPool:
-    """Reusable power-of-two byte buffers (with their addresses), bounded in total size.
+    """Reusable byte buffers (with their addresses), bounded in total size.
 
     At most ``max_per_size`` buffers of one size and ``max_bytes`` in all are kept;
-    buffers over ``max_buffer`` are never kept.  Safe to share between threads.
+    buffers over ``max_buffer`` are never kept, and are anonymous memory maps rather than
+    bytearrays: a ``bytearray`` is zeroed (every page of it made resident) when it
+    is made, a map only gets pages where bytes are written, so a large frame's storage
+    costs the bytes received so far, not the capacity reserved for it.  Safe to share
+    between threads.
     """
 
     __slots__ = ("_free", "_lock", "_max_buffer", "_max_bytes", "_max_per_size", "_retained")
 
     def __init__(self, *, max_per_size: int = 64, max_buffer: int = 1 << 20,
                  max_bytes: int = 16 << 20) -> None:
-        self._free: dict[int, list[tuple[bytearray, int]]] = {}
+        self._free: dict[int, list[tuple[Storage, int]]] = {}
         self._max_per_size = max_per_size
         self._max_buffer = max_buffer
         self._max_bytes = max_bytes
         self._retained = 0
         self._lock = threading.Lock()
 
-    def take(self, capacity: int) -> tuple[bytearray, int]:
-        """A buffer of exactly ``capacity`` bytes (a power of two) and its address."""
+    @property
+    def max_buffer(self) -> int:
+        """The largest buffer kept for reuse (larger ones are memory maps)."""
+        return self._max_buffer
+
+    def take(self, capacity: int) -> tuple[Storage, int]:
+        """A buffer of exactly ``capacity`` bytes and its address."""
+        if capacity > self._max_buffer:
+            large = mmap.mmap(-1, capacity)
+            return large, address_of(large)
         free = self._free.get(capacity)
         if free:
             with self._lock:
@@ -52,7 +71,7 @@ class BufferPool:
         buffer = bytearray(capacity)
         return buffer, address_of(buffer)
 
-    def give(self, buffer: bytearray, address: int) -> None:
+    def give(self, buffer: Storage, address: int) -> None:
         """Return a buffer for reuse; one over the limits is simply dropped."""
         capacity = len(buffer)
         if capacity > self._max_buffer:
@@ -98,7 +117,7 @@ class RingBuffer:
         self._compact_max = compact_max
         self._min = 1 << (min_capacity - 1).bit_length()
         self._pool = pool if pool is not None else DEFAULT_POOL
-        self._buf: bytearray | None = None
+        self._buf: Storage | None = None
         self._view = _EMPTY
         self._addr = 0
         self._cap = 0
@@ -146,19 +165,26 @@ class RingBuffer:
         self._r = 0
         self._vskip = 0
 
-    def reserve(self, extra: int) -> None:
-        """Make room for ``extra`` more bytes, growing to the next power of two."""
+    def reserve(self, extra: int, *, exact: bool = False) -> None:
+        """Make room for ``extra`` more bytes, growing to the next power of two (so a
+        stream of writes copies each byte O(1) times), or with ``exact`` to just that
+        room, page-rounded (a frame whose header announced its length)."""
         need = self._len + extra
         if need <= self._cap:
             return
-        capacity = max(self._min, 1 << (need - 1).bit_length())
+        if exact:
+            capacity = max(self._min, -(-need // _PAGE) * _PAGE)
+        else:
+            capacity = max(self._min, 1 << (need - 1).bit_length())
         buffer, address = self._pool.take(capacity)
         if self._len:
             first, second = self.peek_all()
             n1 = len(first)
-            buffer[:n1] = first
+            target = memoryview(buffer)
+            target[:n1] = first
             if second:
-                buffer[n1 : self._len] = second
+                target[n1 : self._len] = second
+            target.release()
         old = self._buf
         if old is not None:
             self._pool.give(old, self._addr)
@@ -167,6 +193,26 @@ class RingBuffer:
         self._addr = address
         self._cap = capacity
         self._r = 0
+
+    def shrink(self) -> None:
+        """Move the readable bytes to the smallest storage that holds them, giving
+        large storage back (a large frame was consumed, a small partial one is left)."""
+        if not self._len:
+            self._release()
+            return
+        capacity = max(self._min, 1 << (self._len - 1).bit_length())
+        if capacity >= self._cap:
+            return
+        buffer, address = self._pool.take(capacity)
+        first, second = self.peek_all()
+        target = memoryview(buffer)
+        target[: len(first)] = first
+        target[len(first) : self._len] = second
+        target.release()
+        assert self._buf is not None
+        self._pool.give(self._buf, self._addr)
+        self._buf, self._view, self._addr, self._cap, self._r = (
+            buffer, memoryview(buffer), address, capacity, 0)
 
     def _compact(self) -> None:
         """Move the readable bytes (contiguous, at most compact_max) to offset 0."""
@@ -307,8 +353,10 @@ class RingBuffer:
         # The frame wraps: rotate the readable bytes to the start of fresh storage.
         buffer, address = self._pool.take(self._cap)
         first, second = self.peek_all()
-        buffer[: len(first)] = first
-        buffer[len(first) : self._len] = second
+        target = memoryview(buffer)
+        target[: len(first)] = first
+        target[len(first) : self._len] = second
+        target.release()
         assert self._buf is not None
         self._pool.give(self._buf, self._addr)
         self._buf, self._view, self._addr, self._r = buffer, memoryview(buffer), address, 0

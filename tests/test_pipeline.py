@@ -3,15 +3,21 @@ path every transport uses (epoll, io_uring, ``FrameCutter``, ``HandlerHarness``)
 
 from __future__ import annotations
 
+import mmap
 import socket
+import struct
 from typing import Any
 
+import construct as c  # type: ignore[import-untyped]
 import pytest
 from conftest import ServeFn, peer_closed, wait_until
 
 import gevwire
 from gevwire import DecoderContractError, FrameError, FrameTooLarge
-from gevwire.codecs import line
+from gevwire.codecs import length_field, line
+from gevwire.codecs.mqtt import MqttCodec, Publish
+from gevwire.codecs.resp import RespCodec
+from gevwire.codecs.websocket import Opcode, WebSocketCodec
 from gevwire.pipeline import Counters, FramePipeline
 from gevwire.ringbuffer import RingBuffer
 
@@ -279,3 +285,133 @@ def test_the_shared_empty_pending_list_is_never_appended_to() -> None:
     assert wire.sent == b"A\nsent\nSEND\n"
     pipeline.reset()
     assert pipeline.pending is shared and shared == []
+
+
+class Parts(gevwire.BaseCodec):
+    """Lines; a reply that is a list is sent as its items, each a part (by reference)."""
+
+    def __init__(self) -> None:
+        self._line = line(max_length=64)
+        self.joined = 0
+
+    def decoder(self) -> Any:
+        return self._line.decoder()
+
+    def encode(self, message: Any) -> bytes:
+        parts: list[bytes] = []
+        self.encode_into(parts, message)
+        self.joined += 1
+        return b"".join(parts)
+
+    def encode_into(self, parts: list[bytes], message: Any) -> int:
+        items = message if isinstance(message, list) else [message]
+        parts.extend(items)
+        return sum(map(len, items))
+
+
+class Big(Upper):
+    """``big`` replies with 100 references to one 1 KiB value (an MGET's reply)."""
+
+    value = b"v" * 1024
+
+    def on_message(self, conn: Any, frame: Any) -> Any:
+        self.frames.append(frame)
+        return [self.value] * 100 if frame == b"big" else bytes(frame)
+
+
+@pytest.mark.parametrize("read", [b"big\n", b"a\nbig\nb\n"])
+def test_replies_past_max_output_close_the_connection_before_they_are_joined(
+    read: bytes,
+) -> None:
+    codec = Parts()
+    handler = Big()
+    pipeline, wire, counters = make(handler, codec, max_output=50_000, high_water=1 << 20)
+    assert pipeline.received(read) is None
+    assert [type(e) for e in handler.errors] == [gevwire.WriteBufferFull]
+    assert "max_write_buffer=50000" in str(handler.errors[0])
+    assert ("abort", None) in wire.calls and wire.sent == b""  # the earlier reply too:
+    assert pipeline.stopped and not pipeline.pending  # nothing reaches the peer past
+    assert codec.joined == 0  # the cap, and nothing was built
+    assert counters.errors == {"WriteBufferFull": 1}
+
+
+def test_replies_within_max_output_are_sent() -> None:
+    pipeline, wire, _ = make(Big(), Parts(), max_output=102_401)
+    assert pipeline.received(b"big\n") == b"v" * 102_400
+    assert pipeline.received(b"a\nbig\n") is None
+    assert wire.sent == b"a" + b"v" * 102_400
+
+
+def test_a_message_encoded_past_max_output_is_refused_by_encode_unjoined() -> None:
+    codec = Parts()
+    pipeline, _, _ = make(Big(), codec, max_output=1000)
+    with pytest.raises(gevwire.WriteBufferFull, match="1024 bytes exceeds"):
+        pipeline.encode([b"x" * 512, b"y" * 512])
+    assert codec.joined == 0
+    assert pipeline.encode(b"z" * 2000) == b"z" * 2000  # bytes: its own size, not measured
+
+
+def _prefixed() -> gevwire.Codec:
+    return gevwire.Codec(c.Prefixed(c.Int32ub, c.GreedyBytes), max_frame_size=8 << 20)
+
+
+@pytest.mark.parametrize("codec_name", ["construct", "length_field", "resp", "mqtt",
+                                        "websocket"])
+def test_a_large_partial_frame_gets_the_storage_its_header_announced_at_once(
+    codec_name: str,
+) -> None:
+    """Past 64 KiB of a partial frame the ring is sized by the frame's header (page-
+    rounded), not doubled as bytes come: then the bytes after the frame are cut after
+    it without growing (or copying) the ring."""
+    size = 3 << 20
+    body = bytes(range(256)) * (size // 256)
+    if codec_name == "construct":
+        codec: Any = _prefixed()
+        wire, frame = struct.pack(">I", size) + body, body
+    elif codec_name == "length_field":
+        codec = length_field(max_frame_size=8 << 20, initial_bytes_to_strip=4)
+        wire, frame = struct.pack(">I", size) + body, body
+    elif codec_name == "resp":
+        codec = RespCodec(commands=True, max_frame_size=8 << 20, max_bulk_length=8 << 20)
+        wire, frame = b"*1\r\n$%d\r\n" % size + body + b"\r\n", [body]
+    elif codec_name == "mqtt":
+        codec = MqttCodec(max_packet_size=8 << 20)
+        frame = Publish("t", body)
+        wire = codec.encode(frame)
+    else:
+        from websocket_support import frame as ws_frame
+
+        codec = WebSocketCodec(max_message_size=8 << 20, handshake=False)
+        wire, frame = ws_frame(Opcode.BINARY, body), body
+    frames: list[Any] = []
+
+    class Keep(gevwire.Handler):
+        def on_message(self, conn: Any, message: Any) -> None:
+            frames.append(message)
+
+    pipeline, _, _ = make(Keep(), codec)
+    ring = pipeline.input
+    step = 1 << 16
+    capacities = set()
+    for start in range(0, len(wire) - step, step):
+        pipeline.received(wire[start:start + step])
+        capacities.add(ring.capacity)
+    page = mmap.PAGESIZE
+    assert ring.capacity == -(-len(wire) // page) * page
+    assert max(capacities) == ring.capacity and len(capacities) <= 4  # no doubling
+    next_frame = wire[:100]  # the start of the next frame, after this one
+    pipeline.received(wire[ring.length:] + next_frame)
+    assert frames == [frame]
+    assert ring.length == 100 and ring.capacity <= 4096  # the large storage went back
+
+
+def test_decoders_announce_nothing_before_the_header_or_past_their_limit() -> None:
+    ring = RingBuffer()
+    decoder = _prefixed().decoder()
+    assert decoder.announced_length(ring) == 0
+    ring.write(struct.pack(">I", 100))
+    assert decoder.announced_length(ring) == 104
+    ring.reset()
+    ring.write(struct.pack(">I", 9 << 20))  # over max_frame_size: decode() raises
+    assert decoder.announced_length(ring) == 0
+    assert line(max_length=64).decoder().announced_length(ring) == 0  # no header

@@ -396,3 +396,19 @@ def test_a_header_line_past_the_frame_limit_is_too_large_however_it_is_split(
             if errors:
                 break
         assert [type(e) for e in errors] == [RespTooLarge], (chunks, errors)
+
+
+def test_large_values_of_an_array_are_appended_by_reference_not_copied() -> None:
+    """An MGET reply of large values: its parts are measured (and a connection can
+    refuse them past its cap) before any value is copied into a joined reply."""
+    codec = RespCodec()
+    big = b"x" * 10_000
+    reply = [b"small", big, [big, None], 7]
+    parts: list[bytes] = []
+    size = codec.encode_into(parts, reply)
+    joined = b"".join(parts)
+    assert joined == codec.encode(reply) and size == len(joined)
+    assert sum(part is big for part in parts) == 2
+    small: list[bytes] = []
+    assert codec.encode_into(small, [b"a", b"b"]) == len(small[0])  # small: one part
+    assert small == [b"*2\r\n$1\r\na\r\n$1\r\nb\r\n"]

@@ -11,6 +11,7 @@ ring holds no storage, capacity is a power of two.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import random
 import struct
 import sys
@@ -195,6 +196,13 @@ class RingMachine(RuleBasedStateMachine):
     def reserve(self, extra: int) -> None:
         self.ring.reserve(extra)
         assert self.ring.free >= extra
+
+    @rule()
+    def shrink(self) -> None:
+        self.ring.shrink()
+        n = len(self.model)
+        assert self.ring.capacity == (max(self.min, 1 << (n - 1).bit_length()) if n else 0)
+        assert self.ring.to_bytes() == self.model
 
     # -- reading -----------------------------------------------------------------------
 
@@ -706,3 +714,58 @@ def test_pool_keeps_at_most_max_bytes_in_all() -> None:
     assert pool.retained() == 0
     pool.give(*pool.take(1 << 17))  # over max_buffer: dropped
     assert pool.retained() == 0
+
+
+def test_reserve_exact_sizes_storage_to_the_need_page_rounded() -> None:
+    ring = RingBuffer()
+    ring.write(b"abc")
+    ring.reserve(3 << 20, exact=True)  # 3 MiB + 3 bytes, rounded up to a page
+    page = mmap.PAGESIZE
+    assert ring.capacity == -(-((3 << 20) + 3) // page) * page
+    assert ring.read_all() == b"abc"
+    ring.write(b"x" * 5000)
+    ring.reserve(10_000)  # without exact: the next power of two, as always
+    assert ring.capacity == 16384
+
+
+def test_large_storage_is_resident_only_where_bytes_were_written() -> None:
+    """Past the pool's max_buffer, storage is an anonymous map: reserving 64 MiB for a
+    frame whose header announced it costs the bytes received, not 64 MiB (a bytearray
+    is zeroed, every page touched, when it is made)."""
+    pool = BufferPool(max_buffer=1 << 20)
+    ring = RingBuffer(pool=pool)
+
+    def resident() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * mmap.PAGESIZE
+
+    before = resident()
+    ring.write(b"h" * 100)
+    ring.reserve(64 << 20, exact=True)
+    ring.write(b"y" * (1 << 20))
+    grown = resident() - before
+    assert ring.capacity >= 64 << 20 and isinstance(ring._buf, mmap.mmap)
+    assert grown < 4 << 20, f"{grown} bytes resident for 1 MiB written"
+    assert ring.find(b"y") == 100 and ring.to_bytes() == b"h" * 100 + b"y" * (1 << 20)
+    ring.reset()
+    assert ring.capacity == 0 and pool.retained() == 4096  # the first storage; maps
+    assert not any(isinstance(b, mmap.mmap) for free in pool._free.values()  # are never
+                   for b, _ in free)  # kept
+
+
+def test_storage_of_any_size_wraps_like_a_power_of_two() -> None:
+    """``reserve(exact=True)`` makes page-rounded storage: the ring's arithmetic never
+    assumed a power of two (writes, reads and regions across the wrap)."""
+    ring = RingBuffer(compact_max=0)
+    ring.write(b"a")
+    ring.reserve(3 * mmap.PAGESIZE - 10, exact=True)
+    cap = ring.capacity
+    assert cap == 3 * mmap.PAGESIZE and cap & (cap - 1)
+    ring.write(b"b" * (cap - 1))
+    ring.retrieve(cap - 100)  # 100 left at the end of the storage
+    data = bytes(range(256)) * 4
+    ring.write(data)  # wraps
+    first, second = ring.peek_all()
+    assert len(first) == 100 and len(second) == len(data)
+    assert ring.to_bytes() == b"b" * 100 + data
+    assert ring.contiguous(ring.length).tobytes() == b"b" * 100 + data

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import os
 import sys
 from typing import Any
@@ -92,8 +93,8 @@ def check(result: int, what: str = "") -> int:
     return result
 
 
-def address_of(buffer: bytearray) -> int:
-    """Return the address of ``buffer``'s storage.
+def address_of(buffer: bytearray | mmap.mmap) -> int:
+    """Return the address of ``buffer``'s storage (a ``bytearray`` or a writable map).
 
     Valid until the bytearray is resized or freed; gevwire never resizes a buffer whose
     address it has taken, it allocates a new one instead.
