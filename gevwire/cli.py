@@ -145,6 +145,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     run.add_argument("--workers", type=_positive_int, default=1,
                      help="processes, each with its own SO_REUSEPORT listener; handler state "
                           "is per process (default: %(default)s)")
+    run.add_argument("--worker-timeout", type=_positive_float, default=30.0,
+                     metavar="SECONDS",
+                     help="kill and restart a worker whose loops stop answering this long "
+                          "(a handler that never returns; default: %(default)s)")
     run.add_argument("--codec", default="raw",
                      help=f"{', '.join(BUILTIN_CODECS)} or module:attribute (a codec or a "
                           "zero-argument factory; default: %(default)s)")
@@ -192,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             address=args.address,
             loops=args.loops,
             workers=args.workers,
+            worker_timeout=args.worker_timeout,
             codec=codec,
             idle_timeout=args.idle_timeout,
             frame_timeout=args.frame_timeout,

@@ -98,8 +98,10 @@ class Server:
     ``workers=N`` (Linux, macOS, BSD) forks N processes, each a whole server with its own
     ``SO_REUSEPORT`` listener on the same port and ``loops`` loops; the kernel spreads
     connections over them, and this process only supervises (see
-    :mod:`gevwire.workers`): it restarts crashed workers with back-off, and ``stop()``
-    stops them all gracefully.  Each worker has its own copy of ``handler`` (forked, not
+    :mod:`gevwire.workers`): it restarts crashed workers with back-off, kills and
+    restarts a worker whose loops stop answering for ``worker_timeout`` seconds (default
+    30; a loop stuck in a handler; None: never), and ``stop()`` stops them all
+    gracefully.  Each worker has its own copy of ``handler`` (forked, not
     shared): handler state is per process.  In this process ``address`` is the reserved
     port, ``stats()`` the supervisor's view, and there are no loops (no ``run_after``):
     ``on_start(server)`` runs in every worker once it serves (without workers: in this
@@ -140,6 +142,7 @@ class Server:
         proxy_protocol: bool = False,
         proxy_timeout: float = 10.0,
         workers: int = 1,
+        worker_timeout: float | None = 30.0,
         metrics_address: str | None = None,
         backend: str | None = None,
         on_start: Callable[[Server], None] | None = None,
@@ -151,6 +154,8 @@ class Server:
             raise ValueError("loops must be at least 1")
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        if worker_timeout is not None and not worker_timeout > 0:
+            raise ValueError(f"worker_timeout must be positive or None, not {worker_timeout}")
         if max_connections is not None and max_connections < 0:
             raise ValueError("max_connections must be >= 0 (or None for no limit)")
         if not callable(load_balance) and load_balance not in _BALANCERS:
@@ -177,6 +182,8 @@ class Server:
             if self._family == socket.AF_UNIX:
                 raise ValueError("workers > 1 needs a TCP address (SO_REUSEPORT)")
         self._workers = workers
+        self._worker_timeout = worker_timeout
+        self._pings: dict[str, list[bool]] = {}  # a worker's heartbeat: see _loops_answer
         self._on_start = on_start
         #: The I/O backend in use: ``"epoll"`` or ``"io_uring"``.
         self.backend = _resolve_backend(backend)
@@ -291,7 +298,8 @@ class Server:
         Unsent output gets up to ``timeout`` seconds; what is left then is dropped.
         Safe from any thread (from a loop thread it returns at once and stops in the
         background) and more than once.  With ``workers``, every worker stops so, and a
-        worker still running ``timeout`` + 5 s later is killed.
+        worker still running ``timeout`` + 1 s later ends (its own timer; the supervisor
+        kills it a second later still).
         """
         if self._workers > 1:
             with self._lock:
@@ -491,7 +499,8 @@ class Server:
             self._stopped.set()
             raise
         self._worker_address = reservation.getsockname()
-        self._supervisor = Supervisor(self._run_worker, self._workers, reservation=reservation)
+        self._supervisor = Supervisor(self._run_worker, self._workers, reservation=reservation,
+                                      worker_timeout=self._worker_timeout)
         log.info("gevwire starting %d workers of %d loop(s) on %s", self._workers,
                  self._loop_count, self._worker_address)
         return self._supervisor
@@ -513,8 +522,24 @@ class Server:
         self._init_loops()
         self.start()
         control.ready()
-        self.stop(control.wait_for_stop())
+        # The stop is bounded by the deadline wait_for_stop arms when it returns: a loop
+        # stuck in a handler cannot keep this process alive past it.
+        self.stop(control.wait_for_stop(self._loops_answer))
         self.wait()
+
+    def _loops_answer(self) -> bool:
+        """True if every loop ran the task posted to it at the previous call (a loop
+        stuck in a handler has not): a worker's heartbeat.  Posts the next tasks."""
+        answered = True
+        pings = self._pings
+        for loop in self._all_loops():
+            box = pings.get(loop.name)
+            if box is not None and not box[0]:
+                answered = False  # still pending: not posted again
+                continue
+            box = pings[loop.name] = [False]
+            loop.call_soon(box.__setitem__, 0, True)
+        return answered
 
     def _bind(self) -> socket.socket:
         if self._family == socket.AF_UNIX:

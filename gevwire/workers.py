@@ -5,13 +5,21 @@ with its own ``SO_REUSEPORT`` listener on the same port: the kernel spreads inco
 connections over them.  The parent only supervises: it restarts a worker that crashes
 (with back-off), asks every worker for a graceful stop, and reaps each one.
 
-Pipes, not signals, carry the parent's word to a worker.  Each worker gets a *ready*
-pipe (worker → parent: "listening" or the start-up error) and a *control* pipe (parent →
+Pipes, not signals, carry the parent's word to a worker.  Each worker gets a *status*
+pipe (worker → parent: "listening" or the start-up error, then a heartbeat byte every
+``heartbeat_interval`` while its event loops answer) and a *control* pipe (parent →
 worker: ``"<timeout>\\n"`` = stop gracefully within that many seconds).  The parent holds
 the control pipe's only write end, so if the parent dies, even by ``SIGKILL``, every
-worker reads EOF and stops: workers never outlive their supervisor.  A worker also stops
-gracefully on ``SIGTERM`` / ``SIGINT`` sent to it (Ctrl-C reaches the whole process
-group).
+worker reads EOF and stops.  A worker also stops gracefully on ``SIGTERM`` / ``SIGINT``
+sent to it (Ctrl-C reaches the whole process group).
+
+A stop is bounded whatever the worker's code does: once asked, the worker arms a real
+time timer (``ITIMER_REAL``, its ``SIGALRM`` left at the default action), so the kernel
+ends it ``STOP_GRACE`` seconds past the stop timeout even if a handler never returns or
+holds the GIL: workers never outlive their supervisor by more than that.  While running,
+a worker whose heartbeat stops for ``worker_timeout`` seconds (a loop stuck in a handler
+keeps getting its share of new connections and answers none) is killed and restarted,
+as gunicorn does.
 
 Fork and threads: ``fork()`` copies only the calling thread, so a lock held by another
 thread at that instant stays locked forever in the child.  The parent therefore runs no
@@ -41,8 +49,11 @@ __all__ = ["Supervisor", "WorkerControl", "check_workers_supported", "reserve_po
 
 log = logging.getLogger("gevwire")
 
-#: Seconds a stopping worker gets beyond its stop timeout before it is killed.
-STOP_GRACE = 5.0
+#: Seconds a stopping worker gets beyond its stop timeout before it is killed (by its
+#: own timer, and by the supervisor a second later).
+STOP_GRACE = 1.0
+#: Seconds between a worker's heartbeats (each after every loop answered).
+HEARTBEAT_INTERVAL = 1.0
 #: Seconds to wait for a killed worker to be reaped before giving up on it.
 KILL_WAIT = 5.0
 #: Timeout of a graceful stop the parent did not specify (a signal, or the parent died).
@@ -101,11 +112,20 @@ class WorkerControl:
     through ``signal.set_wakeup_fd``, so no lock is taken inside a handler).
     """
 
-    def __init__(self, index: int, control_fd: int, ready_fd: int) -> None:
+    def __init__(self, index: int, control_fd: int, status_fd: int,
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL,
+                 worker_timeout: float | None = None) -> None:
         #: The worker's slot, ``0 .. workers - 1`` (stays the same across restarts).
         self.index = index
         self._control_fd = control_fd
-        self._ready_fd = ready_fd
+        self._status_fd = status_fd
+        if status_fd >= 0:
+            os.set_blocking(status_fd, False)  # a heartbeat never waits for the reader
+        self._ready_sent = False
+        self.heartbeat_interval = heartbeat_interval
+        #: While serving, the process ends by its own timer if this thread cannot run
+        #: for this many seconds (a handler holding the GIL): see wait_for_stop.
+        self.worker_timeout = worker_timeout
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -115,44 +135,74 @@ class WorkerControl:
 
     def ready(self) -> None:
         """Tell the supervisor this worker is serving (its ``start()`` may return)."""
-        self._report(b"ok\n")
+        if not self._ready_sent:
+            self._ready_sent = True
+            self._send(b"ok\n")
 
-    def _report(self, message: bytes) -> None:
-        fd, self._ready_fd = self._ready_fd, -1
-        if fd >= 0:
+    def _send(self, message: bytes) -> None:
+        if self._status_fd >= 0:
             try:
-                os.write(fd, message)
-            except OSError:
-                pass
-            os.close(fd)
+                os.write(self._status_fd, message)
+            except BlockingIOError:
+                pass  # the supervisor is behind on reading: a heartbeat less
+            except OSError:  # the supervisor is gone: the control pipe says so too
+                os.close(self._status_fd)
+                self._status_fd = -1
 
     def _failed(self, error: BaseException) -> None:
-        self._report(f"error {type(error).__name__}: {error}\n".encode(errors="replace"))
+        if not self._ready_sent:
+            self._ready_sent = True
+            self._send(f"error {type(error).__name__}: {error}\n".encode(errors="replace"))
 
-    def wait_for_stop(self) -> float:
+    def wait_for_stop(self, alive: Callable[[], bool] | None = None) -> float:
         """Block until asked to stop; return the seconds the stop may take.
 
         Asked means: the supervisor wrote a timeout, the supervisor is gone (EOF), or
-        this process got ``SIGTERM`` / ``SIGINT``.
+        this process got ``SIGTERM`` / ``SIGINT``.  Meanwhile a heartbeat goes to the
+        supervisor every ``heartbeat_interval`` seconds for which ``alive()`` (say,
+        "every event loop ran a task since the last call") is true, and with a
+        ``worker_timeout`` a real time timer is pushed back as often: should this
+        thread not run for that long (a handler holding the GIL, which also keeps it
+        from reading the supervisor's EOF), ``SIGALRM`` at its default action ends the
+        process.  On return the stop's deadline is armed (see the module docstring).
         """
         poller = select.poll()
         poller.register(self._control_fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        interval_ms = self.heartbeat_interval * 1000
+        next_beat = time.monotonic()
+        if self.worker_timeout is not None:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
         while True:
-            for fd, _ in poller.poll():
+            now = time.monotonic()
+            if now >= next_beat:
+                if self.worker_timeout is not None:
+                    signal.setitimer(signal.ITIMER_REAL,
+                                     self.worker_timeout + self.heartbeat_interval)
+                if self._ready_sent and (alive is None or alive()):
+                    self._send(b".")
+                next_beat = now + self.heartbeat_interval
+            for fd, _ in poller.poll(min(interval_ms, (next_beat - now) * 1000)):
                 if fd == self._wake_r:
                     log.info("worker %d (pid %d): signal received, stopping", self.index,
                              os.getpid())
-                    return DEFAULT_STOP_TIMEOUT
+                    return self._stopping(DEFAULT_STOP_TIMEOUT)
                 data = os.read(self._control_fd, 64)
                 if not data:
                     log.warning("worker %d (pid %d): supervisor is gone, stopping",
                                 self.index, os.getpid())
-                    return DEFAULT_STOP_TIMEOUT
+                    return self._stopping(DEFAULT_STOP_TIMEOUT)
                 try:
-                    return float(data.split(b"\n", 1)[0])
+                    return self._stopping(float(data.split(b"\n", 1)[0]))
                 except ValueError:
-                    return DEFAULT_STOP_TIMEOUT
+                    return self._stopping(DEFAULT_STOP_TIMEOUT)
+
+    def _stopping(self, timeout: float) -> float:
+        """Arm the stop's deadline: ``SIGALRM`` at its default action ends the process
+        ``STOP_GRACE`` seconds past ``timeout``, by the kernel, GIL or not."""
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.0) + STOP_GRACE)
+        return timeout
 
 
 def _ignore_signal(signum: int, frame: FrameType | None) -> None:
@@ -165,6 +215,11 @@ class _Slot:
     pid: int = 0
     started: float = 0.0
     control_fd: int = -1  # parent's write end of the worker's control pipe
+    status_fd: int = -1  # parent's read end of the worker's status pipe
+    status: bytes = b""  # the worker's first line, until it is whole
+    ready: bool = False
+    last_beat: float = 0.0  # when the worker last said it was alive (or started)
+    stuck: bool = False  # killed for a missed heartbeat
     restarts: int = 0
     failures: int = 0  # crashes in a row, each within ``stable_after`` of its start
     restart_at: float | None = None
@@ -180,6 +235,9 @@ class Supervisor:
     call ``control.ready()`` once serving and return when it is done; an exception in
     it exits the worker with 1.  ``reservation`` is a socket the parent holds for the
     workers (see :func:`reserve_port`): closed in each worker, and in the parent on stop.
+    ``worker_timeout``: a serving worker whose heartbeat (see
+    :meth:`WorkerControl.wait_for_stop`) stops for this many seconds is killed and
+    restarted (None: never).
     """
 
     def __init__(
@@ -192,9 +250,12 @@ class Supervisor:
         max_backoff: float = 5.0,
         stable_after: float = 2.0,
         start_timeout: float = 30.0,
+        worker_timeout: float | None = None,
     ) -> None:
         if count < 1:
             raise ValueError("count must be at least 1")
+        if worker_timeout is not None and not worker_timeout > 0:
+            raise ValueError(f"worker_timeout must be positive or None, not {worker_timeout}")
         check_workers_supported()
         self._target = target
         self._slots = [_Slot(i) for i in range(count)]
@@ -204,6 +265,7 @@ class Supervisor:
         self.max_backoff = max_backoff
         self.stable_after = stable_after
         self.start_timeout = start_timeout
+        self.worker_timeout = worker_timeout
         # fds of the parent that a new worker must close (others' pipes, pending ready ends)
         self._parent_fds: set[int] = set()
         self._state = "new"  # new → running → stopped
@@ -317,79 +379,102 @@ class Supervisor:
                 raise RuntimeError(f"supervisor is {self._state}; it starts once")
             self._state = "running"
         self._monitor_ident = threading.get_ident()  # no other thread supervises yet
-        pending: dict[int, _Slot] = {}
-        replies: dict[int, bytes] = {}
         error: str | None = None
         try:
             for slot in self._slots:
-                pending[self._spawn(slot, report=True)] = slot
-            poller = select.poll()
-            for fd in pending:
-                poller.register(fd, select.POLLIN)
+                self._spawn(slot)
             deadline = time.monotonic() + self.start_timeout
-            while pending and error is None:
+            while error is None:
+                starting = [slot for slot in self._slots if not slot.ready]
+                if not starting:
+                    break
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    error = f"workers {sorted(s.index for s in pending.values())} did not " \
+                    error = f"workers {[slot.index for slot in starting]} did not " \
                             f"start within {self.start_timeout:g}s"
                     break
-                for fd, _ in poller.poll(left * 1000):
-                    data = os.read(fd, 4096)
-                    replies[fd] = replies.get(fd, b"") + data
-                    if data and not replies[fd].endswith(b"\n"):
-                        continue
-                    slot = pending.pop(fd)
-                    poller.unregister(fd)
-                    self._close_parent_fd(fd)
-                    if replies[fd] != b"ok\n":
-                        text = replies[fd].decode(errors="replace").strip()
-                        text = text.removeprefix("error ")
-                        error = f"worker {slot.index} failed to start: " + (
-                            text or "it exited before it was serving")
+                poller = select.poll()
+                for slot in starting:
+                    poller.register(slot.status_fd, select.POLLIN)
+                poller.poll(min(left, _TICK * 4) * 1000)
+                for slot in starting:
+                    failure = self._read_status(slot, time.monotonic())
+                    if failure is not None:
+                        error = f"worker {slot.index} failed to start: {failure}"
                         break
         except BaseException:
             error = error or "interrupted"
             raise
         finally:
-            for fd in pending:
-                self._close_parent_fd(fd)
             if error is not None:
                 self._stop_requested = True
                 self._supervise()
         if error is not None:
             raise RuntimeError(error)
 
-    def _spawn(self, slot: _Slot, *, report: bool = False) -> int:
-        """Fork ``slot``'s worker; the read end of its ready pipe if ``report``, else -1."""
+    def _read_status(self, slot: _Slot, now: float) -> str | None:
+        """Take what ``slot``'s worker wrote on its status pipe: its first line, then
+        heartbeats.  Returns why it failed to start, once it says so or exits unready."""
+        fd = slot.status_fd
+        if fd < 0:
+            return None
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            data = b""
+            log.debug("worker %d: status pipe: %s", slot.index, exc)
+        if not data:  # EOF: the worker is exiting (reaped by _reap)
+            self._close_parent_fd(fd)
+            slot.status_fd = -1
+            return None if slot.ready else "it exited before it was serving"
+        if slot.ready:
+            slot.last_beat = now
+            return None
+        slot.status += data
+        if b"\n" not in slot.status:
+            return None
+        line = slot.status.partition(b"\n")[0]
+        slot.status = b""
+        if line != b"ok":
+            text = line.decode(errors="replace").removeprefix("error ").strip()
+            return text or "it exited before it was serving"
+        slot.ready = True
+        slot.last_beat = now
+        return None
+
+    def _spawn(self, slot: _Slot) -> None:
+        """Fork ``slot``'s worker."""
         control_r, control_w = os.pipe()
-        ready_r, ready_w = os.pipe() if report else (-1, -1)
+        status_r, status_w = os.pipe()
         # Block stop signals across fork: the parent records the pid before any handler
         # runs, and the child replaces the handlers before any is delivered to it.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             pid = os.fork()
             if pid == 0:
-                inherited = [*self._parent_fds, control_w, ready_r]
-                self._child(slot.index, control_r, ready_w, inherited, mask)
+                inherited = [*self._parent_fds, control_w, status_r]
+                self._child(slot.index, control_r, status_w, inherited, mask)
+            os.set_blocking(status_r, False)
             slot.pid = pid
-            slot.started = time.monotonic()
+            slot.started = slot.last_beat = time.monotonic()
             slot.control_fd = control_w
+            slot.status_fd = status_r
+            slot.status = b""
+            slot.ready = slot.stuck = False
             slot.restart_at = None
             self._parent_fds.add(control_w)
-            if ready_r >= 0:
-                self._parent_fds.add(ready_r)
+            self._parent_fds.add(status_r)
         except BaseException:
-            for fd in (control_w, ready_r):
-                if fd >= 0:
-                    os.close(fd)
+            for fd in (control_w, status_r):
+                os.close(fd)
             raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            for fd in (control_r, ready_w):
-                if fd >= 0:
-                    os.close(fd)
+            for fd in (control_r, status_w):
+                os.close(fd)
         log.debug("worker %d started (pid %d)", slot.index, pid)
-        return ready_r
 
     def _close_parent_fd(self, fd: int) -> None:
         if fd in self._parent_fds:
@@ -402,11 +487,18 @@ class Supervisor:
         try:
             while True:
                 now = time.monotonic()
+                for slot in self._slots:
+                    if slot.pid:
+                        failure = self._read_status(slot, now)
+                        if failure is not None:
+                            log.warning("worker %d (pid %d) failed to start: %s",
+                                        slot.index, slot.pid, failure)
                 self._reap(now)
                 if self._stop_requested:
                     if self._stop_step(now):
                         break
                 else:
+                    self._kill_stuck(now)
                     self._restart_due(now)
                     if not any(s.pid or s.restart_at is not None for s in self._slots):
                         log.info("every worker has exited")
@@ -431,10 +523,32 @@ class Supervisor:
             if pid:
                 self._exited(slot, os.waitstatus_to_exitcode(status), now)
 
+    def _kill_stuck(self, now: float) -> None:
+        """Kill each worker whose heartbeat stopped for ``worker_timeout`` (it is then
+        restarted like a crashed one)."""
+        timeout = self.worker_timeout
+        if timeout is None:
+            return
+        for slot in self._slots:
+            if not slot.pid or slot.stuck:
+                continue
+            limit = timeout if slot.ready else max(timeout, self.start_timeout)
+            silent = now - slot.last_beat
+            if silent > limit:
+                log.error("worker %d (pid %d) sent no heartbeat for %.1fs (a loop stuck in "
+                          "a handler?): killing it", slot.index, slot.pid, silent)
+                slot.stuck = True
+                try:
+                    os.kill(slot.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
     def _exited(self, slot: _Slot, code: int, now: float) -> None:
         pid, slot.pid = slot.pid, 0
         self._close_parent_fd(slot.control_fd)
         slot.control_fd = -1
+        self._close_parent_fd(slot.status_fd)
+        slot.status_fd = -1
         if self._stop_requested:
             log.debug("worker %d (pid %d) %s", slot.index, pid, _describe(code))
             return
@@ -472,7 +586,8 @@ class Supervisor:
         live = [slot for slot in self._slots if slot.pid]
         if not self._stop_sent:
             self._stop_sent = True
-            self._kill_at = now + self._stop_timeout + STOP_GRACE
+            # (A worker's own timer ends it at timeout + STOP_GRACE: see WorkerControl.)
+            self._kill_at = now + self._stop_timeout + STOP_GRACE + 1.0
             message = f"{self._stop_timeout!r}\n".encode()
             for slot in self._slots:
                 slot.restart_at = None
@@ -485,7 +600,7 @@ class Supervisor:
             return True
         if self._killed_at is None and now >= self._kill_at:
             log.warning("workers %s did not stop within %.1fs; killing them",
-                        [slot.pid for slot in live], self._stop_timeout + STOP_GRACE)
+                        [slot.pid for slot in live], self._stop_timeout + STOP_GRACE + 1.0)
             self._kill_all()
             self._killed_at = now
         elif self._killed_at is not None and now >= self._killed_at + KILL_WAIT:
@@ -514,7 +629,7 @@ class Supervisor:
     # -- worker side -------------------------------------------------------------------
 
     def _child(
-        self, index: int, control_fd: int, ready_fd: int, inherited: list[int],
+        self, index: int, control_fd: int, status_fd: int, inherited: list[int],
         mask: set[Any],
     ) -> NoReturn:
         """The forked worker: never returns into the parent's code (``os._exit``)."""
@@ -526,7 +641,11 @@ class Supervisor:
                     os.close(fd)
             if self._reservation is not None:
                 self._reservation.close()
-            control = WorkerControl(index, control_fd, ready_fd)
+            timeout = self.worker_timeout
+            control = WorkerControl(
+                index, control_fd, status_fd, worker_timeout=timeout,
+                heartbeat_interval=HEARTBEAT_INTERVAL if timeout is None
+                else min(HEARTBEAT_INTERVAL, timeout / 4))
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self._target(control)
             code = 0

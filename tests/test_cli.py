@@ -62,7 +62,7 @@ def test_help() -> None:
     assert run.returncode == 0
     for option in ("MODULE:HANDLER", "--address", "--loops", "--workers", "--codec",
                    "--idle-timeout", "--frame-timeout", "--metrics-address", "--max-connections",
-                   "--proxy-protocol", "--log-level"):
+                   "--proxy-protocol", "--worker-timeout", "--log-level"):
         assert option in run.stdout
 
 
@@ -118,6 +118,7 @@ def test_a_bad_handler_path_is_a_clear_error(app_dir: Path) -> None:
         (["upperapp:Upper", "--codec", "upperapp:upper"], "is not a codec"),
         (["upperapp:Upper", "--workers", "2", "--address", "unix:/tmp/x.sock"], "TCP"),
         (["upperapp:Upper", "--workers", "0"], "must be at least 1"),
+        (["upperapp:Upper", "--worker-timeout", "0"], "--worker-timeout"),
     ],
 )
 def test_bad_arguments_exit_with_a_usage_error(

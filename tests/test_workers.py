@@ -468,3 +468,135 @@ def test_on_start_failure_fails_start_and_stops_the_server() -> None:
     with pytest.raises(RuntimeError, match="set-up failed"):
         server.start()
     assert server.wait(10)
+
+
+# -- liveness: a worker stuck in a handler ------------------------------------------------
+
+
+class Sleepy(WhoAmI):
+    """``WhoAmI``, but ``sleep`` blocks the loop for a minute (a handler that waits)."""
+
+    def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+        if bytes(frame).startswith(b"sleep"):
+            time.sleep(60)
+        return super().on_message(conn, frame)
+
+
+def stall_one_worker(address: tuple[Any, ...]) -> tuple[socket.socket, int]:
+    """Stall the worker that serves a new connection; (that connection, its pid)."""
+    sock = socket.create_connection(address[:2], timeout=10)
+    sock.sendall(b"?")
+    pid = int(sock.recv(64).split()[0])
+    sock.sendall(b"sleep")
+    return sock, pid
+
+
+def test_a_worker_whose_loop_stops_answering_is_killed_and_restarted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A loop stuck in a handler keeps its worker's listener open: it would keep taking
+    its share of new connections and answer none (issue: 20 of 40 unanswered).  Its
+    heartbeat stops, and after ``worker_timeout`` the supervisor kills and restarts it."""
+    caplog.set_level(logging.INFO, logger="gevwire")
+    server = gevwire.Server(Sleepy(), address="127.0.0.1:0", workers=2, worker_timeout=1.0)
+    server.start()
+    pids = server.stats()["pids"]
+    try:
+        sock, stuck = stall_one_worker(server.address)
+        with sock:
+            started = time.monotonic()
+            assert wait_until(lambda: not alive(stuck), 10), _threads_of(stuck)
+            took = time.monotonic() - started
+            assert wait_until(lambda: sum(server.stats()["restarts"]) == 1
+                              and len(server.stats()["pids"]) == 2, 10)
+            assert 0.9 < took < 5, took
+        # Every new connection is answered, by the two live workers.
+        answers = {ask(server.address)[0] for _ in range(20)}
+        assert stuck not in answers and answers <= set(server.stats()["pids"])
+        assert "sent no heartbeat" in caplog.text
+    finally:
+        pids = list({*pids, *server.stats()["pids"]})
+        server.stop(1.0)
+        assert server.wait(15)
+        kill_quietly([pid for pid in pids if alive(pid)])
+
+
+def test_a_graceful_stop_is_bounded_when_a_worker_is_stuck() -> None:
+    """Issue: with a worker stuck in a handler a stop took 10.2 s.  The stuck worker ends
+    by its own timer at the stop timeout plus STOP_GRACE (1 s)."""
+    server = gevwire.Server(Sleepy(), address="127.0.0.1:0", workers=2, worker_timeout=None)
+    server.start()
+    pids = server.stats()["pids"]
+    try:
+        sock, stuck = stall_one_worker(server.address)
+        with sock:
+            time.sleep(0.2)  # the handler is asleep
+            started = time.monotonic()
+            server.stop(0.5)
+            assert server.wait(15)
+            took = time.monotonic() - started
+        assert took < 3.5, took  # 0.5 + 1 s grace, and reaping
+        assert not alive(stuck)
+    finally:
+        kill_quietly([pid for pid in pids if alive(pid)])
+
+
+_STALLING_SERVER = """
+import logging, os, re, sys, time
+import gevwire
+
+logging.basicConfig(level=logging.INFO, format="[%(process)d] %(message)s")
+
+
+class Stall(gevwire.Handler):
+    def on_message(self, conn, frame):
+        if frame.startswith(b"sleep"):
+            time.sleep(120)  # the loop waits; the GIL is free
+        elif frame.startswith(b"regex"):
+            re.match(r"(a+)+b", "a" * 64)  # holds the GIL for ever
+        return b"%d\\n" % os.getpid()
+
+
+timeout = float(sys.argv[1]) if sys.argv[1] != "none" else None
+gevwire.Server(Stall(), address="127.0.0.1:0", workers=2, worker_timeout=timeout).run()
+"""
+
+
+@pytest.mark.parametrize(("stall", "worker_timeout"), [("sleep", "none"), ("regex", "2")])
+def test_a_stuck_worker_does_not_outlive_a_killed_supervisor(
+    stall: str, worker_timeout: str
+) -> None:
+    """Issue: after SIGKILL of the supervisor a worker stuck in a handler was alive 30 s
+    later.  ``sleep``: the worker reads EOF, and its graceful stop is bounded by its own
+    timer (5 + 1 s).  ``regex``: the handler holds the GIL, so the worker cannot even
+    read its pipe; the timer its main thread keeps pushing back ends it within
+    ``worker_timeout`` (+ a heartbeat interval)."""
+    run = ServerProcess(["-c", _STALLING_SERVER, worker_timeout])
+    pids: list[int] = []
+    try:
+        listening = run.wait_for(r"\[(\d+)\] gevwire listening on \('[\d.]+', (\d+)\)", count=2)
+        pids = [int(m[1]) for m in listening]
+        address = ("127.0.0.1", int(listening[0][2]))
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(b"?")
+            stuck = int(sock.recv(64))
+            sock.sendall(stall.encode())
+            time.sleep(0.3)  # the handler is in its stall
+            run.proc.kill()
+            run.proc.wait(5)
+            started = time.monotonic()
+            assert wait_until(lambda: not any(alive(pid) for pid in pids), 15), (
+                run.output, _threads_of(stuck) if alive(stuck) else "")
+            took = time.monotonic() - started
+        assert took < 8, took  # sleep: 5 s stop + 1 s grace; regex: 2 + 0.5 s
+    finally:
+        run.close()
+        kill_quietly([pid for pid in pids if alive(pid)])
+
+
+def test_worker_timeout_validation() -> None:
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="worker_timeout"):
+            gevwire.Server(WhoAmI(), address="127.0.0.1:0", workers=2, worker_timeout=bad)
+        with pytest.raises(ValueError, match="worker_timeout"):
+            Supervisor(lambda control: None, 1, worker_timeout=bad)
