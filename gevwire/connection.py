@@ -32,6 +32,7 @@ from gevwire._sys import (
     EV_READ,
     EV_WRITE,
     get_errno,
+    peer_closed,
     raw_read,
     raw_readv,
     raw_writev,
@@ -68,6 +69,8 @@ __all__ = ["ConnState", "Connection", "ConnectionOptions"]
 log = logging.getLogger("gevwire")
 
 _EWOULDBLOCK = errno.EWOULDBLOCK
+#: Most bytes one ``readv`` puts in a connection's input ring (plus the spare buffer).
+READ_MAX = 256 << 10
 _READ_EVENTS = EV_READ | EV_ERROR | EV_HUP | EV_RDHUP
 _XSEND_LOCK = threading.Lock()
 
@@ -170,6 +173,7 @@ class Connection:
 
     __slots__ = (
         "__weakref__",
+        "_budget_paused",
         "_close_timer",
         "_deferred",
         "_events",
@@ -220,17 +224,19 @@ class Connection:
         # Framing, dispatch, reply gathering and the error policy: the one pipeline
         # every transport drives, this connection being its transport (it moves the
         # bytes and keeps the close states).
+        pool = loop.pool
         self._pipe = pipe = FramePipeline(
             self, handler, codec, self, loop, view_reads=self._view_reads,
             high_water=options.write_high_water, max_output=options.max_write_buffer,
-            frame_timeout=options.frame_timeout)
+            frame_timeout=options.frame_timeout, input_ring=RingBuffer(pool=pool))
         self._input: RingBuffer = pipe.input
-        self._output = RingBuffer()
+        self._output = RingBuffer(pool=pool)
         # A read's joined replies, written when the loop turn's events are handled (see
         # _write_batch); None when there are none.
         self._deferred: bytes | None = None
         self._state = _OPEN
-        self._read_paused = False
+        self._read_paused = False  # by output backpressure
+        self._budget_paused = False  # by the server's MemoryBudget
         self._events = EV_READ
         self._token = -1
         # Sends from other threads, made by the first (an idle connection holds none:
@@ -535,6 +541,8 @@ class Connection:
 
     def _read_into_ring(self) -> None:
         """Read while a partial frame is buffered: into the ring's free space + spare."""
+        if self._budget_paused:  # (paused in this turn, after epoll reported the fd)
+            return
         if self._fill_ring() > 0:
             self._pipe.cut_ring()
 
@@ -544,6 +552,11 @@ class Connection:
         ring = self._input
         loop = self.loop
         a1, l1, a2, l2 = ring.write_regions()
+        if l1 + l2 > READ_MAX:  # a ring sized for a large frame: take it in steps, so
+            if l1 >= READ_MAX:  # one turn's reads stay bounded (the memory budget's
+                l1, l2 = READ_MAX, 0  # checks run between turns) and other
+            else:  # connections are not kept waiting
+                l2 = READ_MAX - l1
         iov = loop.iovecs
         iov.formats[3].pack_into(iov.buffer, 0, a1, l1, a2, l2, loop.spare_address,
                                  SPARE_SIZE)
@@ -601,7 +614,8 @@ class Connection:
             return
         timeout = self._options.frame_timeout
         assert timeout is not None
-        if left > 0 or self._read_paused:  # paused by us (backpressure): not the peer's fault
+        if left > 0 or self._read_paused or self._budget_paused:
+            # (Paused by us, for backpressure or the memory budget: not the peer's fault.)
             self._frame_timer = self.loop.run_after(left if left > 0 else timeout,
                                                     self._check_frame_deadline)
             return
@@ -716,7 +730,7 @@ class Connection:
         events = self._events & ~EV_WRITE
         if self._read_paused:
             self._read_paused = False
-            if self._state < _FLUSHING:
+            if self._state < _FLUSHING and not self._budget_paused:
                 events |= EV_READ
         self._set_events(events)
         if self._state == _WRITE_SHUTTING:
@@ -758,8 +772,35 @@ class Connection:
 
     def _resume_reading(self) -> None:
         self._read_paused = False
-        if self._state < _FLUSHING:
+        if self._state < _FLUSHING and not self._budget_paused:
             self._set_events(self._events | EV_READ)
+
+    # -- the server's memory budget (gevwire.budget; loop thread) ----------------------
+
+    def _buffered_bytes(self) -> int:
+        """Storage held by this connection's input and output rings."""
+        return self._input._cap + self._output._cap
+
+    def _pause_for_budget(self) -> None:
+        self._budget_paused = True
+        self._set_events(self._events & ~EV_READ)
+
+    def _resume_for_budget(self) -> None:
+        self._budget_paused = False
+        if self._state < _FLUSHING and not self._read_paused:
+            self._set_events(self._events | EV_READ)
+
+    def _gone_while_paused(self) -> bool:
+        """Paused by the budget, nothing is read: whether the peer went away must be
+        asked (closed here if it did)."""
+        if self._state != _CLOSED and peer_closed(self._fd):
+            self._close_now()
+            return True
+        return False
+
+    def _fail_for_budget(self, error: BaseException) -> None:
+        if self._state != _CLOSED:
+            self._pipe.fail(error, abort=True)
 
     def _drain_xsend(self) -> None:
         self._xsend_scheduled = False  # before draining: see send()

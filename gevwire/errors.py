@@ -9,6 +9,7 @@ __all__ = [
     "FrameError",
     "FrameTooLarge",
     "GevwireError",
+    "MemoryBudgetExceeded",
     "ProxyHeaderTimeout",
     "RoutingError",
     "WriteBufferFull",
@@ -25,6 +26,11 @@ class ConnectionClosed(GevwireError):
 
 class WriteBufferFull(GevwireError):
     """A connection's unsent output passed its hard cap; the connection was closed."""
+
+
+class MemoryBudgetExceeded(GevwireError):
+    """The server's buffers passed ``buffered_hard_limit``: this connection, among those
+    holding the most, was closed (see ``Server(max_buffered_bytes=...)``)."""
 
 
 class FrameError(GevwireError, ValueError):

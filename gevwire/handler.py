@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from gevwire.errors import FrameError
+from gevwire.errors import FrameError, MemoryBudgetExceeded, WriteBufferFull
 
 if TYPE_CHECKING:
     from gevwire.connection import Connection
@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 __all__ = ["Handler"]
 
 log = logging.getLogger("gevwire")
+
+# Closes the peer brought about: a warning line each, no traceback.
+_PEER_ERRORS = (FrameError, WriteBufferFull, MemoryBudgetExceeded)
 
 
 class Handler:
@@ -35,9 +38,12 @@ class Handler:
         """A frame was malformed or a callback raised: log it and close the connection.
 
         A non-fatal :class:`~gevwire.FrameError` (the codec skipped just that frame) is
-        logged as a warning and the connection stays open.
+        logged as a warning and the connection stays open.  What the peer caused (bad
+        frames, output past ``max_write_buffer`` because it does not read, the server's
+        memory budget) is a one-line warning; anything else is logged with its
+        traceback.
         """
-        if isinstance(error, FrameError) and error.fatal:
+        if isinstance(error, _PEER_ERRORS) and getattr(error, "fatal", True):
             log.warning("closing %r: %s", conn, error)  # the peer's fault: no traceback
             conn.close()
         elif getattr(error, "fatal", True):

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from gevwire._sys import EV_READ, Iovecs, Poller, Waker, alloc, new_poller
+from gevwire.ringbuffer import DEFAULT_POOL, BufferPool
 from gevwire.timers import TimerHandle, TimerQueue
 
 __all__ = ["SPARE_SIZE", "EventLoop"]
@@ -107,6 +108,9 @@ class EventLoop:
         # grows when a frame really needs it.
         self.spare, self.spare_address, self.spare_ptr = alloc(SPARE_SIZE)
         self.spare_view = memoryview(self.spare)
+        #: Where this loop's connections take ring storage (a server with a memory
+        #: budget gives each loop its own, to count what its connections hold).
+        self.pool: BufferPool = DEFAULT_POOL
         self.iovecs = Iovecs(3)
         #: Loop turns so far (one ``poll`` each).
         self.turn_count = 0

@@ -53,6 +53,16 @@ class StatsCollector:
         for kind, count in sorted(s["errors"].items()):
             errors.add_metric([kind], count)
         yield errors
+        if "buffered_bytes" in s:  # Server(max_buffered_bytes=...)
+            yield GaugeMetricFamily(f"{p}_buffered_bytes",
+                                    "Bytes held by connection buffers (last sample)",
+                                    value=s["buffered_bytes"])
+            yield CounterMetricFamily(f"{p}_budget_pauses",
+                                      "Connections paused by max_buffered_bytes",
+                                      value=s["budget_pauses"])
+            yield CounterMetricFamily(f"{p}_budget_closes",
+                                      "Connections closed by buffered_hard_limit",
+                                      value=s["budget_closes"])
 
 
 class MetricsServer:

@@ -355,8 +355,8 @@ class FramePipeline:
             frames.append(frame)
         if frames:
             self.dispatch(frames)
-        if ring._cap > LARGE_RING and ring._len <= ring._cap >> 2:
-            ring.shrink()  # a large frame left: its storage (resident) goes back
+        if ring._cap > LARGE_RING and ring._len < buffered and ring._len <= ring._cap >> 2:
+            ring.shrink()  # a large frame was cut: its storage (resident) goes back
         if ring._len > ANNOUNCED_FROM and not self.stopped:
             self._reserve_announced(ring)
         if self._frame_timeout is not None:
@@ -371,6 +371,9 @@ class FramePipeline:
             return  # (a duck-typed decoder without it)
         length = announced(ring)
         if length > ring._cap:
+            pool = ring._pool
+            if pool.in_use + length - ring._cap > pool.alarm:
+                return  # past the server's memory budget: grow only as bytes come
             ring.reserve(length - ring._len, exact=True)
 
     def received_past_large_frame(self, data: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import mmap
 import struct
 import threading
+from collections.abc import Callable
 from typing import TypeAlias
 
 from gevwire._sys import address_of
@@ -41,7 +42,8 @@ class BufferPool:
     between threads.
     """
 
-    __slots__ = ("_free", "_lock", "_max_buffer", "_max_bytes", "_max_per_size", "_retained")
+    __slots__ = ("_free", "_lock", "_max_buffer", "_max_bytes", "_max_per_size", "_retained",
+                 "alarm", "in_use", "on_alarm")
 
     def __init__(self, *, max_per_size: int = 64, max_buffer: int = 1 << 20,
                  max_bytes: int = 16 << 20) -> None:
@@ -51,6 +53,13 @@ class BufferPool:
         self._max_bytes = max_bytes
         self._retained = 0
         self._lock = threading.Lock()
+        #: Bytes taken and not given back: the storage rings on this pool hold (exact
+        #: for a pool used by one thread, as an event loop's; approximate if shared).
+        self.in_use = 0
+        #: ``on_alarm()`` runs (in the taking thread) on each take that leaves
+        #: ``in_use`` above ``alarm`` (the server's memory budget sets them).
+        self.alarm = 1 << 62
+        self.on_alarm: Callable[[], None] | None = None
 
     @property
     def max_buffer(self) -> int:
@@ -59,6 +68,9 @@ class BufferPool:
 
     def take(self, capacity: int) -> tuple[Storage, int]:
         """A buffer of exactly ``capacity`` bytes and its address."""
+        self.in_use += capacity
+        if self.in_use > self.alarm and self.on_alarm is not None:
+            self.on_alarm()
         if capacity > self._max_buffer:
             large = mmap.mmap(-1, capacity)
             return large, address_of(large)
@@ -74,6 +86,7 @@ class BufferPool:
     def give(self, buffer: Storage, address: int) -> None:
         """Return a buffer for reuse; one over the limits is simply dropped."""
         capacity = len(buffer)
+        self.in_use -= capacity
         if capacity > self._max_buffer:
             return
         with self._lock:

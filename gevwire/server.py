@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -20,6 +21,7 @@ from gevwire._uring.connection import UringConnection
 from gevwire._uring.listener import UringListener
 from gevwire._uring.loop import UringLoop, uring_available
 from gevwire.address import parse_address
+from gevwire.budget import MemoryBudget
 from gevwire.client import open_connection
 from gevwire.codec import BaseCodec, RawCodec
 from gevwire.connection import Connection, ConnectionOptions
@@ -86,7 +88,12 @@ class Server:
     its first bytes (slowloris; see :class:`~gevwire.connection.ConnectionOptions`);
     ``max_connections`` accepts and at once closes connections over the
     limit (counted in ``stats()["connections_refused"]``); the write-buffer limits are
-    described in :class:`~gevwire.connection.ConnectionOptions`.
+    described in :class:`~gevwire.connection.ConnectionOptions`.  Those are per
+    connection; ``max_buffered_bytes`` bounds the storage every connection's input and
+    output buffers hold together (off by default; suggested for servers facing the
+    internet): above it reading pauses on the connections holding the most, and above
+    ``buffered_hard_limit`` (default 1.5 times it) they are closed, largest first, with
+    :class:`~gevwire.MemoryBudgetExceeded` (see :mod:`gevwire.budget`).
 
     ``proxy_protocol=True``: every connection starts with a PROXY protocol v1 or v2
     header (from HAProxy, a cloud load balancer ...); ``conn.peer_addr`` is then the
@@ -138,6 +145,8 @@ class Server:
         idle_timeout: float | None = None,
         frame_timeout: float | None = None,
         max_connections: int | None = None,
+        max_buffered_bytes: int | None = None,
+        buffered_hard_limit: int | None = None,
         load_balance: str | Callable[[list[EventLoop], Any], int] = "round_robin",
         proxy_protocol: bool = False,
         proxy_timeout: float = 10.0,
@@ -175,6 +184,12 @@ class Server:
             proxy_timeout=proxy_timeout,
         )
         self.max_connections = max_connections
+        if max_buffered_bytes is None:
+            if buffered_hard_limit is not None:
+                raise ValueError("buffered_hard_limit needs max_buffered_bytes")
+            self._budget: MemoryBudget | None = None
+        else:
+            self._budget = MemoryBudget(max_buffered_bytes, buffered_hard_limit)
         self._balance = load_balance
         self._family, self._bind_address = parse_address(address)
         if workers > 1:
@@ -398,7 +413,9 @@ class Server:
         of fds), ``frames_in`` / ``frames_out``, ``bytes_in`` /
         ``bytes_out``, ``errors`` (count by kind: exception class name, or
         ``idle_timeout``), ``loop_turns``, ``loop_busy_seconds`` (time spent handling
-        rather than waiting), and the same per loop under ``loops``.
+        rather than waiting), and the same per loop under ``loops``.  With
+        ``max_buffered_bytes``, also ``buffered_bytes`` (the last sample),
+        ``budget_pauses`` and ``budget_closes`` (connections paused and closed by it).
 
         With ``workers``, in the parent: ``{"workers": N, "pids": [...], "restarts":
         [...]}`` (live worker pids; restarts per worker slot).  Traffic is counted in
@@ -435,7 +452,15 @@ class Server:
             "loop_turns": sum(d["turns"] for d in per_loop),
             "loop_busy_seconds": sum(d["busy_seconds"] for d in per_loop),
             "loops": per_loop,
+            **self._budget_stats(),
         }
+
+    def _budget_stats(self) -> dict[str, int]:
+        budget = self._budget
+        if budget is None:
+            return {}
+        return {"buffered_bytes": budget.total, "budget_pauses": budget.pauses,
+                "budget_closes": budget.closes}
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -484,6 +509,15 @@ class Server:
         self._accept_loop = self._loops[0] if count == 1 else loop_class("gevwire-accept")
         self._connections = {lp: set() for lp in self._loops}
         self._assigned = [0] * count
+        budget = self._budget
+        if budget is not None:  # fresh for these loops (a worker's, after fork)
+            budget = self._budget = MemoryBudget(budget.soft, budget.hard,
+                                                 interval=budget.interval)
+            for loop in self._loops:
+                budget.attach(loop, functools.partial(self._connections_of, loop))
+
+    def _connections_of(self, loop: EventLoop) -> list[Connection]:
+        return list(self._connections[loop])
 
     def _make_supervisor(self) -> Supervisor:
         """Reserve the port and make the supervisor of the workers (parent only)."""

@@ -50,6 +50,7 @@ import gevwire
 import gevwire.connection
 from gevwire import ConnectionClosed, FrameError, FrameTimeout, FrameTooLarge, WriteBufferFull
 from gevwire import codecs as gcodecs
+from gevwire.codecs.resp import RespCodec
 from gevwire.ringbuffer import DEFAULT_POOL
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.io]
@@ -137,7 +138,11 @@ class Baseline:
     def __init__(self, server: gevwire.Server | None = None) -> None:
         self.fds = fd_count()
         self.rss = trimmed_rss()
-        self.pool = DEFAULT_POOL.retained()
+        # The buffer pools: the default one, and the loops' own under a memory budget.
+        self.pools = [DEFAULT_POOL] + [
+            loop.pool for loop in (server.loops if server is not None else ())
+            if loop.pool is not DEFAULT_POOL]
+        self.pool = self.retained()
         # An io_uring loop owns a provided-buffer ring (256 x 16 KiB by default) whose
         # pages the kernel touches as it receives into them: held by design while the
         # server runs, so allowed beside the slack.
@@ -145,6 +150,10 @@ class Baseline:
             loop.buffers.count * loop.buffers.size
             for loop in (server.loops if server is not None else ())
             if getattr(loop, "buffers", None) is not None)
+
+    def retained(self) -> int:
+        """Bytes the buffer pools keep for reuse."""
+        return sum(pool.retained() for pool in self.pools)
 
     def check(self, rss_slack: int, *, timeout: float = 10.0) -> int:
         """Assert fds are back to the baseline and RSS, less what the buffer pool now
@@ -156,7 +165,7 @@ class Baseline:
         """
         assert wait_until(lambda: fd_count() <= self.fds, timeout), (self.fds, fd_count())
         rss_growth = trimmed_rss() - self.rss
-        pool = DEFAULT_POOL.retained() - self.pool
+        pool = self.retained() - self.pool
         growth = rss_growth - max(pool, 0)
         limit = rss_slack + self.loop_buffers
         assert growth < limit, (
@@ -282,13 +291,15 @@ class Control:
 
     ``make(i)`` is the i-th message; the request is ``codec.encode(make(i))`` and an echo
     server must send exactly those bytes back.  Runs in a thread from :meth:`start` to
-    :meth:`stop`; ``samples`` holds ``(when, round-trip seconds)`` per round.
+    :meth:`stop`; ``samples`` holds ``(when, round-trip seconds)`` per round.  Other
+    protocols subclass it and override :meth:`_session` (see the example servers'
+    sections).
     """
 
     def __init__(
         self,
         address: Any,
-        codec: gevwire.BaseCodec,
+        codec: gevwire.BaseCodec | None = None,
         make: Callable[[int], Any] = _default_message,
         *,
         interval: float = 0.005,
@@ -304,7 +315,8 @@ class Control:
         self.failures: list[str] = []
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="control", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__,
+                                        daemon=True)
 
     def start(self) -> Control:
         self._thread.start()
@@ -315,28 +327,35 @@ class Control:
 
     def _run(self) -> None:
         try:
-            with socket.create_connection(self.address, timeout=10) as sock:
-                self._ready.set()
-                i = 0
-                while not self._stop.is_set():
-                    data = b"".join(self.codec.encode(self.make(i + k))
-                                    for k in range(self.pipeline))
-                    start = time.monotonic()
-                    sock.sendall(data)
-                    got = recv_exactly(sock, len(data))
-                    end = time.monotonic()
-                    if got != data:
-                        self.failures.append(f"round at {i}: reply differs from request")
-                        return
-                    self.samples.append((end, end - start))
-                    i += self.pipeline
-                    self.count = i
-                    if self.interval:
-                        self._stop.wait(self.interval)
+            self._session()
         except Exception as exc:
-            self.failures.append(f"after {self.count} frames: {exc!r}")
+            self.failures.append(f"after {self.count} messages: {exc!r}")
         finally:
             self._ready.set()
+
+    def _session(self) -> None:
+        """Connect, then run rounds (each :meth:`_served`) until stopped."""
+        assert self.codec is not None
+        codec = self.codec
+        with socket.create_connection(self.address, timeout=10) as sock:
+            self._ready.set()
+            while not self._stop.is_set():
+                data = b"".join(codec.encode(self.make(self.count + k))
+                                for k in range(self.pipeline))
+                start = time.monotonic()
+                sock.sendall(data)
+                if recv_exactly(sock, len(data)) != data:
+                    self.failures.append(f"round at {self.count}: reply differs from request")
+                    return
+                self._served(start)
+
+    def _served(self, start: float) -> None:
+        """A round that began at ``start`` was answered correctly: count it, then pause."""
+        end = time.monotonic()
+        self.samples.append((end, end - start))
+        self.count += self.pipeline
+        if self.interval:
+            self._stop.wait(self.interval)
 
     def max_latency(self, since: float = 0.0, until: float = float("inf")) -> float:
         return max((rtt for when, rtt in list(self.samples) if since <= when <= until),
@@ -1344,3 +1363,246 @@ def test_websocket_fragments_cost_memory_by_their_payload_not_their_count(
     assert held < allowed, f"{held} bytes held for {payload} bytes of payload"
     frames, errors = cutter.push(frame(Opcode.CONTINUATION, b"!", fin=True))
     assert not errors and frames == [b"ab" + b"x" * (piece * count) + b"!"]
+
+
+# -- a reply far larger than max_write_buffer, made of references --------------------------
+
+
+@pytest.mark.parametrize("how", ["return", "send", "pipelined"])
+def test_a_reply_past_the_cap_is_refused_before_it_is_built(
+    serve: ServeFn, gevwire_log: LogCapture, how: str
+) -> None:
+    """An MGET-style reply: a list of references to large stored values.  Encoded and
+    joined, 10 x 8 MiB cost +160 MiB before the 16 MiB cap closed the connection (issue:
+    100 x 8 MiB took +1.59 GiB for a 916-byte request).  It must be measured and refused
+    before any of it is copied: the connection is closed with WriteBufferFull, whichever
+    way the reply leaves (returned by a one-request read, sent with conn.send, or
+    returned among pipelined requests)."""
+    cap = 16 * MiB
+    value = random.Random(15).randbytes(8 * MiB)  # "stored": allocated before measuring
+
+    class Store(Echo):
+        def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+            self.frames += 1
+            if frame[0] != b"MGET":
+                return frame
+            reply = [value] * len(frame[1:])
+            if how == "send":
+                conn.send(reply)
+                return None
+            return reply
+
+    codec = RespCodec(commands=True)
+    handler = Store()
+    server = serve(handler, codec=codec, max_write_buffer=cap, write_high_water=1 * MiB,
+                   write_low_water=256 * KiB)
+    control = Control(server.address, codec, lambda i: [b"ECHO", b"%d" % i]).start()
+    mget = codec.encode([b"MGET"] + [b"k%d" % i for i in range(10)])
+    request = codec.encode([b"PING"]) * 3 + mget if how == "pipelined" else mget
+
+    def episode(n: int) -> int:
+        before = trimmed_rss()
+        reset_peak_rss()
+        with socket.create_connection(server.address[:2], timeout=10) as hostile:
+            hostile.sendall(request)
+            assert wait_until(lambda: handler.errors["WriteBufferFull"] == n, 10), (
+                handler.errors)
+            assert peer_closed(hostile)
+        assert wait_until(lambda: open_count(server) == 1, 10)
+        return peak_rss() - before
+
+    peaks = [episode(1)]
+    base = Baseline(server)
+    peaks += [episode(2), episode(3)]
+    control.stop()
+    assert server.stats()["errors"] == {"WriteBufferFull": 3}
+    # Nothing of the 80 MiB reply is copied: well under the cap it was refused at.
+    peak_growth = max(peaks)
+    assert peak_growth < cap // 2, f"peak RSS grew by {peak_growth / MiB:.1f} MiB"
+    base.check(4 * MiB)
+    assert gevwire_log.unexpected(WriteBufferFull) == []
+    print(f"\n[reply past the cap, {how}] an 80 MiB reply refused at max_write_buffer={cap // MiB} "
+          f"MiB; peak RSS growth {peak_growth / MiB:.1f} MiB")
+
+
+# -- large partial frames: memory by the bytes received -----------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["resp", "length_field", "construct"])
+def test_large_partial_frames_cost_memory_by_the_bytes_received(
+    serve: ServeFn, gevwire_log: LogCapture, protocol: str
+) -> None:
+    """Peers each send a large frame one byte short and stop (issue: ten 64 MiB RESP
+    bulks one byte short took +1.34 GiB, twice the bytes received: each input ring grew
+    to the next power of two and every byte of it was touched).  The ring grows to the
+    length the frame's header announces, and storage no byte has reached is not
+    resident; the frames are answered in full once their last byte comes."""
+    size = 24 * MiB
+    peers = 4
+    if protocol == "resp":
+        codec: gevwire.BaseCodec = RespCodec(commands=True, max_frame_size=64 * MiB,
+                                             max_bulk_length=64 * MiB)
+        header = b"*1\r\n$%d\r\n" % size
+        trailer = b"\r\n"
+    elif protocol == "length_field":
+        codec = gcodecs.length_field(max_frame_size=64 * MiB, initial_bytes_to_strip=4)
+        header = struct.pack(">I", size)
+        trailer = b""
+    else:
+        codec = gevwire.Codec(c.Prefixed(c.Int32ub, c.GreedyBytes), max_frame_size=64 * MiB)
+        header = struct.pack(">I", size)
+        trailer = b""
+    body = random.Random(16).randbytes(size)
+    wire = header + body + trailer
+    handler = Echo()
+    server = serve(handler, codec=codec, max_write_buffer=64 * MiB, frame_timeout=30)
+    make = (lambda i: [b"ECHO", b"%d" % i]) if protocol == "resp" else _bytes_message
+    control = Control(server.address, codec, make).start()
+    received = peers * (len(wire) - 1)
+
+    def episode() -> tuple[int, int]:
+        """The peers' frames, one byte short, then whole: (resident growth while they
+        wait, peak growth)."""
+        before = trimmed_rss()
+        reset_peak_rss()
+        socks = open_clients(server.address, peers)
+        start = server.stats()["bytes_in"]
+        for sock in socks:
+            sock.sendall(memoryview(wire)[:-1])  # (a slice would be a copy)
+        assert wait_until(lambda: server.stats()["bytes_in"] - start >= received, 20)
+        held = max(trimmed_rss(), peak_rss()) - before  # (the peak: growth copies too)
+        for sock in socks:  # the last byte: each frame is whole, and echoed whole
+            sock.sendall(wire[-1:])
+        for sock in socks:
+            sock.settimeout(20)
+            assert recv_exactly(sock, len(wire)) == wire
+        peak = peak_rss() - before
+        close_all(socks)
+        assert wait_until(lambda: open_count(server) == 1, 10)
+        return held, peak
+
+    # The first episode sets up the allocator (glibc raises its mmap threshold after the
+    # first large free, and a loop thread's arena keeps some freed MiB): the baseline is
+    # taken after it.
+    episode()
+    base = Baseline(server)
+    held, peak = episode()
+    # Each ring holds its frame's bytes in storage sized by the header (page-rounded),
+    # and only pages bytes reached are resident: memory tracks the bytes received, not
+    # the next power of two of them.
+    assert held < received * 1.1 + 8 * MiB, (
+        f"+{held / MiB:.0f} MiB resident for {received / MiB:.0f} MiB received")
+    control.stop()
+    assert wait_until(lambda: open_count(server) == 0, 10)
+    base.check(8 * MiB)
+    assert gevwire_log.unexpected() == []
+    print(f"\n[large partial frames, {protocol}] {peers} x {size // MiB} MiB partial frames: "
+          f"+{held / MiB:.0f} MiB resident for {received / MiB:.0f} MiB received; peak "
+          f"+{peak / MiB:.0f} MiB")
+
+
+# -- a server-wide memory budget ------------------------------------------------------------
+
+
+def _prefixed(max_frame: int) -> gevwire.Codec:
+    return gevwire.Codec(c.Prefixed(c.Int32ub, c.GreedyBytes), max_frame_size=max_frame)
+
+
+def test_the_memory_budget_closes_the_largest_holders_past_its_hard_mark(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    """Each peer stays within every per-connection limit (a 4 MiB frame under an 8 MiB
+    max_frame_size), but 24 of them sending 2 MiB of their frame and stopping would hold
+    96 MiB of ring storage (48 MiB resident).  With max_buffered_bytes=8 MiB and a hard
+    mark of 12 MiB, reading pauses on the largest holders and, past the hard mark, they
+    are closed first with MemoryBudgetExceeded; the control is served throughout."""
+    from gevwire.connection import READ_MAX
+
+    soft, hard = 8 * MiB, 12 * MiB
+    codec = _prefixed(8 * MiB)
+    handler = Echo()
+    server = serve(handler, codec=codec, max_buffered_bytes=soft, buffered_hard_limit=hard)
+    control = Control(server.address, codec, _bytes_message).start()
+    partial = struct.pack(">I", 4 * MiB) + random.Random(17).randbytes(2 * MiB)
+    base = Baseline(server)
+    before = trimmed_rss()
+    reset_peak_rss()
+    socks = open_clients(server.address, 24)
+    senders = [threading.Thread(target=_send_quietly, args=(sock, partial), daemon=True)
+               for sock in socks]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(20)
+    assert wait_until(lambda: server.stats()["budget_closes"] > 0, 10)
+    time.sleep(0.3)  # (the checks settle)
+    stats = server.stats()
+    peak = peak_rss() - before
+    assert stats["buffered_bytes"] <= hard, stats
+    assert stats["errors"].get("MemoryBudgetExceeded", 0) == stats["budget_closes"] >= 10
+    assert stats["budget_pauses"] > 0
+    closed = sum(not drain(sock) for sock in socks)
+    assert closed == stats["budget_closes"]
+    # Held storage never ran far past the hard mark: resident growth stays under it plus
+    # what one loop turn reads before the check (a read per connection: READ_MAX into
+    # its ring, plus the spare buffer), and some slack.  Without the budget: +48 MiB.
+    one_turn = len(socks) * (READ_MAX + 64 * KiB)
+    assert peak < hard + one_turn + 4 * MiB, f"peak RSS growth {peak / MiB:.1f} MiB"
+    close_all(socks)
+    control.stop()
+    assert wait_until(lambda: open_count(server) == 0, 10)
+    assert server.stats()["buffered_bytes"] == 0  # every ring gave its storage back
+    base.check(4 * MiB)
+    assert gevwire_log.unexpected(gevwire.MemoryBudgetExceeded) == []
+    print(f"\n[memory budget] 24 peers x 2 MiB of 4 MiB frames under max_buffered_bytes="
+          f"{soft // MiB} MiB: {stats['budget_closes']} closed, {stats['budget_pauses']} "
+          f"paused; peak RSS growth {peak / MiB:.1f} MiB")
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass  # closed by the budget while sending
+
+
+def test_the_memory_budget_pauses_the_largest_and_resumes_it_below_the_low_mark(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    """Under the soft mark nothing happens; over it the largest holder stops being read
+    (not closed: the hard mark is far), and reads again once the others' storage is
+    given back (below three quarters of the soft mark); its frame then completes."""
+    codec = _prefixed(8 * MiB)
+    handler = Echo()
+    server = serve(handler, codec=codec, max_buffered_bytes=4 * MiB,
+                   buffered_hard_limit=64 * MiB)
+    big = struct.pack(">I", 2560 * KiB) + random.Random(18).randbytes(2560 * KiB)
+    small = struct.pack(">I", 2 * MiB) + random.Random(19).randbytes(2 * MiB)
+    with socket.create_connection(server.address[:2], timeout=10) as first, \
+            socket.create_connection(server.address[:2], timeout=10) as second:
+        first.sendall(big[: 1 * MiB])
+        assert wait_until(lambda: server.stats()["buffered_bytes"] >= 2560 * KiB, 10)
+        assert server.stats()["budget_pauses"] == 0  # 2.5 MiB: under the soft mark
+        second.sendall(small[: 1 * MiB])  # 2.5 + 2 MiB reserved: over it
+        assert wait_until(lambda: server.stats()["budget_pauses"] == 1, 10)
+        paused = [conn for loop in server.loops for conn in server._connections[loop]
+                  if conn._budget_paused]
+        assert len(paused) == 1 and paused[0].peer_addr == first.getsockname()
+        second.sendall(small[1 * MiB:])  # whole: echoed, its storage given back
+        assert recv_exactly(second, len(small)) == small
+        first.sendall(big[1 * MiB:])  # read again once resumed
+        first.settimeout(10)
+        assert recv_exactly(first, len(big)) == big
+    stats = server.stats()
+    assert stats["budget_closes"] == 0 and "MemoryBudgetExceeded" not in stats["errors"]
+    assert gevwire_log.unexpected() == []
+
+
+def test_memory_budget_validation() -> None:
+    with pytest.raises(ValueError, match="max_buffered_bytes must be positive"):
+        gevwire.Server(Echo(), address="127.0.0.1:0", max_buffered_bytes=0)
+    with pytest.raises(ValueError, match="buffered_hard_limit"):
+        gevwire.Server(Echo(), address="127.0.0.1:0", max_buffered_bytes=10,
+                       buffered_hard_limit=5)
+    with pytest.raises(ValueError, match="needs max_buffered_bytes"):
+        gevwire.Server(Echo(), address="127.0.0.1:0", buffered_hard_limit=5)

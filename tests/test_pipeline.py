@@ -19,7 +19,7 @@ from gevwire.codecs.mqtt import MqttCodec, Publish
 from gevwire.codecs.resp import RespCodec
 from gevwire.codecs.websocket import Opcode, WebSocketCodec
 from gevwire.pipeline import Counters, FramePipeline
-from gevwire.ringbuffer import RingBuffer
+from gevwire.ringbuffer import BufferPool, RingBuffer
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.io]
 
@@ -389,7 +389,14 @@ def test_a_large_partial_frame_gets_the_storage_its_header_announced_at_once(
         def on_message(self, conn: Any, message: Any) -> None:
             frames.append(message)
 
-    pipeline, _, _ = make(Keep(), codec)
+    class Counting(BufferPool):
+        takes = 0
+
+        def take(self, capacity: int) -> Any:
+            Counting.takes += 1
+            return super().take(capacity)
+
+    pipeline, _, _ = make(Keep(), codec, input_ring=RingBuffer(pool=Counting()))
     ring = pipeline.input
     step = 1 << 16
     capacities = set()
@@ -399,6 +406,7 @@ def test_a_large_partial_frame_gets_the_storage_its_header_announced_at_once(
     page = mmap.PAGESIZE
     assert ring.capacity == -(-len(wire) // page) * page
     assert max(capacities) == ring.capacity and len(capacities) <= 4  # no doubling
+    assert Counting.takes <= 4  # storage taken once for the frame (not again per read)
     next_frame = wire[:100]  # the start of the next frame, after this one
     pipeline.received(wire[ring.length:] + next_frame)
     assert frames == [frame]

@@ -769,3 +769,21 @@ def test_storage_of_any_size_wraps_like_a_power_of_two() -> None:
     assert len(first) == 100 and len(second) == len(data)
     assert ring.to_bytes() == b"b" * 100 + data
     assert ring.contiguous(ring.length).tobytes() == b"b" * 100 + data
+
+
+def test_a_pool_counts_the_storage_its_rings_hold_and_alarms_past_a_mark() -> None:
+    pool = BufferPool(max_buffer=1 << 20)
+    alarms: list[int] = []
+    pool.alarm = 100_000
+    pool.on_alarm = lambda: alarms.append(pool.in_use)
+    rings = [RingBuffer(pool=pool) for _ in range(3)]
+    rings[0].write(b"x" * 5000)  # 8 KiB
+    rings[1].write(b"y" * 10)  # 4 KiB
+    assert pool.in_use == 8192 + 4096 and alarms == []
+    rings[2].reserve(2 << 20, exact=True)  # a map: counted as well
+    assert pool.in_use == 8192 + 4096 + (2 << 20) and alarms == [pool.in_use]
+    rings[0].read_all()
+    rings[2].reset()
+    assert pool.in_use == 4096
+    rings[1].reset()
+    assert pool.in_use == 0  # kept for reuse or dropped: given back either way

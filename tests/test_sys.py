@@ -47,6 +47,7 @@ from gevwire._sys import (
     new_poller,
     os_error,
     parse_sockaddr,
+    peer_closed,
     pointer,
     raw_read,
     raw_readv,
@@ -1258,3 +1259,24 @@ def test_epoll_quirk_close_without_unregister_while_duplicated(socks: Sockets) -
         assert p.poll(100) == [(EV_READ, 1)]  # the dead number's token keeps coming
     finally:
         p.close()
+
+
+def test_peer_closed_peeks_without_consuming() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        assert not peer_closed(a.fileno())  # open, nothing to read
+        b.sendall(b"data")
+        assert not peer_closed(a.fileno())  # open, data waiting ...
+        assert a.recv(16) == b"data"  # ... and still there
+        b.close()
+        assert peer_closed(a.fileno())  # EOF
+    if not hasattr(select, "POLLRDHUP"):
+        return  # (macOS, BSD: the recv peek sees the EOF once the bytes are read)
+    c, d = socket.socketpair()
+    with c, d:
+        d.sendall(b"last words")
+        d.close()
+        assert peer_closed(c.fileno())  # gone, though its last bytes are unread ...
+        assert c.recv(64) == b"last words"  # ... and still there
+        assert peer_closed(c.fileno())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import select
 import socket
 import struct
 import sys
@@ -24,6 +25,7 @@ __all__ = [
     "Acceptor",
     "Iovecs",
     "close",
+    "peer_closed",
     "raw_read",
     "raw_readv",
     "raw_writev",
@@ -67,6 +69,8 @@ _accept4: Any = foreign("accept4")
 _accept: Any = foreign("accept")
 #: ``int setsockopt(int fd, int level, int name, const void *value, socklen_t len)``
 _setsockopt: Any = foreign("setsockopt")
+#: ``ssize_t recv(int sockfd, void *buf, size_t len, int flags)``
+_recv: Any = foreign("recv", _ssize_t)
 
 #: ``struct iovec { void *iov_base; size_t iov_len; }`` in native layout.
 IOVEC = struct.Struct("@PN")
@@ -127,6 +131,28 @@ def shutdown(fd: int, how: int) -> None:
 
 
 _ONE = alloc(4)
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
+def peer_closed(fd: int) -> bool:
+    """True if the socket's peer has shut down its writing half, or reset it, even with
+    bytes still unread (``poll`` for ``POLLRDHUP``; where there is none, a one-byte
+    ``recv(MSG_PEEK | MSG_DONTWAIT)``, which sees the EOF only once those are read).
+    Nothing is consumed."""
+    if _POLLRDHUP:
+        poller = select.poll()
+        poller.register(fd, _POLLRDHUP)
+        return bool(poller.poll(0))  # RDHUP, or HUP / ERR (always reported)
+    _, _, ptr = _PEEK_BYTE
+    n: int = _recv(fd, ptr, 1, _PEEK)
+    if n >= 0:
+        return n == 0
+    err = get_errno()
+    return err != EAGAIN and err != EWOULDBLOCK and err != EINTR
+
+
+_PEEK_BYTE = alloc(1)
+_POLLRDHUP: int = getattr(select, "POLLRDHUP", 0)
 
 
 def set_nodelay(fd: int) -> None:
