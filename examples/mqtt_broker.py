@@ -8,15 +8,39 @@ What it does, by packet:
   takes over (the first is closed).  ``clean_session=0`` keeps the session's
   subscriptions and unacknowledged QoS 1 messages (queued while the client is away,
   sent on reconnect, with DUP if sent before; CONNACK's session-present flag says
-  so).  An absent client's session queues at most 1000 of them; newer ones are
-  dropped (and logged).
+  so).
 - PUBLISH: fanned out to every matching subscription (``+`` / ``#`` wildcards; ``$``
   topics are not matched by a leading wildcard) once per client, at the lower of the
   message's QoS and the highest granted QoS; QoS 1 is acknowledged with PUBACK, QoS 2
   with PUBREC / PUBCOMP (delivered once, on the first PUBLISH of its packet id).
   Subscriptions are granted at most QoS 1.  RETAIN stores the message for its topic
-  (an empty payload deletes it); retained messages are sent, with RETAIN set, to each
-  new matching subscription right after its SUBACK.
+  (an empty payload deletes it); retained messages are sent, with RETAIN set and at the
+  lower of their QoS and the granted one, to each new subscription right after its
+  SUBACK: for each filter of the SUBSCRIBE in turn, every retained message it matches,
+  oldest topic first (a message matched by two filters of it is sent twice, once per
+  subscription).  Retained messages live in a tree of topic levels that a filter is
+  walked through, so a SUBSCRIBE costs what its filters match, not the number of
+  retained topics times the number of filters.  A SUBSCRIBE sends at most
+  ``max_inflight + max_queued`` retained messages in all (QoS 0 ones included, as
+  mosquitto does), and none more once the client's queue (below) overflows: the rest
+  are not sent (logged as drops are).
+- Flow control, per client (mosquitto's ``max_inflight_messages`` and
+  ``max_queued_messages``): at most ``max_inflight`` (20) QoS 1 messages are sent and
+  unacknowledged at a time; the next ones wait in the client's queue, in order, and
+  go out as PUBACKs free the window; the queue holds at most ``max_queued`` (1000)
+  messages, and newer ones are dropped (counted; logged once, then at most every 10 s
+  per client).  The same queue and bound hold a persistent session's messages while
+  its client is away.  QoS 0 messages to a connected client are sent at once, never
+  queued (so they may overtake queued QoS 1 ones: the spec orders messages of one
+  topic *and QoS* only), and are bounded by the server's write buffer cap, which
+  closes a client that does not read; QoS 0 messages for an absent client are dropped.
+- Topic depth: a topic filter or topic name of more than ``max_topic_levels`` levels
+  (200; mosquitto's ``TOPIC_HIERARCHY_LIMIT`` counts 200 separators, so 201 levels) is
+  refused, because every level costs a tree node: such a filter gets return code 0x80
+  in the SUBACK (the rest of the SUBSCRIBE is served); such a PUBLISH (or a will with
+  such a topic, at CONNECT) closes the connection, as MQTT 3.1.1 has no way to refuse
+  one.  Length needs no limit of its own: a topic is at most 65535 bytes (and
+  ``max_packet_size``).
 - SUBSCRIBE / UNSUBSCRIBE: an invalid topic filter gets return code 0x80 in the SUBACK.
 - PINGREQ → PINGRESP; DISCONNECT closes and drops the will; a connection that ends
   any other way publishes its will.
@@ -30,6 +54,7 @@ retained messages and the sessions are shared under one lock, and messages reach
 subscribers on other loops through ``conn.send``, which is thread-safe.
 
     python examples/mqtt_broker.py --port 1883          # --port 0 picks a free port
+    python examples/mqtt_broker.py --max-inflight 20 --max-queued 1000 --max-topic-levels 200
     mosquitto_sub -p 1883 -t 'sensors/#' -v &
     mosquitto_pub -p 1883 -t sensors/kitchen -m 21.5
 
@@ -46,6 +71,8 @@ import signal
 import threading
 import time
 import uuid
+from collections import deque
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -63,7 +90,6 @@ from gevwire.codecs.mqtt import (
     SubAck,
     UnsubAck,
     Will,
-    topic_matches,
     valid_topic_filter,
 )
 
@@ -71,10 +97,15 @@ log = logging.getLogger("mqtt_broker")
 
 #: Highest QoS granted to a subscription.
 MAX_QOS = 1
-#: QoS 1 messages kept for a persistent session while its client is away; beyond it new
-#: ones are dropped.  A connected client is bounded by its 65535 packet identifiers
-#: (and by the server's write buffer cap, which closes a client that does not read).
+#: QoS 1 messages sent to a client and not yet acknowledged, at most (its window).
+MAX_INFLIGHT = 20
+#: QoS 1 messages waiting for a client's window (or for an absent client), at most;
+#: beyond it new ones are dropped.
 MAX_QUEUED = 1000
+#: Levels of a topic name or filter, at most (``a/b/c`` has 3).
+MAX_TOPIC_LEVELS = 200
+#: A client whose messages are dropped is logged at most once per this many seconds.
+DROP_LOG_INTERVAL = 10.0
 #: A connection that sends no CONNECT within this many seconds is closed.
 CONNECT_TIMEOUT = 10.0
 PROTOCOLS = {("MQTT", 4), ("MQIsdp", 3)}
@@ -90,10 +121,12 @@ class Session:
         "clean",
         "client",
         "client_id",
+        "drop_logged",
         "dropped",
         "inflight",
         "packet_ids",
         "qos2_received",
+        "queue",
         "subscriptions",
     )
 
@@ -102,10 +135,12 @@ class Session:
         self.clean = clean
         self.client: Client | None = None  # the connection attached now, if any
         self.subscriptions: dict[str, int] = {}  # topic filter -> granted QoS
-        self.inflight: dict[int, Publish] = {}  # QoS 1 sent (or queued), not yet acked
+        self.inflight: dict[int, Publish] = {}  # QoS 1 sent, not yet acked (the window)
+        self.queue: deque[Publish] = deque()  # QoS 1 waiting for the window, no id yet
         self.qos2_received: set[int] = set()  # QoS 2 packet ids awaiting PUBREL
         self.packet_ids = itertools.count()
         self.dropped = 0  # QoS 1 messages dropped for want of room
+        self.drop_logged = -DROP_LOG_INTERVAL  # monotonic time of the last drop warning
 
     def next_packet_id(self) -> int:
         """1..65535, cycling, skipping ids still in flight."""
@@ -132,11 +167,51 @@ class Client:
 
 
 class _Node:
+    # Both dicts are made on first use: a level that only leads on (most of them) costs
+    # its object and its parent's entry.
     __slots__ = ("children", "subscribers")
 
     def __init__(self) -> None:
-        self.children: dict[str, _Node] = {}
-        self.subscribers: dict[Session, int] = {}
+        self.children: dict[str, _Node] | None = None
+        self.subscribers: dict[Session, int] | None = None
+
+
+def _path(node: Any, topic: str, make: Any) -> Any:
+    """The node of ``topic`` under ``node`` (a tree node with lazy ``children``), made
+    with ``make()`` level by level where missing."""
+    for level in topic.split("/"):
+        children = node.children
+        if children is None:
+            children = node.children = {}
+        child = children.get(level)
+        if child is None:
+            child = children[level] = make()
+        node = child
+    return node
+
+
+def _find_path(root: Any, levels: list[str]) -> list[Any] | None:
+    """The nodes from ``root`` down ``levels`` (root first), or None where one is missing."""
+    path = [root]
+    for level in levels:
+        children = path[-1].children
+        child = children.get(level) if children is not None else None
+        if child is None:
+            return None
+        path.append(child)
+    return path
+
+
+def _prune(levels: list[str], path: list[Any], holds: Any) -> None:
+    """Drop the nodes of ``path`` (from :func:`_find_path`) that no longer lead anywhere:
+    bottom up, while a node has no children and ``holds(node)`` is false."""
+    for level, parent, node in zip(reversed(levels), reversed(path[:-1]),
+                                   reversed(path[1:]), strict=True):
+        if holds(node) or node.children:
+            break
+        del parent.children[level]
+        if not parent.children:
+            parent.children = None
 
 
 class TopicTree:
@@ -147,25 +222,22 @@ class TopicTree:
         self.root = _Node()
 
     def add(self, topic_filter: str, session: Session, qos: int) -> None:
-        node = self.root
-        for level in topic_filter.split("/"):
-            node = node.children.setdefault(level, _Node())
+        node = _path(self.root, topic_filter, _Node)
+        if node.subscribers is None:
+            node.subscribers = {}
         node.subscribers[session] = qos
 
     def remove(self, topic_filter: str, session: Session) -> None:
-        path = [self.root]
         levels = topic_filter.split("/")
-        for level in levels:
-            child = path[-1].children.get(level)
-            if child is None:
-                return
-            path.append(child)
-        path[-1].subscribers.pop(session, None)
-        for level, parent, node in zip(reversed(levels), reversed(path[:-1]),
-                                       reversed(path[1:]), strict=True):
-            if node.subscribers or node.children:
-                break
-            del parent.children[level]
+        path = _find_path(self.root, levels)
+        if path is None:
+            return
+        leaf = path[-1]
+        if leaf.subscribers is not None:
+            leaf.subscribers.pop(session, None)
+            if not leaf.subscribers:
+                leaf.subscribers = None
+        _prune(levels, path, lambda node: bool(node.subscribers))
 
     def match(self, topic: str) -> dict[Session, int]:
         """Each subscribed session whose filters match ``topic``, with its highest QoS."""
@@ -174,6 +246,8 @@ class TopicTree:
         found: dict[Session, int] = {}
 
         def take(node: _Node) -> None:
+            if node.subscribers is None:
+                return
             for session, qos in node.subscribers.items():
                 if found.get(session, -1) < qos:
                     found[session] = qos
@@ -181,13 +255,16 @@ class TopicTree:
         stack = [(self.root, 0)]
         while stack:
             node, i = stack.pop()
+            children = node.children
             if i == depth:
                 take(node)
-                multi = node.children.get("#")  # "a/#" also matches "a"
-                if multi is not None:
-                    take(multi)
+                if children is not None:
+                    multi = children.get("#")  # "a/#" also matches "a"
+                    if multi is not None:
+                        take(multi)
                 continue
-            children = node.children
+            if children is None:
+                continue
             wild_ok = i or not topic.startswith("$")  # spec 4.7.2
             if wild_ok:
                 multi = children.get("#")
@@ -202,18 +279,151 @@ class TopicTree:
         return found
 
 
-class Broker(gevwire.Router):
-    """The broker: a ``Router`` on the packet type, with the shared state behind a lock."""
+class Retained:
+    """One retained message: ``order`` keeps the order in which topics first got one."""
 
-    def __init__(self, codec: MqttCodec) -> None:
+    __slots__ = ("order", "payload", "qos", "topic")
+
+    def __init__(self, order: int, topic: str, payload: bytes, qos: int) -> None:
+        self.order = order
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+
+
+class _RetainedNode:
+    __slots__ = ("children", "message")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _RetainedNode] | None = None
+        self.message: Retained | None = None
+
+
+class RetainedTree:
+    """Retained messages by topic level.  A filter is walked through the tree, so
+    matching it costs the nodes its levels reach (and the messages found), not the
+    number of retained topics."""
+
+    def __init__(self) -> None:
+        self.root = _RetainedNode()
+        self.count = 0
+        self._order = itertools.count()
+
+    def __len__(self) -> int:
+        return self.count
+
+    def set(self, topic: str, payload: bytes, qos: int) -> None:
+        node = _path(self.root, topic, _RetainedNode)
+        old = node.message
+        if old is None:
+            node.message = Retained(next(self._order), topic, payload, qos)
+            self.count += 1
+        else:  # replaced: keeps its place in the order, as a dict value would
+            old.payload, old.qos = payload, qos
+
+    def delete(self, topic: str) -> None:
+        levels = topic.split("/")
+        path = _find_path(self.root, levels)
+        if path is None or path[-1].message is None:
+            return
+        path[-1].message = None
+        self.count -= 1
+        _prune(levels, path, lambda node: node.message is not None)
+
+    def match(self, topic_filter: str) -> list[Retained]:
+        """The retained messages a (valid) filter matches, oldest topic first.
+
+        ``+`` takes every child of a level, ``#`` the level it follows ("a/#" matches
+        "a") and everything below; a wildcard as the first level skips topics that
+        start with ``$`` (spec 4.7.2)."""
+        levels = topic_filter.split("/")
+        depth = len(levels)
+        found: list[Retained] = []
+        stack = [(self.root, 0)]
+        while stack:
+            node, i = stack.pop()
+            if i == depth:
+                if node.message is not None:
+                    found.append(node.message)
+                continue
+            level = levels[i]
+            if level == "#":
+                if node.message is not None:  # the parent level (never the root)
+                    found.append(node.message)
+                found.extend(self._below(node, skip_dollar=i == 0))
+                continue
+            children = node.children
+            if children is None:
+                continue
+            if level == "+":
+                # A child without children can only end a match: unless the filter ends
+                # with it (or goes on with "#", which matches its parent), skip it.
+                ends = i + 1 == depth or levels[i + 1] == "#"
+                for name, child in children.items():
+                    if (ends or child.children is not None) and \
+                            (i or not name.startswith("$")):
+                        stack.append((child, i + 1))
+            else:
+                exact = children.get(level)
+                if exact is not None:
+                    stack.append((exact, i + 1))
+        found.sort(key=_order)
+        return found
+
+    @staticmethod
+    def _below(node: _RetainedNode, skip_dollar: bool) -> Iterator[Retained]:
+        """Every message strictly below ``node``; with ``skip_dollar``, not under a
+        child whose name starts with ``$``."""
+        if node.children is None:
+            return
+        stack = [child for name, child in node.children.items()
+                 if not (skip_dollar and name.startswith("$"))]
+        while stack:
+            node = stack.pop()
+            if node.message is not None:
+                yield node.message
+            if node.children is not None:
+                stack.extend(node.children.values())
+
+
+def _order(message: Retained) -> int:
+    return message.order
+
+
+def topic_levels(topic: str) -> int:
+    """How many levels a topic name or filter has (``a//b`` has 3)."""
+    return topic.count("/") + 1
+
+
+class Broker(gevwire.Router):
+    """The broker: a ``Router`` on the packet type, with the shared state behind a lock.
+
+    ``max_inflight`` / ``max_queued``: each client's window of unacknowledged QoS 1
+    messages and the queue behind it (see the module docstring); ``max_topic_levels``:
+    the deepest topic name or filter accepted.
+    """
+
+    def __init__(self, codec: MqttCodec, *, max_inflight: int = MAX_INFLIGHT,
+                 max_queued: int = MAX_QUEUED,
+                 max_topic_levels: int = MAX_TOPIC_LEVELS) -> None:
+        if not 1 <= max_inflight <= 0xFFFF:
+            raise ValueError("max_inflight must be in 1..65535 (packet identifiers)")
+        if max_queued < 0:
+            raise ValueError("max_queued must be >= 0")
+        if max_topic_levels < 1:
+            raise ValueError("max_topic_levels must be >= 1")
         super().__init__(key="type")
         self.codec = codec
+        self.max_inflight = max_inflight
+        self.max_queued = max_queued
+        self.max_topic_levels = max_topic_levels
         # Reentrant: a send on the loop thread may close a connection (its write buffer
         # overflowed), which runs on_close, which takes the lock again.
         self.lock = threading.RLock()
         self.tree = TopicTree()
-        self.retained: dict[str, tuple[bytes, int]] = {}  # topic -> (payload, qos)
+        self.retained = RetainedTree()
         self.sessions: dict[str, Session] = {}
+        self.dropped = 0  # QoS 1 messages dropped for want of queue room, all clients
         self.on("connect")(self.connect)
         self.on("publish")(self.publish)
         self.on("puback")(self.puback)
@@ -270,6 +480,8 @@ class Broker(gevwire.Router):
         for topic_filter in session.subscriptions:
             self.tree.remove(topic_filter, session)
         session.subscriptions.clear()
+        session.inflight.clear()
+        session.queue.clear()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
 
@@ -302,6 +514,11 @@ class Broker(gevwire.Router):
                 return None
             conn.close()
             return ConnAck(1)  # unacceptable protocol level
+        if packet.will is not None and topic_levels(packet.will.topic) > self.max_topic_levels:
+            log.warning("%r: will topic of %d levels (max_topic_levels %d): closing", conn,
+                        topic_levels(packet.will.topic), self.max_topic_levels)
+            conn.close()
+            return None
         client_id = packet.client_id
         if not client_id:
             if not packet.clean_session:
@@ -326,8 +543,8 @@ class Broker(gevwire.Router):
             conn.context = client
             conn.send(ConnAck(0, present))
             for message in list(session.inflight.values()):  # unacknowledged, in order
-                self._send(client, message)
-                message.dup = True
+                self._send(client, message)  # DUP was set when it was first sent
+            self._fill_window(session)  # then what waited in the queue
         if packet.keep_alive:
             client.timer = conn.loop.run_after(packet.keep_alive * 1.5,
                                                self._check_keep_alive, client)
@@ -337,6 +554,13 @@ class Broker(gevwire.Router):
 
     def publish(self, conn: gevwire.Connection, packet: Publish) -> Any:
         client: Client = conn.context
+        if topic_levels(packet.topic) > self.max_topic_levels:
+            # No PUBACK / PUBREC can refuse a message in MQTT 3.1.1: a protocol error.
+            log.warning("%s: PUBLISH topic of %d levels (max_topic_levels %d): closing",
+                        client.session.client_id, topic_levels(packet.topic),
+                        self.max_topic_levels)
+            conn.close()
+            return None
         if packet.qos == 2:
             assert packet.packet_id is not None
             received = client.session.qos2_received
@@ -357,7 +581,10 @@ class Broker(gevwire.Router):
 
     def puback(self, conn: gevwire.Connection, packet: PubAck) -> None:
         client: Client = conn.context
-        client.session.inflight.pop(packet.packet_id, None)
+        session = client.session
+        with self.lock:
+            if session.inflight.pop(packet.packet_id, None) is not None and session.queue:
+                self._fill_window(session)
 
     def pubrel(self, conn: gevwire.Connection, packet: Any) -> Any:
         client: Client = conn.context
@@ -371,7 +598,8 @@ class Broker(gevwire.Router):
         granted: list[tuple[str, int]] = []
         with self.lock:
             for topic_filter, requested in packet.topics:
-                if not valid_topic_filter(topic_filter):
+                if (topic_levels(topic_filter) > self.max_topic_levels
+                        or not valid_topic_filter(topic_filter)):
                     codes.append(SUBACK_FAILURE)
                     continue
                 qos = min(requested, MAX_QOS)
@@ -380,10 +608,21 @@ class Broker(gevwire.Router):
                 codes.append(qos)
                 granted.append((topic_filter, qos))
             conn.send(SubAck(packet.packet_id, tuple(codes)))
-            for topic_filter, qos in granted:  # retained messages after the SUBACK
-                for topic, (payload, retained_qos) in list(self.retained.items()):
-                    if topic_matches(topic_filter, topic):
-                        self._deliver(session, topic, payload, min(qos, retained_qos), True)
+            # Retained messages after the SUBACK, at most what the client's window and
+            # queue hold (mosquitto's bound too), at any QoS: 4,000 "#" filters against
+            # 20,000 topics would otherwise be 80 million sends or drops, lock held.
+            allowance = self.max_inflight + self.max_queued
+            dropped = session.dropped
+            for topic_filter, qos in granted:
+                if not conn.connected:
+                    break  # gone (or closed for a full write buffer): stop the work
+                for message in self.retained.match(topic_filter):
+                    if not allowance or session.dropped != dropped:
+                        self._retained_cut(session, self.max_inflight + self.max_queued)
+                        return
+                    allowance -= 1
+                    self._deliver(session, message.topic, message.payload,
+                                  min(qos, message.qos), True)
 
     def unsubscribe(self, conn: gevwire.Connection, packet: Any) -> Any:
         client: Client = conn.context
@@ -413,9 +652,9 @@ class Broker(gevwire.Router):
 
     def _retain(self, topic: str, payload: bytes, qos: int) -> None:
         if payload:
-            self.retained[topic] = (payload, qos)
+            self.retained.set(topic, payload, qos)
         else:
-            self.retained.pop(topic, None)  # spec 3.3.1-10: an empty one deletes
+            self.retained.delete(topic)  # spec 3.3.1-10: an empty one deletes
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Send to every matching session; QoS 0 copies are encoded once for all."""
@@ -437,23 +676,54 @@ class Broker(gevwire.Router):
 
     def _deliver(self, session: Session, topic: str, payload: bytes, qos: int,
                  retain: bool) -> None:
+        client = session.client
         if qos == 0:
-            if session.client is not None:
-                self._send(session.client, Publish(topic, payload, 0, retain))
+            if client is not None:
+                self._send(client, Publish(topic, payload, 0, retain))
             return
-        if len(session.inflight) >= (MAX_QUEUED if session.client is None else 0xFFFF):
-            session.dropped += 1
-            if session.dropped % 1000 == 1:
-                log.warning("%s: %d messages unacknowledged, %d dropped so far",
-                            session.client_id, len(session.inflight), session.dropped)
+        message = Publish(topic, payload, qos, retain)  # its packet id when it is sent
+        if client is not None and not session.queue and \
+                len(session.inflight) < self.max_inflight:
+            self._send_inflight(session, client, message)
+        elif len(session.queue) < self.max_queued:
+            session.queue.append(message)
+        else:
+            self._drop(session)
+
+    def _fill_window(self, session: Session) -> None:
+        """Send queued messages, in order, while the client's window has room."""
+        client = session.client
+        if client is None:
             return
+        queue, inflight, limit = session.queue, session.inflight, self.max_inflight
+        while queue and len(inflight) < limit:
+            self._send_inflight(session, client, queue.popleft())
+
+    def _send_inflight(self, session: Session, client: Client, message: Publish) -> None:
         packet_id = session.next_packet_id()
-        message = Publish(topic, payload, qos, retain, False, packet_id)
+        message.packet_id = packet_id
         session.inflight[packet_id] = message
-        if session.client is not None:
-            # send() encodes at once, so DUP set now marks only a later resend (3.3.1.1).
-            self._send(session.client, message)
-            message.dup = True
+        # send() encodes at once, so DUP set now marks only a later resend (3.3.1.1).
+        self._send(client, message)
+        message.dup = True
+
+    def _drop(self, session: Session) -> None:
+        """A QoS 1 message found the queue full: count it; warn now and then."""
+        session.dropped += 1
+        self.dropped += 1
+        now = time.monotonic()
+        if now - session.drop_logged >= DROP_LOG_INTERVAL:
+            session.drop_logged = now
+            log.warning("%s: queue full (%d in flight, %d queued): %d messages dropped "
+                        "so far", session.client_id, len(session.inflight),
+                        len(session.queue), session.dropped)
+
+    def _retained_cut(self, session: Session, limit: int) -> None:
+        now = time.monotonic()
+        if now - session.drop_logged >= DROP_LOG_INTERVAL:
+            session.drop_logged = now
+            log.warning("%s: a SUBSCRIBE matched more retained messages than its queue "
+                        "takes (%d): the rest are not sent", session.client_id, limit)
 
     def _send(self, client: Client, message: Any) -> None:
         try:
@@ -468,6 +738,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--loops", type=int, default=1)
     parser.add_argument("--max-packet-size", type=int, default=1 << 20)
+    parser.add_argument("--max-inflight", type=int, default=MAX_INFLIGHT,
+                        help="QoS 1 messages sent and unacknowledged per client (1..65535)")
+    parser.add_argument("--max-queued", type=int, default=MAX_QUEUED,
+                        help="QoS 1 messages queued per client behind its window or while "
+                             "it is away; newer ones are dropped (0: no queue)")
+    parser.add_argument("--max-topic-levels", type=int, default=MAX_TOPIC_LEVELS,
+                        help="levels of a topic name or filter, at most")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     args = parser.parse_args()
     logging.basicConfig(
@@ -475,7 +752,11 @@ def main() -> None:
         format="%(asctime)s %(name)s %(message)s",
     )
     codec = MqttCodec(max_packet_size=args.max_packet_size)
-    broker = Broker(codec)
+    try:
+        broker = Broker(codec, max_inflight=args.max_inflight, max_queued=args.max_queued,
+                        max_topic_levels=args.max_topic_levels)
+    except ValueError as exc:
+        parser.error(str(exc))
     server = gevwire.Server(broker, address=f"{args.host}:{args.port}", loops=args.loops,
                             codec=codec)
 
@@ -489,8 +770,8 @@ def main() -> None:
     host, port = server.address[:2]
     print(f"listening on {host}:{port}", flush=True)
     server.run()
-    log.info("stopped with %d sessions, %d retained messages", len(broker.sessions),
-             len(broker.retained))
+    log.info("stopped with %d sessions, %d retained messages, %d messages dropped",
+             len(broker.sessions), len(broker.retained), broker.dropped)
 
 
 if __name__ == "__main__":

@@ -1606,3 +1606,228 @@ def test_memory_budget_validation() -> None:
                        buffered_hard_limit=5)
     with pytest.raises(ValueError, match="needs max_buffered_bytes"):
         gevwire.Server(Echo(), address="127.0.0.1:0", buffered_hard_limit=5)
+
+
+# -- MQTT broker (examples/mqtt_broker.py): what one client's packets may cost --------------
+
+
+def _example_module(name: str) -> Any:
+    """``examples/<name>.py``, imported: its handler then serves here, in loop threads,
+    so that this process's RSS is the example server's."""
+    import importlib
+
+    examples = str(REPO / "examples")
+    if examples not in sys.path:
+        sys.path.insert(0, examples)
+    return importlib.import_module(name)
+
+
+def _mqtt_broker_module() -> Any:
+    return _example_module("mqtt_broker")
+
+
+def _mqtt_client(address: Any, client_id: str) -> Any:
+    """A raw MQTT client (``BlockingClient``), CONNECTed."""
+    from gevwire.codecs import mqtt as m
+    from gevwire.testing import BlockingClient
+
+    client = BlockingClient(address, m.mqtt(), timeout=10)
+    assert client.request(m.Connect(client_id)) == m.ConnAck(0, False)
+    return client
+
+
+class MqttControl(Control):
+    """:class:`Control` for the broker: a client subscribed to a topic of its own that
+    publishes numbered QoS 0 messages to it and checks that each comes back, in order."""
+
+    def __init__(self, address: Any, *, interval: float = 0.005) -> None:
+        super().__init__(address, interval=interval, pipeline=1)
+        self.address = address
+
+    def _session(self) -> None:
+        from gevwire.codecs import mqtt as m
+
+        with _mqtt_client(self.address, "control") as client:
+            self._ready.set()
+            assert client.request(m.Subscribe(1, (("control/echo", 0),))) == m.SubAck(1, (0,))
+            while not self._stop.is_set():
+                message = m.Publish("control/echo", b"%d" % self.count)
+                start = time.monotonic()
+                got = client.request(message)
+                if got != message:
+                    self.failures.append(f"message {self.count}: got {got!r}")
+                    return
+                self._served(start)
+
+
+def test_mqtt_subscribe_of_4000_filters_against_20000_retained_messages(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    """Each filter of a SUBSCRIBE is walked through the tree of retained topics (issue:
+    4,000 filters x 20,000 retained topics, each pair matched under the lock, blocked
+    the loop for 51.6 s; mosquitto: 7 ms), and what one SUBSCRIBE sends is bounded by
+    the client's window and queue (20 + 1,000), so that 4,000 "#" filters are not 80
+    million sends either.  The time bound is generous: a minute without the tree, tens
+    of ms with it."""
+    from gevwire.codecs import mqtt as m
+
+    broker_module = _mqtt_broker_module()
+    codec = m.mqtt()
+    broker = broker_module.Broker(codec)
+    allowance = broker.max_inflight + broker.max_queued
+    server = serve(broker, codec=codec)  # one loop: a block shows in the control
+    with _mqtt_client(server.address, "publisher") as pub:
+        pub.send_bytes(b"".join(
+            codec.encode(m.Publish(f"r/{i // 100}/{i % 100}", b"v%d" % i, 0, True))
+            for i in range(20_000)))
+        assert pub.request(m.PingReq(), 30) == m.PingResp()
+    assert len(broker.retained) == 20_000
+    filters = [(f"r/{j % 200}/{j // 200}", 0) for j in range(1_000)]  # one topic each
+    filters += [(f"r/{j}/none", 0) for j in range(1_000)]  # a miss at the last level
+    filters += [(f"+/+/none{j}", 0) for j in range(500)]  # "+" through 200 nodes: none
+    filters += [(f"+/+/+/{j}", 0) for j in range(500)]  # deeper than every topic
+    filters += [("#", 0)] * 1_000  # all of them, each time
+    want = [topic for topic, _ in filters[:1_000]]
+    want += [f"r/0/{k}" for k in range(allowance - 1_000)]  # then "#", oldest first
+    control = MqttControl(server.address).start()
+    with _mqtt_client(server.address, "subscriber") as sub:
+        start = time.monotonic()
+        sub.send(m.Subscribe(1, tuple(filters)))
+        assert sub.recv(30) == m.SubAck(1, (0,) * 4_000)
+        got = [sub.recv(30) for _ in want]
+        elapsed = time.monotonic() - start
+        assert [g.topic for g in got] == want  # per filter, in the order of the SUBSCRIBE
+        assert all(g.retain for g in got)
+        sub.send(m.PingReq())
+        while (more := sub.recv()) != m.PingResp():  # no more than the allowance...
+            assert (more.topic, more.retain) == ("control/echo", False)  # ...but live ones
+    control.stop()
+    worst = control.max_latency(start)
+    assert elapsed < 2.0, elapsed
+    assert worst < 2.0, worst
+    assert gevwire_log.unexpected() == []
+    print(f"\n[mqtt retained] SUBACK and {len(want)} retained messages (the allowance) for "
+          f"4,000 filters against 20,000 topics in {elapsed * 1000:.0f} ms; control's worst "
+          f"round trip meanwhile {worst * 1000:.0f} ms")
+
+
+def test_mqtt_subscriber_that_never_acks_costs_its_window_and_queue_only(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    """A subscriber that reads but never PUBACKs gets ``max_inflight`` messages; the
+    next ``max_queued`` wait for it and the rest are dropped (issue: every QoS 1 message
+    stayed in flight, up to 65,535 of up to max_packet_size each, +2.19 GiB on one
+    connection; mosquitto: 20 in flight + 1,000 queued).  Broker memory then tracks
+    (max_inflight + max_queued) x size, not the count published; drops are logged once,
+    not per message."""
+    from gevwire.codecs import mqtt as m
+
+    inflight, queued, size, count = 4, 16, 64 * KiB, 400  # 25 MiB published
+    broker_module = _mqtt_broker_module()
+    codec = m.mqtt()
+    broker = broker_module.Broker(codec, max_inflight=inflight, max_queued=queued)
+    server = serve(broker, codec=codec)
+    drops = LogCapture()
+    broker_log = logging.getLogger("mqtt_broker")
+    broker_log.addHandler(drops)
+    received: list[tuple[int, int]] = []  # (packet id, message number): no payload kept
+    reading = threading.Event()
+    sub = _mqtt_client(server.address, "sub")
+    pub = _mqtt_client(server.address, "pub")
+
+    def read() -> None:
+        while reading.is_set():
+            try:
+                message = sub.recv(0.1)
+            except TimeoutError:
+                continue
+            except Exception:
+                return
+            if message.type == "publish":
+                received.append((message.packet_id, int(message.payload[:8])))
+
+    reader = threading.Thread(target=read, name="non-acking reader", daemon=True)
+    try:
+        assert sub.request(m.Subscribe(1, (("big", 1),))) == m.SubAck(1, (1,))
+        reading.set()
+        reader.start()
+        filler = random.Random(3).randbytes(size - 8)
+        base = Baseline(server)
+        for first in range(0, count, 50):
+            pub.send_bytes(b"".join(
+                codec.encode(m.Publish("big", b"%08d" % i + filler, 1, packet_id=i + 1))
+                for i in range(first, first + 50)))
+            assert [pub.recv() for _ in range(50)] == \
+                [m.PubAck(i + 1) for i in range(first, first + 50)]
+        assert wait_until(lambda: len(received) >= inflight, 10)
+        time.sleep(0.2)
+        assert [n for _, n in received] == list(range(inflight))  # the window, no more
+        session = broker.sessions["sub"]
+        with broker.lock:
+            state = (len(session.inflight), len(session.queue), session.dropped)
+        assert state == (inflight, queued, count - inflight - queued)
+        held = base.check((inflight + queued) * size + 8 * MiB)  # connections still open
+        warnings = [msg for level, msg, _ in drops.records if level >= logging.WARNING]
+        assert len(warnings) == 1 and "dropped" in warnings[0], warnings
+        # Acknowledging lets the queue out, in order, and nothing of the dropped ones.
+        for packet_id, _ in list(received):
+            sub.send(m.PubAck(packet_id))
+        done = inflight
+        while done < inflight + queued:
+            assert wait_until(lambda: len(received) > done, 10), len(received)  # noqa: B023
+            for packet_id, _ in received[done:]:
+                sub.send(m.PubAck(packet_id))
+                done += 1
+        time.sleep(0.2)
+        assert [n for _, n in received] == list(range(inflight + queued))
+        assert wait_until(lambda: not broker.sessions["sub"].inflight, 5)
+    finally:
+        reading.clear()
+        reader.join(5)
+        broker_log.removeHandler(drops)
+        sub.close()
+        pub.close()
+    assert wait_until(lambda: not broker.sessions, 5)
+    growth = base.check(8 * MiB)
+    assert gevwire_log.unexpected() == []
+    print(f"\n[mqtt window] {count} x 64 KiB QoS 1 to a non-acking subscriber "
+          f"(max_inflight {inflight}, max_queued {queued}): RSS +{held / MiB:.1f} MiB while "
+          f"connected, +{growth / MiB:.1f} MiB after")
+
+
+def test_mqtt_topics_deeper_than_max_topic_levels_cost_nothing(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    """A topic tree node per level: 100 SUBSCRIBEs of one 32,767-level filter each took
+    +958 MiB for 6.2 MiB sent.  Over ``max_topic_levels`` (200) a filter gets 0x80 in
+    its SUBACK and adds nothing; a PUBLISH that deep closes its connection."""
+    from gevwire.codecs import mqtt as m
+
+    broker_module = _mqtt_broker_module()
+    codec = m.mqtt()
+    broker = broker_module.Broker(codec)
+    server = serve(broker, codec=codec)
+    control = MqttControl(server.address).start()
+    with _mqtt_client(server.address, "warm") as warm:  # the loop's first buffers
+        deep = "x" + "/+" * 32_766
+        assert warm.request(m.Subscribe(1, ((deep, 0),))) == m.SubAck(1, (0x80,))
+    base = Baseline(server)
+    sent = 0
+    with _mqtt_client(server.address, "deep") as client:
+        for i in range(100):
+            deep = f"{i:02d}" + "/+" * 32_766  # 65,534 bytes, 32,767 levels
+            packet = codec.encode(m.Subscribe(i + 1, ((deep, 0), (f"ok/{i}", 0))))
+            sent += len(packet)
+            assert client.request(packet, 30) == m.SubAck(i + 1, (0x80, 0))
+        assert sorted(broker.sessions["deep"].subscriptions) == sorted(
+            f"ok/{i}" for i in range(100))
+        client.send(m.Publish("/".join(["t"] * 201), b"too deep", 0, True))
+        assert client.wait_closed(10)
+    assert len(broker.retained) == 0
+    assert wait_until(lambda: broker.tree.root.children is not None
+                      and set(broker.tree.root.children) == {"control"}, 5)
+    growth = base.check(8 * MiB)
+    control.stop()
+    assert gevwire_log.unexpected() == []
+    print(f"\n[mqtt depth] 100 SUBSCRIBEs of 32,767-level filters ({sent / MiB:.1f} MiB "
+          f"sent): all 0x80, RSS +{growth / MiB:.1f} MiB")

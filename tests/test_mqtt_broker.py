@@ -13,6 +13,7 @@ import queue
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -21,8 +22,15 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from example_process import STOP_TIMEOUT, assert_stops_cleanly, example_server
+from example_process import (
+    EXAMPLES,
+    STOP_TIMEOUT,
+    assert_stops_cleanly,
+    example_env,
+    example_server,
+)
 
+from gevwire import ConnectionClosed
 from gevwire.codecs import mqtt as m
 from gevwire.testing import BlockingClient
 
@@ -246,6 +254,19 @@ def raw_client(port: int, connect: m.Connect | None = None) -> BlockingClient:
     return client
 
 
+def receive_acking(client: BlockingClient, count: int) -> list[m.Publish]:
+    """The next ``count`` PUBLISHes, each QoS 1 one acknowledged as it comes (the
+    broker sends at most its window of them unacknowledged)."""
+    got = []
+    for _ in range(count):
+        message = client.recv()
+        assert message.type == "publish", message
+        if message.qos:
+            client.send(m.PubAck(message.packet_id))
+        got.append(message)
+    return got
+
+
 def test_keep_alive_closes_a_silent_client(port: int) -> None:
     with raw_client(port) as silent:
         silent.send(m.Connect(f"silent-{unique()}", keep_alive=1))
@@ -298,9 +319,11 @@ def test_pipelined_publishes_reach_a_subscriber_on_another_loop_in_order(port: i
                                 for i in range(count)))  # one write
         acks = [pub.recv() for _ in range(count // 2)]
         assert acks == [m.PubAck(i + 1) for i in range(1, count, 2)]
-        got = [sub.recv() for _ in range(count)]
-        assert [g.payload for g in got] == [b"%d" % i for i in range(count)]
-        assert [g.qos for g in got] == [i % 2 for i in range(count)]
+        got = receive_acking(sub, count)
+        # QoS 1 messages past the window (20) wait for PUBACKs while QoS 0 ones go at
+        # once: each QoS keeps its order (spec 4.6), the two may interleave.
+        assert [g.payload for g in got if g.qos == 0] == [b"%d" % i for i in range(0, count, 2)]
+        assert [g.payload for g in got if g.qos == 1] == [b"%d" % i for i in range(1, count, 2)]
 
 
 def test_unacknowledged_messages_are_resent_with_dup_on_reconnect(port: int) -> None:
@@ -336,7 +359,7 @@ def test_an_absent_clients_queue_is_bounded(port: int) -> None:
         assert [pub.recv() for _ in range(1005)] == [m.PubAck(i + 1) for i in range(1005)]
     with raw_client(port) as back:
         assert back.request(m.Connect(client_id, clean_session=False)) == m.ConnAck(0, True)
-        got = [back.recv() for _ in range(1000)]  # MAX_QUEUED: the first 1000 are kept
+        got = receive_acking(back, 1000)  # MAX_QUEUED: the first 1000 are kept
         assert [g.payload for g in got] == [b"%d" % i for i in range(1000)]
         assert not any(g.dup for g in got)  # queued, never sent: no DUP (spec 3.3.1.1)
         assert back.request(m.PingReq()) == m.PingResp()  # and nothing after them
@@ -390,6 +413,238 @@ def test_a_second_connection_takes_over_the_client_id(port: int) -> None:
             raw_client(port, m.Connect(client_id)) as second:
         assert first.wait_closed()
         assert second.request(m.PingReq()) == m.PingResp()
+
+
+# -- retained messages through wildcards -----------------------------------------------
+
+
+def test_retained_messages_reach_wildcard_filters(port: int) -> None:
+    """Retained messages found by walking each filter through the topic tree: ``+`` one
+    level, ``#`` the rest including its parent level; per filter of the SUBSCRIBE in its
+    order, each in the order its topic was first retained, at min(QoS), RETAIN set."""
+    base = unique()
+    stored = [(base, b"parent", 1), (f"{base}/a", b"a", 1), (f"{base}/a/x", b"ax", 1),
+              (f"{base}/b/x", b"bx", 0), (f"{base}/b", b"b", 1), (f"{base}/a/x/deep", b"d", 1),
+              (f"{base}/", b"empty level", 1)]
+    with raw_client(port, m.Connect(f"pub-{base}")) as pub:
+        for i, (topic, payload, qos) in enumerate(stored):
+            pub.send(m.Publish(topic, payload, qos, True, packet_id=i + 1 if qos else None))
+        # Replacing keeps the topic's place; deleting and storing again moves it last.
+        pub.send(m.Publish(f"{base}/a", b"a2", 1, True, packet_id=20))
+        pub.send(m.Publish(f"{base}/b", b"", 0, True))
+        pub.send(m.Publish(f"{base}/b", b"b2", 1, True, packet_id=21))
+        acks = [pub.recv() for _ in range(8)]  # every message routed
+        assert acks == [m.PubAck(i) for i in (1, 2, 3, 5, 6, 7, 20, 21)]
+    order = [base, f"{base}/a", f"{base}/a/x", f"{base}/b/x", f"{base}/a/x/deep", f"{base}/",
+             f"{base}/b"]
+    stored_now = {base: (b"parent", 1), f"{base}/a": (b"a2", 1), f"{base}/a/x": (b"ax", 1),
+                  f"{base}/b/x": (b"bx", 0), f"{base}/b": (b"b2", 1),
+                  f"{base}/a/x/deep": (b"d", 1), f"{base}/": (b"empty level", 1)}
+    filters = ((f"{base}/#", 1), (f"{base}/+/x", 0), (f"{base}/a/#", 1), (f"{base}/+", 1),
+               (f"{base}/+/+/+", 1), (f"{base}/nothing/#", 1), (f"{base}/a/x", 1))
+    matches = {
+        f"{base}/#": order,  # "base/#" matches "base" itself too (spec 4.7.1.2)
+        f"{base}/+/x": [f"{base}/a/x", f"{base}/b/x"],
+        f"{base}/a/#": [f"{base}/a", f"{base}/a/x", f"{base}/a/x/deep"],
+        f"{base}/+": [f"{base}/a", f"{base}/", f"{base}/b"],  # "" is a level too
+        f"{base}/+/+/+": [f"{base}/a/x/deep"],
+        f"{base}/nothing/#": [],
+        f"{base}/a/x": [f"{base}/a/x"],
+    }
+    want = [(topic, stored_now[topic][0], min(qos, stored_now[topic][1]))
+            for topic_filter, qos in filters for topic in matches[topic_filter]]
+    assert len(want) < 20  # all inside the window: the order across filters is kept too
+    with raw_client(port, m.Connect(f"sub-{base}")) as sub:
+        assert sub.request(m.Subscribe(5, filters)) == m.SubAck(5, (1, 0, 1, 1, 1, 1, 1))
+        got = receive_acking(sub, len(want))
+        assert [(g.topic, g.payload, g.qos) for g in got] == want
+        assert all(g.retain and not g.dup for g in got)
+        assert sub.request(m.PingReq()) == m.PingResp()  # and nothing more
+
+
+def test_leading_wildcards_skip_dollar_topics_for_retained_messages() -> None:
+    """``#`` and ``+/...`` do not match ``$SYS/...`` topics (spec 4.7.2), ``$SYS/#``
+    does.  A broker of its own: ``#`` sees every retained message of the broker."""
+    with example_server("mqtt_broker.py", "--quiet") as (_, own_port):
+        with raw_client(own_port, m.Connect("pub")) as pub:
+            for i, topic in enumerate(("$SYS/load", "$SYS/b", "$x", "plain", "plain/b",
+                                       "x/$SYS")):
+                assert pub.request(m.Publish(topic, topic.encode(), 1, True,
+                                             packet_id=i + 1)) == m.PubAck(i + 1)
+        matches = {
+            "#": ["plain", "plain/b", "x/$SYS"],
+            "+": ["plain"],
+            "+/b": ["plain/b"],
+            "+/+": ["plain/b", "x/$SYS"],
+            "$SYS/#": ["$SYS/load", "$SYS/b"],
+            "$SYS/+": ["$SYS/load", "$SYS/b"],
+            "+/$SYS": ["x/$SYS"],  # "$" only matters at the first level
+            "$x": ["$x"],
+        }
+        with raw_client(own_port, m.Connect("sub")) as sub:
+            filters = tuple((topic_filter, 0) for topic_filter in matches)
+            assert sub.request(m.Subscribe(1, filters)) == m.SubAck(1, (0,) * len(filters))
+            want = [topic for topics in matches.values() for topic in topics]
+            got = [sub.recv() for _ in want]
+            assert [g.topic for g in got] == want
+            assert all(g.retain and g.payload == g.topic.encode() for g in got)
+            assert sub.request(m.PingReq()) == m.PingResp()
+
+
+def test_overlapping_filters_each_get_the_retained_message(port: int) -> None:
+    """Each new subscription gets the retained messages it matches (3.3.1.3): one
+    SUBSCRIBE of two filters matching one topic gets it twice, at each filter's QoS."""
+    topic = f"{unique()}/state"
+    with raw_client(port, m.Connect(f"pub-{unique()}")) as pub:
+        assert pub.request(m.Publish(topic, b"on", 1, True, packet_id=1)) == m.PubAck(1)
+    with raw_client(port, m.Connect(f"sub-{unique()}")) as sub:
+        request = m.Subscribe(2, ((topic, 0), (topic.split("/")[0] + "/#", 1)))
+        assert sub.request(request) == m.SubAck(2, (0, 1))
+        got = receive_acking(sub, 2)
+        assert [(g.topic, g.payload, g.qos, g.retain) for g in got] == [
+            (topic, b"on", 0, True), (topic, b"on", 1, True)]
+        assert sub.request(m.PingReq()) == m.PingResp()
+    with raw_client(port, m.Connect(f"pub-{unique()}")) as pub:
+        pub.send(m.Publish(topic, b"", 0, True))  # leave nothing behind
+        assert pub.request(m.PingReq()) == m.PingResp()
+
+
+# -- limits: each client's window and queue, topic depth -------------------------------
+
+INFLIGHT, QUEUED, LEVELS = 3, 5, 8
+
+
+@pytest.fixture(scope="module")
+def limited() -> Iterator[int]:
+    """A broker with small limits, set from the command line."""
+    with example_server("mqtt_broker.py", "--loops", "2", "--max-inflight", str(INFLIGHT),
+                        "--max-queued", str(QUEUED), "--max-topic-levels",
+                        str(LEVELS)) as (proc, broker_port):
+        yield broker_port
+        assert proc.poll() is None, "the broker died during the tests"
+
+
+def publish_qos1(port: int, topic: str, payloads: list[bytes]) -> None:
+    """Publish at QoS 1 in one write; return once every PUBACK is back (the broker has
+    routed them all)."""
+    with raw_client(port, m.Connect(f"pub-{unique()}")) as pub:
+        pub.send_bytes(b"".join(CODEC.encode(m.Publish(topic, payload, 1, packet_id=i + 1))
+                                for i, payload in enumerate(payloads)))
+        assert [pub.recv() for _ in payloads] == [m.PubAck(i + 1)
+                                                  for i in range(len(payloads))]
+
+
+def test_a_subscriber_that_does_not_ack_gets_max_inflight_messages(limited: int) -> None:
+    topic = f"{unique()}/window"
+    count = INFLIGHT + QUEUED
+    with raw_client(limited, m.Connect(f"sub-{unique()}")) as sub:
+        assert sub.request(m.Subscribe(1, ((topic, 1),))) == m.SubAck(1, (1,))
+        publish_qos1(limited, topic, [b"%d" % i for i in range(count)])
+        first = [sub.recv() for _ in range(INFLIGHT)]
+        assert [g.payload for g in first] == [b"%d" % i for i in range(INFLIGHT)]
+        assert len({g.packet_id for g in first}) == INFLIGHT
+        assert sub.request(m.PingReq()) == m.PingResp()  # exactly the window, no more
+        with raw_client(limited, m.Connect(f"pub0-{unique()}")) as pub:
+            pub.send(m.Publish(topic, b"qos0", 0))  # QoS 0 is not held by the window
+            assert pub.request(m.PingReq()) == m.PingResp()
+        assert sub.recv() == m.Publish(topic, b"qos0")
+        sub.send(m.PubAck(first[0].packet_id))  # one slot frees: one more comes
+        nxt = sub.recv()
+        assert (nxt.payload, nxt.dup) == (b"%d" % INFLIGHT, False)
+        assert nxt.packet_id not in {g.packet_id for g in first[1:]}
+        assert sub.request(m.PingReq()) == m.PingResp()
+        for message in (*first[1:], nxt):
+            sub.send(m.PubAck(message.packet_id))
+        rest = receive_acking(sub, count - INFLIGHT - 1)
+        assert [g.payload for g in rest] == [b"%d" % i for i in range(INFLIGHT + 1, count)]
+        assert sub.request(m.PingReq()) == m.PingResp()
+
+
+def test_messages_past_the_queue_are_dropped(limited: int) -> None:
+    topic = f"{unique()}/overflow"
+    with raw_client(limited, m.Connect(f"sub-{unique()}")) as sub:
+        assert sub.request(m.Subscribe(1, ((topic, 1),))) == m.SubAck(1, (1,))
+        publish_qos1(limited, topic, [b"%d" % i for i in range(INFLIGHT + QUEUED + 4)])
+        got = receive_acking(sub, INFLIGHT + QUEUED)  # the first ones are kept, in order
+        assert [g.payload for g in got] == [b"%d" % i for i in range(INFLIGHT + QUEUED)]
+        assert sub.request(m.PingReq()) == m.PingResp()  # the 4 others were dropped
+        publish_qos1(limited, topic, [b"later"])  # room again
+        assert receive_acking(sub, 1)[0].payload == b"later"
+
+
+def test_an_absent_clients_queue_is_max_queued(limited: int) -> None:
+    topic = f"{unique()}/away"
+    client_id = f"away-{unique()}"
+    with raw_client(limited, m.Connect(client_id, clean_session=False)) as away:
+        assert away.request(m.Subscribe(1, ((topic, 1),))) == m.SubAck(1, (1,))
+        away.send(m.Disconnect())
+        assert away.wait_closed()
+    publish_qos1(limited, topic, [b"%d" % i for i in range(QUEUED + 3)])
+    with raw_client(limited) as back:
+        assert back.request(m.Connect(client_id, clean_session=False)) == m.ConnAck(0, True)
+        got = receive_acking(back, QUEUED)
+        assert [g.payload for g in got] == [b"%d" % i for i in range(QUEUED)]
+        assert back.request(m.PingReq()) == m.PingResp()
+
+
+def test_a_subscribe_sends_at_most_max_inflight_plus_max_queued_retained(
+        limited: int) -> None:
+    """What one SUBSCRIBE's retained messages may add is bounded like the queue, at any
+    QoS (mosquitto's bound too): the oldest topics first, then nothing more."""
+    base = unique()
+    with raw_client(limited, m.Connect(f"pub-{base}")) as pub:
+        for i in range(INFLIGHT + QUEUED + 4):
+            pub.send(m.Publish(f"{base}/{i}", b"%d" % i, 0, True))
+        assert pub.request(m.PingReq()) == m.PingResp()
+    with raw_client(limited, m.Connect(f"sub-{base}")) as sub:
+        request = m.Subscribe(1, ((f"{base}/+", 0), (f"{base}/#", 0)))
+        assert sub.request(request) == m.SubAck(1, (0, 0))
+        got = [sub.recv() for _ in range(INFLIGHT + QUEUED)]
+        assert [g.payload for g in got] == [b"%d" % i for i in range(INFLIGHT + QUEUED)]
+        assert sub.request(m.PingReq()) == m.PingResp()
+        # Live messages are not held back by it.
+        with raw_client(limited, m.Connect(f"pub2-{base}")) as pub:
+            pub.send(m.Publish(f"{base}/0", b"live", 0))
+            assert pub.request(m.PingReq()) == m.PingResp()
+        assert sub.recv() == m.Publish(f"{base}/0", b"live")
+
+
+def test_topics_deeper_than_max_topic_levels_are_refused(limited: int, port: int) -> None:
+    """A filter over the bound fails in the SUBACK (the others are served); a PUBLISH
+    or a will topic over it closes the connection (MQTT 3.1.1 cannot refuse one)."""
+    base = unique()
+    deepest = "/".join([base] + ["l"] * (LEVELS - 1))  # LEVELS levels
+    with raw_client(limited, m.Connect(f"deep-{base}")) as client:
+        request = m.Subscribe(1, ((deepest, 1), (deepest + "/x", 1), ("/".join(["+"] * 32767), 0),
+                                  (f"{base}/#", 0), ("/" * LEVELS, 0)))
+        assert client.request(request) == m.SubAck(1, (1, 0x80, 0x80, 0, 0x80))
+        client.send(m.Publish(deepest, b"ok", 1, packet_id=1))
+        got = [client.recv(), client.recv()]  # its own copy (one, at QoS 1) and the PUBACK
+        assert m.PubAck(1) in got
+        copy = next(g for g in got if g.type == "publish")
+        assert (copy.topic, copy.payload, copy.qos) == (deepest, b"ok", 1)
+        client.send(m.PubAck(copy.packet_id))
+        assert client.request(m.PingReq()) == m.PingResp()
+        client.send(m.Publish(deepest + "/x", b"too deep", 0))  # a protocol error
+        assert client.wait_closed()
+    with raw_client(limited) as client:  # a will that could never be published
+        client.send(m.Connect(f"will-{base}", will=m.Will(deepest + "/x", b"w")))
+        assert client.wait_closed()
+        with pytest.raises(ConnectionClosed):
+            client.recv()
+    with raw_client(port, m.Connect(f"default-{base}")) as client:  # the default: 200
+        request = m.Subscribe(2, (("/".join(["+"] * 200), 0), ("/".join(["+"] * 201), 0)))
+        assert client.request(request) == m.SubAck(2, (0, 0x80))
+
+
+def test_limits_out_of_range_are_refused_on_the_command_line() -> None:
+    for option, value in (("--max-inflight", "0"), ("--max-inflight", "65536"),
+                          ("--max-queued", "-1"), ("--max-topic-levels", "0")):
+        done = subprocess.run([sys.executable, str(EXAMPLES / "mqtt_broker.py"), "--port",
+                               "0", option, value], env=example_env(), capture_output=True,
+                              text=True, timeout=WAIT + STOP_TIMEOUT)
+        assert done.returncode == 2, (option, value, done.stderr)
+        assert option.lstrip("-").replace("-", "_") in done.stderr
 
 
 # -- mosquitto_pub / mosquitto_sub -----------------------------------------------------
