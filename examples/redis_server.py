@@ -9,7 +9,9 @@ Strings: ``GET``, ``SET`` (``EX`` / ``PX`` / ``EXAT`` / ``PXAT`` / ``KEEPTTL``, 
 2 only: ``HELLO 3`` is refused with ``NOPROTO``, as a RESP2-only server does, and
 clients stay on RESP2), ``CLIENT`` (``SETNAME``, ``GETNAME``, ``SETINFO``, ``ID``),
 ``COMMAND`` (``COUNT``, ``INFO``, ``DOCS``, ``LIST``), ``CONFIG GET``, ``INFO``.
-Error replies are Redis's, word for word.
+Error replies are Redis's, word for word.  The glob patterns of ``KEYS`` and ``CONFIG GET``
+are matched by :func:`glob_match`, which reads the pattern in place, with one backtrack
+point: no regex, so no exponential cases and no compile step for a huge pattern.
 
 The codec is ``gevwire.codecs.resp.resp(commands=True)``: every frame is a command as
 a list of ``bytes``.  The command logic (:class:`RedisStore`) knows nothing of sockets;
@@ -33,7 +35,6 @@ import argparse
 import heapq
 import itertools
 import logging
-import re
 import signal
 import threading
 import time
@@ -48,6 +49,7 @@ from gevwire.codecs.resp import (
     NULL_ARRAY,
     NULL_BULK,
     RawResp,
+    RespCodec,
     RespError,
     SimpleString,
     resp,
@@ -120,49 +122,253 @@ def parse_int64(data: bytes) -> int | None:
     return value if INT64_MIN <= value <= INT64_MAX else None
 
 
-def glob_pattern(pattern: bytes) -> re.Pattern[bytes]:
-    """A regex matching what Redis's glob ``pattern`` matches (``*``, ``?``, ``[...]``
-    with ``^`` negation and ranges, ``\\`` escapes)."""
-    out: list[bytes] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        ch = pattern[i : i + 1]
-        if ch == b"*":
-            out.append(b".*")
-        elif ch == b"?":
-            out.append(b".")
-        elif ch == b"\\" and i + 1 < n:
-            i += 1
-            out.append(re.escape(pattern[i : i + 1]))
-        elif ch == b"[":
-            i += 1
-            negate = i < n and pattern[i : i + 1] == b"^"
-            if negate:
-                i += 1
-            items: list[bytes] = []
-            while i < n and pattern[i : i + 1] != b"]":
-                if pattern[i : i + 1] == b"\\" and i + 1 < n:
-                    i += 1
-                    items.append(re.escape(pattern[i : i + 1]))
-                elif (i + 2 < n and pattern[i + 1 : i + 2] == b"-"
-                      and pattern[i + 2 : i + 3] != b"]"):
-                    low, high = sorted((pattern[i], pattern[i + 2]))
-                    items.append(b"\\x%02x-\\x%02x" % (low, high))
-                    i += 2
+# -- glob patterns ---------------------------------------------------------------------------
+# KEYS and CONFIG GET take Redis glob patterns from the client.  They are matched by reading
+# the pattern itself, with no translation into a regex (whose backtracking went
+# exponential on ``*a*a*a...b``, and whose compiling of a pattern of megabytes took seconds
+# and hundreds of MiB).  Every token but ``*`` matches exactly one byte, so when a token
+# fails the only choice worth revisiting is how much the last ``*`` took: one backtrack
+# point, at most len(key) + 1 tries of what follows it, O(len(pattern) * len(key)) at
+# worst.  An earlier ``*`` never needs revisiting: giving it more bytes only shifts the
+# later one's start to where it could have started anyway.  After the last ``*`` the rest
+# matches a fixed number of bytes, so it is tried once, against the end of the key.
+
+_STAR, _QUESTION, _OPEN, _CLOSE, _BACKSLASH, _CARET, _DASH = b"*?[]\\^-"
+_STARS = b"*" * 256
+_ALL_BYTES = (1 << 256) - 1
+_SPANS_KEPT = 4096  # what a match remembers of a pattern, whatever it cost to find...
+_LONG_SPAN = 256  # ...and beyond that, what took reading at least this many bytes
+
+#: What matching remembers of one pattern, from key to key: at the position ``p`` of a
+#: ``[`` or of a run of ``*``, ``(the class's bytes as a 256-bit int (0 for stars), the
+#: position after it)``; at ``~p`` for the position ``p`` after a run of ``*``, ``(how
+#: many bytes the rest matches (-1: a ``*`` follows), 1 if exact or 0 if a lower bound)``.
+Spans = dict[int, tuple[int, int]]
+
+
+def is_glob_literal(pattern: bytes) -> bool:
+    """Whether ``pattern`` matches only itself (it has no ``*``, ``?``, ``[`` or ``\\``)."""
+    return not (_STAR in pattern or _QUESTION in pattern or _OPEN in pattern
+                or _BACKSLASH in pattern)
+
+
+def glob_match(pattern: bytes, key: bytes, spans: Spans | None = None) -> bool:
+    """Whether ``key`` matches the Redis glob ``pattern``: ``*`` (any bytes), ``?`` (one
+    byte), ``[abc]``, ``[^abc]``, ``[a-z]`` (a class of one byte; ``\\`` escapes in it;
+    a ``-`` before ``]`` is itself; ``[]`` matches nothing, ``[^]`` any byte, a class
+    left open ends with the pattern), ``\\x`` (``x`` itself; a trailing ``\\`` is
+    itself).
+
+    Nothing is built from the pattern: it is read in place, and what was costly to find
+    in it (where a long class or run of ``*`` ends, what a class holds, how many bytes
+    the part after the last ``*`` takes) is remembered in ``spans``, so that it is read
+    once, not once per position of every key: pass one dict for all the keys matched
+    against one pattern.  It holds at most ``_SPANS_KEPT`` entries plus three per
+    ``_LONG_SPAN`` bytes of pattern (one of each kind, each for bytes read to find it).
+    """
+    if spans is None:
+        spans = {}
+    n = len(pattern)
+    size = len(key)
+    p = k = 0
+    resume_p = -1  # the pattern position after the last '*' seen (-1: none to revisit)
+    resume_k = 0  # the key position from which what follows that '*' was last tried
+    while k < size:
+        if p < n:
+            token = pattern[p]
+            if token == _STAR:
+                p += 1
+                if p < n and pattern[p] == _STAR:
+                    p = _stars_end(pattern, p - 1, spans)
+                if p == n:
+                    return True  # a '*' at the end takes the rest of the key
+                known = spans.get(~p)
+                if known is not None and (known[1] or known[0] > size - k):
+                    width = known[0]
                 else:
-                    items.append(re.escape(pattern[i : i + 1]))
-                i += 1
-            body = b"".join(items)
-            if body:
-                out.append(b"[" + (b"^" if negate else b"") + body + b"]")
-            elif negate:
-                out.append(b".")  # [^] matches any one byte in Redis
-            else:
-                out.append(b"(?!)")  # [] matches nothing
-        else:
-            out.append(re.escape(ch))
+                    width = _tail_width(pattern, p, size - k, spans)
+                if width < 0:  # more '*' to come: try from here, then further on
+                    resume_p, resume_k = p, k
+                elif width > size - k:
+                    return False
+                else:  # the last '*': what follows can only match the end of the key
+                    resume_p = -1
+                    k = size - width
+                continue
+            byte = key[k]
+            if token == _QUESTION:
+                p += 1
+                k += 1
+                continue
+            if token == _OPEN:
+                members, end = spans.get(p) or _class_at(pattern, p, spans)
+                if members >> byte & 1:
+                    p = end
+                    k += 1
+                    continue
+            elif token == _BACKSLASH and p + 1 < n:
+                if pattern[p + 1] == byte:
+                    p += 2
+                    k += 1
+                    continue
+            elif token == byte:
+                p += 1
+                k += 1
+                continue
+        # A mismatch, or pattern left over: the last '*' takes one more byte.
+        if resume_p < 0:
+            return False
+        resume_k += 1
+        token = pattern[resume_p]
+        if token != _QUESTION and token != _OPEN and token != _BACKSLASH:
+            # What follows the '*' starts with a plain byte: skip to its next occurrence.
+            resume_k = key.find(token, resume_k)
+            if resume_k < 0:
+                return False
+        p, k = resume_p, resume_k
+    # The key is used up (more of it for a '*' would leave less for the rest): what is
+    # left of the pattern must be stars.
+    return p == n or (pattern[p] == _STAR and _stars_end(pattern, p, spans) == n)
+
+
+def glob_matcher(pattern: bytes) -> Callable[[bytes], bool]:
+    """``glob_match`` with ``pattern``, for many keys.  A short pattern of plain bytes and
+    ``*`` (the usual ``prefix*``, ``*part*``) is matched at C speed with bytes methods:
+    its parts in order, the first at the start and the last at the end."""
+    if len(pattern) <= 1024 and not (_QUESTION in pattern or _OPEN in pattern
+                                     or _BACKSLASH in pattern):
+        parts = pattern.split(b"*")
+        if len(parts) == 1:
+            return pattern.__eq__
+        head, tail = parts[0], parts[-1]
+        middle = [part for part in parts[1:-1] if part]
+        least = len(head) + len(tail) + sum(map(len, middle))
+
+        def match_parts(key: bytes) -> bool:
+            if len(key) < least or not key.startswith(head) or not key.endswith(tail):
+                return False
+            at, end = len(head), len(key) - len(tail)
+            for part in middle:
+                at = key.find(part, at, end)
+                if at < 0:
+                    return False
+                at += len(part)
+            return True
+
+        return match_parts
+    spans: Spans = {}
+    return lambda key: glob_match(pattern, key, spans)
+
+
+def _remember(spans: Spans, at: int, span: tuple[int, int], cost: int) -> None:
+    if len(spans) < _SPANS_KEPT or cost >= _LONG_SPAN:
+        spans[at] = span
+
+
+def _stars_end(pattern: bytes, p: int, spans: Spans) -> int:
+    """The position after the run of ``*`` at ``p`` (a run counts as one ``*``)."""
+    known = spans.get(p)
+    if known is not None:
+        return known[1]
+    i = p + 1
+    while pattern.startswith(_STARS, i):
+        i += len(_STARS)
+    n = len(pattern)
+    while i < n and pattern[i] == _STAR:
         i += 1
-    return re.compile(b"".join(out), re.DOTALL)
+    if i - p > 8:
+        _remember(spans, p, (0, i), i - p)
+    return i
+
+
+def _class_at(pattern: bytes, p: int, spans: Spans) -> tuple[int, int]:
+    """The class opened by the ``[`` at ``p``: (its bytes as a 256-bit int, its end)."""
+    n = len(pattern)
+    i = p + 1
+    negate = i < n and pattern[i] == _CARET
+    if negate:
+        i += 1
+    members = 0
+    plain = 0  # plain bytes in a row
+    next_close = next_escape = next_dash = -1  # searched again only once passed
+    while i < n:
+        token = pattern[i]
+        if token == _CLOSE:
+            break
+        if token == _BACKSLASH and i + 1 < n:
+            members |= 1 << pattern[i + 1]
+            i += 2
+            plain = 0
+        elif i + 2 < n and pattern[i + 1] == _DASH and pattern[i + 2] != _CLOSE:
+            low, high = token, pattern[i + 2]
+            if low > high:
+                low, high = high, low
+            members |= ((2 << (high - low)) - 1) << low
+            i += 3
+            plain = 0
+        else:
+            members |= 1 << token
+            i += 1
+            plain += 1
+            if plain >= 16:
+                # A long run of plain bytes: the rest of it, up to the byte before the
+                # next ']', backslash or '-' (which may start a range), at C speed.
+                if next_close < i:
+                    next_close = _find(pattern, _CLOSE, i)
+                if next_escape < i:
+                    next_escape = _find(pattern, _BACKSLASH, i)
+                if next_dash < i:
+                    next_dash = _find(pattern, _DASH, i)
+                stop = min(next_close, next_escape, next_dash) - 1
+                if stop > i:
+                    for byte in set(memoryview(pattern)[i:stop]):
+                        members |= 1 << byte
+                    i = stop
+                plain = 0
+    if negate:
+        members ^= _ALL_BYTES
+    span = (members, i + 1 if i < n else n)
+    _remember(spans, p, span, span[1] - p)
+    return span
+
+
+def _tail_width(pattern: bytes, p: int, limit: int, spans: Spans) -> int:
+    """How many bytes the pattern from ``p`` on matches if no ``*`` follows (then it
+    takes a fixed number), -1 if one does (as a token or not); once over ``limit``, any
+    width over it."""
+    n = len(pattern)
+    if ~p not in spans:
+        star = pattern.find(_STAR, p)
+        if star >= 0:
+            _remember(spans, ~p, (-1, 1), star - p)
+            return -1
+    width = 0
+    i = p
+    next_open = next_escape = -1  # searched again only once passed
+    while i < n and width <= limit:
+        token = pattern[i]
+        if token == _OPEN:
+            i = (spans.get(i) or _class_at(pattern, i, spans))[1]
+            width += 1
+        elif token == _BACKSLASH and i + 1 < n:
+            i += 2
+            width += 1
+        else:  # one byte each up to the next '[' or backslash
+            if next_open < i:
+                next_open = _find(pattern, _OPEN, i)
+            if next_escape < i:
+                next_escape = _find(pattern, _BACKSLASH, i)
+            stop = max(min(next_open, next_escape), i + 1)
+            width += stop - i
+            i = stop
+    _remember(spans, ~p, (width, int(i >= n)), i - p)
+    return width
+
+
+def _find(pattern: bytes, byte: int, start: int) -> int:
+    """The position of the next ``byte`` from ``start`` on, or the pattern's length."""
+    found = pattern.find(byte, start)
+    return found if found >= 0 else len(pattern)
 
 
 def wrong_arity(name: str) -> RespError:
@@ -516,9 +722,13 @@ def cmd_persist(store: RedisStore, args: Args, client: Client) -> Any:
 
 
 def cmd_keys(store: RedisStore, args: Args, client: Client) -> Any:
-    match = None if args[1] == b"*" else glob_pattern(args[1]).fullmatch
-    return [key for key in list(store.data)
-            if (match is None or match(key)) and store.lookup(key) is not None]
+    pattern = args[1]
+    if pattern == b"*":
+        return [key for key in list(store.data) if store.lookup(key) is not None]
+    if is_glob_literal(pattern):  # one key at most: no scan
+        return [pattern] if store.lookup(pattern) is not None else []
+    match = glob_matcher(pattern)
+    return [key for key in list(store.data) if match(key) and store.lookup(key) is not None]
 
 
 def cmd_type(store: RedisStore, args: Args, client: Client) -> Any:
@@ -696,13 +906,22 @@ CONFIG: dict[bytes, bytes] = {b"save": b"", b"appendonly": b"no", b"databases": 
 def cmd_config(store: RedisStore, args: Args, client: Client) -> Any:
     sub = args[1].upper()
     if sub == b"GET" and len(args) >= 3:
-        reply: list[bytes] = []
+        # Each parameter once, however many patterns match it (in the order of the first
+        # match); names are matched without regard to case, as in Redis.
+        found: dict[bytes, bytes] = {}
         for pattern in args[2:]:
-            match = glob_pattern(pattern.lower()).fullmatch
+            if len(found) == len(CONFIG):
+                break  # nothing left to find
+            pattern = pattern.lower()
+            if is_glob_literal(pattern):
+                if pattern in CONFIG:
+                    found.setdefault(pattern, CONFIG[pattern])
+                continue
+            spans: Spans = {}
             for name, value in CONFIG.items():
-                if match(name) and name not in reply[::2]:
-                    reply += [name, value]
-        return reply
+                if name not in found and glob_match(pattern, name, spans):
+                    found[name] = value
+        return [item for pair in found.items() for item in pair]
     if sub == b"RESETSTAT" and len(args) == 2:
         return OK
     if sub == b"GET":
@@ -822,6 +1041,12 @@ class RedisHandler(gevwire.Handler):
             super().on_error(conn, error)
 
 
+def redis_codec(max_bulk_length: int = 64 << 20) -> RespCodec:
+    """The server's codec: commands of bulk strings up to ``max_bulk_length`` each."""
+    return resp(commands=True, max_bulk_length=max_bulk_length,
+                max_frame_size=2 * max_bulk_length + (1 << 20))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -836,10 +1061,8 @@ def main() -> None:
         format="%(asctime)s %(name)s %(message)s",
     )
     store = RedisStore(locked=args.loops > 1)
-    codec = resp(commands=True, max_bulk_length=args.max_bulk_length,
-                 max_frame_size=2 * args.max_bulk_length + (1 << 20))
     server = gevwire.Server(RedisHandler(store), address=f"{args.host}:{args.port}",
-                            loops=args.loops, codec=codec)
+                            loops=args.loops, codec=redis_codec(args.max_bulk_length))
     server.run_every(0.1, store.expire_due)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

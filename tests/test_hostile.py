@@ -1831,3 +1831,169 @@ def test_mqtt_topics_deeper_than_max_topic_levels_cost_nothing(
     assert gevwire_log.unexpected() == []
     print(f"\n[mqtt depth] 100 SUBSCRIBEs of 32,767-level filters ({sent / MiB:.1f} MiB "
           f"sent): all 0x80, RSS +{growth / MiB:.1f} MiB")
+
+
+# -- Redis example (examples/redis_server.py): what one client's glob patterns may cost -----
+
+
+def _redis_server_module() -> Any:
+    return _example_module("redis_server")
+
+
+#: The keyspace of the KEYS cases: small, as the stalls were found on.
+REDIS_KEYS = [b"a" * 40, b"xab", b"user:1", b"user:2", b"key:z"]
+
+
+def _redis_serve(serve: ServeFn) -> gevwire.Server:
+    """The example's handler and codec on one loop (a stall shows in the control), over a
+    store holding :data:`REDIS_KEYS`."""
+    module = _redis_server_module()
+    store = module.RedisStore()
+    for key in REDIS_KEYS:
+        store.data[key] = b"v"
+    return serve(module.RedisHandler(store), codec=module.redis_codec())
+
+
+def _redis_client(address: Any) -> Any:
+    from gevwire.codecs.resp import resp
+    from gevwire.testing import BlockingClient
+
+    return BlockingClient(address, resp(), timeout=30)
+
+
+class RedisControl(Control):
+    """:class:`Control` for the Redis example: pipelined ``ECHO`` of numbered messages,
+    each reply checked, in order."""
+
+    def __init__(self, address: Any, *, interval: float = 0.005, pipeline: int = 3) -> None:
+        super().__init__(address, interval=interval, pipeline=pipeline)
+        self.address = address
+
+    def _session(self) -> None:
+        from gevwire.codecs.resp import resp
+
+        codec = resp()
+        with _redis_client(self.address) as client:
+            self._ready.set()
+            while not self._stop.is_set():
+                messages = [_default_message(self.count + k) for k in range(self.pipeline)]
+                start = time.monotonic()
+                client.send_bytes(b"".join(codec.encode([b"ECHO", m]) for m in messages))
+                if [client.recv() for _ in messages] != messages:
+                    self.failures.append(f"round at {self.count}: replies differ from requests")
+                    return
+                self._served(start)
+
+
+def test_redis_keys_patterns_that_backtracked_exponentially_answer_at_once(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    """``KEYS *a*a*a*a*a*a*a*a*a*a*b`` against one 40-byte key stalled the loop 35.7 s:
+    the glob was a regex, and each ``*`` multiplied its backtracking (Redis bounds this
+    since CVE-2022-36021).  Matched with one backtrack point, it is microseconds; the
+    bound is generous."""
+    server = _redis_serve(serve)
+    control = RedisControl(server.address).start()
+    cases = [
+        (b"*a" * 10 + b"*b", []),
+        (b"*a" * 10, [b"a" * 40]),
+        (b"*a" * 30 + b"*b", []),  # 30 stars: far longer still, for the regex
+        (b"*a*a*[ab]", [b"a" * 40]),
+        (b"*?" * 20 + b"*[^a]", []),
+    ]
+    with _redis_client(server.address) as client:
+        start = time.monotonic()
+        for pattern, want in cases:
+            assert sorted(client.request([b"KEYS", pattern])) == want, pattern
+        elapsed = time.monotonic() - start
+    control.stop()
+    worst = control.max_latency(start)
+    assert elapsed < 2.0, elapsed
+    assert worst < 2.0, worst
+    assert gevwire_log.unexpected() == []
+    print(f"\n[redis KEYS backtracking] {len(cases)} patterns of up to 31 stars against "
+          f"{len(REDIS_KEYS)} keys in {elapsed * 1000:.1f} ms; control's worst round trip "
+          f"meanwhile {worst * 1000:.1f} ms")
+
+
+#: 8 MiB KEYS patterns, by shape: (the pattern, the keys of REDIS_KEYS it matches).
+REDIS_BIG_PATTERNS: dict[str, Callable[[], tuple[bytes, list[bytes]]]] = {
+    "letters then ?": lambda: (b"a" * (8 * MiB - 1) + b"?", []),
+    "stars and letters": lambda: (b"*a" * (4 * MiB), []),
+    "stars": lambda: (b"*" * (8 * MiB), sorted(REDIS_KEYS)),
+    "question marks": lambda: (b"?" * (8 * MiB), []),
+    "classes": lambda: (b"*[a]" * (2 * MiB), []),
+    "one class of plain bytes": lambda: (b"*[" + b"xyz" * (8 * MiB // 3) + b"]", [b"key:z"]),
+    "one class of escapes": lambda: (b"*[" + b"\\a" * (4 * MiB) + b"]b", [b"xab"]),
+    "one class of ranges": lambda: (b"*[" + b"a-b" * (8 * MiB // 3) + b"]",
+                                    [b"a" * 40, b"xab"]),
+}
+
+
+@pytest.mark.parametrize("shape", list(REDIS_BIG_PATTERNS))
+def test_redis_keys_pattern_of_8_mib_costs_no_compile_step(
+    serve: ServeFn, gevwire_log: LogCapture, shape: str
+) -> None:
+    """An 8 MiB KEYS pattern stalled the loop 20.9 s and took +844 MiB, compiling the
+    regex it was translated to.  Read in place, with what is costly to find in it
+    remembered once per call, it costs its own bytes (received, then decoded) and well
+    under a second, whatever its shape; the bounds are generous."""
+    server = _redis_serve(serve)
+    with _redis_client(server.address) as client:  # the loop's first large buffers
+        assert client.request([b"KEYS", b"x" * (8 * MiB - 1) + b"?"], 30) == []
+    base = Baseline(server)
+    control = RedisControl(server.address).start()
+    pattern, want = REDIS_BIG_PATTERNS[shape]()
+    with _redis_client(server.address) as client:
+        request = client.codec.encode([b"KEYS", pattern])
+        before = rss()
+        reset_peak_rss()
+        start = time.monotonic()
+        client.send_bytes(request)
+        got = client.recv(60)
+        elapsed = time.monotonic() - start
+        peak = peak_rss() - before
+        del request, pattern
+        assert sorted(got) == want
+    control.stop()
+    worst = control.max_latency(start)
+    # A loop thread's glibc arena may keep a freed 8 MiB buffer or two (see Baseline);
+    # the regex kept hundreds of MiB.
+    growth = base.check(32 * MiB)
+    # Here are the client's request and the server's buffer and decoded command, 8 MiB
+    # or so each; the regex took 50 to over 500 times the pattern, by its shape.
+    assert peak < 96 * MiB, f"RSS peaked {peak / MiB:.0f} MiB above where it was"
+    assert elapsed < 5.0, elapsed
+    assert worst < 5.0, worst
+    assert gevwire_log.unexpected() == []
+    print(f"\n[redis KEYS 8 MiB, {shape}] answered in {elapsed * 1000:.0f} ms, RSS peak "
+          f"+{peak / MiB:.0f} MiB, +{growth / MiB:.1f} MiB after; control's worst round trip "
+          f"{worst * 1000:.0f} ms")
+
+
+def test_redis_config_get_of_500k_patterns_is_linear(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    """``CONFIG GET`` with 500,000 patterns took 24.8 s (a regex compiled per pattern).
+    Each pattern is now one look-up, or a match against each parameter not found yet;
+    the reply names each parameter once, in the order first matched, whatever the case
+    of the patterns (as Redis)."""
+    shapes = (b"nosuch%d", b"*%d*", b"*[^a]?%d", b"SA?E%d")
+    patterns = [shapes[i % 4] % i for i in range(500_000)]
+    patterns += [b"DATABASES", b"*A*", b"save", b"*"]
+    server = _redis_serve(serve)
+    control = RedisControl(server.address).start()
+    with _redis_client(server.address) as client:
+        request = client.codec.encode([b"CONFIG", b"GET", *patterns])
+        start = time.monotonic()
+        client.send_bytes(request)
+        got = client.recv(60)
+        elapsed = time.monotonic() - start
+        assert got == [b"databases", b"1", b"save", b"", b"appendonly", b"no"]
+    control.stop()
+    worst = control.max_latency(start)
+    assert elapsed < 6.0, elapsed  # about 1.3 s (transfer and decoding included)
+    assert worst < 6.0, worst
+    assert gevwire_log.unexpected() == []
+    print(f"\n[redis CONFIG GET] 500,000 patterns ({len(request) / MiB:.1f} MiB) answered in "
+          f"{elapsed * 1000:.0f} ms; control's worst round trip {worst * 1000:.0f} ms")

@@ -10,22 +10,31 @@ Every wait is bounded.
 from __future__ import annotations
 
 import csv
+import fnmatch
+import importlib
 import io
 import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from example_process import assert_stops_cleanly, example_server
+from example_process import EXAMPLES, assert_stops_cleanly, example_server
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from system_packages import require_program
 
 redis = pytest.importorskip("redis", reason="redis-py is a test dependency (pip install redis)")
 from redis._parsers import _RESP2Parser  # noqa: E402
+
+if str(EXAMPLES) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES))
+redis_server: Any = importlib.import_module("redis_server")  # the example, for its matcher
 
 SOCKET_TIMEOUT = 10.0
 
@@ -347,3 +356,190 @@ def test_several_loops_share_one_store_and_sigint_stops() -> None:
         for client in clients:
             client.close()
         assert_stops_cleanly(proc, signal.SIGINT)
+
+
+# -- glob patterns (KEYS, CONFIG GET): the matcher, in this process ---------------------------
+
+
+def reference_glob(pattern: bytes, key: bytes) -> bool:
+    """Redis's glob rules read plainly: the pattern as a list of tokens (None for ``*``,
+    else the set of bytes the position takes), then a table of which prefixes of the
+    key the first tokens can match."""
+    tokens: list[frozenset[int] | None] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == ord("*"):
+            tokens.append(None)
+            i += 1
+        elif c == ord("?"):
+            tokens.append(frozenset(range(256)))
+            i += 1
+        elif c == ord("\\") and i + 1 < n:
+            tokens.append(frozenset({pattern[i + 1]}))
+            i += 2
+        elif c == ord("["):
+            i += 1
+            negate = i < n and pattern[i] == ord("^")
+            i += negate
+            members: set[int] = set()
+            while i < n and pattern[i] != ord("]"):
+                if pattern[i] == ord("\\") and i + 1 < n:
+                    members.add(pattern[i + 1])
+                    i += 2
+                elif i + 2 < n and pattern[i + 1] == ord("-") and pattern[i + 2] != ord("]"):
+                    low, high = sorted((pattern[i], pattern[i + 2]))
+                    members.update(range(low, high + 1))
+                    i += 3
+                else:
+                    members.add(pattern[i])
+                    i += 1
+            i += 1  # the ']' (past the end for a class left open)
+            tokens.append(frozenset(set(range(256)) - members if negate else members))
+        else:
+            tokens.append(frozenset({c}))
+            i += 1
+    can = [True] + [False] * len(key)  # can[j]: the tokens so far match key[:j]
+    for token in tokens:
+        if token is None:
+            for j in range(1, len(key) + 1):
+                can[j] = can[j] or can[j - 1]
+        else:
+            can = [False] + [can[j - 1] and key[j - 1] in token for j in range(1, len(key) + 1)]
+    return can[len(key)]
+
+
+def glob_answers(pattern: bytes, keys: list[bytes]) -> list[bool]:
+    """What the example answers for each key: with one ``spans`` for all the keys (as
+    KEYS matches them), and with ``glob_matcher`` (its fast path or not)."""
+    spans: dict[int, tuple[int, int]] = {}
+    shared = [redis_server.glob_match(pattern, key, spans) for key in keys]
+    fresh = [redis_server.glob_match(pattern, key) for key in keys]
+    matcher = redis_server.glob_matcher(pattern)
+    assert shared == fresh == [matcher(key) for key in keys], pattern
+    return shared
+
+
+@settings(max_examples=400, deadline=None)
+@given(pattern=st.lists(st.sampled_from([b"*", b"?", b"a", b"b", b"ab"]), max_size=10)
+       .map(b"".join),
+       keys=st.lists(st.binary(max_size=12) | st.text("abc", max_size=12).map(str.encode),
+                     min_size=1, max_size=6))
+def test_glob_of_stars_and_question_marks_is_fnmatch(pattern: bytes, keys: list[bytes]) -> None:
+    """Without classes or backslashes, Redis's globs are fnmatch's."""
+    assert glob_answers(pattern, keys) == [fnmatch.fnmatchcase(k, pattern) for k in keys]
+
+
+PIECES = [b"*", b"**", b"?", b"a", b"b", b"-", b"^", b"]", b"[", b"\\", b"\\*", b"\\]",
+          b"[ab]", b"[^a]", b"[a-c]", b"[c-a]", b"[]", b"[^]", b"[a-]", b"[\\]a]", b"[*?]",
+          b"\xff", b"[\x00-\x7f]"]
+
+
+@settings(max_examples=600, deadline=None)
+@given(pattern=st.lists(st.sampled_from(PIECES), max_size=8).map(b"".join),
+       keys=st.lists(st.lists(st.sampled_from(b"abc-^]*?\\\x00\xff"), max_size=10)
+                     .map(bytes), min_size=1, max_size=6))
+def test_glob_matches_as_the_reference_reading_of_redis_rules(
+    pattern: bytes, keys: list[bytes]
+) -> None:
+    assert glob_answers(pattern, keys) == [reference_glob(pattern, k) for k in keys]
+
+
+@pytest.mark.parametrize(("pattern", "key", "expected"), [
+    (b"", b"", True),
+    (b"", b"a", False),
+    (b"*", b"", True),
+    (b"?", b"", False),
+    (b"h?llo", b"hello", True),
+    (b"h*llo", b"hllo", True),
+    (b"h*llo", b"heeeello", True),
+    (b"h[ae]llo", b"hallo", True),
+    (b"h[ae]llo", b"hillo", False),
+    (b"h[^e]llo", b"hallo", True),
+    (b"h[^e]llo", b"hello", False),
+    (b"h[a-b]llo", b"hbllo", True),
+    (b"h[a-b]llo", b"hcllo", False),
+    (b"[b-a]", b"a", True),  # a range given backwards is the same range
+    (b"[]", b"a", False),  # an empty class matches nothing...
+    (b"[]a", b"]a", False),
+    (b"[^]", b"x", True),  # ...and its negation any one byte
+    (b"[a-]", b"-", True),  # '-' before ']' is itself
+    (b"[a-]", b"b", False),
+    (b"[\\]]", b"]", True),
+    (b"[a\\-z]", b"-", True),
+    (b"[a\\-z]", b"b", False),
+    (b"[abc", b"b", True),  # a class left open ends with the pattern
+    (b"[", b"[", False),
+    (b"[^", b"x", True),
+    (b"\\*", b"*", True),
+    (b"\\*", b"x", False),
+    (b"\\?", b"?", True),
+    (b"\\[a]", b"[a]", True),
+    (b"a\\\\b", b"a\\b", True),
+    (b"ab\\", b"ab\\", True),  # a trailing backslash is itself
+    (b"ab\\", b"ab", False),
+    (b"\\", b"\\", True),
+    (b"[\x00-\x10]*", b"\x05\xff", True),
+    (b"*\xfe", b"\x00\xfe", True),
+    (b"*a*a*a*a*a*a*a*a*a*a*b", b"a" * 40, False),
+    (b"*a*a*a*a*a*a*a*a*a*a", b"a" * 40, True),
+    (b"user:*:session", b"user:42:session", True),
+    (b"user:*:session", b"user:42:sessions", False),
+    (b"*b*a", b"ba", True),
+    (b"*b*a", b"ab", False),
+])
+def test_glob_cases(pattern: bytes, key: bytes, expected: bool) -> None:
+    assert glob_answers(pattern, [key]) == [expected]
+    assert reference_glob(pattern, key) is expected
+
+
+def test_glob_costs_no_backtracking_and_bounded_memory() -> None:
+    """The patterns that made the regex backtrack or compile for seconds answer at once,
+    and what a match remembers of a pattern stays bounded (issue #18 item 9)."""
+    start = time.monotonic()
+    assert not redis_server.glob_match(b"*a" * 10 + b"*b", b"a" * 40)
+    assert not redis_server.glob_match(b"*a" * 2000 + b"*b", b"a" * 5000)
+    assert not redis_server.glob_match(b"*" + b"a" * 3000 + b"b", b"a" * 5000)
+    assert not redis_server.glob_match(b"a" * (8 << 20), b"a" * 40)
+    assert redis_server.glob_match(b"*" * (8 << 20), b"anything")
+    assert redis_server.glob_match(b"*[" + b"xyz" * (1 << 20) + b"]", b"keyz")
+    assert time.monotonic() - start < 10.0  # tens of ms: a bound for a loaded machine
+    pattern = b"*" + b"[ab]" * 50_000 + b"c"  # one class per 4 bytes, each remembered?
+    spans: dict[int, tuple[int, int]] = {}
+    assert not redis_server.glob_match(pattern, b"ab" * 30_000, spans)
+    assert len(spans) <= redis_server._SPANS_KEPT + len(pattern) // redis_server._LONG_SPAN
+
+
+def test_glob_patterns_in_keys_and_config_get() -> None:
+    """KEYS with patterns of each kind, through the store; CONFIG GET names each
+    parameter once, whatever the case of the patterns and however many match it."""
+
+    class Client:
+        context = None
+
+    store = redis_server.RedisStore()
+    keys = [b"user:1", b"user:2", b"user:10", b"h[x]llo", b"a" * 40]
+    store.execute(Client(), [b"MSET", *(part for key in keys for part in (key, b"v"))])
+
+    def matching(pattern: bytes) -> list[bytes]:
+        return sorted(store.execute(Client(), [b"KEYS", pattern]))
+
+    assert matching(b"*") == sorted(keys)
+    assert matching(b"user:1") == [b"user:1"]  # no scan
+    assert matching(b"user:3") == []
+    assert matching(b"user:*") == [b"user:1", b"user:10", b"user:2"]
+    assert matching(b"*:1*") == [b"user:1", b"user:10"]
+    assert matching(b"user:[^2]*") == [b"user:1", b"user:10"]
+    assert matching(b"h\\[x\\]llo") == [b"h[x]llo"]
+    assert matching(b"*a*a*a*a*a*a*a*a*a*a*b") == []
+    assert matching(b"*a*a*a*a*a*a*a*a*a*a") == [b"a" * 40]
+
+    def config_get(*patterns: bytes) -> list[bytes]:
+        return list(store.execute(Client(), [b"CONFIG", b"GET", *patterns]))
+
+    assert config_get(b"SAVE") == [b"save", b""]
+    assert config_get(b"nosuch", b"no*such") == []
+    assert config_get(b"DATA*", b"*a*", b"save", b"*") == [
+        b"databases", b"1", b"save", b"", b"appendonly", b"no"]
+    assert config_get(b"[sa]*") == [b"save", b"", b"appendonly", b"no"]
+
