@@ -161,6 +161,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                           "PORT + i); needs prometheus_client")
     run.add_argument("--max-connections", type=_non_negative_int, metavar="N",
                      help="refuse connections over N (per process)")
+    run.add_argument("--max-buffered-bytes", type=_positive_int, metavar="BYTES",
+                     help="bound the storage all connections' buffers hold (per process): "
+                          "reading pauses on the largest holders above it, and they are "
+                          "closed above 1.5 times it")
     run.add_argument("--proxy-protocol", action="store_true",
                      help="expect a PROXY protocol v1/v2 header on every connection")
     run.add_argument("--proxy-timeout", type=_positive_float, default=10.0,
@@ -202,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             frame_timeout=args.frame_timeout,
             metrics_address=args.metrics_address,
             max_connections=args.max_connections,
+            max_buffered_bytes=args.max_buffered_bytes,
             proxy_protocol=args.proxy_protocol,
             proxy_timeout=args.proxy_timeout,
         )

@@ -62,7 +62,8 @@ def test_help() -> None:
     assert run.returncode == 0
     for option in ("MODULE:HANDLER", "--address", "--loops", "--workers", "--codec",
                    "--idle-timeout", "--frame-timeout", "--metrics-address", "--max-connections",
-                   "--proxy-protocol", "--worker-timeout", "--log-level"):
+                   "--proxy-protocol", "--worker-timeout", "--max-buffered-bytes",
+                   "--log-level"):
         assert option in run.stdout
 
 
@@ -79,7 +80,8 @@ def test_serves_a_handler_module_and_stops_on_sigterm(
 ) -> None:
     run = ServerProcess(["-m", "gevwire", "run", spec, "--address", "127.0.0.1:0",
                          "--codec", codec, "--workers", str(workers), "--loops", "2",
-                         "--idle-timeout", "30", "--max-connections", "100"], cwd=app_dir)
+                         "--idle-timeout", "30", "--max-connections", "100",
+                         "--max-buffered-bytes", str(64 << 20)], cwd=app_dir)
     pids: list[int] = []
     try:
         listening = run.wait_for(LISTENING + r" with 2 loop", count=workers)

@@ -245,6 +245,22 @@ def test_metrics_address_serves_prometheus_text_of_stats() -> None:
         socket.create_connection(metrics, timeout=2).close()
 
 
+def test_metrics_report_the_memory_budget_when_there_is_one() -> None:
+    pytest.importorskip("prometheus_client")
+    server = gevwire.Server(Echo(), address="127.0.0.1:0", metrics_address="127.0.0.1:0",
+                            max_buffered_bytes=1 << 20)
+    with server:
+        assert server.metrics_address is not None
+        stats = server.stats()
+        assert (stats["buffered_bytes"], stats["budget_pauses"], stats["budget_closes"]) \
+            == (0, 0, 0)
+        samples = scrape(server.metrics_address)
+        assert samples["gevwire_buffered_bytes"] == 0
+        assert samples["gevwire_budget_closes_total"] == 0
+    plain = gevwire.Server(Echo(), address="127.0.0.1:0")
+    assert "buffered_bytes" not in plain.stats()  # no budget: no such figures
+
+
 def test_metrics_address_must_be_tcp() -> None:
     with pytest.raises(ValueError):
         gevwire.Server(Echo(), address="127.0.0.1:0", metrics_address="unix:/tmp/m.sock")
