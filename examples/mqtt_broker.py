@@ -40,7 +40,8 @@ What it does, by packet:
   in the SUBACK (the rest of the SUBSCRIBE is served); such a PUBLISH (or a will with
   such a topic, at CONNECT) closes the connection, as MQTT 3.1.1 has no way to refuse
   one.  Length needs no limit of its own: a topic is at most 65535 bytes (and
-  ``max_packet_size``).
+  ``max_packet_size``).  The levels of one client's filters, summed, are bounded too
+  (``max_subscription_levels``, 20,000: a few MiB of tree): a filter past it gets 0x80.
 - SUBSCRIBE / UNSUBSCRIBE: an invalid topic filter gets return code 0x80 in the SUBACK.
 - PINGREQ → PINGRESP; DISCONNECT closes and drops the will; a connection that ends
   any other way publishes its will.
@@ -104,6 +105,9 @@ MAX_INFLIGHT = 20
 MAX_QUEUED = 1000
 #: Levels of a topic name or filter, at most (``a/b/c`` has 3).
 MAX_TOPIC_LEVELS = 200
+#: Levels of one client's subscriptions, summed, at most: each level may be a node of
+#: the subscription tree (~240 bytes), so this bounds what one client's filters cost.
+MAX_SUBSCRIPTION_LEVELS = 20_000
 #: A client whose messages are dropped is logged at most once per this many seconds.
 DROP_LOG_INTERVAL = 10.0
 #: A connection that sends no CONNECT within this many seconds is closed.
@@ -124,6 +128,7 @@ class Session:
         "drop_logged",
         "dropped",
         "inflight",
+        "levels",
         "packet_ids",
         "qos2_received",
         "queue",
@@ -141,6 +146,7 @@ class Session:
         self.packet_ids = itertools.count()
         self.dropped = 0  # QoS 1 messages dropped for want of room
         self.drop_logged = -DROP_LOG_INTERVAL  # monotonic time of the last drop warning
+        self.levels = 0  # topic levels of its subscriptions, summed (tree nodes it may hold)
 
     def next_packet_id(self) -> int:
         """1..65535, cycling, skipping ids still in flight."""
@@ -400,23 +406,28 @@ class Broker(gevwire.Router):
 
     ``max_inflight`` / ``max_queued``: each client's window of unacknowledged QoS 1
     messages and the queue behind it (see the module docstring); ``max_topic_levels``:
-    the deepest topic name or filter accepted.
+    the deepest topic name or filter accepted; ``max_subscription_levels``: the levels
+    of one client's filters, summed (a filter past it gets 0x80).
     """
 
     def __init__(self, codec: MqttCodec, *, max_inflight: int = MAX_INFLIGHT,
                  max_queued: int = MAX_QUEUED,
-                 max_topic_levels: int = MAX_TOPIC_LEVELS) -> None:
+                 max_topic_levels: int = MAX_TOPIC_LEVELS,
+                 max_subscription_levels: int = MAX_SUBSCRIPTION_LEVELS) -> None:
         if not 1 <= max_inflight <= 0xFFFF:
             raise ValueError("max_inflight must be in 1..65535 (packet identifiers)")
         if max_queued < 0:
             raise ValueError("max_queued must be >= 0")
         if max_topic_levels < 1:
             raise ValueError("max_topic_levels must be >= 1")
+        if max_subscription_levels < 1:
+            raise ValueError("max_subscription_levels must be >= 1")
         super().__init__(key="type")
         self.codec = codec
         self.max_inflight = max_inflight
         self.max_queued = max_queued
         self.max_topic_levels = max_topic_levels
+        self.max_subscription_levels = max_subscription_levels
         # Reentrant: a send on the loop thread may close a connection (its write buffer
         # overflowed), which runs on_close, which takes the lock again.
         self.lock = threading.RLock()
@@ -598,10 +609,15 @@ class Broker(gevwire.Router):
         granted: list[tuple[str, int]] = []
         with self.lock:
             for topic_filter, requested in packet.topics:
-                if (topic_levels(topic_filter) > self.max_topic_levels
+                levels = topic_levels(topic_filter)
+                new = topic_filter not in session.subscriptions
+                if (levels > self.max_topic_levels
+                        or (new and session.levels + levels > self.max_subscription_levels)
                         or not valid_topic_filter(topic_filter)):
                     codes.append(SUBACK_FAILURE)
                     continue
+                if new:
+                    session.levels += levels
                 qos = min(requested, MAX_QOS)
                 session.subscriptions[topic_filter] = qos
                 self.tree.add(topic_filter, session, qos)
@@ -630,6 +646,7 @@ class Broker(gevwire.Router):
         with self.lock:
             for topic_filter in packet.topics:
                 if session.subscriptions.pop(topic_filter, None) is not None:
+                    session.levels -= topic_levels(topic_filter)
                     self.tree.remove(topic_filter, session)
         return UnsubAck(packet.packet_id)
 
@@ -745,6 +762,9 @@ def main() -> None:
                              "it is away; newer ones are dropped (0: no queue)")
     parser.add_argument("--max-topic-levels", type=int, default=MAX_TOPIC_LEVELS,
                         help="levels of a topic name or filter, at most")
+    parser.add_argument("--max-subscription-levels", type=int,
+                        default=MAX_SUBSCRIPTION_LEVELS,
+                        help="levels of one client's topic filters, summed, at most")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     args = parser.parse_args()
     logging.basicConfig(
@@ -754,7 +774,8 @@ def main() -> None:
     codec = MqttCodec(max_packet_size=args.max_packet_size)
     try:
         broker = Broker(codec, max_inflight=args.max_inflight, max_queued=args.max_queued,
-                        max_topic_levels=args.max_topic_levels)
+                        max_topic_levels=args.max_topic_levels,
+                        max_subscription_levels=args.max_subscription_levels)
     except ValueError as exc:
         parser.error(str(exc))
     server = gevwire.Server(broker, address=f"{args.host}:{args.port}", loops=args.loops,

@@ -1833,6 +1833,48 @@ def test_mqtt_topics_deeper_than_max_topic_levels_cost_nothing(
           f"sent): all 0x80, RSS +{growth / MiB:.1f} MiB")
 
 
+
+def test_mqtt_filters_within_the_depth_limit_cost_at_most_max_subscription_levels(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    """Filters of 200 levels each pass max_topic_levels, and 16,000 of them (6.2 MiB sent)
+    took +747 MiB of tree: each level ~240 bytes.  A client's filters are bounded by
+    their levels summed (max_subscription_levels, 20,000 by default): past it a filter
+    gets 0x80, so one client's tree costs a few MiB whatever it sends."""
+    from gevwire.codecs import mqtt as m
+
+    broker_module = _mqtt_broker_module()
+    codec = m.mqtt()
+    broker = broker_module.Broker(codec)
+    limit = broker.max_subscription_levels
+    server = serve(broker, codec=codec)
+    control = MqttControl(server.address).start()
+    with _mqtt_client(server.address, "warm") as warm:  # the loop's first buffers
+        assert warm.request(m.Subscribe(1, (("w/" + "/+" * 198, 0),))) == m.SubAck(1, (0,))
+    base = Baseline(server)
+    sent = granted = 0
+    with _mqtt_client(server.address, "deep") as client:
+        for batch in range(160):  # 16,000 filters of 200 levels, 100 per SUBSCRIBE
+            topics = tuple((f"{batch}-{i}" + "/+" * 199, 0) for i in range(100))
+            packet = codec.encode(m.Subscribe(batch + 1, topics))
+            sent += len(packet)
+            codes = client.request(packet, 30).return_codes
+            granted += sum(code == 0 for code in codes)
+        assert granted == limit // 200  # then every one refused
+        assert broker.sessions["deep"].levels == granted * 200
+        held = trimmed_rss() - base.rss
+        client.send(m.Disconnect())
+        assert client.wait_closed(10)
+    growth = base.check(8 * MiB)
+    control.stop()
+    # The granted filters' nodes (~240 bytes a level) while connected; all of it back
+    # once the clean session is gone.
+    assert held < limit * 512 + 8 * MiB, f"+{held / MiB:.1f} MiB while subscribed"
+    assert gevwire_log.unexpected() == []
+    print(f"\n[mqtt subscription levels] 16,000 filters of 200 levels ({sent / MiB:.1f} MiB "
+          f"sent): {granted} granted, +{held / MiB:.1f} MiB while subscribed, "
+          f"+{growth / MiB:.1f} MiB after")
+
 # -- Redis example (examples/redis_server.py): what one client's glob patterns may cost -----
 
 
