@@ -6,13 +6,14 @@ import functools
 import importlib.util
 import logging
 import os
+import signal
 import socket
 import stat
 import threading
 import time
 import zlib
 from collections.abc import Callable
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 from gevwire._sys import close as sys_close
@@ -289,9 +290,13 @@ class Server:
         return self
 
     def run(self) -> None:
-        """Start (if needed) and block until :meth:`stop` is called (or Ctrl-C).
+        """Start (if needed) and block until :meth:`stop` is called, or a stop signal.
 
-        With ``workers``, a server not yet started supervises them in the calling thread
+        In the main thread, ``SIGTERM`` (what Docker and systemd send) and ``SIGINT``
+        (Ctrl-C) left at their defaults stop the server gracefully while this runs, as
+        :meth:`stop` does: replies in flight are flushed and ``on_close`` runs for every
+        connection; the previous handlers are put back when it returns.  With
+        ``workers``, a server not yet started supervises them in the calling thread
         (then this process has no other thread when it forks a restart).
         """
         if self._workers > 1:
@@ -301,11 +306,25 @@ class Server:
             return
         if self._state == "new":
             self.start()
+        signalled: list[int] = []
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            def on_signal(signum: int, frame: FrameType | None) -> None:
+                signalled.append(signum)  # (the stop itself runs below, not in a handler)
+
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+                    previous[signum] = signal.signal(signum, on_signal)
         try:
-            while not self._stopped.wait(0.5):
-                pass
+            while not self._stopped.wait(0.1):
+                if signalled:
+                    log.info("%s: stopping", signal.Signals(signalled[0]).name)
+                    self.stop()
         except KeyboardInterrupt:
             self.stop()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, flush and close every connection, and join the loop threads.

@@ -386,3 +386,57 @@ def test_frame_timeout_resets_for_each_frame() -> None:
 def test_frame_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError):
         gevwire.Server(Echo(), address="127.0.0.1:0", frame_timeout=0)
+
+
+_RUN_SCRIPT = """
+import sys
+import gevwire
+
+BIG = bytes(range(256)) * (32 << 10)  # 8 MiB: still in flight when the signal comes
+
+
+class Big(gevwire.Handler):
+    def on_message(self, conn, frame):
+        return BIG
+
+    def on_close(self, conn):
+        print("on_close", flush=True)
+
+
+server = gevwire.Server(Big(), address="127.0.0.1:0")
+server.start()
+print(server.address[1], flush=True)
+server.run()
+print("run returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_stops_run_gracefully_with_replies_in_flight(signame: str) -> None:
+    """Docker and systemd send SIGTERM: ``run()`` stops as for Ctrl-C, flushing the reply
+    in flight and calling ``on_close``, and the process exits 0 (not 143)."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _RUN_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            sock.sendall(b"go")
+            time.sleep(0.3)  # the 8 MiB reply is written as far as the socket takes it
+            proc.send_signal(getattr(signal, signame))
+            time.sleep(0.3)
+            got = recv_exactly(sock, 8 << 20)  # all of it, though the stop began first
+            assert got == bytes(range(256)) * (32 << 10)
+            assert sock.recv(1) == b""  # then the server closed
+        out, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+        assert out.split() == ["on_close", "run", "returned"], (out, err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
