@@ -16,6 +16,8 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
+import construct  # type: ignore[import-untyped]
+
 from gevwire._sys import close as sys_close
 from gevwire._sys import set_nodelay
 from gevwire._uring.connection import UringConnection
@@ -24,7 +26,7 @@ from gevwire._uring.loop import UringLoop, uring_available
 from gevwire.address import parse_address
 from gevwire.budget import MemoryBudget
 from gevwire.client import open_connection
-from gevwire.codec import BaseCodec, RawCodec
+from gevwire.codec import BaseCodec, Codec, RawCodec
 from gevwire.connection import Connection, ConnectionOptions
 from gevwire.listener import Listener
 from gevwire.loop import EventLoop
@@ -58,6 +60,22 @@ def _resolve_backend(backend: str | None) -> str:
     raise RuntimeError(f"backend='io_uring' is unavailable here: {reason}")
 
 
+def _as_codec(codec: Any) -> BaseCodec:
+    """``codec`` checked: a codec (anything with ``decoder()`` and ``encode``), or a
+    construct schema, wrapped in :class:`~gevwire.Codec`; raises ``TypeError`` at once
+    rather than failing on every connection."""
+    if codec is None:
+        return RawCodec()
+    if isinstance(codec, construct.Construct):
+        return Codec(codec)
+    if isinstance(codec, type) or not callable(getattr(codec, "decoder", None)) or not \
+            callable(getattr(codec, "encode", None)):
+        raise TypeError(f"codec must be a gevwire codec (BaseCodec, with decoder() and "
+                        f"encode()) or a construct schema, not {codec!r}")
+    codec.decoder()  # the first connection's decoder, made now: a broken codec fails here
+    return codec  # type: ignore[no-any-return]
+
+
 def _remove_stale_unix_socket(path: str) -> None:
     """Remove a socket file left by an earlier server; never anything but a socket."""
     try:
@@ -76,7 +94,11 @@ class Server:
     ``handler`` has ``on_connect(conn)``, ``on_message(conn, frame)`` and
     ``on_close(conn)`` (and optionally ``on_error(conn, exc)``), e.g. a
     :class:`~gevwire.Handler` subclass.  ``codec`` cuts frames and encodes replies
-    (default: :class:`~gevwire.codec.RawCodec`, bytes as they come).
+    (default: :class:`~gevwire.codec.RawCodec`, bytes as they come); a construct schema
+    is wrapped in :class:`~gevwire.Codec`, and anything else that is not a codec is a
+    ``TypeError`` here.  A connection that cannot be set up (a codec's ``decoder()``
+    failing) is closed at once, its error counted in ``stats()`` and logged once per
+    cause.
 
     With ``loops=1`` accepting and all I/O share one thread; with more, a separate
     accept loop hands each connection to an I/O loop chosen by ``load_balance``:
@@ -171,7 +193,7 @@ class Server:
         if not callable(load_balance) and load_balance not in _BALANCERS:
             raise ValueError(f"load_balance must be a callable or one of {sorted(_BALANCERS)}")
         self.handler = handler
-        self.codec: BaseCodec = codec if codec is not None else RawCodec()
+        self.codec: BaseCodec = _as_codec(codec)
         self.options = ConnectionOptions(
             write_high_water=write_high_water,
             write_low_water=write_low_water,
@@ -200,6 +222,7 @@ class Server:
         self._workers = workers
         self._worker_timeout = worker_timeout
         self._pings: dict[str, list[bool]] = {}  # a worker's heartbeat: see _loops_answer
+        self._accept_errors: set[str] = set()  # causes already logged (see _add_connection)
         self._on_start = on_start
         #: The I/O backend in use: ``"epoll"`` or ``"io_uring"``.
         self.backend = _resolve_backend(backend)
@@ -680,8 +703,20 @@ class Server:
         conn_class: Any = Connection
         if isinstance(loop, UringLoop) and not self.options.proxy_protocol:
             conn_class = UringConnection  # PROXY headers: the readiness path on its epoll
-        conn = conn_class(loop, fd, peer, self.handler, self.codec, self.options,
-                          self._connection_closed)
+        try:
+            conn = conn_class(loop, fd, peer, self.handler, self.codec, self.options,
+                              self._connection_closed)
+        except Exception as exc:  # (a codec whose decoder() fails, say): refused, counted
+            sys_close(fd)
+            loop.connections_closed += 1
+            kind = type(exc).__name__
+            loop.errors[kind] = loop.errors.get(kind, 0) + 1
+            cause = f"{kind}: {exc}"
+            if cause not in self._accept_errors:  # once per cause, not per connection
+                self._accept_errors.add(cause)
+                log.error("cannot set up connections (%s); refusing them", cause,
+                          exc_info=exc)
+            return
         self._connections[loop].add(conn)
         conn.start()
 

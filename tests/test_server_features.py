@@ -440,3 +440,48 @@ def test_a_stop_signal_stops_run_gracefully_with_replies_in_flight(signame: str)
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_a_construct_schema_as_codec_is_wrapped_in_codec() -> None:
+    import construct as c  # type: ignore[import-untyped]
+
+    schema = c.Prefixed(c.Int16ub, c.GreedyBytes)
+    with gevwire.Server(Echo(), address="127.0.0.1:0", codec=schema) as server:
+        assert isinstance(server.codec, gevwire.Codec)
+        sock = client(server)
+        with sock:
+            sock.sendall(b"\x00\x03abc\x00\x01d")
+            assert recv_exactly(sock, 8) == b"\x00\x03abc\x00\x01d"
+
+
+def test_what_is_not_a_codec_is_refused_at_construction() -> None:
+    for bad in (object(), "line", gevwire.RawCodec):  # (the class, not an instance)
+        with pytest.raises(TypeError, match="codec must be a gevwire codec"):
+            gevwire.Server(Echo(), address="127.0.0.1:0", codec=bad)
+
+
+def test_a_codec_failing_per_connection_is_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever fails while a connection is set up refuses that connection (closed at
+    once), counts the error in stats() and logs its cause once, not per connection."""
+
+    class Flaky(gevwire.RawCodec):
+        made = 0
+
+        def decoder(self) -> Any:
+            Flaky.made += 1
+            if Flaky.made > 1:  # the check at construction passes; connections fail
+                raise RuntimeError("out of decoders")
+            return super().decoder()
+
+    with gevwire.Server(Echo(), address="127.0.0.1:0", codec=Flaky()) as server:
+        for _ in range(3):
+            sock = client(server)
+            with sock:
+                sock.settimeout(5)
+                assert sock.recv(1) == b""  # refused: closed at once
+        assert wait_until(lambda: server.stats()["errors"].get("RuntimeError") == 3)
+        assert server.stats()["connections_open"] == 0
+    logged = [r for r in caplog.records if "out of decoders" in r.getMessage()]
+    assert len(logged) == 1
