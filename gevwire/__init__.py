@@ -1,5 +1,7 @@
 """gevwire: fast non-blocking TCP servers in the reactor style of Go's gev."""
 
+from typing import Any
+
 from gevwire.client import Client
 from gevwire.codec import BaseCodec, Codec, Decoder, RawCodec
 from gevwire.connection import Connection, ConnectionOptions
@@ -52,3 +54,13 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # ``gevwire.codecs`` after a bare ``import gevwire`` (as the README writes it), without
+    # importing every codec when gevwire is imported.
+    if name == "codecs":
+        import importlib
+
+        return importlib.import_module("gevwire.codecs")
+    raise AttributeError(f"module 'gevwire' has no attribute {name!r}")

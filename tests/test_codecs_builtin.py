@@ -1074,3 +1074,17 @@ def test_frames_cut_ahead_come_before_the_error_after_them(name: str) -> None:
         while (frame := decoder.decode(ring)) is not None:
             got.append(frame)
     assert got == expected
+
+
+def test_gevwire_codecs_is_an_attribute_after_a_bare_import_gevwire() -> None:
+    """The README writes ``gevwire.codecs.resp``; a fresh interpreter must find it after
+    ``import gevwire`` alone (and ``gevwire.nope`` must still be an AttributeError)."""
+    import subprocess
+    import sys
+
+    code = ("import gevwire; print(gevwire.codecs.resp.RespCodec.__name__)\n"
+            "try:\n    gevwire.nope\nexcept AttributeError as e:\n    print('ok', e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split("\n")
+    assert out[0] == "RespCodec"
+    assert out[1] == "ok module 'gevwire' has no attribute 'nope'"
