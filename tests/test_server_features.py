@@ -389,8 +389,12 @@ def test_frame_timeout_must_be_positive() -> None:
 
 
 _RUN_SCRIPT = """
-import sys
+import signal
 import gevwire
+
+# As an interactive shell leaves it: a pytest started in the background inherits SIGINT
+# ignored, and Python keeps an inherited SIG_IGN.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 BIG = bytes(range(256)) * (32 << 10)  # 8 MiB: still in flight when the signal comes
 

@@ -264,7 +264,10 @@ def test_sigterm_to_the_parent_stops_every_worker() -> None:
 
 
 RUN_DEFAULT_SIGNALS = """
-import logging, os, sys
+import logging, os, signal, sys
+# As an interactive shell leaves it: a pytest started in the background inherits SIGINT
+# ignored, and Python keeps an inherited SIG_IGN.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 logging.basicConfig(level=logging.INFO, format="[%(process)d] %(message)s")
 import gevwire
 gevwire.Server(gevwire.Handler(), address="127.0.0.1:0", workers=2).run()

@@ -91,7 +91,9 @@ def run_hypothesis(
     strategy = target.cases()
 
     def body(case: Case) -> None:
-        if not failing and (time.monotonic() >= end or (
+        # (At least one example, however short the time: a busy machine can spend a
+        # small budget before the first one, and a run that checked nothing says so.)
+        if not failing and result.examples and (time.monotonic() >= end or (
                 max_examples is not None and result.examples >= max_examples)):
             return  # out of budget: let hypothesis finish its batch cheaply
         result.examples += 1
@@ -117,7 +119,8 @@ def run_hypothesis(
         verbosity=Verbosity.normal if verbose else Verbosity.quiet,
     )
     round_ = 0
-    while time.monotonic() < end and (max_examples is None or result.examples < max_examples):
+    while (not result.examples or time.monotonic() < end) and (
+            max_examples is None or result.examples < max_examples):
         size = batch if max_examples is None else min(batch, max_examples - result.examples)
         test = settings(config, max_examples=size)(given(strategy)(body))
         if seed is not None:
