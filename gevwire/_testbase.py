@@ -15,7 +15,8 @@ import construct  # type: ignore[import-untyped]
 
 from gevwire.errors import GevwireError
 
-__all__ = ["CheckReport", "CodecCheckFailed", "UnsupportedConstruct", "same_frames"]
+__all__ = ["CheckReport", "CodecCheckFailed", "UnsupportedConstruct", "require_hypothesis",
+           "same_frames"]
 
 
 class UnsupportedConstruct(GevwireError, TypeError):
@@ -64,3 +65,14 @@ def same_frames(a: Any, b: Any) -> bool:
     if isinstance(a, construct.EnumIntegerString):
         return str(a) == str(b) and a.intvalue == b.intvalue
     return bool(a == b)
+
+
+def require_hypothesis() -> None:
+    """Raise a ``ModuleNotFoundError`` that says what to install when hypothesis is
+    missing (the property-based tools of :mod:`gevwire.testing` need it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("hypothesis") is None:
+        raise ModuleNotFoundError(
+            "gevwire.testing's property-based checks need hypothesis: "
+            "pip install 'gevwire[testing]'", name="hypothesis")

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
+from gevwire import __version__
 from gevwire.codec import BaseCodec, RawCodec
 from gevwire.server import Server
 
@@ -129,11 +130,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The ``python -m gevwire`` parser and its ``run`` sub-parser."""
     parser = argparse.ArgumentParser(
         prog="python -m gevwire", description="Fast non-blocking TCP servers (gevwire).")
+    parser.add_argument("--version", action="version", version=f"gevwire {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     run = commands.add_parser(
         "run", help="serve a handler",
-        description="Serve a handler until SIGTERM / SIGINT (a graceful stop).",
+        description="Serve a handler until SIGTERM / SIGINT (a graceful stop).  Every "
+                    "option's default can also come from the environment: --max-connections "
+                    "from GEVWIRE_MAX_CONNECTIONS, --proxy-protocol from "
+                    "GEVWIRE_PROXY_PROTOCOL=1, and so on.",
         epilog="example: python -m gevwire run myapp:Echo --address 0.0.0.0:1833 --workers 4")
     run.add_argument("handler", metavar="MODULE:HANDLER",
                      help="a gevwire.Handler instance, a class (made with no arguments) or a "
@@ -142,6 +147,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                      help="host:port, [v6]:port, :port or unix:/path (default: %(default)s)")
     run.add_argument("--loops", type=_positive_int, default=1,
                      help="event loops per process (default: %(default)s)")
+    run.add_argument("--backend", choices=("epoll", "io_uring", "auto"),
+                     help="I/O backend (default: epoll; io_uring needs Linux 6.1+; auto: "
+                          "io_uring where the kernel allows it)")
+    run.add_argument("--reuse-port", action="store_true",
+                     help="set SO_REUSEPORT on the listening socket (several processes "
+                          "started apart on one port; --workers does this itself)")
     run.add_argument("--workers", type=_positive_int, default=1,
                      help="processes, each with its own SO_REUSEPORT listener; handler state "
                           "is per process (default: %(default)s)")
@@ -177,7 +188,30 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                      help="(default: %(default)s)")
     run.add_argument("--app-dir", default=".",
                      help="put this directory first on sys.path (default: the current one)")
+    _environment_defaults(run)
     return parser, run
+
+
+def _environment_defaults(parser: argparse.ArgumentParser) -> None:
+    """Take each option's default from ``GEVWIRE_<OPTION>`` when it is set (uvicorn's
+    ``UVICORN_*``): ``--max-connections`` from ``GEVWIRE_MAX_CONNECTIONS``."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "version"):
+            continue
+        name = "GEVWIRE_" + action.dest.upper()
+        text = os.environ.get(name)
+        if text is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            action.default = text.strip().lower() in ("1", "true", "yes", "on")
+            continue
+        try:
+            value = action.type(text) if callable(action.type) else text
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            parser.error(f"{name}={text!r}: {exc}")
+        if action.choices is not None and value not in action.choices:
+            parser.error(f"{name}={text!r}: not one of {', '.join(map(str, action.choices))}")
+        action.default = value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             handler,
             address=args.address,
             loops=args.loops,
+            backend=args.backend,
+            reuse_port=args.reuse_port,
             workers=args.workers,
             worker_timeout=args.worker_timeout,
             codec=codec,

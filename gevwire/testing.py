@@ -8,9 +8,9 @@ schemas, a codec conformance suite, a socket-free handler harness and loopback h
 - :func:`feed` and :class:`FrameCutter` — cut frames from reads exactly as a connection.
 - :func:`same_frames` — the equality ``check_codec`` compares frames with.
 
-hypothesis is a test dependency only: this module imports it inside the functions that
-need it (:func:`strategy_for`, :func:`check_codec`), so the harness, ``serve`` and
-``BlockingClient`` work without it.
+hypothesis is needed only by the functions that use it (:func:`strategy_for`,
+:func:`check_codec`: ``pip install 'gevwire[testing]'``, or they say so), so the
+harness, ``serve`` and ``BlockingClient`` work without it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from gevwire._cutter import FrameCutter, feed, feed_reads
-from gevwire._testbase import CheckReport, CodecCheckFailed, UnsupportedConstruct, same_frames
+from gevwire._testbase import (
+    CheckReport,
+    CodecCheckFailed,
+    UnsupportedConstruct,
+    require_hypothesis,
+    same_frames,
+)
 from gevwire.codec import BaseCodec, Decoder, RawCodec
 from gevwire.errors import ConnectionClosed, DecoderContractError, FrameError
 from gevwire.pipeline import Counters, DecodeProgress, FramePipeline
@@ -85,6 +91,7 @@ def strategy_for(
     construct context returning one (``lambda ctx: st.binary(min_size=ctx.length,
     max_size=ctx.length)``); an override replaces that field's whole subtree.
     """
+    require_hypothesis()
     from gevwire._strategies import build_strategy
 
     return build_strategy(schema, overrides, max_size)
@@ -129,6 +136,7 @@ def check_codec(
 
     Call it from a plain test function, not from inside a ``@given`` test.
     """
+    require_hypothesis()
     from gevwire._check import run_checks
 
     return run_checks(codec, messages=messages, frame_of=frame_of, examples=examples,

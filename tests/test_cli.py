@@ -12,7 +12,7 @@ import pytest
 from test_workers import ServerProcess, alive, kill_quietly
 
 import gevwire
-from gevwire.cli import CliError, load_codec, load_handler, main
+from gevwire.cli import CliError, build_parser, load_codec, load_handler, main
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.io]
 
@@ -63,6 +63,7 @@ def test_help() -> None:
     for option in ("MODULE:HANDLER", "--address", "--loops", "--workers", "--codec",
                    "--idle-timeout", "--frame-timeout", "--metrics-address", "--max-connections",
                    "--proxy-protocol", "--worker-timeout", "--max-buffered-bytes",
+                   "--backend", "--reuse-port",
                    "--log-level"):
         assert option in run.stdout
 
@@ -204,3 +205,41 @@ def test_metrics_address_with_workers_serves_one_endpoint_per_worker(app_dir: Pa
     finally:
         run.close()
         kill_quietly([pid for pid in pids if pid != run.proc.pid and alive(pid)])
+
+
+def test_version_matches_the_package_metadata() -> None:
+    import tomllib
+
+    with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    assert gevwire.__version__ == version
+    done = gevwire_cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"gevwire {version}"
+
+
+def test_options_take_their_defaults_from_gevwire_environment_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GEVWIRE_MAX_CONNECTIONS", "7")
+    monkeypatch.setenv("GEVWIRE_PROXY_PROTOCOL", "1")
+    monkeypatch.setenv("GEVWIRE_BACKEND", "auto")
+    parser, _ = build_parser()
+    args = parser.parse_args(["run", "m:h"])
+    assert (args.max_connections, args.proxy_protocol, args.backend) == (7, True, "auto")
+    args = parser.parse_args(["run", "m:h", "--max-connections", "9"])  # the flag wins
+    assert args.max_connections == 9
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("GEVWIRE_LOOPS", "many", "GEVWIRE_LOOPS='many'"),
+    ("GEVWIRE_BACKEND", "kqueue", "not one of epoll, io_uring, auto"),
+])
+def test_a_bad_environment_value_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str,
+    value: str, message: str,
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser()
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
