@@ -69,6 +69,8 @@ __all__ = ["ConnState", "Connection", "ConnectionOptions"]
 log = logging.getLogger("gevwire")
 
 _EWOULDBLOCK = errno.EWOULDBLOCK
+# Why reading is held (Connection._holds): the server's memory budget, the application.
+_BUDGET, _APPLICATION = 1, 2
 #: Most bytes one ``readv`` puts in a connection's input ring (plus the spare buffer).
 READ_MAX = 256 << 10
 _READ_EVENTS = EV_READ | EV_ERROR | EV_HUP | EV_RDHUP
@@ -173,12 +175,12 @@ class Connection:
 
     __slots__ = (
         "__weakref__",
-        "_budget_paused",
         "_close_timer",
         "_deferred",
         "_events",
         "_fd",
         "_frame_timer",
+        "_holds",
         "_idle_timer",
         "_input",
         "_last_active",
@@ -236,7 +238,7 @@ class Connection:
         self._deferred: bytes | None = None
         self._state = _OPEN
         self._read_paused = False  # by output backpressure
-        self._budget_paused = False  # by the server's MemoryBudget
+        self._holds = 0  # reading held by the memory budget (_BUDGET) or the application
         self._events = EV_READ
         self._token = -1
         # Sends from other threads, made by the first (an idle connection holds none:
@@ -386,6 +388,26 @@ class Connection:
         # Queued even on the loop thread: replies of the frame being handled (and of the
         # rest of its read) are written this turn, before the FIN.
         self.loop.call_soon(self._shutdown_write_in_loop)
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer until :meth:`resume_reading` (asyncio's
+        ``Transport.pause_reading``, netty's ``autoRead``); from any thread.
+
+        The frames of the read being handled are still dispatched; no read follows.
+        Replies and sends still go out, EOF is seen once reading resumes, and
+        ``frame_timeout`` does not count the pause against the peer.
+        """
+        self.loop.run_in_loop(self._hold, _APPLICATION)
+
+    def resume_reading(self) -> None:
+        """Read again after :meth:`pause_reading` (output backpressure or the server's
+        memory budget may still hold it); from any thread."""
+        self.loop.run_in_loop(self._unhold, _APPLICATION)
+
+    @property
+    def reading_paused(self) -> bool:
+        """True between :meth:`pause_reading` and :meth:`resume_reading`."""
+        return bool(self._holds & _APPLICATION)
 
     def __repr__(self) -> str:
         return f"<Connection fd={self._fd} peer={self.peer_addr!r} {self._state}>"
@@ -541,7 +563,7 @@ class Connection:
 
     def _read_into_ring(self) -> None:
         """Read while a partial frame is buffered: into the ring's free space + spare."""
-        if self._budget_paused:  # (paused in this turn, after epoll reported the fd)
+        if self._holds:  # (paused in this turn, after epoll reported the fd)
             return
         if self._fill_ring() > 0:
             self._pipe.cut_ring()
@@ -614,7 +636,7 @@ class Connection:
             return
         timeout = self._options.frame_timeout
         assert timeout is not None
-        if left > 0 or self._read_paused or self._budget_paused:
+        if left > 0 or self._read_paused or self._holds:
             # (Paused by us, for backpressure or the memory budget: not the peer's fault.)
             self._frame_timer = self.loop.run_after(left if left > 0 else timeout,
                                                     self._check_frame_deadline)
@@ -730,7 +752,7 @@ class Connection:
         events = self._events & ~EV_WRITE
         if self._read_paused:
             self._read_paused = False
-            if self._state < _FLUSHING and not self._budget_paused:
+            if self._state < _FLUSHING and not self._holds:
                 events |= EV_READ
         self._set_events(events)
         if self._state == _WRITE_SHUTTING:
@@ -772,7 +794,7 @@ class Connection:
 
     def _resume_reading(self) -> None:
         self._read_paused = False
-        if self._state < _FLUSHING and not self._budget_paused:
+        if self._state < _FLUSHING and not self._holds:
             self._set_events(self._events | EV_READ)
 
     # -- the server's memory budget (gevwire.budget; loop thread) ----------------------
@@ -781,13 +803,25 @@ class Connection:
         """Storage held by this connection's input and output rings."""
         return self._input._cap + self._output._cap
 
+    @property
+    def _budget_paused(self) -> bool:
+        return bool(self._holds & _BUDGET)
+
     def _pause_for_budget(self) -> None:
-        self._budget_paused = True
-        self._set_events(self._events & ~EV_READ)
+        self._hold(_BUDGET)
 
     def _resume_for_budget(self) -> None:
-        self._budget_paused = False
-        if self._state < _FLUSHING and not self._read_paused:
+        self._unhold(_BUDGET)
+
+    def _hold(self, why: int) -> None:
+        """Stop reading for ``why`` (loop thread)."""
+        self._holds |= why
+        self._set_events(self._events & ~EV_READ)
+
+    def _unhold(self, why: int) -> None:
+        """Read again, unless another hold or output backpressure remains (loop thread)."""
+        self._holds &= ~why
+        if not self._holds and self._state < _FLUSHING and not self._read_paused:
             self._set_events(self._events | EV_READ)
 
     def _gone_while_paused(self) -> bool:

@@ -162,3 +162,29 @@ def test_abort_closes_at_once(pair: tuple[Lines, Connection, socket.socket]) -> 
     assert wait_until(lambda: handler.closed == [ConnState.CLOSED])
     assert conn.fd == -1 and "closed" in repr(conn)
     assert peer.recv(16) == b""
+
+
+def test_pause_reading_holds_frames_until_resume_reading(
+    pair: tuple[Lines, Connection, socket.socket],
+) -> None:
+    """asyncio's pause_reading / resume_reading: nothing is read meanwhile (even with a
+    partial frame buffered), replies and sends still go out, and the bytes that came
+    are framed, in order, once reading resumes."""
+    handler, conn, peer = pair
+    peer.sendall(b"one\ntw")
+    assert recv_exactly(peer, 4) == b"ONE\n"
+    conn.pause_reading()
+    assert wait_until(lambda: conn.reading_paused)
+    peer.sendall(b"o\nthree\n")
+    conn.send(b"pushed")  # output is not held
+    assert recv_exactly(peer, 7) == b"pushed\n"
+    threading.Event().wait(0.3)
+    assert handler.frames == [b"one"]  # nothing read while paused
+    conn.resume_reading()
+    assert recv_exactly(peer, 10) == b"TWO\nTHREE\n"
+    assert handler.frames == [b"one", b"two", b"three"] and not conn.reading_paused
+    conn.pause_reading()
+    conn.pause_reading()  # idempotent, as resume_reading
+    conn.resume_reading()
+    peer.sendall(b"four\n")
+    assert recv_exactly(peer, 5) == b"FOUR\n"
