@@ -750,11 +750,14 @@ class Connection:
     def _on_drained(self) -> None:
         """The output ring is empty: stop watching writability, finish pending closes."""
         events = self._events & ~EV_WRITE
-        if self._read_paused:
+        resumed = self._read_paused
+        if resumed:
             self._read_paused = False
             if self._state < _FLUSHING and not self._holds:
                 events |= EV_READ
         self._set_events(events)
+        if resumed:
+            self._writable_changed(True)
         if self._state == _WRITE_SHUTTING:
             self._state = _WRITE_SHUT
             self._do_shutdown_write()
@@ -789,13 +792,28 @@ class Connection:
         if size > options.max_write_buffer:
             self._over_cap(size)
         elif size > options.write_high_water and not self._read_paused:
-            self._read_paused = True
-            self._set_events(self._events & ~EV_READ)
+            self._pause_for_output()
+
+    def _pause_for_output(self) -> None:
+        """Unsent output passed the high water mark: stop reading, tell the handler."""
+        self._read_paused = True
+        self._set_events(self._events & ~EV_READ)
+        self._writable_changed(False)
 
     def _resume_reading(self) -> None:
         self._read_paused = False
         if self._state < _FLUSHING and not self._holds:
             self._set_events(self._events | EV_READ)
+        self._writable_changed(True)
+
+    def _writable_changed(self, writable: bool) -> None:
+        """The handler's ``on_writable_changed(conn, writable)``, if it has one."""
+        hook = getattr(self._pipe.handler, "on_writable_changed", None)
+        if hook is not None and self._state != _CLOSED:
+            try:
+                hook(self, writable)
+            except Exception as exc:
+                self._pipe.fail(exc)
 
     # -- the server's memory budget (gevwire.budget; loop thread) ----------------------
 

@@ -34,6 +34,13 @@ class Handler:
     def on_close(self, conn: Connection) -> None:
         """The connection closed (called exactly once, after the fd is closed)."""
 
+    def on_writable_changed(self, conn: Connection, writable: bool) -> None:
+        """Unsent output passed ``write_high_water`` (``writable`` False: reading from
+        the peer pauses too) or drained again (True), as asyncio's ``pause_writing`` /
+        ``resume_writing``: a handler that streams large replies stops producing
+        between the two.  Nothing is lost by ignoring it: ``max_write_buffer`` still
+        bounds what is queued."""
+
     def on_error(self, conn: Connection, error: BaseException) -> None:
         """A frame was malformed or a callback raised: log it and close the connection.
 

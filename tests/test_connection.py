@@ -188,3 +188,20 @@ def test_pause_reading_holds_frames_until_resume_reading(
     conn.resume_reading()
     peer.sendall(b"four\n")
     assert recv_exactly(peer, 5) == b"FOUR\n"
+
+
+def test_on_writable_changed_follows_the_water_marks(
+    pair: tuple[Lines, Connection, socket.socket],
+) -> None:
+    """asyncio's pause_writing / resume_writing: False once unsent output passes the high
+    water mark (16 MiB to a peer that is not reading yet), True once it drained."""
+    handler, _, peer = pair
+    changes: list[bool] = []
+    handler.on_writable_changed = lambda c, writable: changes.append(writable)  # type: ignore[method-assign]
+    peer.sendall(b"big\nbig\n")  # (io_uring: the second queues behind the SEND in flight)
+    assert wait_until(lambda: changes == [False])
+    assert recv_exactly(peer, 2 * ((8 << 20) + 1)) == (b"z" * (8 << 20) + b"\n") * 2
+    assert wait_until(lambda: changes == [False, True])
+    peer.sendall(b"small\n")  # below the mark: no change
+    assert recv_exactly(peer, 6) == b"SMALL\n"
+    assert changes == [False, True]

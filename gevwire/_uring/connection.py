@@ -264,6 +264,10 @@ class UringConnection(Connection):
                             self._send_ud)
             if self._read_paused:
                 self._maybe_resume(len(data) - sent)
+            elif len(data) - sent > self._options.write_high_water:
+                # The socket refused bytes of a large SEND: the peer is slow, as epoll
+                # sees it when a write falls short (reading pauses, the handler hears).
+                self._check_high_water()
             return
         self._sending = None
         self._last_active = loop.now
@@ -313,8 +317,7 @@ class UringConnection(Connection):
                 f"{size} unsent bytes exceed max_write_buffer={options.max_write_buffer}"
             ), abort=True)
         elif size > options.write_high_water and not self._read_paused:
-            self._read_paused = True
-            self._set_events(self._events & ~EV_READ)
+            self._pause_for_output()
 
     def _maybe_resume(self, inflight: int) -> None:
         """After a SEND completion while input is paused: resume once unsent output is
