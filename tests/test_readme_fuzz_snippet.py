@@ -9,6 +9,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import gevwire
 
 SNIPPET = textwrap.dedent('''\
@@ -80,3 +82,23 @@ def test_readme_section_matches_when_present() -> None:
         return  # the section is not in the README yet
     blocks = re.findall(r"```python\n(.*?)```", match.group(1), re.S)
     assert SNIPPET in blocks
+
+
+FIXTURE_SNIPPET = textwrap.dedent('''\
+    def test_ping_over_loopback(gevwire_server, gevwire_client):  # router, codec: as above
+        client = gevwire_client(gevwire_server(router, codec), codec)
+        reply = client.request({"kind": "ping", "id": 7, "data": b"x"})
+        assert (reply.kind, reply.id, reply.data) == ("pong", 7, b"x")
+''')
+
+
+@pytest.mark.io
+def test_readme_fixture_snippet_runs_with_the_plugin_fixtures(
+    gevwire_server: Any, gevwire_client: Any,
+) -> None:
+    """The README's example of the pytest plugin's fixtures, run with the fixtures the
+    plugin registers (and the fuzz snippet's router and codec), and present verbatim."""
+    assert FIXTURE_SNIPPET in README.read_text()
+    namespace = _run_snippet()
+    exec(compile(FIXTURE_SNIPPET, "README.md (fixtures)", "exec"), namespace)
+    namespace["test_ping_over_loopback"](gevwire_server, gevwire_client)
