@@ -1165,6 +1165,6 @@ def analyse(schema: Any) -> FastCodec | None:
         except FastEncodeError:
             raise
         except Exception as e:  # struct.error, KeyError, OverflowError, TypeError, ...
-            raise FastEncodeError(f"cannot encode {value!r}: {e}") from e
+            raise FastEncodeError(f"{type(e).__name__}: {e}") from e
 
     return FastCodec(schema, _layout(node), node.size, decode, encode, node.cut)

@@ -367,7 +367,25 @@ class Codec(BaseCodec):
         try:
             return self._build(message)
         except (construct.ConstructError, ValueError, TypeError, KeyError) as exc:
-            raise EncodeError(f"cannot encode {message!r}: {_first_line(exc)}") from exc
+            raise self._encode_error(message, exc) from exc
+
+    def _encode_error(self, message: Any, exc: BaseException) -> EncodeError:
+        """What is wrong with ``message``, naming the field (``header.version``)."""
+        if self._build is not self.schema.build:
+            # The compiled encoder failed: construct's own build names the field's path.
+            try:
+                self.schema.build(message)
+            except (construct.ConstructError, ValueError, TypeError, KeyError) as again:
+                exc = again
+        path = _missing_field(self.schema, message)
+        if path is None:
+            where = str(getattr(exc, "path", "") or "").replace("(building)", "").strip()
+            path = ".".join(part.strip() for part in where.split("->") if part.strip())
+        reason = _first_line(exc)
+        if isinstance(exc, KeyError) and path:
+            reason = "missing"
+        at = f" at {path}" if path else ""
+        return EncodeError(f"cannot encode {message!r}{at}: {reason}")
 
 
 def _length_packer(fmt: struct.Struct, extra: int) -> Callable[[int], bytes]:
@@ -377,6 +395,34 @@ def _length_packer(fmt: struct.Struct, extra: int) -> Callable[[int], bytes]:
         return fmt.pack
     pack = fmt.pack
     return lambda size: pack(size - extra)
+
+
+# Fields construct fills in by itself when building: a message may leave them out.
+_SELF_BUILT = frozenset({"Const", "Computed", "Rebuild", "Default", "Padding", "Checksum",
+                         "Pass", "Terminated"})
+
+
+def _missing_field(schema: Any, value: Any, path: tuple[str, ...] = ()) -> str | None:
+    """The dotted path of the first field a ``Struct`` needs and ``value`` lacks."""
+    while not isinstance(schema, construct.Struct) and hasattr(schema, "subcon"):
+        if type(schema).__name__ in _SELF_BUILT:
+            return None
+        schema = schema.subcon
+    if not isinstance(schema, construct.Struct) or not isinstance(value, dict):
+        return None
+    for sub in schema.subcons:
+        name = sub.name
+        if name is None:
+            continue
+        inner = sub.subcon if type(sub) is construct.Renamed else sub
+        if name not in value:
+            if type(inner).__name__ in _SELF_BUILT:
+                continue
+            return ".".join((*path, name))
+        found = _missing_field(inner, value[name], (*path, name))
+        if found is not None:
+            return found
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -544,3 +544,23 @@ def test_decode_batch_stops_before_an_oversized_frame(mode: str) -> None:
     else:
         assert events == [*head, ("too large", False), *head]
         assert ring.length == 0
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_an_encode_error_names_the_field_once(fast: bool) -> None:
+    """A nested field's error says where (``header.version``) and shows the message
+    once, whether the compiled encoder or construct's build failed."""
+    schema = c.Prefixed(c.Int32ub, c.Struct(
+        "header" / c.Struct("version" / c.Int8ub, "kind" / c.Int8ub,
+                            "magic" / c.Const(b"GW")),
+        "data" / c.GreedyBytes))
+    codec = Codec(schema)
+    if not fast:
+        codec._build = schema.build  # as for a schema the compiler does not take
+    message = {"header": {"version": 300, "kind": 1}, "data": b"x"}
+    with pytest.raises(EncodeError) as info:
+        codec.encode(message)
+    text = str(info.value)
+    assert " at header.version: " in text and text.count("cannot encode") == 1
+    with pytest.raises(EncodeError, match=r" at header\.kind: missing$"):
+        codec.encode({"header": {"version": 1}, "data": b""})  # (magic builds itself)
