@@ -46,6 +46,30 @@ def _key_getter(key: str | Callable[[Any], Hashable]) -> Callable[[Any], Hashabl
     return get_path
 
 
+def _enum_names(schema: Any, path: list[str]) -> frozenset[str] | None:
+    """The names of the ``Enum`` at ``path`` in a construct ``schema``, or None when the
+    path does not lead to one."""
+    import construct  # type: ignore[import-untyped]
+
+    node = schema
+    for part in path:
+        while not isinstance(node, construct.Struct) and hasattr(node, "subcon"):
+            node = node.subcon
+        if not isinstance(node, construct.Struct):
+            return None
+        for sub in node.subcons:
+            if sub.name == part:
+                node = sub
+                break
+        else:
+            return None
+    while not isinstance(node, construct.Enum) and hasattr(node, "subcon"):
+        node = node.subcon
+    if not isinstance(node, construct.Enum):
+        return None
+    return frozenset(str(name) for name in node.encmapping)
+
+
 class Router(Handler):
     """Dispatches each frame to the handler registered for the value of ``key``.
 
@@ -64,16 +88,44 @@ class Router(Handler):
     A handler's non-None return value is encoded by the codec and sent.  Frames of an
     unknown kind go to ``@router.default``, or raise :class:`RoutingError` (reported to
     ``on_error``, whose default logs and closes the connection).
+
+    ``schema``: the construct schema of the frames (given, or taken from a
+    :class:`~gevwire.Codec` by the server): a kind that the ``Enum`` at ``key`` cannot
+    produce (a misspelt name) is a ``ValueError`` when it is registered, not a route
+    that never runs.
     """
 
-    def __init__(self, key: str | Callable[[Any], Hashable] = "kind") -> None:
+    def __init__(self, key: str | Callable[[Any], Hashable] = "kind", *,
+                 schema: Any = None) -> None:
         self.key = key
+        self._enum_names: frozenset[str] | None = None
         self._get_kind = _key_getter(key)
         self._routes: dict[Hashable, MessageHandler] = {}
         self._default: MessageHandler | None = None
         self._connect_hooks: list[ConnHook] = []
         self._close_hooks: list[ConnHook] = []
         self._error_hook: ErrorHook | None = None
+        if schema is not None:
+            self.check_schema(schema)
+
+    def check_schema(self, schema: Any) -> None:
+        """Check the kinds registered (and those to come) against the ``Enum`` field that
+        ``key`` names in ``schema``, if it is one; raise ``ValueError`` for a kind it
+        cannot produce."""
+        if not isinstance(self.key, str):
+            return
+        names = _enum_names(schema, self.key.split("."))
+        if names is None:
+            return
+        self._enum_names = names
+        for kind in self._routes:
+            self._check_kind(kind)
+
+    def _check_kind(self, kind: Hashable) -> None:
+        names = self._enum_names
+        if names is not None and isinstance(kind, str) and kind not in names:
+            raise ValueError(f"kind {kind!r}: the {self.key!r} field's Enum has no such "
+                             f"name (it has {', '.join(sorted(names))})")
 
     # -- registration ------------------------------------------------------------------
 
@@ -86,6 +138,7 @@ class Router(Handler):
             for kind in kinds:
                 if kind in self._routes:
                     raise ValueError(f"kind {kind!r} already has a handler")
+                self._check_kind(kind)
                 self._routes[kind] = fn
             return fn
 

@@ -31,6 +31,7 @@ from gevwire.connection import Connection, ConnectionOptions
 from gevwire.listener import Listener
 from gevwire.loop import EventLoop
 from gevwire.metrics import MetricsServer
+from gevwire.router import Router
 from gevwire.timers import TimerHandle
 from gevwire.workers import Supervisor, WorkerControl, check_workers_supported, reserve_port
 
@@ -194,6 +195,8 @@ class Server:
             raise ValueError(f"load_balance must be a callable or one of {sorted(_BALANCERS)}")
         self.handler = handler
         self.codec: BaseCodec = _as_codec(codec)
+        if isinstance(handler, Router) and isinstance(self.codec, Codec):
+            handler.check_schema(self.codec.schema)  # its kinds against the frames' Enum
         self.options = ConnectionOptions(
             write_high_water=write_high_water,
             write_low_water=write_low_water,

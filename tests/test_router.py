@@ -195,3 +195,20 @@ def test_registration_errors() -> None:
         router.on_message(None, {"nokind": 1})  # type: ignore[arg-type]
     with pytest.raises(RoutingError, match="no handler"):
         router.on_message(None, {"kind": "zzz"})  # type: ignore[arg-type]
+
+
+def test_a_kind_the_schemas_enum_cannot_produce_fails_at_registration() -> None:
+    import construct as c  # type: ignore[import-untyped]
+
+    schema = c.Prefixed(c.Int32ub, c.Struct(
+        "header" / c.Struct("kind" / c.Enum(c.Int8ub, ping=1, pong=2)), "id" / c.Int16ub))
+    router = gevwire.Router(key="header.kind", schema=schema)
+    router.on("ping")(lambda conn, frame: None)
+    with pytest.raises(ValueError, match=r"'pnog'.*has no such name.*ping, pong"):
+        router.on("pnog")(lambda conn, frame: None)
+    late = gevwire.Router(key="header.kind")  # no schema: checked when served with one
+    late.on("pong", "pnig")(lambda conn, frame: None)
+    with pytest.raises(ValueError, match="'pnig'"):
+        gevwire.Server(late, address="127.0.0.1:0", codec=gevwire.Codec(schema))
+    other = gevwire.Router(key="id", schema=schema)  # not an Enum: nothing to check
+    other.on("anything")(lambda conn, frame: None)
