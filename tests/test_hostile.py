@@ -10,6 +10,12 @@ generator on the other core), it is a child process started from here.
 
 Sizes and durations are bounded so that the whole module runs in well under a minute on
 two cores; ``GEVWIRE_HOSTILE_CYCLES`` sets the count of case 9 (see there).
+
+Hostile cases that need another set-up live beside the code they test: a relaying
+handler's slow peer (``test_server.py``), a trickled PROXY header
+(``test_server_proxy.py``), RESP error replies holding CR / LF
+(``test_resp_codec.py``, ``test_redis_example.py``) and workers stuck in a handler
+(``test_workers.py``).
 """
 
 from __future__ import annotations
@@ -1660,6 +1666,18 @@ class MqttControl(Control):
                 self._served(start)
 
 
+def _mqtt_retain_grid(address: Any, codec: Any, count: int = 20_000) -> None:
+    """Retain ``count`` QoS 0 messages on ``r/<i // 100>/<i % 100>``, i in order (so the
+    oldest topics are the lowest i): a tree of 200 x 100 topics under one root."""
+    from gevwire.codecs import mqtt as m
+
+    with _mqtt_client(address, "publisher") as pub:
+        pub.send_bytes(b"".join(
+            codec.encode(m.Publish(f"r/{i // 100}/{i % 100}", b"v%d" % i, 0, True))
+            for i in range(count)))
+        assert pub.request(m.PingReq(), 30) == m.PingResp()
+
+
 def test_mqtt_subscribe_of_4000_filters_against_20000_retained_messages(
     serve: ServeFn, gevwire_log: LogCapture
 ) -> None:
@@ -1667,8 +1685,8 @@ def test_mqtt_subscribe_of_4000_filters_against_20000_retained_messages(
     4,000 filters x 20,000 retained topics, each pair matched under the lock, blocked
     the loop for 51.6 s; mosquitto: 7 ms), and what one SUBSCRIBE sends is bounded by
     the client's window and queue (20 + 1,000), so that 4,000 "#" filters are not 80
-    million sends either.  The time bound is generous: a minute without the tree, tens
-    of ms with it."""
+    million sends either: the filters after the allowance is spent are not walked at
+    all.  The time bound is generous: a minute without the tree, tens of ms with it."""
     from gevwire.codecs import mqtt as m
 
     broker_module = _mqtt_broker_module()
@@ -1676,17 +1694,13 @@ def test_mqtt_subscribe_of_4000_filters_against_20000_retained_messages(
     broker = broker_module.Broker(codec)
     allowance = broker.max_inflight + broker.max_queued
     server = serve(broker, codec=codec)  # one loop: a block shows in the control
-    with _mqtt_client(server.address, "publisher") as pub:
-        pub.send_bytes(b"".join(
-            codec.encode(m.Publish(f"r/{i // 100}/{i % 100}", b"v%d" % i, 0, True))
-            for i in range(20_000)))
-        assert pub.request(m.PingReq(), 30) == m.PingResp()
+    _mqtt_retain_grid(server.address, codec)
     assert len(broker.retained) == 20_000
     filters = [(f"r/{j % 200}/{j // 200}", 0) for j in range(1_000)]  # one topic each
     filters += [(f"r/{j}/none", 0) for j in range(1_000)]  # a miss at the last level
+    filters += [("#", 0)] * 1_000  # all of them, each time
     filters += [(f"+/+/none{j}", 0) for j in range(500)]  # "+" through 200 nodes: none
     filters += [(f"+/+/+/{j}", 0) for j in range(500)]  # deeper than every topic
-    filters += [("#", 0)] * 1_000  # all of them, each time
     want = [topic for topic, _ in filters[:1_000]]
     want += [f"r/0/{k}" for k in range(allowance - 1_000)]  # then "#", oldest first
     control = MqttControl(server.address).start()
@@ -1709,6 +1723,82 @@ def test_mqtt_subscribe_of_4000_filters_against_20000_retained_messages(
     print(f"\n[mqtt retained] SUBACK and {len(want)} retained messages (the allowance) for "
           f"4,000 filters against 20,000 topics in {elapsed * 1000:.0f} ms; control's worst "
           f"round trip meanwhile {worst * 1000:.0f} ms")
+
+
+#: The control's worst round trip while one SUBSCRIBE is served (the broker shares this
+#: process, and its GIL, with the clients here).  Measured on a 2-core box: 0-25 ms, up
+#: to 35 ms with two busy processes beside; with unbounded walks, 2.4 s.
+MQTT_STALL_BOUND = 0.1
+
+
+def test_mqtt_wildcards_matching_nothing_cost_at_most_max_retained_visits(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    """A wildcard filter that matches nothing still walks whole levels of the retained
+    tree: ``+/+/+/x`` looks at each of 20,000 leaves to find that none goes on (~0.5 ms),
+    so one SUBSCRIBE of 4,000 such filters held the loop, and the broker's lock, for
+    2.4 s.  The walks of one SUBSCRIBE visit at most ``max_retained_visits`` nodes in all
+    (100,000: tens of ms at most): past it the SUBACK still grants every filter and only
+    the retained messages are left out (counted, logged).  A SUBSCRIBE of 4,000 filters
+    that match broadly stops at the client's window and queue, as before.  The control
+    (on the same loop) must not see a round trip over MQTT_STALL_BOUND meanwhile."""
+    from gevwire.codecs import mqtt as m
+
+    broker_module = _mqtt_broker_module()
+    codec = m.mqtt()
+    broker = broker_module.Broker(codec)
+    allowance = broker.max_inflight + broker.max_queued
+    server = serve(broker, codec=codec)  # one loop: a block shows in the control
+    _mqtt_retain_grid(server.address, codec)
+    assert len(broker.retained) == 20_000
+    cuts = LogCapture()
+    broker_log = logging.getLogger("mqtt_broker")
+    broker_log.addHandler(cuts)
+    nothing = tuple((f"+/+/+/x{i}", 0) for i in range(4_000))  # 20,403 visits each
+    # Each matches 100 topics (r/<j>/*) and they come in age order: the allowance is
+    # the 1,020 oldest topics, from the first 11 filters.
+    broad = tuple((f"+/{j % 200}/+", 0) for j in range(4_000))
+    want = [f"r/{i // 100}/{i % 100}" for i in range(allowance)]
+    control = MqttControl(server.address, interval=0.001).start()  # dense: a stall shows
+    base = Baseline(server)
+    try:
+        with _mqtt_client(server.address, "nothing") as sub:
+            start = time.monotonic()
+            assert sub.request(m.Subscribe(1, nothing), 30) == m.SubAck(1, (0,) * 4_000)
+            nothing_elapsed = time.monotonic() - start
+            assert sub.request(m.PingReq()) == m.PingResp()  # no retained message at all
+            assert len(broker.sessions["nothing"].subscriptions) == 4_000
+        nothing_worst = control.max_latency(start)
+        assert (broker.retained_cut_by_visits, broker.retained_cut_by_queue) == (1, 0)
+        with _mqtt_client(server.address, "broad") as sub:
+            start = time.monotonic()
+            sub.send(m.Subscribe(2, broad))
+            assert sub.recv(30) == m.SubAck(2, (0,) * 4_000)
+            got = [sub.recv(30) for _ in want]
+            broad_elapsed = time.monotonic() - start
+            assert [g.topic for g in got] == want
+            assert all(g.retain for g in got)
+            assert sub.request(m.PingReq()) == m.PingResp()  # no more than the allowance
+        broad_worst = control.max_latency(start)
+        assert (broker.retained_cut_by_visits, broker.retained_cut_by_queue) == (1, 1)
+        assert wait_until(lambda: set(broker.sessions) == {"control"}, 5)
+    finally:
+        broker_log.removeHandler(cuts)
+    control.stop()
+    growth = base.check(8 * MiB)
+    warnings = [msg for level, msg, _ in cuts.records if level >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert "nothing: a SUBSCRIBE visited max_retained_visits (100000)" in warnings[0]
+    assert "broad: a SUBSCRIBE matched more retained messages than its queue takes " \
+        f"({allowance})" in warnings[1]
+    assert gevwire_log.unexpected() == []
+    print(f"\n[mqtt retained walks] 4,000 filters matching nothing: SUBACK in "
+          f"{nothing_elapsed * 1000:.0f} ms, control's worst round trip "
+          f"{nothing_worst * 1000:.0f} ms; 4,000 matching 100 topics each: SUBACK and "
+          f"{allowance} retained in {broad_elapsed * 1000:.0f} ms, control's worst "
+          f"{broad_worst * 1000:.0f} ms; RSS +{growth / MiB:.1f} MiB")
+    assert nothing_worst < MQTT_STALL_BOUND, nothing_worst
+    assert broad_worst < MQTT_STALL_BOUND, broad_worst
 
 
 def test_mqtt_subscriber_that_never_acks_costs_its_window_and_queue_only(

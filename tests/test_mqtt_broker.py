@@ -637,9 +637,126 @@ def test_topics_deeper_than_max_topic_levels_are_refused(limited: int, port: int
         assert client.request(request) == m.SubAck(2, (0, 0x80))
 
 
+# -- limits: the retained-tree nodes one SUBSCRIBE may visit ---------------------------
+
+
+def broker_module() -> Any:
+    """``examples/mqtt_broker.py``, imported, for what a subprocess cannot show: its
+    retained tree's walks, its counters and its log."""
+    import importlib
+
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    return importlib.import_module("mqtt_broker")
+
+
+def ten_topics() -> Any:
+    """A retained tree of ``a/0`` .. ``a/9``, stored in that order (oldest first).
+
+    Visits (see RetainedTree.walk): ``a/3`` 5 (root taken, ``a`` looked up, ``a``
+    taken, ``3`` looked up, ``3`` taken); ``a/+`` 23 and ``#`` 23 (root, ``a``, the 10
+    children looked at, then each taken)."""
+    tree = broker_module().RetainedTree()
+    for k in range(10):
+        tree.set(f"a/{k}", b"%d" % k, 0)
+    return tree
+
+
+def test_a_retained_walk_stops_at_its_visits_with_what_it_found() -> None:
+    tree = ten_topics()
+    topics = [f"a/{k}" for k in range(10)]
+
+    def walk(topic_filter: str, visits: int) -> tuple[list[str], int]:
+        found, left = tree.walk(topic_filter, visits)
+        return [message.topic for message in found], left
+
+    for topic_filter in ("a/+", "#", "+/+"):
+        assert walk(topic_filter, 23) == (topics, 0)  # exactly enough
+        assert walk(topic_filter, 1000) == (topics, 977)
+    assert walk("a/3", 5) == (["a/3"], 0)
+    assert walk("a/3", 4) == ([], -1)
+    assert walk("a/x", 4) == ([], 0)  # the miss costs its look-up
+    # Short: a level is paid for before it is looked at, then its children are taken in
+    # the order they were made, so a cut walk has found the oldest it could.
+    assert walk("a/+", 17) == (topics[:4], -1)
+    assert walk("#", 19) == (topics[:6], -1)
+    assert walk("a/+", 12) == ([], -1)  # the 10 children's looks did not fit
+    assert walk("a/+", 0) == ([], -1)
+    # Matching nothing costs what is looked at: "+/+/x" takes "a", looks at its 10
+    # children (none goes on), and finds nothing.
+    assert walk("+/+/x", 13) == ([], 0)
+    assert walk("+/+/x", 12) == ([], -1)
+    assert tree.match("#") == tree.walk("#", 1 << 62)[0]  # match: no bound
+
+
+def test_a_subscribe_sends_retained_messages_up_to_max_retained_visits(
+        serve: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Past the visits, the rest of the SUBSCRIBE's retained messages are not sent
+    (counted, logged); the SUBACK grants every filter all the same, and live messages
+    reach them."""
+    module = broker_module()
+    broker = module.Broker(CODEC, max_retained_visits=5 + 23 + 10)
+    server = serve(broker, codec=CODEC)
+    port = server.address[1]
+    with raw_client(port, m.Connect("pub")) as pub:
+        for k in range(10):
+            pub.send(m.Publish(f"a/{k}", b"%d" % k, 0, True))
+        assert pub.request(m.PingReq()) == m.PingResp()
+    caplog.set_level("WARNING", logger="mqtt_broker")
+    with raw_client(port, m.Connect("sub")) as sub:
+        # "a/3" costs 5, "a/+" 23; "#" runs out (10 left: root, "a", then its 10
+        # children do not fit) and "a/5" is not walked.
+        request = m.Subscribe(1, (("a/3", 0), ("a/+", 0), ("#", 0), ("a/5", 0)))
+        assert sub.request(request) == m.SubAck(1, (0, 0, 0, 0))
+        got = [sub.recv() for _ in range(11)]
+        assert [g.topic for g in got] == ["a/3"] + [f"a/{k}" for k in range(10)]
+        assert all(g.retain for g in got)
+        assert sub.request(m.PingReq()) == m.PingResp()  # nothing more
+        assert (broker.retained_cut_by_visits, broker.retained_cut_by_queue) == (1, 0)
+        assert [r.getMessage() for r in caplog.records] == [
+            "sub: a SUBSCRIBE visited max_retained_visits (38) retained-tree nodes: the rest "
+            "of its retained messages are not sent (its subscriptions stand)"]
+        with raw_client(port, m.Connect("pub2")) as pub:
+            pub.send(m.Publish("a/5", b"live", 0))
+            assert pub.request(m.PingReq()) == m.PingResp()
+        assert sub.recv() == m.Publish("a/5", b"live")  # once: "a/+", "#", "a/5" all hold
+        assert sub.request(m.PingReq()) == m.PingResp()
+        # A walk cut short sends what it found, the oldest first; the next SUBSCRIBE has
+        # its own visits.
+        request = m.Subscribe(2, (("a/+", 0), ("a/+", 0), ("a/9", 0)))
+        assert sub.request(request) == m.SubAck(2, (0, 0, 0))
+        got = [sub.recv() for _ in range(21)]  # a repeated filter: walked once, sent twice
+        assert [g.topic for g in got] == [f"a/{k}" for k in range(10)] * 2 + ["a/9"]
+        assert sub.request(m.PingReq()) == m.PingResp()
+        assert broker.retained_cut_by_visits == 1
+        broker.max_retained_visits = 17
+        assert sub.request(m.Subscribe(3, (("a/+", 0), ("a/9", 0)))) == m.SubAck(3, (0, 0))
+        got = [sub.recv() for _ in range(4)]
+        assert [g.topic for g in got] == ["a/0", "a/1", "a/2", "a/3"]
+        assert sub.request(m.PingReq()) == m.PingResp()
+        assert broker.retained_cut_by_visits == 2
+    assert len(caplog.records) == 1  # logged at most every 10 s per client
+
+
+def test_max_retained_visits_is_checked_and_set_from_the_command_line() -> None:
+    module = broker_module()
+    with pytest.raises(ValueError, match="max_retained_visits"):
+        module.Broker(CODEC, max_retained_visits=-1)
+    assert module.Broker(CODEC).max_retained_visits == module.MAX_RETAINED_VISITS == 100_000
+    # 0: no retained message is looked up, every subscription is granted.
+    with example_server("mqtt_broker.py", "--max-retained-visits", "0") as (proc, own):
+        with raw_client(own, m.Connect("pub")) as pub:
+            assert pub.request(m.Publish("kept", b"v", 1, True, packet_id=1)) == m.PubAck(1)
+        with raw_client(own, m.Connect("sub")) as sub:
+            assert sub.request(m.Subscribe(1, (("kept", 1), ("#", 0)))) == m.SubAck(1, (1, 0))
+            assert sub.request(m.PingReq()) == m.PingResp()
+        assert_stops_cleanly(proc)
+
+
 def test_limits_out_of_range_are_refused_on_the_command_line() -> None:
     for option, value in (("--max-inflight", "0"), ("--max-inflight", "65536"),
-                          ("--max-queued", "-1"), ("--max-topic-levels", "0")):
+                          ("--max-queued", "-1"), ("--max-topic-levels", "0"),
+                          ("--max-retained-visits", "-1")):
         done = subprocess.run([sys.executable, str(EXAMPLES / "mqtt_broker.py"), "--port",
                                "0", option, value], env=example_env(), capture_output=True,
                               text=True, timeout=WAIT + STOP_TIMEOUT)
