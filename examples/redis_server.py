@@ -11,7 +11,20 @@ clients stay on RESP2), ``CLIENT`` (``SETNAME``, ``GETNAME``, ``SETINFO``, ``ID`
 ``COMMAND`` (``COUNT``, ``INFO``, ``DOCS``, ``LIST``), ``CONFIG GET``, ``INFO``.
 Error replies are Redis's, word for word.  The glob patterns of ``KEYS`` and ``CONFIG GET``
 are matched by :func:`glob_match`, which reads the pattern in place, with one backtrack
-point: no regex, so no exponential cases and no compile step for a huge pattern.
+point: no regex, so no exponential cases and no compile step for a huge pattern.  Redis
+matches them in C with no size limit; here, in Python, one request must not stall the
+loop, so the patterns of one command may total ``max_pattern_bytes`` (64 KiB) and a
+``CONFIG GET`` may carry ``max_config_patterns`` (1024): at both limits the costliest
+shapes found take under 20 ms (8 MiB took up to a second).  Past either, the command gets
+an ``ERR`` reply that says the limit (this server's own), and the connection stays open.
+Matching is still up to pattern length times key length in Python (keys, made with
+``SET``, may be long too), so the matching work of one command is counted, in steps
+(a byte compared, a ``*``, a part sought; the parts of a pattern between two ``*`` that
+are plain bytes are found at C speed, with ``bytes.find``), and bounded by
+``max_glob_steps`` (200,000, ~40 ms at worst; each key's first 16 steps, its share of
+the scan, are not counted): past it, the matching stops and the command gets ``-ERR glob
+pattern too costly to match: over 200000 steps, the limit per KEYS`` (this server's own),
+and the connection stays open.
 
 The codec is ``gevwire.codecs.resp.resp(commands=True)``: every frame is a command as
 a list of ``bytes``.  The command logic (:class:`RedisStore`) knows nothing of sockets;
@@ -21,6 +34,8 @@ as in Redis.  Keys expire lazily on access and, in the background, from a heap o
 deadlines every 100 ms.
 
     python examples/redis_server.py --port 6380      # --port 0 picks a free port
+    python examples/redis_server.py --max-pattern-bytes 65536 --max-config-patterns 1024 \
+        --max-glob-steps 200000
     redis-cli -p 6380 set greeting hello
     redis-benchmark -p 6380 -t ping,set,get -P 16 -q
 
@@ -68,6 +83,19 @@ SYNTAX = RespError("ERR syntax error")
 OVERFLOW = RespError("ERR increment or decrement would overflow")
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 VERSION = "7.0.0"
+#: What the glob patterns of one KEYS or CONFIG GET may total, in bytes.  Measured on two
+#: cores: the costliest KEYS pattern of this size (one class of escaped ranges) takes
+#: ~8 ms, the costliest CONFIG GET (1024 patterns like ``*[^a]*[^a]...``) ~20 ms.
+MAX_PATTERN_BYTES = 64 << 10
+#: How many patterns one CONFIG GET may carry: each costs microseconds however short (an
+#: empty one too), so their bytes alone do not bound a command's cost.
+MAX_CONFIG_PATTERNS = 1024
+#: The steps the glob matching of one KEYS or CONFIG GET may take in Python (a byte
+#: compared, a ``*``, a part sought; see :func:`glob_match`), beyond the first 16 for each
+#: key: what long keys and patterns cost (pattern length times key length at worst).
+#: Measured on two cores: one step takes up to ~195 ns (``*[a]...`` against ``a...``),
+#: so a command that spends the budget took ~40 ms.
+MAX_GLOB_STEPS = 200_000
 
 
 class Client(Protocol):
@@ -139,11 +167,37 @@ _ALL_BYTES = (1 << 256) - 1
 _SPANS_KEPT = 4096  # what a match remembers of a pattern, whatever it cost to find...
 _LONG_SPAN = 256  # ...and beyond that, what took reading at least this many bytes
 
+_FREE_STEPS = 16  # the steps of each match not charged to a budget: a key's own cost
+_STAR_STEPS = 5  # what a '*' counts for (the time of ~5 bytes compared, measured)
+_UNLIMITED = 1 << 62
+
 #: What matching remembers of one pattern, from key to key: at the position ``p`` of a
 #: ``[`` or of a run of ``*``, ``(the class's bytes as a 256-bit int (0 for stars), the
 #: position after it)``; at ``~p`` for the position ``p`` after a run of ``*``, ``(how
-#: many bytes the rest matches (-1: a ``*`` follows), 1 if exact or 0 if a lower bound)``.
-Spans = dict[int, tuple[int, int]]
+#: many bytes the rest matches (-1: a ``*`` follows), 1 if exact or 0 if a lower bound)``;
+#: at that ``p`` if no ``[`` or ``?`` is there, ``(the bytes up to the next ``*`` if they
+#: are literal (escapes resolved), else None; the position of that ``*``)``.
+Spans = dict[int, tuple[Any, int]]
+
+
+class GlobTooCostly(Exception):
+    """Raised by :func:`glob_match` when the budget of a command's matching runs out."""
+
+
+class GlobBudget:
+    """The steps (see :func:`glob_match`) that the matching of one command may still take;
+    :meth:`charge` raises :class:`GlobTooCostly` once they are spent."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def charge(self, steps: int) -> None:
+        self.left -= steps
+        if self.left < 0:
+            raise GlobTooCostly
 
 
 def is_glob_literal(pattern: bytes) -> bool:
@@ -152,45 +206,90 @@ def is_glob_literal(pattern: bytes) -> bool:
                 or _BACKSLASH in pattern)
 
 
-def glob_match(pattern: bytes, key: bytes, spans: Spans | None = None) -> bool:
+def glob_match(pattern: bytes, key: bytes, spans: Spans | None = None,
+               budget: GlobBudget | None = None) -> bool:
     """Whether ``key`` matches the Redis glob ``pattern``: ``*`` (any bytes), ``?`` (one
     byte), ``[abc]``, ``[^abc]``, ``[a-z]`` (a class of one byte; ``\\`` escapes in it;
     a ``-`` before ``]`` is itself; ``[]`` matches nothing, ``[^]`` any byte, a class
     left open ends with the pattern), ``\\x`` (``x`` itself; a trailing ``\\`` is
     itself).
 
-    Nothing is built from the pattern: it is read in place, and what was costly to find
-    in it (where a long class or run of ``*`` ends, what a class holds, how many bytes
-    the part after the last ``*`` takes) is remembered in ``spans``, so that it is read
-    once, not once per position of every key: pass one dict for all the keys matched
-    against one pattern.  It holds at most ``_SPANS_KEPT`` entries plus three per
-    ``_LONG_SPAN`` bytes of pattern (one of each kind, each for bytes read to find it).
+    Nothing is built from the pattern but the bytes of its literal parts: it is read in
+    place, and what was costly to find in it (where a long class or run of ``*`` ends,
+    what a class holds, how many bytes the part after the last ``*`` takes, which part
+    between two ``*`` is plain bytes, and which) is remembered in ``spans``, so that it
+    is read once, not once per position of every key: pass one dict for all the keys
+    matched against one pattern.  It holds at most ``_SPANS_KEPT`` entries plus three
+    per ``_LONG_SPAN`` bytes of pattern (one of each kind, each for bytes read to find
+    it), and literal parts of at most the pattern's size in all.
+
+    With ``budget``, the steps this match takes in Python beyond the first
+    ``_FREE_STEPS`` are charged to it (see :class:`GlobBudget`); past what it has left,
+    :class:`GlobTooCostly` is raised, in the middle of the match if need be.
     """
     if spans is None:
         spans = {}
+    if budget is None:
+        return _glob_match(pattern, key, spans, _UNLIMITED)[0]
+    matched, steps = _glob_match(pattern, key, spans, budget.left + _FREE_STEPS)
+    if steps > _FREE_STEPS:
+        budget.charge(steps - _FREE_STEPS)
+    return matched
+
+
+def _glob_match(pattern: bytes, key: bytes, spans: Spans, allowance: int
+                ) -> tuple[bool, int]:
+    """``glob_match``: (whether ``key`` matches, the steps that took), raising
+    :class:`GlobTooCostly` once past ``allowance`` steps.  A step is a turn of the loop,
+    one token against one byte; a ``*`` counts for ``_STAR_STEPS``, and ``_STAR_STEPS``
+    more and one per byte when the literal part after it is read (not found in
+    ``spans``), a class read for 2 more and one per 2 of its bytes (a long one, read
+    once, for ``_LONG_SPAN`` bytes at most)."""
     n = len(pattern)
     size = len(key)
     p = k = 0
+    steps = 0
     resume_p = -1  # the pattern position after the last '*' seen (-1: none to revisit)
     resume_k = 0  # the key position from which what follows that '*' was last tried
     while k < size:
+        steps += 1
         if p < n:
             token = pattern[p]
             if token == _STAR:
+                steps += _STAR_STEPS - 1  # lookups and calls: it costs several steps
+                if steps > allowance:
+                    raise GlobTooCostly
                 p += 1
                 if p < n and pattern[p] == _STAR:
                     p = _stars_end(pattern, p - 1, spans)
                 if p == n:
-                    return True  # a '*' at the end takes the rest of the key
+                    return True, steps  # a '*' at the end takes the rest of the key
                 known = spans.get(~p)
                 if known is not None and (known[1] or known[0] > size - k):
                     width = known[0]
                 else:
                     width = _tail_width(pattern, p, size - k, spans)
                 if width < 0:  # more '*' to come: try from here, then further on
+                    token = pattern[p]
+                    if token != _QUESTION and token != _OPEN:
+                        span = spans.get(p)
+                        if span is None:  # read (again): steps for its bytes
+                            span = _literal_at(pattern, p, spans)
+                            steps += _STAR_STEPS + min(span[1] - p, _LONG_SPAN)
+                        literal, end = span
+                        if literal is not None:
+                            # Plain bytes up to the next '*': their first occurrence, at
+                            # C speed (a later one would leave less for the rest).
+                            k = key.find(literal, k)
+                            if k < 0:
+                                return False, steps
+                            k += len(literal)
+                            p = end
+                            resume_p = -1
+                            continue
                     resume_p, resume_k = p, k
                 elif width > size - k:
-                    return False
+                    return False, steps
                 else:  # the last '*': what follows can only match the end of the key
                     resume_p = -1
                     k = size - width
@@ -201,7 +300,11 @@ def glob_match(pattern: bytes, key: bytes, spans: Spans | None = None) -> bool:
                 k += 1
                 continue
             if token == _OPEN:
-                members, end = spans.get(p) or _class_at(pattern, p, spans)
+                span = spans.get(p)
+                if span is None:  # read (again: not remembered), a step per 2 bytes
+                    span = _class_at(pattern, p, spans)
+                    steps += 2 + min(span[1] - p, _LONG_SPAN) // 2
+                members, end = span
                 if members >> byte & 1:
                     p = end
                     k += 1
@@ -217,24 +320,28 @@ def glob_match(pattern: bytes, key: bytes, spans: Spans | None = None) -> bool:
                 continue
         # A mismatch, or pattern left over: the last '*' takes one more byte.
         if resume_p < 0:
-            return False
+            return False, steps
+        if steps > allowance:
+            raise GlobTooCostly
         resume_k += 1
         token = pattern[resume_p]
         if token != _QUESTION and token != _OPEN and token != _BACKSLASH:
             # What follows the '*' starts with a plain byte: skip to its next occurrence.
             resume_k = key.find(token, resume_k)
             if resume_k < 0:
-                return False
+                return False, steps
         p, k = resume_p, resume_k
     # The key is used up (more of it for a '*' would leave less for the rest): what is
     # left of the pattern must be stars.
-    return p == n or (pattern[p] == _STAR and _stars_end(pattern, p, spans) == n)
+    return p == n or (pattern[p] == _STAR and _stars_end(pattern, p, spans) == n), steps
 
 
-def glob_matcher(pattern: bytes) -> Callable[[bytes], bool]:
-    """``glob_match`` with ``pattern``, for many keys.  A short pattern of plain bytes and
-    ``*`` (the usual ``prefix*``, ``*part*``) is matched at C speed with bytes methods:
-    its parts in order, the first at the start and the last at the end."""
+def glob_matcher(pattern: bytes, budget: GlobBudget | None = None
+                 ) -> Callable[[bytes], bool]:
+    """``glob_match`` with ``pattern`` (and ``budget``), for many keys.  A short pattern of
+    plain bytes and ``*`` (the usual ``prefix*``, ``*part*``) is matched at C speed with
+    bytes methods: its parts in order, the first at the start and the last at the end (a
+    step for each part sought in between)."""
     if len(pattern) <= 1024 and not (_QUESTION in pattern or _OPEN in pattern
                                      or _BACKSLASH in pattern):
         parts = pattern.split(b"*")
@@ -248,19 +355,22 @@ def glob_matcher(pattern: bytes) -> Callable[[bytes], bool]:
             if len(key) < least or not key.startswith(head) or not key.endswith(tail):
                 return False
             at, end = len(head), len(key) - len(tail)
-            for part in middle:
+            steps = 0
+            for steps, part in enumerate(middle, 1):  # noqa: B007 (read after the loop)
                 at = key.find(part, at, end)
                 if at < 0:
-                    return False
+                    break
                 at += len(part)
-            return True
+            if steps > _FREE_STEPS and budget is not None:
+                budget.charge(steps - _FREE_STEPS)
+            return at >= 0
 
         return match_parts
     spans: Spans = {}
-    return lambda key: glob_match(pattern, key, spans)
+    return lambda key: glob_match(pattern, key, spans, budget)
 
 
-def _remember(spans: Spans, at: int, span: tuple[int, int], cost: int) -> None:
+def _remember(spans: Spans, at: int, span: tuple[Any, int], cost: int) -> None:
     if len(spans) < _SPANS_KEPT or cost >= _LONG_SPAN:
         spans[at] = span
 
@@ -332,6 +442,45 @@ def _class_at(pattern: bytes, p: int, spans: Spans) -> tuple[int, int]:
     return span
 
 
+def _literal_at(pattern: bytes, p: int, spans: Spans) -> tuple[bytes | None, int]:
+    """The part of the pattern from ``p`` to the next ``*`` (not escaped) as the bytes it
+    matches if it is plain bytes and escapes, and the position of that ``*``; else (None,
+    where reading stopped).  Read once: the next ``*`` and backslash are searched again
+    only once passed."""
+    star = pattern.find(_STAR, p)
+    if star >= 0:  # the usual case at once: no backslash (nor '?' nor '[') before it
+        plain = pattern[p:star]
+        if not (_BACKSLASH in plain or _QUESTION in plain or _OPEN in plain):
+            _remember(spans, p, (plain, star), star - p)
+            return plain, star
+    n = len(pattern)
+    literal = bytearray()
+    i = p
+    next_star = next_escape = -1
+    found: tuple[bytes | None, int] = (None, 0)
+    while i < n:
+        if next_star < i:
+            next_star = _find(pattern, _STAR, i)
+        if next_escape < i:
+            next_escape = _find(pattern, _BACKSLASH, i)
+        stop = min(next_star, next_escape)
+        plain = pattern[i:stop]
+        if _QUESTION in plain or _OPEN in plain or stop == n:
+            break  # a token of its own, or no '*' follows: not a literal part
+        literal += plain
+        if stop == next_star:
+            found = (bytes(literal), stop)
+            break
+        if stop + 1 == n:
+            break  # a trailing backslash: no '*' follows
+        literal.append(pattern[stop + 1])
+        i = stop + 2
+    if found[0] is None:
+        found = (None, i)
+    _remember(spans, p, found, i - p)
+    return found
+
+
 def _tail_width(pattern: bytes, p: int, limit: int, spans: Spans) -> int:
     """How many bytes the pattern from ``p`` on matches if no ``*`` follows (then it
     takes a fixed number), -1 if one does (as a token or not); once over ``limit``, any
@@ -385,9 +534,26 @@ class RedisStore:
     ``execute(client, args)`` returns a value for the RESP codec: bytes, ``None``,
     ints, lists, :class:`SimpleString`, :class:`RespError`, or pre-encoded ``RawResp``.
     Its signature is a handler's ``on_message`` (``client`` is the connection).
+
+    ``max_pattern_bytes``: what the glob patterns of one ``KEYS`` or ``CONFIG GET`` may
+    total; ``max_config_patterns``: how many one ``CONFIG GET`` may carry.  Past either,
+    the command gets an ``ERR`` reply (see :meth:`check_patterns`).  ``max_glob_steps``:
+    the matching work one of them may do (see :data:`MAX_GLOB_STEPS`); once past it, the
+    matching stops and the command gets an ``ERR`` reply (see :meth:`too_costly`).
     """
 
-    def __init__(self, *, locked: bool = False) -> None:
+    def __init__(self, *, locked: bool = False, max_pattern_bytes: int = MAX_PATTERN_BYTES,
+                 max_config_patterns: int = MAX_CONFIG_PATTERNS,
+                 max_glob_steps: int = MAX_GLOB_STEPS) -> None:
+        if max_pattern_bytes < 1:
+            raise ValueError("max_pattern_bytes must be >= 1")
+        if max_config_patterns < 1:
+            raise ValueError("max_config_patterns must be >= 1")
+        if max_glob_steps < 1:
+            raise ValueError("max_glob_steps must be >= 1")
+        self.max_pattern_bytes = max_pattern_bytes
+        self.max_config_patterns = max_config_patterns
+        self.max_glob_steps = max_glob_steps
         self.data: dict[bytes, Value] = {}
         self.expires: dict[bytes, int] = {}  # key -> deadline, ms since the epoch
         self._deadlines: list[tuple[int, bytes]] = []  # heap; may hold stale entries
@@ -412,6 +578,29 @@ class RedisStore:
 
     def new_session(self) -> Session:
         return Session(next(self._ids))
+
+    def check_patterns(self, args: Args, first: int, command: str) -> RespError | None:
+        """The error for ``command``'s glob patterns (``args[first:]``) if they are past
+        the limits (too many, or too many bytes in all), else None: checked before any is
+        matched, and without copying ``args``."""
+        count = len(args) - first
+        if count > self.max_config_patterns:
+            return RespError(f"ERR too many patterns: {count}, the limit is "
+                             f"{self.max_config_patterns} per {command}")
+        total = sum(map(len, itertools.islice(args, first, None)))
+        if total > self.max_pattern_bytes:
+            return RespError(f"ERR glob pattern too long: {total} bytes, the limit is "
+                             f"{self.max_pattern_bytes} bytes per {command}")
+        return None
+
+    def glob_budget(self) -> GlobBudget:
+        """The budget of one command's glob matching: ``max_glob_steps``."""
+        return GlobBudget(self.max_glob_steps)
+
+    def too_costly(self, command: str) -> RespError:
+        """The error for a ``command`` whose glob matching ran out of its budget."""
+        return RespError(f"ERR glob pattern too costly to match: over {self.max_glob_steps} "
+                         f"steps, the limit per {command}")
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -723,12 +912,18 @@ def cmd_persist(store: RedisStore, args: Args, client: Client) -> Any:
 
 def cmd_keys(store: RedisStore, args: Args, client: Client) -> Any:
     pattern = args[1]
+    if len(pattern) > store.max_pattern_bytes:
+        return store.check_patterns(args, 1, "KEYS")
     if pattern == b"*":
         return [key for key in list(store.data) if store.lookup(key) is not None]
     if is_glob_literal(pattern):  # one key at most: no scan
         return [pattern] if store.lookup(pattern) is not None else []
-    match = glob_matcher(pattern)
-    return [key for key in list(store.data) if match(key) and store.lookup(key) is not None]
+    match = glob_matcher(pattern, store.glob_budget())
+    try:
+        return [key for key in list(store.data)
+                if match(key) and store.lookup(key) is not None]
+    except GlobTooCostly:
+        return store.too_costly("KEYS")
 
 
 def cmd_type(store: RedisStore, args: Args, client: Client) -> Any:
@@ -906,9 +1101,13 @@ CONFIG: dict[bytes, bytes] = {b"save": b"", b"appendonly": b"no", b"databases": 
 def cmd_config(store: RedisStore, args: Args, client: Client) -> Any:
     sub = args[1].upper()
     if sub == b"GET" and len(args) >= 3:
+        refused = store.check_patterns(args, 2, "CONFIG GET")
+        if refused is not None:
+            return refused
         # Each parameter once, however many patterns match it (in the order of the first
         # match); names are matched without regard to case, as in Redis.
         found: dict[bytes, bytes] = {}
+        budget = store.glob_budget()
         for pattern in args[2:]:
             if len(found) == len(CONFIG):
                 break  # nothing left to find
@@ -919,8 +1118,11 @@ def cmd_config(store: RedisStore, args: Args, client: Client) -> Any:
                 continue
             spans: Spans = {}
             for name, value in CONFIG.items():
-                if name not in found and glob_match(pattern, name, spans):
-                    found[name] = value
+                try:
+                    if name not in found and glob_match(pattern, name, spans, budget):
+                        found[name] = value
+                except GlobTooCostly:
+                    return store.too_costly("CONFIG GET")
         return [item for pair in found.items() for item in pair]
     if sub == b"RESETSTAT" and len(args) == 2:
         return OK
@@ -1054,13 +1256,26 @@ def main() -> None:
     parser.add_argument("--loops", type=int, default=1)
     parser.add_argument("--max-bulk-length", type=int, default=64 << 20,
                         help="largest bulk string accepted (64 MiB)")
+    parser.add_argument("--max-pattern-bytes", type=int, default=MAX_PATTERN_BYTES,
+                        help="what the glob patterns of one KEYS or CONFIG GET may total "
+                             "(64 KiB)")
+    parser.add_argument("--max-config-patterns", type=int, default=MAX_CONFIG_PATTERNS,
+                        help="how many patterns one CONFIG GET may carry (1024)")
+    parser.add_argument("--max-glob-steps", type=int, default=MAX_GLOB_STEPS,
+                        help="the glob matching work one KEYS or CONFIG GET may do, in "
+                             "steps (200000: ~40 ms)")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(name)s %(message)s",
     )
-    store = RedisStore(locked=args.loops > 1)
+    if min(args.max_pattern_bytes, args.max_config_patterns, args.max_glob_steps) < 1:
+        parser.error("--max-pattern-bytes, --max-config-patterns and --max-glob-steps must "
+                     "be >= 1")
+    store = RedisStore(locked=args.loops > 1, max_pattern_bytes=args.max_pattern_bytes,
+                       max_config_patterns=args.max_config_patterns,
+                       max_glob_steps=args.max_glob_steps)
     server = gevwire.Server(RedisHandler(store), address=f"{args.host}:{args.port}",
                             loops=args.loops, codec=redis_codec(args.max_bulk_length))
     server.run_every(0.1, store.expire_due)

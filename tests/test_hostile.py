@@ -1976,14 +1976,29 @@ def _redis_server_module() -> Any:
 REDIS_KEYS = [b"a" * 40, b"xab", b"user:1", b"user:2", b"key:z"]
 
 
-def _redis_serve(serve: ServeFn) -> gevwire.Server:
+def _redis_serve(serve: ServeFn, timings: list[float] | None = None) -> gevwire.Server:
     """The example's handler and codec on one loop (a stall shows in the control), over a
-    store holding :data:`REDIS_KEYS`."""
+    store holding :data:`REDIS_KEYS`.  With ``timings``, the loop's time in each KEYS and
+    CONFIG command (the command alone: no receiving, decoding or sending) is appended."""
     module = _redis_server_module()
     store = module.RedisStore()
     for key in REDIS_KEYS:
         store.data[key] = b"v"
-    return serve(module.RedisHandler(store), codec=module.redis_codec())
+    handler = module.RedisHandler(store)
+    if timings is not None:
+        execute = store.execute
+
+        def timed(client: Any, args: list[bytes]) -> Any:
+            if args[0].upper() not in (b"KEYS", b"CONFIG"):
+                return execute(client, args)
+            start = time.perf_counter()
+            try:
+                return execute(client, args)
+            finally:
+                timings.append(time.perf_counter() - start)
+
+        handler.on_message = timed
+    return serve(handler, codec=module.redis_codec())
 
 
 def _redis_client(address: Any) -> Any:
@@ -2048,34 +2063,44 @@ def test_redis_keys_patterns_that_backtracked_exponentially_answer_at_once(
           f"meanwhile {worst * 1000:.1f} ms")
 
 
-#: 8 MiB KEYS patterns, by shape: (the pattern, the keys of REDIS_KEYS it matches).
-REDIS_BIG_PATTERNS: dict[str, Callable[[], tuple[bytes, list[bytes]]]] = {
-    "letters then ?": lambda: (b"a" * (8 * MiB - 1) + b"?", []),
-    "stars and letters": lambda: (b"*a" * (4 * MiB), []),
-    "stars": lambda: (b"*" * (8 * MiB), sorted(REDIS_KEYS)),
-    "question marks": lambda: (b"?" * (8 * MiB), []),
-    "classes": lambda: (b"*[a]" * (2 * MiB), []),
-    "one class of plain bytes": lambda: (b"*[" + b"xyz" * (8 * MiB // 3) + b"]", [b"key:z"]),
-    "one class of escapes": lambda: (b"*[" + b"\\a" * (4 * MiB) + b"]b", [b"xab"]),
-    "one class of ranges": lambda: (b"*[" + b"a-b" * (8 * MiB // 3) + b"]",
-                                    [b"a" * 40, b"xab"]),
+#: KEYS patterns of ``size`` bytes or up to 4 less, by shape: ``shape(size)`` is (the
+#: pattern, the keys of REDIS_KEYS it matches).  At 8 MiB the classes of escapes or ranges
+#: took 0.6 to 1 s to match (and each shape seconds to compile, as a regex); at
+#: ``max_pattern_bytes`` (64 KiB) the costliest, a class of escaped ranges, takes ~8 ms.
+REDIS_PATTERN_SHAPES: dict[str, Callable[[int], tuple[bytes, list[bytes]]]] = {
+    "letters then ?": lambda size: (b"a" * (size - 1) + b"?", []),
+    "stars and letters": lambda size: (b"*a" * (size // 2), []),
+    "stars": lambda size: (b"*" * size, sorted(REDIS_KEYS)),
+    "question marks": lambda size: (b"?" * size, []),
+    "classes": lambda size: (b"*[a]" * (size // 4), []),
+    "one class of plain bytes": lambda size: (b"*[" + b"xyz" * ((size - 3) // 3) + b"]",
+                                              [b"key:z"]),
+    "one class of escapes": lambda size: (b"*[" + b"\\a" * ((size - 4) // 2) + b"]b",
+                                          [b"xab"]),
+    "one class of ranges": lambda size: (b"*[" + b"a-b" * ((size - 3) // 3) + b"]",
+                                         [b"a" * 40, b"xab"]),
+    "one class of escaped ranges": lambda size: (b"*[" + b"\\a-b" * ((size - 3) // 4) + b"]",
+                                                 [b"a" * 40, b"xab"]),
 }
 
 
-@pytest.mark.parametrize("shape", list(REDIS_BIG_PATTERNS))
-def test_redis_keys_pattern_of_8_mib_costs_no_compile_step(
-    serve: ServeFn, gevwire_log: LogCapture, shape: str
+def test_redis_keys_pattern_past_max_pattern_bytes_is_refused_before_matching(
+    serve: ServeFn, gevwire_log: LogCapture
 ) -> None:
-    """An 8 MiB KEYS pattern stalled the loop 20.9 s and took +844 MiB, compiling the
-    regex it was translated to.  Read in place, with what is costly to find in it
-    remembered once per call, it costs its own bytes (received, then decoded) and well
-    under a second, whatever its shape; the bounds are generous."""
-    server = _redis_serve(serve)
+    """An 8 MiB KEYS pattern stalled the loop 20.9 s and took +844 MiB as a regex; read
+    in place, still up to a second.  Past ``max_pattern_bytes`` it is refused before any
+    matching, with an ERR reply that says the limit, and the connection stays open: what
+    it costs is its bytes (received, then decoded).  At the limit it is served."""
+    module = _redis_server_module()
+    limit = module.MAX_PATTERN_BYTES
+    timings: list[float] = []
+    server = _redis_serve(serve, timings)
     with _redis_client(server.address) as client:  # the loop's first large buffers
-        assert client.request([b"KEYS", b"x" * (8 * MiB - 1) + b"?"], 30) == []
+        assert client.request([b"KEYS", b"x" * (8 * MiB)], 30).startswith("ERR")
     base = Baseline(server)
     control = RedisControl(server.address).start()
-    pattern, want = REDIS_BIG_PATTERNS[shape]()
+    pattern, _ = REDIS_PATTERN_SHAPES["one class of escaped ranges"](8 * MiB)
+    size = len(pattern)
     with _redis_client(server.address) as client:
         request = client.codec.encode([b"KEYS", pattern])
         before = rss()
@@ -2086,46 +2111,246 @@ def test_redis_keys_pattern_of_8_mib_costs_no_compile_step(
         elapsed = time.monotonic() - start
         peak = peak_rss() - before
         del request, pattern
-        assert sorted(got) == want
+        assert isinstance(got, module.RespError)
+        assert got == (f"ERR glob pattern too long: {size} bytes, the limit is {limit} "
+                       f"bytes per KEYS")
+        # The same connection: one byte over is refused, the limit itself is served.
+        got = client.request([b"KEYS", b"*" * (limit + 1)])
+        assert got == (f"ERR glob pattern too long: {limit + 1} bytes, the limit is "
+                       f"{limit} bytes per KEYS")
+        assert sorted(client.request([b"KEYS", b"*" * limit])) == sorted(REDIS_KEYS)
+        assert client.request([b"ECHO", b"still here"]) == b"still here"
     control.stop()
     worst = control.max_latency(start)
-    # A loop thread's glibc arena may keep a freed 8 MiB buffer or two (see Baseline);
-    # the regex kept hundreds of MiB.
+    # A loop thread's glibc arena may keep a freed 8 MiB buffer or two (see Baseline).
     growth = base.check(32 * MiB)
-    # Here are the client's request and the server's buffer and decoded command, 8 MiB
-    # or so each; the regex took 50 to over 500 times the pattern, by its shape.
-    assert peak < 96 * MiB, f"RSS peaked {peak / MiB:.0f} MiB above where it was"
-    assert elapsed < 5.0, elapsed
+    # The client's request and pattern, the server's buffer and decoded command: 8 MiB or
+    # so each.
+    assert peak < 64 * MiB, f"RSS peaked {peak / MiB:.0f} MiB above where it was"
+    refused = max(timings[1:3])  # the two refused after the warm-up: a length compared
+    assert refused < 0.25, refused  # microseconds; generous for a loaded machine
+    assert elapsed < 5.0, elapsed  # tens of ms: 8 MiB sent, received and decoded
     assert worst < 5.0, worst
     assert gevwire_log.unexpected() == []
-    print(f"\n[redis KEYS 8 MiB, {shape}] answered in {elapsed * 1000:.0f} ms, RSS peak "
-          f"+{peak / MiB:.0f} MiB, +{growth / MiB:.1f} MiB after; control's worst round trip "
-          f"{worst * 1000:.0f} ms")
+    print(f"\n[redis KEYS 8 MiB] refused in {elapsed * 1000:.0f} ms ({refused * 1e6:.0f} us "
+          f"of it the command), RSS peak +{peak / MiB:.0f} MiB, +{growth / MiB:.1f} MiB "
+          f"after; control's worst round trip {worst * 1000:.0f} ms")
 
 
-def test_redis_config_get_of_500k_patterns_is_linear(
-    serve: ServeFn, gevwire_log: LogCapture
+@pytest.mark.parametrize("shape", list(REDIS_PATTERN_SHAPES))
+def test_redis_keys_pattern_at_max_pattern_bytes_costs_milliseconds(
+    serve: ServeFn, gevwire_log: LogCapture, shape: str
 ) -> None:
-    """``CONFIG GET`` with 500,000 patterns took 24.8 s (a regex compiled per pattern).
-    Each pattern is now one look-up, or a match against each parameter not found yet;
-    the reply names each parameter once, in the order first matched, whatever the case
-    of the patterns (as Redis)."""
-    shapes = (b"nosuch%d", b"*%d*", b"*[^a]?%d", b"SA?E%d")
-    patterns = [shapes[i % 4] % i for i in range(500_000)]
-    patterns += [b"DATABASES", b"*A*", b"save", b"*"]
-    server = _redis_serve(serve)
+    """At ``max_pattern_bytes`` the costliest shape takes ~8 ms of the loop here (the
+    limit was chosen for that: no stall over 100 ms from one request).  Asserted: the
+    command's own time on the loop under 250 ms and the control's worst round trip under
+    500 ms, generous for a loaded two-core machine (with four busy processes beside, the
+    command took up to 40 ms and the control's worst round trip, which also waits for its
+    own thread to be scheduled, passed 100 ms now and then)."""
+    module = _redis_server_module()
+    limit = module.MAX_PATTERN_BYTES
+    pattern, want = REDIS_PATTERN_SHAPES[shape](limit)
+    assert limit - 4 <= len(pattern) <= limit
+    timings: list[float] = []
+    server = _redis_serve(serve, timings)
+    base = Baseline(server)
     control = RedisControl(server.address).start()
     with _redis_client(server.address) as client:
+        start = time.monotonic()
+        got = client.request([b"KEYS", pattern], 30)
+        elapsed = time.monotonic() - start
+        assert sorted(got) == want
+        assert client.request([b"ECHO", b"still here"]) == b"still here"
+    control.stop()
+    worst = control.max_latency(start)
+    growth = base.check(8 * MiB)
+    served = timings[0]
+    assert served < 0.25, served
+    assert worst < 0.5, worst
+    assert elapsed < 2.0, elapsed
+    assert gevwire_log.unexpected() == []
+    print(f"\n[redis KEYS {len(pattern)} bytes, {shape}] the command took "
+          f"{served * 1000:.1f} ms, answered in {elapsed * 1000:.1f} ms, +{growth / MiB:.1f} "
+          f"MiB after; control's worst round trip {worst * 1000:.1f} ms")
+
+
+#: CONFIG GET patterns by shape (``shape(i)`` is the i-th), each of at most 64 bytes and
+#: matching no parameter: the costliest found at ``max_config_patterns`` patterns of
+#: ``max_pattern_bytes`` in all (each is matched against every parameter), up to ~20 ms a
+#: command here.
+REDIS_CONFIG_SHAPES: dict[str, Callable[[int], bytes]] = {
+    "numbered, of four kinds": lambda i: (b"nosuch%d", b"*%d*", b"*[^a]?%d", b"SA?E%d")[
+        i % 4] % i,
+    "negated classes then z": lambda i: b"*" + b"[^a]" * 15 + b"z",
+    "a class of escaped ranges": lambda i: b"*[" + b"\\a-b" * 15 + b"]z",
+    "stars and classes": lambda i: (b"*[^x]*?" * 10)[:64],
+    "stars and ranges": lambda i: b"*[b-z]" * 10,
+    "stars and negated classes": lambda i: (b"*[^a]" * 13)[:64],
+    "short": lambda i: b"*z",
+}
+#: CONFIG GET patterns that find every parameter; the reply, in the order first found.
+REDIS_CONFIG_FINDS_ALL = [b"DATABASES", b"*A*", b"save", b"*"]
+REDIS_CONFIG_ALL = [b"databases", b"1", b"save", b"", b"appendonly", b"no"]
+
+
+def test_redis_config_get_past_its_limits_is_refused_before_matching(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    """``CONFIG GET`` with 500,000 patterns took 24.8 s (a regex compiled per pattern),
+    then 0.5 to 2.1 s read in place: each pattern costs microseconds, even an empty one,
+    so both their count (``max_config_patterns``) and their bytes (``max_pattern_bytes``)
+    are bounded.  Past either, an ERR reply that says the limit, before any matching, and
+    the connection stays open.  The 500,000 are still received and decoded (the codec's
+    ``max_array_length`` bounds that)."""
+    module = _redis_server_module()
+    count, limit = module.MAX_CONFIG_PATTERNS, module.MAX_PATTERN_BYTES
+    shapes = (b"nosuch%d", b"*%d*", b"*[^a]?%d", b"SA?E%d")
+    patterns = [shapes[i % 4] % i for i in range(500_000)] + REDIS_CONFIG_FINDS_ALL
+    timings: list[float] = []
+    server = _redis_serve(serve, timings)
+    with _redis_client(server.address) as client:  # the loop's first large buffers
         request = client.codec.encode([b"CONFIG", b"GET", *patterns])
+        client.send_bytes(request)
+        assert client.recv(60).startswith("ERR too many patterns")
+    base = Baseline(server)
+    control = RedisControl(server.address).start()
+    with _redis_client(server.address) as client:
+        before = rss()
+        reset_peak_rss()
         start = time.monotonic()
         client.send_bytes(request)
         got = client.recv(60)
         elapsed = time.monotonic() - start
-        assert got == [b"databases", b"1", b"save", b"", b"appendonly", b"no"]
+        peak = peak_rss() - before
+        assert isinstance(got, module.RespError)
+        assert got == (f"ERR too many patterns: {len(patterns)}, the limit is {count} per "
+                       f"CONFIG GET")
+        # The same connection: as many as allowed but a byte too many in all is refused.
+        width = limit // count
+        wide = [b"x" * width] * (count - 1) + [b"*" * (limit - (count - 1) * width + 1)]
+        assert sum(map(len, wide)) == limit + 1
+        got = client.request([b"CONFIG", b"GET", *wide])
+        assert got == (f"ERR glob pattern too long: {limit + 1} bytes, the limit is "
+                       f"{limit} bytes per CONFIG GET")
+        got = client.request([b"CONFIG", b"GET", *wide[1:]])  # one pattern less: served
+        assert got == [b"save", b"", b"appendonly", b"no", b"databases", b"1"]
+        assert client.request([b"CONFIG", b"GET", *REDIS_CONFIG_FINDS_ALL]) == REDIS_CONFIG_ALL
     control.stop()
     worst = control.max_latency(start)
-    assert elapsed < 6.0, elapsed  # about 1.3 s (transfer and decoding included)
+    size = len(request)
+    del request, patterns
+    growth = base.check(32 * MiB)
+    # The client's request, the server's buffer, and 500,000 bytes objects decoded.
+    assert peak < 128 * MiB, f"RSS peaked {peak / MiB:.0f} MiB above where it was"
+    refused = max(timings[1:3])
+    assert refused < 0.25, refused  # microseconds: a count, then ~1,000 lengths summed
+    assert elapsed < 6.0, elapsed
     assert worst < 6.0, worst
     assert gevwire_log.unexpected() == []
-    print(f"\n[redis CONFIG GET] 500,000 patterns ({len(request) / MiB:.1f} MiB) answered in "
-          f"{elapsed * 1000:.0f} ms; control's worst round trip {worst * 1000:.0f} ms")
+    print(f"\n[redis CONFIG GET] 500,004 patterns ({size / MiB:.1f} MiB) refused in "
+          f"{elapsed * 1000:.0f} ms ({refused * 1e6:.0f} us of it the command), RSS peak "
+          f"+{peak / MiB:.0f} MiB, +{growth / MiB:.1f} MiB after; control's worst round "
+          f"trip {worst * 1000:.0f} ms")
+
+
+@pytest.mark.parametrize("shape", list(REDIS_CONFIG_SHAPES))
+def test_redis_config_get_at_its_limits_costs_milliseconds(
+    serve: ServeFn, gevwire_log: LogCapture, shape: str
+) -> None:
+    """``max_config_patterns`` patterns (all but the last four of one shape, those four
+    finding every parameter) of up to ``max_pattern_bytes`` in all: the costliest shape
+    takes up to ~20 ms of the loop here.  Bounds as for KEYS at its limit."""
+    module = _redis_server_module()
+    count, limit = module.MAX_CONFIG_PATTERNS, module.MAX_PATTERN_BYTES
+    make = REDIS_CONFIG_SHAPES[shape]
+    patterns = [make(i) for i in range(count - len(REDIS_CONFIG_FINDS_ALL))]
+    patterns += REDIS_CONFIG_FINDS_ALL
+    assert len(patterns) == count
+    assert sum(map(len, patterns)) <= limit
+    timings: list[float] = []
+    server = _redis_serve(serve, timings)
+    base = Baseline(server)
+    control = RedisControl(server.address).start()
+    with _redis_client(server.address) as client:
+        start = time.monotonic()
+        got = client.request([b"CONFIG", b"GET", *patterns], 30)
+        elapsed = time.monotonic() - start
+        assert got == REDIS_CONFIG_ALL
+        assert client.request([b"ECHO", b"still here"]) == b"still here"
+    control.stop()
+    worst = control.max_latency(start)
+    growth = base.check(8 * MiB)
+    served = timings[0]
+    assert served < 0.25, served
+    assert worst < 0.5, worst
+    assert elapsed < 2.0, elapsed
+    assert gevwire_log.unexpected() == []
+    print(f"\n[redis CONFIG GET {count} patterns, {sum(map(len, patterns))} bytes, {shape}] "
+          f"the command took {served * 1000:.1f} ms, answered in {elapsed * 1000:.1f} ms, "
+          f"+{growth / MiB:.1f} MiB after; control's worst round trip {worst * 1000:.1f} ms")
+
+
+#: KEYS patterns against a few keys of 32 KiB of ``a`` (made with SET): (the pattern, the
+#: long keys it matches, or None if the matching budget refuses it).  Matched byte by byte
+#: with backtracking, pattern length times key length in Python: ``*`` + 16,000 ``a`` +
+#: ``b*`` stalled the loop 32 s, ``*`` + 16,000 ``[a]`` + ``b*`` 129 s.
+REDIS_LONG_KEY_PATTERNS: list[tuple[bytes, int | None]] = [
+    (b"*" + b"a" * 1000 + b"b*", 0),  # literal parts: found with bytes.find, at C speed
+    (b"*" + b"a" * 4000 + b"b*", 0),
+    (b"*" + b"a" * 16000 + b"b*", 0),
+    (b"*" + b"a" * 16000 + b"*", 3),
+    (b"*" + b"\\a" * 16000 + b"b*", 0),
+    (b"*" + b"[a]" * 16000 + b"b*", None),  # classes: counted, stopped by the budget
+    (b"*" + b"?" * 16000 + b"b*", None),
+    (b"*" + b"a" * 16000 + b"?b*", None),
+    (b"*a" * 32768, None),
+    (b"*[a]" * 16384, None),
+]
+
+
+def test_redis_keys_against_long_keys_answers_or_is_refused_fast(
+    serve: ServeFn, gevwire_log: LogCapture
+) -> None:
+    """Keys are the client's too: three of 32 KiB made with SET, then patterns that cost
+    pattern length times key length.  Literal parts between ``*`` are found at C speed;
+    the rest is counted and stopped at ``max_glob_steps`` (~40 ms here) with an ERR that
+    says so.  Asserted: each command's own time on the loop under 250 ms, the control
+    served throughout, the connection kept, memory bounded."""
+    module = _redis_server_module()
+    limit = module.MAX_GLOB_STEPS
+    timings: list[float] = []
+    server = _redis_serve(serve, timings)
+    long_keys = [b"a" * (32 << 10) + b"%d" % i for i in range(3)]
+    with _redis_client(server.address) as client:
+        for key in long_keys:
+            assert client.request([b"SET", key, b"v"]) == "OK"
+    base = Baseline(server)
+    control = RedisControl(server.address).start()
+    refused = f"ERR glob pattern too costly to match: over {limit} steps, the limit per KEYS"
+    with _redis_client(server.address) as client:
+        start = time.monotonic()
+        for pattern, want in REDIS_LONG_KEY_PATTERNS:
+            got = client.request([b"KEYS", pattern], 30)
+            if want is None:
+                assert isinstance(got, module.RespError), pattern[:20]
+                assert got == refused
+            else:
+                assert isinstance(got, list), (pattern[:20], got)
+                assert len([key for key in got if key in long_keys]) == want, pattern[:20]
+        elapsed = time.monotonic() - start
+        assert client.request([b"ECHO", b"still here"]) == b"still here"
+        assert sorted(client.request([b"KEYS", b"user:*"])) == [b"user:1", b"user:2"]
+    control.stop()
+    worst = control.max_latency(start)
+    growth = base.check(8 * MiB)
+    slowest = max(timings[:len(REDIS_LONG_KEY_PATTERNS)])
+    assert slowest < 0.25, [f"{t * 1000:.0f} ms" for t in timings]
+    assert worst < 0.5, worst
+    assert elapsed < 5.0, elapsed
+    assert control.count > 0
+    assert gevwire_log.unexpected() == []
+    print(f"\n[redis KEYS vs 32 KiB keys] {len(REDIS_LONG_KEY_PATTERNS)} patterns in "
+          f"{elapsed * 1000:.0f} ms; the slowest command {slowest * 1000:.1f} ms (times: "
+          f"{', '.join(f'{t * 1000:.1f}' for t in timings[:len(REDIS_LONG_KEY_PATTERNS)])}"
+          f" ms), +{growth / MiB:.1f} MiB after; control's worst round trip "
+          f"{worst * 1000:.1f} ms")

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from example_process import EXAMPLES, assert_stops_cleanly, example_server
+from example_process import EXAMPLES, assert_stops_cleanly, example_env, example_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from system_packages import require_program
@@ -543,3 +543,216 @@ def test_glob_patterns_in_keys_and_config_get() -> None:
         b"databases", b"1", b"save", b"", b"appendonly", b"no"]
     assert config_get(b"[sa]*") == [b"save", b"", b"appendonly", b"no"]
 
+
+# -- glob pattern limits (max_pattern_bytes, max_config_patterns) ----------------------------
+
+
+class NoClient:
+    context = None
+
+
+def test_glob_pattern_limits_refuse_keys_and_config_get_past_them() -> None:
+    """The patterns of one KEYS or CONFIG GET may total ``max_pattern_bytes`` (64 KiB) and
+    a CONFIG GET may carry ``max_config_patterns`` (1024): at the limits a command is
+    served, past them it gets a one-line ERR that says the limit, before any matching."""
+    store = redis_server.RedisStore()
+    limit = redis_server.MAX_PATTERN_BYTES
+    count = redis_server.MAX_CONFIG_PATTERNS
+    assert (store.max_pattern_bytes, store.max_config_patterns) == (limit, count)
+    assert (limit, count) == (64 << 10, 1024)
+    store.execute(NoClient(), [b"SET", b"key", b"v"])
+
+    def run(*args: bytes) -> Any:
+        return store.execute(NoClient(), list(args))
+
+    def too_long(size: int, command: str) -> str:
+        return f"ERR glob pattern too long: {size} bytes, the limit is {limit} bytes per {command}"
+
+    # KEYS: at the limit, whatever the shape (a literal too: it is refused by its size).
+    assert run(b"KEYS", b"*" * limit) == [b"key"]
+    assert run(b"KEYS", b"k" + b"?" * (limit - 2) + b"*") == []
+    assert run(b"KEYS", b"*" * (limit + 1)) == too_long(limit + 1, "KEYS")
+    assert run(b"KEYS", b"k" * (8 << 20)) == too_long(8 << 20, "KEYS")
+    refused = run(b"KEYS", b"*[" + b"\\a-b" * (limit // 4) + b"]")
+    assert isinstance(refused, redis_server.RespError) and refused.kind == "ERR"
+    assert refused == too_long(limit // 4 * 4 + 3, "KEYS")
+    # CONFIG GET: the bytes of all its patterns, and their count.
+    at_limit = [b"x" * (limit // count)] * (count - 1) + [b"sav?"]
+    assert sum(map(len, at_limit)) <= limit
+    assert run(b"CONFIG", b"GET", *at_limit) == [b"save", b""]
+    wide = [b"x" * (limit // count)] * count + [b"*"]
+    assert len(wide) == count + 1
+    assert run(b"CONFIG", b"GET", *wide) == (
+        f"ERR too many patterns: {count + 1}, the limit is {count} per CONFIG GET")
+    assert run(b"CONFIG", b"GET", *[b""] * 500_000) == (
+        f"ERR too many patterns: 500000, the limit is {count} per CONFIG GET")
+    assert run(b"CONFIG", b"GET", b"*", b"x" * limit) == too_long(limit + 1, "CONFIG GET")
+    assert run(b"CONFIG", b"GET", b"x" * (limit + 1)) == too_long(limit + 1, "CONFIG GET")
+    assert "\r" not in refused and "\n" not in refused  # one -ERR line on the wire
+    assert run(b"CONFIG", b"GET", b"save") == [b"save", b""]  # the store is unchanged
+
+
+def test_glob_pattern_limits_are_configurable() -> None:
+    store = redis_server.RedisStore(max_pattern_bytes=8, max_config_patterns=2)
+    assert (store.max_pattern_bytes, store.max_config_patterns) == (8, 2)
+    store.execute(NoClient(), [b"SET", b"key", b"v"])
+
+    def run(*args: bytes) -> Any:
+        return store.execute(NoClient(), list(args))
+
+    assert run(b"KEYS", b"k*" + b"*" * 6) == [b"key"]
+    assert run(b"KEYS", b"k*" + b"*" * 7) == (
+        "ERR glob pattern too long: 9 bytes, the limit is 8 bytes per KEYS")
+    assert run(b"CONFIG", b"GET", b"save", b"d*") == [b"save", b"", b"databases", b"1"]
+    assert run(b"CONFIG", b"GET", b"save", b"data*") == (
+        "ERR glob pattern too long: 9 bytes, the limit is 8 bytes per CONFIG GET")
+    assert run(b"CONFIG", b"GET", b"a", b"b", b"c") == (
+        "ERR too many patterns: 3, the limit is 2 per CONFIG GET")
+    locked = redis_server.RedisStore(locked=True, max_pattern_bytes=3)
+    assert locked.execute(NoClient(), [b"KEYS", b"****"]).startswith("ERR glob pattern")
+    for bad in ({"max_pattern_bytes": 0}, {"max_config_patterns": 0}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be >= 1"):
+            redis_server.RedisStore(**bad)
+
+
+def test_glob_pattern_limits_from_the_command_line_and_the_client_stays() -> None:
+    """``--max-pattern-bytes`` and ``--max-config-patterns``; redis-py sees the refusal as
+    a ResponseError and its connection goes on serving."""
+    with example_server("redis_server.py", "--quiet", "--max-pattern-bytes", "16",
+                        "--max-config-patterns", "3") as (proc, port):
+        client = redis.Redis(host="127.0.0.1", port=port, protocol=2,
+                             socket_timeout=SOCKET_TIMEOUT, single_connection_client=True)
+        client.set("user:1", "v")
+        assert client.keys("user:" + "?" * 10) == []
+        assert client.keys("*" * 16) == [b"user:1"]
+        with pytest.raises(redis.ResponseError,
+                           match="glob pattern too long: 17 bytes, the limit is 16 bytes"):
+            client.keys("*" * 17)
+        assert client.execute_command("CONFIG", "GET", "save", "x", "y") == [b"save", b""]
+        with pytest.raises(redis.ResponseError, match="too many patterns: 4, the limit is 3"):
+            client.execute_command("CONFIG", "GET", "save", "x", "y", "z")
+        assert client.ping() is True
+        client.close()
+        assert_stops_cleanly(proc)
+    got = subprocess.run([sys.executable, str(EXAMPLES / "redis_server.py"), "--port", "0",
+                          "--max-pattern-bytes", "0"], capture_output=True, timeout=30,
+                         env=example_env())
+    assert got.returncode == 2 and b"--max-pattern-bytes" in got.stderr
+
+
+# -- glob matching budget (max_glob_steps) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("pattern", "key"), [
+    (b"*" + b"a" * 200 + b"b*", b"a" * 400),  # a literal part between two '*': bytes.find
+    (b"*" + b"a" * 200 + b"*", b"a" * 400),
+    (b"*" + b"a" * 200 + b"b*", b"a" * 300 + b"b"),
+    (b"*ab*ba*", b"xxabxba"),
+    (b"*ab*ba*", b"xxbaxab"),
+    (b"*\\**", b"a*b"),  # an escaped '*' in a literal part
+    (b"*\\**", b"ab"),
+    (b"*a\\*b*", b"xa*bx"),
+    (b"*a\\*b", b"xa*b"),  # the '*' escaped: no '*' after the part, so not a literal part
+    (b"*\\a\\?*", b"xa?x"),
+    (b"*\\a\\?*", b"xabx"),
+    (b"*a\\", b"xa\\"),  # a trailing backslash
+    (b"*a?b*", b"xaxbx"),  # not literal: '?'
+    (b"*a[xy]b*", b"aaybx"),
+    (b"*" + b"ab" * 50 + b"*c*", b"ab" * 120 + b"c"),
+    (b"*" + b"a" * 2000 + b"*", b"b" + b"a" * 1999),
+])
+def test_glob_literal_parts_found_with_bytes_find_match_as_before(pattern: bytes,
+                                                                  key: bytes) -> None:
+    assert glob_answers(pattern, [key]) == [reference_glob(pattern, key)]
+
+
+def test_glob_literal_parts_make_long_keys_cheap() -> None:
+    """``*`` + 16,000 ``a`` + ``b*`` against 32 KiB of ``a`` took 32 s matched byte by
+    byte with backtracking; its literal part is now found with ``bytes.find``."""
+    start = time.monotonic()
+    key = b"a" * (32 << 10)
+    assert not redis_server.glob_match(b"*" + b"a" * 16000 + b"b*", key)
+    assert redis_server.glob_match(b"*" + b"a" * 16000 + b"*", key)
+    assert redis_server.glob_match(b"*" + b"\\a" * 16000 + b"*", key)
+    assert time.monotonic() - start < 2.0  # a millisecond or so
+
+
+def test_glob_budget_refuses_costly_matching_and_the_store_goes_on() -> None:
+    """A KEYS whose matching passes ``max_glob_steps`` (200,000, ~40 ms at worst) stops
+    and gets a one-line ERR that says the limit; cheap ones beside are served."""
+    store = redis_server.RedisStore()
+    limit = redis_server.MAX_GLOB_STEPS
+    assert store.max_glob_steps == limit == 200_000
+    long_key = b"a" * (32 << 10)
+    for i in range(3):
+        store.execute(NoClient(), [b"SET", long_key + b"%d" % i, b"v"])
+    store.execute(NoClient(), [b"SET", b"user:1", b"v"])
+
+    def run(*args: bytes) -> Any:
+        return store.execute(NoClient(), list(args))
+
+    refused = f"ERR glob pattern too costly to match: over {limit} steps, the limit per KEYS"
+    for pattern in (b"*" + b"[a]" * 16000 + b"b*", b"*" + b"?" * 16000 + b"b*",
+                    b"*" + b"a" * 16000 + b"?b*", b"*a" * 32768, b"*\\a" * 21845):
+        start = time.perf_counter()
+        got = run(b"KEYS", pattern)
+        elapsed = time.perf_counter() - start
+        assert got == refused, pattern[:20]
+        assert isinstance(got, redis_server.RespError) and "\n" not in got
+        assert elapsed < 1.0, (pattern[:20], elapsed)  # ~40 ms here
+    # Literal parts are found at C speed: not costly however long the key.
+    assert run(b"KEYS", b"*" + b"a" * 16000 + b"b*") == []
+    assert len(run(b"KEYS", b"*" + b"a" * 16000 + b"*")) == 3
+    assert run(b"KEYS", b"user:*") == [b"user:1"]
+    assert run(b"KEYS", b"u?er:[0-9]") == [b"user:1"]
+    # Each key's first 16 steps are its own: a short pattern over many keys is served.
+    many = redis_server.RedisStore()
+    for i in range(50_000):
+        many.data[b"user:%d" % i] = b"v"
+    assert len(many.execute(NoClient(), [b"KEYS", b"u?er:*[0-9]"])) == 50_000
+
+
+def test_glob_budget_is_configurable_and_counts_the_whole_command() -> None:
+    store = redis_server.RedisStore(max_glob_steps=1000)
+    assert store.max_glob_steps == 1000
+    for i in range(20):
+        store.data[b"a" * 100 + b"%d" % i] = b"v"
+
+    def run(*args: bytes) -> Any:
+        return store.execute(NoClient(), list(args))
+
+    # One key's match is under the budget; twenty of them together are over it.
+    assert redis_server.glob_match(b"*?a?b*", b"a" * 100, None,
+                                   redis_server.GlobBudget(1000)) is False
+    assert run(b"KEYS", b"*?a?b*") == (
+        "ERR glob pattern too costly to match: over 1000 steps, the limit per KEYS")
+    assert len(run(b"KEYS", b"a*1?")) == 10
+    # CONFIG GET: the budget is shared by all its patterns (each name is short).
+    small = redis_server.RedisStore(max_glob_steps=1)
+    assert small.execute(NoClient(), [b"CONFIG", b"GET", b"s*v?"]) == [b"save", b""]
+    assert small.execute(NoClient(), [b"CONFIG", b"GET", *[b"*?" * 9 + b"x"] * 50]) == (
+        "ERR glob pattern too costly to match: over 1 steps, the limit per CONFIG GET")
+    with pytest.raises(redis_server.GlobTooCostly):
+        budget = redis_server.GlobBudget(10)
+        redis_server.glob_match(b"*" + b"?" * 50 + b"b*", b"a" * 100, None, budget)
+    with pytest.raises(ValueError, match="max_glob_steps must be >= 1"):
+        redis_server.RedisStore(max_glob_steps=0)
+
+
+def test_glob_budget_from_the_command_line_and_the_client_stays() -> None:
+    with example_server("redis_server.py", "--quiet", "--max-glob-steps", "100") as (proc,
+                                                                                      port):
+        client = redis.Redis(host="127.0.0.1", port=port, protocol=2,
+                             socket_timeout=SOCKET_TIMEOUT, single_connection_client=True)
+        client.set("a" * 1000, "v")
+        assert client.keys("*a*") == [b"a" * 1000]
+        with pytest.raises(redis.ResponseError,
+                           match="glob pattern too costly to match: over 100 steps"):
+            client.keys("*?a?b*")
+        assert client.ping() is True
+        client.close()
+        assert_stops_cleanly(proc)
+    got = subprocess.run([sys.executable, str(EXAMPLES / "redis_server.py"), "--port", "0",
+                          "--max-glob-steps", "0"], capture_output=True, timeout=30,
+                         env=example_env())
+    assert got.returncode == 2 and b"--max-glob-steps" in got.stderr
