@@ -467,21 +467,47 @@ def _read_utf8(data: Buffer, pos: int, end: int, what: str) -> tuple[str, int]:
     return _utf8(bytes(data[pos : pos + size]), what), pos + size
 
 
+def _filters(data: Buffer, pos: int, end: int, what: str, with_qos: bool) -> list[Any]:
+    """The topic filters of a SUBSCRIBE (``(filter, QoS byte)`` pairs) or UNSUBSCRIBE
+    body: one loop, each distinct filter decoded once (a packet may repeat one 100,000s
+    of times; this is a packet's whole cost, so it is kept tight)."""
+    body = bytes(data[pos:end])
+    n = len(body)
+    i = 0
+    out: list[Any] = []
+    append = out.append
+    decoded: dict[bytes, str] = {}
+    while i < n:
+        if i + 2 > n:
+            raise FrameError(f"{what}: truncated string length")
+        size = (body[i] << 8) | body[i + 1]
+        i += 2
+        stop = i + size
+        if stop > n:
+            raise FrameError(f"{what}: string of {size} bytes, {n - i} left")
+        raw = body[i:stop]
+        text = decoded.get(raw)
+        if text is None:
+            text = decoded[raw] = _utf8(raw, what)
+        if with_qos:
+            if stop >= n:
+                raise FrameError(f"{what} without its QoS byte")
+            options = body[stop]
+            if options > 2:
+                raise FrameError(f"SUBSCRIBE requested QoS byte {options:#04x}")
+            append((text, options))
+            i = stop + 1
+        else:
+            append(text)
+            i = stop
+    return out
+
+
 def _parse_subscribe(data: Buffer, start: int, end: int, flags: int) -> Packet:
     if end - start < 2:
         raise FrameError("SUBSCRIBE without a packet identifier")
     packet_id = _packet_id(_U16.unpack_from(data, start)[0], "SUBSCRIBE")
-    pos = start + 2
-    topics: list[tuple[str, int]] = []
-    while pos < end:
-        topic, pos = _read_utf8(data, pos, end, "SUBSCRIBE topic filter")
-        if pos >= end:
-            raise FrameError("SUBSCRIBE topic filter without its QoS byte")
-        options = data[pos]
-        pos += 1
-        if options > 2:
-            raise FrameError(f"SUBSCRIBE requested QoS byte {options:#04x}")
-        topics.append((topic, options))
+    topics = _filters(data, start + 2, end, "SUBSCRIBE topic filter", True)
     if not topics:
         raise FrameError("SUBSCRIBE with no topic filter")
     return Subscribe(packet_id, tuple(topics))
@@ -502,11 +528,7 @@ def _parse_unsubscribe(data: Buffer, start: int, end: int, flags: int) -> Packet
     if end - start < 2:
         raise FrameError("UNSUBSCRIBE without a packet identifier")
     packet_id = _packet_id(_U16.unpack_from(data, start)[0], "UNSUBSCRIBE")
-    pos = start + 2
-    topics: list[str] = []
-    while pos < end:
-        topic, pos = _read_utf8(data, pos, end, "UNSUBSCRIBE topic filter")
-        topics.append(topic)
+    topics = _filters(data, start + 2, end, "UNSUBSCRIBE topic filter", False)
     if not topics:
         raise FrameError("UNSUBSCRIBE with no topic filter")
     return Unsubscribe(packet_id, tuple(topics))
