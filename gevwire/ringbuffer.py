@@ -189,6 +189,11 @@ class RingBuffer:
             capacity = max(self._min, -(-need // _PAGE) * _PAGE)
         else:
             capacity = max(self._min, 1 << (need - 1).bit_length())
+        self._move_to(capacity)
+
+    def _move_to(self, capacity: int) -> None:
+        """Put the readable bytes at the start of new storage of ``capacity`` bytes and
+        give the old storage back (growing, shrinking, or unwrapping a frame)."""
         buffer, address = self._pool.take(capacity)
         if self._len:
             first, second = self.peek_all()
@@ -198,14 +203,10 @@ class RingBuffer:
             if second:
                 target[n1 : self._len] = second
             target.release()
-        old = self._buf
-        if old is not None:
-            self._pool.give(old, self._addr)
-        self._buf = buffer
-        self._view = memoryview(buffer)
-        self._addr = address
-        self._cap = capacity
-        self._r = 0
+        if self._buf is not None:
+            self._pool.give(self._buf, self._addr)
+        self._buf, self._view, self._addr, self._cap, self._r = (
+            buffer, memoryview(buffer), address, capacity, 0)
 
     def shrink(self) -> None:
         """Move the readable bytes to the smallest storage that holds them, giving
@@ -214,18 +215,8 @@ class RingBuffer:
             self._release()
             return
         capacity = max(self._min, 1 << (self._len - 1).bit_length())
-        if capacity >= self._cap:
-            return
-        buffer, address = self._pool.take(capacity)
-        first, second = self.peek_all()
-        target = memoryview(buffer)
-        target[: len(first)] = first
-        target[len(first) : self._len] = second
-        target.release()
-        assert self._buf is not None
-        self._pool.give(self._buf, self._addr)
-        self._buf, self._view, self._addr, self._cap, self._r = (
-            buffer, memoryview(buffer), address, capacity, 0)
+        if capacity < self._cap:
+            self._move_to(capacity)
 
     def _compact(self) -> None:
         """Move the readable bytes (contiguous, at most compact_max) to offset 0."""
@@ -364,15 +355,7 @@ class RingBuffer:
         if r + n <= self._cap:
             return self._view[r : r + n]
         # The frame wraps: rotate the readable bytes to the start of fresh storage.
-        buffer, address = self._pool.take(self._cap)
-        first, second = self.peek_all()
-        target = memoryview(buffer)
-        target[: len(first)] = first
-        target[len(first) : self._len] = second
-        target.release()
-        assert self._buf is not None
-        self._pool.give(self._buf, self._addr)
-        self._buf, self._view, self._addr, self._r = buffer, memoryview(buffer), address, 0
+        self._move_to(self._cap)
         return self._view[:n]
 
     def unpack_from(self, fmt: struct.Struct, offset: int = 0) -> tuple[object, ...]:
