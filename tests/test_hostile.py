@@ -2175,6 +2175,32 @@ def test_redis_keys_pattern_past_max_pattern_bytes_is_refused_before_matching(
           f"after; control's worst round trip {worst * 1000:.0f} ms")
 
 
+def _redis_command_at_a_limit(
+    serve: ServeFn, command: list[bytes],
+) -> tuple[Any, float, float, float, int]:
+    """``command`` on a fresh server beside the control: ``(reply, seconds to answer,
+    seconds the command took on the loop, the control's worst round trip, RSS growth)``,
+    checked against the bounds of a command at a limit (and the connection still
+    serving)."""
+    timings: list[float] = []
+    server = _redis_serve(serve, timings)
+    base = Baseline(server)
+    control = RedisControl(server.address).start()
+    with _redis_client(server.address) as client:
+        start = time.monotonic()
+        got = client.request(command, 30)
+        elapsed = time.monotonic() - start
+        assert client.request([b"ECHO", b"still here"]) == b"still here"
+    control.stop()
+    worst = control.max_latency(start)
+    growth = base.check(8 * MiB)
+    served = timings[0]
+    assert served < 0.25, served
+    assert worst < 0.5, worst
+    assert elapsed < 2.0, elapsed
+    return got, elapsed, served, worst, growth
+
+
 @pytest.mark.parametrize("shape", list(REDIS_PATTERN_SHAPES))
 def test_redis_keys_pattern_at_max_pattern_bytes_costs_milliseconds(
     serve: ServeFn, gevwire_log: LogCapture, shape: str
@@ -2189,23 +2215,8 @@ def test_redis_keys_pattern_at_max_pattern_bytes_costs_milliseconds(
     limit = module.MAX_PATTERN_BYTES
     pattern, want = REDIS_PATTERN_SHAPES[shape](limit)
     assert limit - 4 <= len(pattern) <= limit
-    timings: list[float] = []
-    server = _redis_serve(serve, timings)
-    base = Baseline(server)
-    control = RedisControl(server.address).start()
-    with _redis_client(server.address) as client:
-        start = time.monotonic()
-        got = client.request([b"KEYS", pattern], 30)
-        elapsed = time.monotonic() - start
-        assert sorted(got) == want
-        assert client.request([b"ECHO", b"still here"]) == b"still here"
-    control.stop()
-    worst = control.max_latency(start)
-    growth = base.check(8 * MiB)
-    served = timings[0]
-    assert served < 0.25, served
-    assert worst < 0.5, worst
-    assert elapsed < 2.0, elapsed
+    got, elapsed, served, worst, growth = _redis_command_at_a_limit(serve, [b"KEYS", pattern])
+    assert sorted(got) == want
     assert gevwire_log.unexpected() == []
     print(f"\n[redis KEYS {len(pattern)} bytes, {shape}] the command took "
           f"{served * 1000:.1f} ms, answered in {elapsed * 1000:.1f} ms, +{growth / MiB:.1f} "
@@ -2305,23 +2316,9 @@ def test_redis_config_get_at_its_limits_costs_milliseconds(
     patterns += REDIS_CONFIG_FINDS_ALL
     assert len(patterns) == count
     assert sum(map(len, patterns)) <= limit
-    timings: list[float] = []
-    server = _redis_serve(serve, timings)
-    base = Baseline(server)
-    control = RedisControl(server.address).start()
-    with _redis_client(server.address) as client:
-        start = time.monotonic()
-        got = client.request([b"CONFIG", b"GET", *patterns], 30)
-        elapsed = time.monotonic() - start
-        assert got == REDIS_CONFIG_ALL
-        assert client.request([b"ECHO", b"still here"]) == b"still here"
-    control.stop()
-    worst = control.max_latency(start)
-    growth = base.check(8 * MiB)
-    served = timings[0]
-    assert served < 0.25, served
-    assert worst < 0.5, worst
-    assert elapsed < 2.0, elapsed
+    got, elapsed, served, worst, growth = _redis_command_at_a_limit(
+        serve, [b"CONFIG", b"GET", *patterns])
+    assert got == REDIS_CONFIG_ALL
     assert gevwire_log.unexpected() == []
     print(f"\n[redis CONFIG GET {count} patterns, {sum(map(len, patterns))} bytes, {shape}] "
           f"the command took {served * 1000:.1f} ms, answered in {elapsed * 1000:.1f} ms, "
