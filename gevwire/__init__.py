@@ -13,6 +13,7 @@ from gevwire.errors import (
     FrameTimeout,
     FrameTooLarge,
     GevwireError,
+    HandlerTimeout,
     MemoryBudgetExceeded,
     ProxyHeaderTimeout,
     RoutingError,
@@ -24,6 +25,7 @@ from gevwire.ringbuffer import BufferPool, RingBuffer
 from gevwire.router import Router
 from gevwire.server import Server
 from gevwire.timers import TimerHandle
+from gevwire.waiting import Offloader, blocking
 
 __all__ = [
     "BaseCodec",
@@ -42,7 +44,9 @@ __all__ = [
     "FrameTooLarge",
     "GevwireError",
     "Handler",
+    "HandlerTimeout",
     "MemoryBudgetExceeded",
+    "Offloader",
     "ProxyHeaderTimeout",
     "RawCodec",
     "RingBuffer",
@@ -51,6 +55,7 @@ __all__ = [
     "Server",
     "TimerHandle",
     "WriteBufferFull",
+    "blocking",
 ]
 
 __version__ = "0.1.0"

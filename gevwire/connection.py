@@ -57,6 +57,7 @@ from gevwire.loop import SPARE_SIZE
 from gevwire.pipeline import LARGE_RING, FramePipeline
 from gevwire.proxy_protocol import ProxyHeaderDecoder, ProxyInfo
 from gevwire.ringbuffer import RingBuffer
+from gevwire.waiting import DEFAULT_MAX_PENDING, Offloader, WaitingPipeline, handler_waits
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,7 +71,7 @@ log = logging.getLogger("gevwire")
 
 _EWOULDBLOCK = errno.EWOULDBLOCK
 # Why reading is held (Connection._holds): the server's memory budget, the application.
-_BUDGET, _APPLICATION = 1, 2
+_BUDGET, _APPLICATION, _WAITING = 1, 2, 4
 #: Most bytes one ``readv`` puts in a connection's input ring (plus the spare buffer).
 READ_MAX = 256 << 10
 _READ_EVENTS = EV_READ | EV_ERROR | EV_HUP | EV_RDHUP
@@ -135,6 +136,14 @@ class ConnectionOptions:
     within ``proxy_timeout`` seconds of the connect, else
     :class:`~gevwire.ProxyHeaderTimeout` goes to ``on_error`` (nginx's
     ``proxy_protocol_timeout``; a proxy sends it at once).
+
+    For handlers that wait (``async def`` or :func:`~gevwire.blocking`; see
+    :mod:`gevwire.waiting`): ``max_pending_per_connection`` frames in flight at most
+    (reading pauses at the cap); ``handler_timeout``: seconds a frame's work may take,
+    else :class:`~gevwire.HandlerTimeout` goes to ``on_error`` (None: no limit);
+    ``ordered_replies``: replies leave in frame order (False: as they are ready);
+    ``offloader``: where the waiting runs (None: the process's own asyncio loop thread
+    and thread pool).
     """
 
     write_high_water: int = 1 << 20
@@ -147,6 +156,10 @@ class ConnectionOptions:
     frame_timeout: float | None = None
     proxy_protocol: bool = False
     proxy_timeout: float = 10.0
+    max_pending_per_connection: int = DEFAULT_MAX_PENDING
+    handler_timeout: float | None = None
+    ordered_replies: bool = True
+    offloader: Offloader | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.write_low_water <= self.write_high_water <= self.max_write_buffer:
@@ -163,6 +176,10 @@ class ConnectionOptions:
             raise ValueError("frame_timeout must be positive (or None for no limit)")
         if self.proxy_timeout <= 0:
             raise ValueError("proxy_timeout must be positive")
+        if self.max_pending_per_connection < 1:
+            raise ValueError("max_pending_per_connection must be at least 1")
+        if self.handler_timeout is not None and self.handler_timeout <= 0:
+            raise ValueError("handler_timeout must be positive (or None for no limit)")
 
 
 class Connection:
@@ -227,10 +244,19 @@ class Connection:
         # every transport drives, this connection being its transport (it moves the
         # bytes and keeps the close states).
         pool = loop.pool
-        self._pipe = pipe = FramePipeline(
-            self, handler, codec, self, loop, view_reads=self._view_reads,
-            high_water=options.write_high_water, max_output=options.max_write_buffer,
-            frame_timeout=options.frame_timeout, input_ring=RingBuffer(pool=pool))
+        if handler_waits(handler):  # (coroutines or blocking calls: see gevwire.waiting)
+            pipe: FramePipeline = WaitingPipeline(
+                self, handler, codec, self, loop, view_reads=self._view_reads,
+                high_water=options.write_high_water, max_output=options.max_write_buffer,
+                frame_timeout=options.frame_timeout, input_ring=RingBuffer(pool=pool),
+                offloader=options.offloader, max_pending=options.max_pending_per_connection,
+                handler_timeout=options.handler_timeout, ordered=options.ordered_replies)
+        else:
+            pipe = FramePipeline(
+                self, handler, codec, self, loop, view_reads=self._view_reads,
+                high_water=options.write_high_water, max_output=options.max_write_buffer,
+                frame_timeout=options.frame_timeout, input_ring=RingBuffer(pool=pool))
+        self._pipe = pipe
         self._input: RingBuffer = pipe.input
         self._output = RingBuffer(pool=pool)
         # A read's joined replies, written when the loop turn's events are handled (see
@@ -761,7 +787,7 @@ class Connection:
         if self._state == _WRITE_SHUTTING:
             self._state = _WRITE_SHUT
             self._do_shutdown_write()
-        elif self._state == _FLUSHING:
+        elif self._state == _FLUSHING and not self._pipe.in_flight:
             self._finish_close()
 
     def _set_events(self, events: int) -> None:
@@ -891,8 +917,23 @@ class Connection:
             self._close_now()
 
     def _has_unsent(self) -> bool:
-        """True while output is buffered, gathered, or (completion backends) in flight."""
-        return bool(self._output._len or self._pipe.pending or self._deferred is not None)
+        """True while output is buffered, gathered, or (completion backends) in flight,
+        or while frames are in flight (their replies are still to come)."""
+        return bool(self._output._len or self._pipe.pending or self._deferred is not None
+                    or self._pipe.in_flight)
+
+    # -- the waiting pipeline's transport side (see gevwire.waiting) -------------------
+
+    def _hold_for_work(self) -> None:
+        self._hold(_WAITING)
+
+    def _unhold_for_work(self) -> None:
+        self._unhold(_WAITING)
+
+    def _work_done(self) -> None:
+        """A graceful close waited for frames in flight: they have ended."""
+        if self._state == _FLUSHING and not self._has_unsent():
+            self._finish_close()
 
     def _on_eof(self) -> None:
         """The peer shut down its writing half: finish replies, then close (as asyncio)."""
@@ -967,11 +1008,16 @@ class Connection:
             self._frame_timer.cancel()
             self._frame_timer = None
         self._release_fd(fd)
-        self._pipe.reset()
+        closed = self._pipe.release()
         self._output.reset()
         self._deferred = None
         if self._xsend is not None:
             self._xsend.clear()
+        if closed:  # (else the pipeline calls _closed once the work it cancels ends)
+            self._closed()
+
+    def _closed(self) -> None:
+        """Closed and nothing of the handler's still running: ``on_close``."""
         try:
             self._pipe.handler.on_close(self)
         except Exception:

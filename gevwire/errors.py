@@ -9,6 +9,7 @@ __all__ = [
     "FrameError",
     "FrameTooLarge",
     "GevwireError",
+    "HandlerTimeout",
     "MemoryBudgetExceeded",
     "ProxyHeaderTimeout",
     "RoutingError",
@@ -26,6 +27,16 @@ class ConnectionClosed(GevwireError):
 
 class WriteBufferFull(GevwireError):
     """A connection's unsent output passed its hard cap; the connection was closed."""
+
+
+class HandlerTimeout(GevwireError, TimeoutError):
+    """A frame's handler (``async`` or blocking) took longer than ``handler_timeout``:
+    a coroutine was cancelled, a thread's late result is dropped.  The default
+    ``on_error`` closes the connection (its reply will never come)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"handler took longer than handler_timeout={timeout:g}s")
+        self.timeout = timeout
 
 
 class MemoryBudgetExceeded(GevwireError):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from gevwire.errors import FrameError, MemoryBudgetExceeded, WriteBufferFull
+from gevwire.errors import FrameError, HandlerTimeout, MemoryBudgetExceeded, WriteBufferFull
 
 if TYPE_CHECKING:
     from gevwire.connection import Connection
@@ -14,18 +15,22 @@ __all__ = ["Handler"]
 
 log = logging.getLogger("gevwire")
 
-# Closes the peer brought about: a warning line each, no traceback.
-_PEER_ERRORS = (FrameError, WriteBufferFull, MemoryBudgetExceeded)
+# Closes the peer brought about (and handler timeouts): a warning line each, no
+# traceback (it would show only where the waiting was cut).
+_PEER_ERRORS = (FrameError, WriteBufferFull, MemoryBudgetExceeded, HandlerTimeout)
 
 
 class Handler:
     """Subclass and override what you need; every callback runs on the connection's loop.
 
-    Callbacks must not block: a loop serves all of its connections in one thread.
+    Callbacks must not block: a loop serves all of its connections in one thread.  A
+    handler that waits declares it: ``async def on_message`` (and ``on_connect``) run on
+    an asyncio loop, an ``on_message`` marked :func:`gevwire.blocking` on a thread pool
+    (see :mod:`gevwire.waiting`); replies still leave in frame order.
     """
 
-    def on_connect(self, conn: Connection) -> None:
-        """A connection was accepted."""
+    def on_connect(self, conn: Connection) -> Awaitable[None] | None:
+        """A connection was accepted (an ``async def`` one: frames wait until it ends)."""
 
     def on_message(self, conn: Connection, frame: Any) -> Any:
         """A whole frame arrived; a non-None return value is encoded and sent back."""

@@ -126,6 +126,11 @@ class EventLoop:
         self.frames_out = 0
         self.connections_closed = 0
         self.errors: dict[str, int] = {}
+        # Frames whose handler waits (gevwire.waiting): in flight now, handed off so
+        # far, and the seconds those that ended waited.
+        self.frames_waiting = 0
+        self.frames_offloaded = 0
+        self.offload_wait = 0.0
         try:
             #: How the loop waits for I/O (``backend(loop)``; default: the poller).
             self.backend: LoopBackend = (ReadinessBackend(self) if backend is None

@@ -49,6 +49,20 @@ class StatsCollector:
             for loop in s["loops"]:
                 counter.add_metric([loop["name"]], loop[key])
             yield counter
+        waiting = GaugeMetricFamily(f"{p}_frames_waiting",
+                                    "Frames whose async or blocking handler runs now",
+                                    labels=["loop"])
+        for loop in s["loops"]:
+            waiting.add_metric([loop["name"]], loop["frames_waiting"])
+        yield waiting
+        for key, help_text in (
+            ("frames_offloaded", "Frames handed to an async or blocking handler"),
+            ("offload_wait_seconds", "Seconds frames handed off took to end"),
+        ):
+            counter = CounterMetricFamily(f"{p}_{key}", help_text, labels=["loop"])
+            for loop in s["loops"]:
+                counter.add_metric([loop["name"]], loop[key])
+            yield counter
         errors = CounterMetricFamily(f"{p}_errors", "Errors by kind", labels=["kind"])
         for kind, count in sorted(s["errors"].items()):
             errors.add_metric([kind], count)

@@ -168,6 +168,9 @@ class FramePipeline:
         "stopped",
     )
 
+    #: Frames whose handler has not ended (only a pipeline whose handler waits has any).
+    in_flight = 0
+
     # Per connection this holds state and the objects it calls, never bound methods:
     # each would cost 64 bytes per connection, and the methods are found per read.
 
@@ -265,20 +268,8 @@ class FramePipeline:
         except Exception as exc:
             self.fail(exc)  # the read is dropped: the decoder could not say where it ends
             return None
-        n = len(data)
-        if used != n:
-            if not 0 <= used <= n:
-                how = "decode_view" if self._view_reads else "decode_bytes"
-                self.fail(DecoderContractError(
-                    f"{type(self._decoder).__name__}.{how} used {used} of {n} bytes"))
-                return None
-            # An incomplete frame, or one the batch cutter leaves to decode() (errors,
-            # discards): the ring takes it, and decode() runs after this read's frames.
-            self.input.write(memoryview(data)[used:])
-            if frames:
-                self.dispatch(frames)
-            if not self.stopped:
-                self.cut_ring()
+        if used != len(data):
+            self.keep_rest(data, used, frames)
             return None
         if len(frames) == 1:
             counters = self._counters
@@ -302,6 +293,23 @@ class FramePipeline:
         if frames:
             self.dispatch(frames)
         return None
+
+    def keep_rest(self, data: Any, used: int, frames: list[Any]) -> None:
+        """The batch cutter used ``used`` bytes of a read (not all): dispatch its
+        ``frames``, keep the rest in the ring and cut it with ``decode``."""
+        n = len(data)
+        if not 0 <= used <= n:
+            how = "decode_view" if self._view_reads else "decode_bytes"
+            self.fail(DecoderContractError(
+                f"{type(self._decoder).__name__}.{how} used {used} of {n} bytes"))
+            return
+        # An incomplete frame, or one the batch cutter leaves to decode() (errors,
+        # discards): the ring takes it, and decode() runs after this read's frames.
+        self.input.write(memoryview(data)[used:])
+        if frames:
+            self.dispatch(frames)
+        if not self.stopped:
+            self.cut_ring()
 
     def cut_ring(self) -> None:
         """Cut every whole frame buffered in ``input`` and dispatch them.
@@ -498,11 +506,17 @@ class FramePipeline:
             self._flush_pending()
 
     def reset(self) -> None:
-        """The connection is closed: drop what is buffered and gathered."""
+        """Drop what is buffered and gathered; dispatch no more frames."""
         self.stopped = True
         self.input.reset()
         self.pending = _NO_PENDING
         self.partial_since = 0.0
+
+    def release(self) -> bool:
+        """The connection is closed: :meth:`reset`.  True: ``on_close`` may run now
+        (a :class:`~gevwire.waiting.WaitingPipeline` may first have work to cancel)."""
+        self.reset()
+        return True
 
     # -- errors and deadlines ----------------------------------------------------------
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from gevwire.errors import RoutingError
 from gevwire.handler import Handler
+from gevwire.waiting import BlockingCall, is_blocking
 
 if TYPE_CHECKING:
     from gevwire.connection import Connection
@@ -89,6 +91,12 @@ class Router(Handler):
     unknown kind go to ``@router.default``, or raise :class:`RoutingError` (reported to
     ``on_error``, whose default logs and closes the connection).
 
+    A route may wait: an ``async def`` one runs on an asyncio loop, one registered with
+    ``blocking=True`` (or marked :func:`gevwire.blocking`) on a thread pool; the other
+    routes still run on the loop thread, and replies leave in frame order (see
+    :mod:`gevwire.waiting`).  ``async def`` ``on_connect`` hooks are awaited in turn
+    after the plain ones ran; frames wait until they have ended.
+
     ``schema``: the construct schema of the frames (given, or taken from a
     :class:`~gevwire.Codec` by the server): a kind that the ``Enum`` at ``key`` cannot
     produce (a misspelt name) is a ``ValueError`` when it is registered, not a route
@@ -105,6 +113,9 @@ class Router(Handler):
         self._connect_hooks: list[ConnHook] = []
         self._close_hooks: list[ConnHook] = []
         self._error_hook: ErrorHook | None = None
+        #: True once a route or hook waits (``async def`` or blocking): connections
+        #: then take the pipeline that runs them off the loop thread.
+        self.may_wait = False
         if schema is not None:
             self.check_schema(schema)
 
@@ -129,24 +140,46 @@ class Router(Handler):
 
     # -- registration ------------------------------------------------------------------
 
-    def on(self, *kinds: Hashable) -> Callable[[F], F]:
-        """Decorator: handle frames whose key is any of ``kinds``."""
+    def on(self, *kinds: Hashable, blocking: bool = False) -> Callable[[F], F]:
+        """Decorator: handle frames whose key is any of ``kinds``.
+
+        ``blocking=True``: the handler blocks (a synchronous database driver, a
+        computation); it runs on the server's thread pool, not on the loop thread.
+        """
         if not kinds:
             raise TypeError("on() needs at least one kind")
+        mark_blocking = blocking  # (the name "blocking" is _route's parameter too)
 
         def register(fn: F) -> F:
             for kind in kinds:
                 if kind in self._routes:
                     raise ValueError(f"kind {kind!r} already has a handler")
                 self._check_kind(kind)
-                self._routes[kind] = fn
+            route = self._route(fn, mark_blocking)
+            for kind in kinds:
+                self._routes[kind] = route
             return fn
 
         return register
 
     def default(self, fn: F) -> F:
-        """Decorator: handle frames of every kind that has no handler of its own."""
-        self._default = fn
+        """Decorator: handle frames of every kind that has no handler of its own
+        (``async def`` and :func:`gevwire.blocking` ones as for :meth:`on`)."""
+        self._default = self._route(fn, False)
+        return fn
+
+    def _route(self, fn: MessageHandler, blocking: bool) -> MessageHandler:
+        """What dispatch calls for ``fn``: itself, or for a blocking one a function that
+        returns the call to make on the thread pool."""
+        if blocking or is_blocking(fn):
+            self.may_wait = True
+
+            def offloaded(conn: Connection, frame: Any) -> BlockingCall:
+                return BlockingCall(fn, conn, frame)
+
+            return offloaded
+        if inspect.iscoroutinefunction(fn):
+            self.may_wait = True
         return fn
 
     @property
@@ -158,16 +191,21 @@ class Router(Handler):
     # names register hooks when given a function, as decorators.
 
     @overload
-    def on_connect(self, arg: Connection) -> None: ...
+    def on_connect(self, arg: Connection) -> Coroutine[Any, Any, None] | None: ...
     @overload
     def on_connect(self, arg: F) -> F: ...
     def on_connect(self, arg: Any) -> Any:
         """Decorator ``@router.on_connect`` registers a hook; called with a connection,
         runs the hooks."""
         if not callable(arg):  # a Connection: the server is calling
+            waiting: list[Any] = []
             for hook in self._connect_hooks:
-                hook(arg)
-            return None
+                result = hook(arg)
+                if inspect.iscoroutine(result):
+                    waiting.append(result)
+            return _await_in_turn(waiting) if waiting else None
+        if inspect.iscoroutinefunction(arg):
+            self.may_wait = True
         self._connect_hooks.append(arg)
         return arg
 
@@ -222,3 +260,7 @@ class Router(Handler):
                 )
         return handler(conn, frame)
 
+
+async def _await_in_turn(coroutines: list[Coroutine[Any, Any, Any]]) -> None:
+    for coroutine in coroutines:
+        await coroutine

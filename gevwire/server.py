@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import importlib.util
 import logging
@@ -33,6 +35,13 @@ from gevwire.loop import EventLoop
 from gevwire.metrics import MetricsServer
 from gevwire.router import Router
 from gevwire.timers import TimerHandle
+from gevwire.waiting import (
+    CANCEL_GRACE,
+    DEFAULT_MAX_PENDING,
+    Offloader,
+    default_offloader,
+    handler_waits,
+)
 from gevwire.workers import Supervisor, WorkerControl, check_workers_supported, reserve_port
 
 __all__ = ["Server", "parse_address"]
@@ -139,6 +148,16 @@ class Server:
     process, at the end of :meth:`start`), the place for per-process timers
     (``server.run_every``) and state.
 
+    Handlers that wait (``async def`` ones, and those marked :func:`gevwire.blocking`
+    or routed with ``blocking=True``; see :mod:`gevwire.waiting`) run off the loop
+    threads: coroutines on ``asyncio_loop`` (default: an asyncio loop of the process,
+    in its own thread), blocking calls on ``executor`` (default: a bounded thread pool
+    of the process).  Replies leave in frame order (``ordered_replies=False``: as they
+    are ready); at most ``max_pending_per_connection`` frames (default 100) are in
+    flight per connection, reading pausing at the cap; ``handler_timeout`` seconds
+    bound each frame's work (:class:`~gevwire.HandlerTimeout`; default: no limit).
+    Synchronous handlers keep the direct path, with nothing of this on it.
+
     ``metrics_address="host:port"`` serves ``stats()`` as Prometheus text at
     ``/metrics`` (needs ``prometheus_client``: ``pip install 'gevwire[metrics]'``); with
     workers, worker ``i`` serves its own on ``port + i`` (scrape each).
@@ -179,6 +198,11 @@ class Server:
         metrics_address: str | None = None,
         backend: str | None = None,
         on_start: Callable[[Server], None] | None = None,
+        asyncio_loop: asyncio.AbstractEventLoop | None = None,
+        executor: concurrent.futures.Executor | None = None,
+        max_pending_per_connection: int = DEFAULT_MAX_PENDING,
+        handler_timeout: float | None = None,
+        ordered_replies: bool = True,
     ) -> None:
         missing = [name for name in _REQUIRED if not callable(getattr(handler, name, None))]
         if missing:
@@ -208,6 +232,11 @@ class Server:
             frame_timeout=frame_timeout,
             proxy_protocol=proxy_protocol,
             proxy_timeout=proxy_timeout,
+            max_pending_per_connection=max_pending_per_connection,
+            handler_timeout=handler_timeout,
+            ordered_replies=ordered_replies,
+            offloader=(Offloader(asyncio_loop, executor)
+                       if asyncio_loop is not None or executor is not None else None),
         )
         self.max_connections = max_connections
         if max_buffered_bytes is None:
@@ -282,6 +311,8 @@ class Server:
                 raise RuntimeError(f"server is {self._state}; a server starts once")
             self._state = "running"
         try:
+            if handler_waits(self.handler):  # started now, not by the first frame
+                (self.options.offloader or default_offloader()).start()
             self._sock = self._bind()
             self._nodelay = self.options.tcp_nodelay and self._family != socket.AF_UNIX
             all_loops = self._all_loops()
@@ -458,7 +489,10 @@ class Server:
         of fds), ``frames_in`` / ``frames_out``, ``bytes_in`` /
         ``bytes_out``, ``errors`` (count by kind: exception class name, or
         ``idle_timeout``), ``loop_turns``, ``loop_busy_seconds`` (time spent handling
-        rather than waiting), and the same per loop under ``loops``.  With
+        rather than waiting), ``frames_waiting`` (frames whose ``async`` or blocking
+        handler runs now), ``frames_offloaded`` (so handed off in all) and
+        ``offload_wait_seconds`` (the time those that ended took), and the same per
+        loop under ``loops``.  With
         ``max_buffered_bytes``, also ``buffered_bytes`` (the last sample),
         ``budget_pauses`` and ``budget_closes`` (connections paused and closed by it).
 
@@ -479,6 +513,9 @@ class Server:
                 "bytes_out": loop.bytes_out,
                 "turns": loop.turn_count,
                 "busy_seconds": loop.busy_time,
+                "frames_waiting": loop.frames_waiting,
+                "frames_offloaded": loop.frames_offloaded,
+                "offload_wait_seconds": loop.offload_wait,
             })
         errors: dict[str, int] = {}
         for loop in self._loops:
@@ -496,6 +533,9 @@ class Server:
             "errors": errors,
             "loop_turns": sum(d["turns"] for d in per_loop),
             "loop_busy_seconds": sum(d["busy_seconds"] for d in per_loop),
+            "frames_waiting": sum(d["frames_waiting"] for d in per_loop),
+            "frames_offloaded": sum(d["frames_offloaded"] for d in per_loop),
+            "offload_wait_seconds": sum(d["offload_wait_seconds"] for d in per_loop),
             "loops": per_loop,
             **self._budget_stats(),
         }
@@ -753,6 +793,11 @@ class Server:
         for loop in self._loops:
             if loop.running:
                 loop.call_soon(self._close_all, loop, True)
+        # Closed connections whose cancelled coroutines still unwind run on_close when
+        # they have ended (at most CANCEL_GRACE later): the loops run until then.
+        deadline = time.monotonic() + CANCEL_GRACE + 0.5
+        while self.connection_count and time.monotonic() < deadline:
+            time.sleep(0.005)
         loops = self._all_loops()
         for loop in loops:
             loop.stop()

@@ -15,6 +15,8 @@ harness, ``serve`` and ``BlockingClient`` work without it.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import socket
 import time
@@ -35,6 +37,7 @@ from gevwire.codec import BaseCodec, Decoder, RawCodec
 from gevwire.errors import ConnectionClosed, DecoderContractError, FrameError
 from gevwire.pipeline import Counters, DecodeProgress, FramePipeline
 from gevwire.server import Server
+from gevwire.waiting import BlockingCall, handler_waits
 
 log = logging.getLogger("gevwire")
 
@@ -258,6 +261,34 @@ class _ObservedHandler:
         self.on_message = handler.on_message
         self._on_error = getattr(handler, "on_error", None)
         self._harness = harness
+        self._asyncio_loop: asyncio.AbstractEventLoop | None = None
+        if handler_waits(handler):  # run what waits to its end, within the call
+            self._user_connect = handler.on_connect
+            self._user_message = handler.on_message
+            self.on_connect = self._connect_settled
+            self.on_message = self._message_settled
+
+    def _connect_settled(self, conn: Any) -> None:
+        self._settle(self._user_connect(conn))
+
+    def _message_settled(self, conn: Any, frame: Any) -> Any:
+        return self._settle(self._user_message(conn, frame))
+
+    def _settle(self, result: Any) -> Any:
+        """A coroutine's result (run on the harness's own asyncio loop), a blocking
+        route's (called here), or ``result`` itself."""
+        if isinstance(result, BlockingCall):
+            return result.fn(*result.args)
+        if inspect.iscoroutine(result):
+            if self._asyncio_loop is None:
+                self._asyncio_loop = asyncio.new_event_loop()
+            return self._asyncio_loop.run_until_complete(result)
+        return result
+
+    def close(self) -> None:
+        if self._asyncio_loop is not None:
+            self._asyncio_loop.close()
+            self._asyncio_loop = None
 
     def on_error(self, conn: Any, error: BaseException) -> None:
         self._harness.errors.append(error)
@@ -279,6 +310,11 @@ class HandlerHarness:
     codec, so an unencodable reply fails as it would on a server; their bytes collect in
     ``sent`` (one ``bytes`` each) and ``output``.  Once the handler closes, later frames
     are not dispatched and ``on_close`` runs (once) at the end of that call.
+
+    Handlers that wait run to their end within the call that gave them a frame, in
+    frame order: an ``async def`` one on an asyncio loop of the harness's own, a
+    blocking one on the calling thread (a test sees the replies a client would get,
+    with none of the timing).
 
     With ``raise_errors`` (the default) an exception from a handler callback or the
     codec propagates to the test; only :class:`~gevwire.FrameError`\\s go to the
@@ -315,8 +351,9 @@ class HandlerHarness:
         self._written: list[bytes] = []
         #: The pipeline a connection would frame and dispatch with (this harness is
         #: its transport).
+        self._observed = _ObservedHandler(handler, self)
         self.pipeline = FramePipeline(
-            self.conn, _ObservedHandler(handler, self), _RecordingCodec(self.codec, self),
+            self.conn, self._observed, _RecordingCodec(self.codec, self),
             self, Counters(), reraise=self._reraise)
         self._call(self.pipeline.connected)
 
@@ -384,6 +421,7 @@ class HandlerHarness:
                 if self.conn.close_requested and not self.closed:
                     self.closed = True
                     self.pipeline.reset()
+                    self._observed.close()
                     self.handler.on_close(self.conn)
         return self._new
 

@@ -349,7 +349,8 @@ class UringConnection(Connection):
             self._recv_armed = True
 
     def _has_unsent(self) -> bool:
-        return bool(self._output._len or self._pipe.pending or self._sending is not None)
+        return bool(self._output._len or self._pipe.pending or self._sending is not None
+                    or self._pipe.in_flight)
 
     def _release_fd(self, fd: int) -> None:
         """Cancel what is in flight (by ``user_data``), then close the fd."""
