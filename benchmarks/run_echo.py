@@ -193,6 +193,28 @@ FRAMED_SERVERS: tuple[Server, ...] = (
     ),
 )
 
+
+
+def awaiting_servers(mode: str) -> tuple[Server, ...]:
+    """``--awaiting MODE``: length-prefixed echo whose every reply awaits first."""
+    gevwire_argv = [sys.executable, str(BENCH_DIR / "servers" / "awaiting_gevwire.py"),
+                    "--await", mode]
+    asyncio_argv = [sys.executable, str(BENCH_DIR / "servers" / "framed_asyncio.py"),
+                    "--await", mode]
+    return (
+        Server("gevwire", lambda port: _with_backend("epoll", [
+            *gevwire_argv, "--port", str(port)]), _always),
+        Server("gevwire-uring", lambda port: _with_backend("io_uring", [
+            *gevwire_argv, "--port", str(port)]), _uring_missing),
+        Server("gevwire-sync", lambda port: _with_backend("epoll", [
+            sys.executable, "examples/framed_echo.py", "--port", str(port), "--loops", "1",
+        ]), _example_missing("framed_echo.py")),
+        Server("asyncio", lambda port: [*asyncio_argv, "--port", str(port)], _always),
+        Server("uvloop", lambda port: [*asyncio_argv, "--port", str(port), "--uvloop"],
+               _uvloop_missing),
+    )
+
+
 BASELINES = ("asyncio", "uvloop")
 
 
@@ -546,6 +568,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="length-prefixed echo (loadgen --length-prefix) against framing servers",
     )
     p.add_argument(
+        "--awaiting",
+        choices=("trivial", "sleep0"),
+        help="length-prefixed echo whose handler awaits a trivial coroutine (or "
+        "asyncio.sleep(0)) per frame: gevwire's async handlers against asyncio "
+        "Protocol servers that create a task per frame (implies --framed)",
+    )
+    p.add_argument(
         "--pipeline",
         type=int,
         help=f"messages in flight per conn (1; {FRAMED_PIPELINE} with --framed)",
@@ -561,6 +590,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="write raw runs and medians to this file")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = p.parse_args(argv)
+    if args.awaiting:
+        args.framed = True
     if args.pipeline is None:
         args.pipeline = FRAMED_PIPELINE if args.framed else 1
     if args.seconds <= 0 or args.warmup < 0 or args.rounds < 1 or args.pipeline < 1:
@@ -580,13 +611,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if max(args.server_cpu, args.client_cpu) >= ncpu or min(args.server_cpu, args.client_cpu) < 0:
         raise SystemExit(f"need cores {args.server_cpu} and {args.client_cpu}; have {ncpu}")
     scenarios = select(args.scenarios, FRAMED_SCENARIOS if args.framed else SCENARIOS, "scenario")
-    servers = available_servers(args.servers, FRAMED_SERVERS if args.framed else SERVERS)
+    if args.awaiting:
+        candidates: Sequence[Server] = awaiting_servers(args.awaiting)
+    else:
+        candidates = FRAMED_SERVERS if args.framed else SERVERS
+    servers = available_servers(args.servers, candidates)
     build_loadgen()
     # Keep this process (it sleeps, then samples /proc) off the server's core.
     os.sched_setaffinity(0, {args.client_cpu})
 
     total = len(scenarios) * args.rounds * len(servers)
     mode = "length-prefixed echo" if args.framed else "raw echo"
+    if args.awaiting:
+        mode += f", every reply awaiting ({args.awaiting})"
     print(
         f"{mode}, pipeline {args.pipeline}: {total} runs of {args.warmup:g}+{args.seconds:g} s: "
         f"server on cpu {args.server_cpu}, load generator on cpu {args.client_cpu}",
@@ -634,6 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "rounds": args.rounds,
                 "pipeline": args.pipeline,
                 "framed": args.framed,
+                "awaiting": args.awaiting,
                 "server_cpu": args.server_cpu,
                 "client_cpu": args.client_cpu,
             },

@@ -36,6 +36,7 @@ import concurrent.futures
 import inspect
 import logging
 import os
+import sys
 import threading
 import types
 from collections import deque
@@ -60,6 +61,7 @@ _Coroutine = types.CoroutineType
 #: Seconds ``on_close`` waits for a closed connection's cancelled coroutines to end
 #: (one that swallows its cancellation cannot hold ``on_close`` back for ever).
 CANCEL_GRACE = 1.0
+_EAGER = sys.version_info >= (3, 12)  # asyncio.Task(..., eager_start=True)
 #: Default ``max_pending_per_connection``.
 DEFAULT_MAX_PENDING = 100
 
@@ -150,6 +152,8 @@ class Offloader:
         # Coroutines started on each event loop in its current turn: handed to the
         # asyncio loop in one call (one wake-up) per turn, not one per frame.
         self._batches: dict[EventLoop, list[tuple[Any, ...]]] = {}
+        # (asyncio loop thread) Results for each event loop, sent in one call.
+        self._results: dict[EventLoop, list[tuple[Any, ...]]] = {}
 
     # -- the asyncio side --------------------------------------------------------------
 
@@ -213,10 +217,15 @@ class Offloader:
                 coro.close()
                 gloop.call_soon(pipe.cancelled_coroutine_ended, work)
                 continue
-            work.handle = loop.create_task(run(coro, work, pipe, gloop, timeout))
+            if _EAGER:
+                # Runs at once up to its first real wait: a handler that does not
+                # wait ends here, never scheduled (3.12's eager tasks).
+                work.handle = asyncio.Task(run(coro, work, pipe, gloop, timeout),
+                                           loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+            else:
+                work.handle = loop.create_task(run(coro, work, pipe, gloop, timeout))
 
-    @staticmethod
-    async def _run(coro: Any, work: Work, pipe: WaitingPipeline, gloop: EventLoop,
+    async def _run(self, coro: Any, work: Work, pipe: WaitingPipeline, gloop: EventLoop,
                    timeout: float | None) -> None:
         deadline = None
         try:
@@ -232,11 +241,28 @@ class Offloader:
             error: BaseException = exc
             if deadline is not None and deadline.expired():  # ours, not the handler's
                 error = HandlerTimeout(timeout or 0.0)
-            gloop.call_soon(pipe.work_done, work, None, error)
+            self._ended(gloop, pipe, work, None, error)
         except BaseException as exc:
-            gloop.call_soon(pipe.work_done, work, None, exc)
+            self._ended(gloop, pipe, work, None, exc)
         else:
-            gloop.call_soon(pipe.work_done, work, result, None)
+            self._ended(gloop, pipe, work, result, None)
+
+    def _ended(self, gloop: EventLoop, pipe: WaitingPipeline, work: Work, result: Any,
+               error: BaseException | None) -> None:
+        """(asyncio loop thread) Results go back to each event loop in batches: one
+        task there (and at most one wake-up) for all that ended in an asyncio turn."""
+        results = self._results.get(gloop)
+        if results is None:
+            results = self._results[gloop] = []
+        if not results:
+            self._loop().call_soon(self._send_results, gloop)
+        results.append((pipe, work, result, error))
+
+    def _send_results(self, gloop: EventLoop) -> None:
+        results = self._results.get(gloop)
+        if results:
+            self._results[gloop] = []
+            gloop.call_soon(_deliver, results)
 
     def cancel(self, work: Work) -> None:
         """Cancel ``work``'s coroutine (from the event loop thread; on the asyncio loop,
@@ -278,6 +304,17 @@ class Offloader:
             if self._owns_executor and executor is not None:
                 self._executor = None
                 executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _deliver(results: list[tuple[Any, ...]]) -> None:
+    """(event loop thread) Hand each result to its pipeline, then let each pipeline
+    send what is now in order: one write per connection for the batch."""
+    touched: dict[WaitingPipeline, None] = {}
+    for pipe, work, result, error in results:
+        if pipe.settle(work, result, error):
+            touched[pipe] = None
+    for pipe in touched:
+        pipe.after_work()
 
 
 def _cancel_task(work: Work) -> None:
@@ -506,13 +543,19 @@ class WaitingPipeline(FramePipeline):
     def work_done(self, work: Work, result: Any, error: BaseException | None) -> None:
         """``work`` ended with ``result`` (or ``error``): encode its reply and send what
         the order allows; start frames held back."""
+        if self.settle(work, result, error):
+            self.after_work()
+
+    def settle(self, work: Work, result: Any, error: BaseException | None) -> bool:
+        """``work`` ended: encode its reply (or report ``error``), sending nothing yet;
+        False when there is nothing more to do (:meth:`after_work` is not needed)."""
         if work.done:  # a thread's result after its timeout, or work of a closed
             if work.coroutine and self._closed:  # connection (it ran on regardless)
                 self.cancelled_coroutine_ended(work)
-            return
+            return False
         self._end(work)
         if self._closed:
-            return
+            return False
         if error is not None:
             self.fail(error)
         elif result is not None:
@@ -523,7 +566,7 @@ class WaitingPipeline(FramePipeline):
                 self.fail(exc, abort=True)
             except Exception as exc:
                 self.fail(exc)
-        self._after_work()
+        return True
 
     def _timed_out(self, work: Work) -> None:
         work.timer = None
@@ -533,7 +576,7 @@ class WaitingPipeline(FramePipeline):
             work.handle.cancel()  # (a thread not yet started never starts)
         self._end(work)
         self.fail(HandlerTimeout(self._timeout or 0.0))
-        self._after_work()
+        self.after_work()
 
     def _end(self, work: Work) -> None:
         work.done = True
@@ -546,7 +589,7 @@ class WaitingPipeline(FramePipeline):
             work.timer.cancel()
             work.timer = None
 
-    def _after_work(self) -> None:
+    def after_work(self) -> None:
         """Send the replies now in order, start what was held back, and tell a closing
         transport when nothing is in flight."""
         queue = self._queue
