@@ -154,7 +154,8 @@ class Server:
     in its own thread), blocking calls on ``executor`` (default: a bounded thread pool
     of the process).  Replies leave in frame order (``ordered_replies=False``: as they
     are ready); at most ``max_pending_per_connection`` frames (default 100) are in
-    flight per connection, reading pausing at the cap; ``handler_timeout`` seconds
+    flight per connection, reading pausing at the cap (they run concurrently: 1 runs
+    a connection's frames one at a time); ``handler_timeout`` seconds
     bound each frame's work (:class:`~gevwire.HandlerTimeout`; default: no limit).
     Synchronous handlers keep the direct path, with nothing of this on it.
 

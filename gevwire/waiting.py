@@ -18,7 +18,10 @@ keeps what users of netty and asyncio expect:
 
 * replies leave **in frame order** (``ordered_replies=False``: as they are ready);
 * at most ``max_pending_per_connection`` frames are in flight per connection: at the
-  cap reading pauses, frames already read wait unstarted, and reading resumes below it;
+  cap reading pauses, frames already read wait unstarted, and reading resumes below it.
+  Frames in flight run concurrently, so their effects may land in any order; a cap of
+  1 runs a connection's frames one at a time (netty's executor groups, or Redis's
+  order of a client's commands) while other connections still run meanwhile;
 * a frame's work past ``handler_timeout`` is :class:`~gevwire.HandlerTimeout` for
   ``on_error`` (a coroutine is cancelled; a thread's late result is dropped);
 * when the connection closes, its coroutines are cancelled and ``on_close`` runs once

@@ -20,6 +20,7 @@ handler's slow peer (``test_server.py``), a trickled PROXY header
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import gc
 import json
@@ -1267,7 +1268,8 @@ def test_a_blocking_handler_stalls_its_own_loop_only(
     (``loops=N``, or other processes with ``workers=N``) are served on time: a sleeping
     or I/O-blocked handler releases the GIL; a CPU-bound one holds it and the other
     loops then get the interpreter every switch interval (5 ms), so they are slower but
-    still served.  Blocking work belongs in a thread pool, with ``conn.send`` from there.
+    still served.  A handler that waits says so (``async def`` or ``gevwire.blocking``:
+    the next test) and then stalls nothing.
     """
     block = 1.0
 
@@ -1329,6 +1331,61 @@ def test_a_blocking_handler_stalls_its_own_loop_only(
     print(f"\n[case 10 {how}] neighbour on the blocked loop waited {neighbour_wait:.2f}s; "
           f"other loop: {len(other_rtts)} round trips, median "
           f"{median * 1000:.1f} ms, max {max(other_rtts) * 1000:.1f} ms")
+
+
+
+@pytest.mark.parametrize("how", ["async", "blocking"])
+def test_a_handler_that_waits_stalls_nothing(
+    serve: ServeFn, gevwire_log: LogCapture, how: str
+) -> None:
+    """Case 10 with a handler that declares its waiting (``async def``, or
+    ``gevwire.blocking``): it waits off the loop thread, so a neighbour on the *same*
+    loop is answered at once, and the waiting connection's own later frames are
+    answered after it, in order."""
+    block = 1.0
+
+    class AsyncWait(Echo):
+        async def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+            if frame == b"block":
+                await asyncio.sleep(block)
+            return frame
+
+    class BlockingWait(Echo):
+        @gevwire.blocking
+        def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+            if frame == b"block":
+                time.sleep(block)
+            return frame
+
+    server = serve(AsyncWait() if how == "async" else BlockingWait(),
+                   codec=gcodecs.line(), loops=1)
+    blocker, neighbour = (socket.create_connection(server.address[:2]) for _ in range(2))
+    for sock in (blocker, neighbour):
+        sock.settimeout(10)
+        sock.sendall(b"warm\n")
+        assert recv_exactly(sock, 5) == b"warm\n"
+    t0 = time.monotonic()
+    blocker.sendall(b"block\nafter\n")
+    time.sleep(0.05)
+    rtts = []
+    while time.monotonic() - t0 < block * 0.8:  # the same loop, during the wait
+        start = time.monotonic()
+        neighbour.sendall(b"n\n")
+        assert recv_exactly(neighbour, 2) == b"n\n"
+        rtts.append(time.monotonic() - start)
+        time.sleep(0.01)
+    assert recv_exactly(blocker, 12) == b"block\nafter\n"  # in order, after the wait
+    waited = time.monotonic() - t0
+    assert waited > block - 0.05, waited
+    assert len(rtts) >= 10
+    median = sorted(rtts)[len(rtts) // 2]
+    assert max(rtts) < 0.1, rtts
+    assert gevwire_log.unexpected() == []
+    blocker.close()
+    neighbour.close()
+    print(f"\n[case 10 {how}] the waiting connection answered after {waited:.2f}s; its "
+          f"loop meanwhile: {len(rtts)} round trips, median {median * 1000:.2f} ms, "
+          f"max {max(rtts) * 1000:.1f} ms")
 
 
 
