@@ -182,6 +182,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                      metavar="SECONDS",
                      help="the PROXY header must be complete this long after the connect "
                           "(default: %(default)s)")
+    run.add_argument("--max-pending-per-connection", type=_positive_int, default=100,
+                     metavar="N",
+                     help="frames of one connection whose async or blocking handler may "
+                          "run at once; reading pauses there (1: one at a time; default: "
+                          "%(default)s)")
+    run.add_argument("--handler-timeout", type=_positive_float, metavar="SECONDS",
+                     help="fail a frame whose async or blocking handler runs this long")
     run.add_argument("--stop-timeout", type=_positive_float, default=5.0, metavar="SECONDS",
                      help="how long a graceful stop may flush output (default: %(default)s)")
     run.add_argument("--log-level", choices=_LOG_LEVELS, default="info",
@@ -245,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_buffered_bytes=args.max_buffered_bytes,
             proxy_protocol=args.proxy_protocol,
             proxy_timeout=args.proxy_timeout,
+            max_pending_per_connection=args.max_pending_per_connection,
+            handler_timeout=args.handler_timeout,
         )
     except (ValueError, TypeError, RuntimeError) as exc:
         run_parser.error(str(exc))

@@ -36,6 +36,15 @@ class Broken(gevwire.Handler):
 
 import gevwire.codecs
 plus_codec = gevwire.codecs.line(b"+")
+
+import asyncio
+
+class Waits(gevwire.Handler):
+    async def on_message(self, conn, frame):
+        await asyncio.sleep(float(frame))
+        return b"slept " + bytes(frame)
+
+waits = Waits()
 '''
 
 LISTENING = r"\[(\d+)\] gevwire listening on \('127\.0\.0\.1', (\d+)\)"
@@ -63,8 +72,8 @@ def test_help() -> None:
     for option in ("MODULE:HANDLER", "--address", "--loops", "--workers", "--codec",
                    "--idle-timeout", "--frame-timeout", "--metrics-address", "--max-connections",
                    "--proxy-protocol", "--worker-timeout", "--max-buffered-bytes",
-                   "--backend", "--reuse-port",
-                   "--log-level"):
+                   "--backend", "--reuse-port", "--max-pending-per-connection",
+                   "--handler-timeout", "--log-level"):
         assert option in run.stdout
 
 
@@ -102,6 +111,23 @@ def test_serves_a_handler_module_and_stops_on_sigterm(
     finally:
         run.close()
         kill_quietly([pid for pid in pids if pid != run.proc.pid and alive(pid)])
+
+
+def test_handler_timeout_from_the_command_line(app_dir: Path) -> None:
+    run = ServerProcess(["-m", "gevwire", "run", "upperapp:waits", "--address",
+                         "127.0.0.1:0", "--codec", "line", "--handler-timeout", "0.5",
+                         "--max-pending-per-connection", "1"], cwd=app_dir)
+    try:
+        port = int(run.wait_for(LISTENING)[0][2])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"0.01\n")
+            assert sock.recv(64) == b"slept 0.01\n"
+            sock.sendall(b"5\n")  # past --handler-timeout: closed, HandlerTimeout logged
+            assert sock.recv(64) == b""
+        assert run.stop() == 0, run.output
+        assert "handler took longer than handler_timeout=0.5s" in run.output
+    finally:
+        run.close()
 
 
 def test_a_bad_handler_path_is_a_clear_error(app_dir: Path) -> None:

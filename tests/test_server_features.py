@@ -239,6 +239,9 @@ def test_metrics_address_serves_prometheus_text_of_stats() -> None:
         assert frames_in >= 15  # a read may carry two writes: at least one frame per read
         assert bytes_out == 3 * 5 * 8
         assert any(k.startswith("gevwire_busy_seconds_total{") for k in samples)
+        assert sum(v for k, v in samples.items()
+                   if k.startswith("gevwire_frames_waiting{")) == 0  # (a plain handler)
+        assert any(k.startswith("gevwire_frames_offloaded_total{") for k in samples)
         for sock in socks:
             sock.close()
     with pytest.raises(OSError):  # stop() closed the metrics endpoint too
