@@ -250,6 +250,9 @@ class Server:
         self._family, self._bind_address = parse_address(address)
         if workers > 1:
             check_workers_supported()
+            if asyncio_loop is not None or executor is not None:
+                raise ValueError("asyncio_loop and executor cannot cross a fork: with "
+                                 "workers > 1 each worker makes its own")
             if self._family == socket.AF_UNIX:
                 raise ValueError("workers > 1 needs a TCP address (SO_REUSEPORT)")
         self._workers = workers

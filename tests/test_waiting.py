@@ -544,3 +544,37 @@ def test_handler_harness_runs_waiting_handlers_to_their_end() -> None:
     assert harness.output == b"hi\na\nb\n"
     harness.disconnect()
     assert harness.closed
+
+
+def test_a_users_loop_or_executor_cannot_cross_into_workers() -> None:
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        with pytest.raises(ValueError, match="workers"):
+            gevwire.Server(Sleepy(), address="127.0.0.1:0", workers=2, executor=pool)
+    finally:
+        pool.shutdown()
+
+
+def test_a_client_connection_can_have_a_waiting_handler(serve: Any) -> None:
+    class Echo(gevwire.Handler):
+        def on_message(self, conn: gevwire.Connection, frame: bytes) -> bytes:
+            return frame
+
+    server = serve(Echo())
+    got: list[bytes] = []
+    done = threading.Event()
+
+    class Caller(gevwire.Handler):
+        async def on_connect(self, conn: gevwire.Connection) -> None:
+            await asyncio.sleep(0.01)
+            conn.send(b"hello")
+
+        async def on_message(self, conn: gevwire.Connection, frame: bytes) -> None:
+            await asyncio.sleep(0.01)
+            got.append(frame)
+            done.set()
+
+    with gevwire.Client(Caller(), codec=line()) as client:
+        client.connect(f"127.0.0.1:{server.port}")
+        assert done.wait(5)
+    assert got == [b"hello"]
