@@ -705,6 +705,7 @@ class Connection:
 
     def _write(self, data: bytes) -> None:
         """Write now, buffering what the socket does not take (loop thread only)."""
+        self._last_active = self.loop.now  # (the idle deadline: a write is activity)
         if self._deferred is not None:
             self._write_deferred()  # first: bytes go out in the order they were sent
             if self._state == _CLOSED:
@@ -905,6 +906,9 @@ class Connection:
         timeout = self._options.idle_timeout
         assert timeout is not None
         left = self._last_active + timeout - time.monotonic()
+        if self._pipe.in_flight:  # waiting for its handler's work is not idle
+            self._last_active = self.loop.now
+            left = timeout
         if left > 0:
             self._idle_timer = self.loop.run_after(left, self._check_idle)
             return

@@ -62,12 +62,14 @@ class Sleepy(gevwire.Handler):
 
     def __init__(self) -> None:
         self.events: list[str] = []
+        self.started: list[str] = []
         self.errors: list[BaseException] = []
         self.closed = threading.Event()
 
     async def on_message(self, conn: gevwire.Connection, frame: bytes) -> bytes:
         if frame.startswith(b"sleep"):
             _, seconds, tag = frame.split()
+            self.started.append(tag.decode())
             try:
                 await asyncio.sleep(float(seconds))
             except asyncio.CancelledError:
@@ -230,7 +232,7 @@ def test_close_cancels_coroutines_then_runs_on_close(serve: Any) -> None:
     server = serve(handler)
     sock = client(server)
     sock.sendall(b"sleep 30 one\nsleep 30 two\n")
-    assert wait_until(lambda: server.stats()["frames_waiting"] == 2)
+    assert wait_until(lambda: len(handler.started) == 2)  # both coroutines are running
     set_linger_reset(sock)
     sock.close()  # RST (a FIN would be a half-close: the replies would still be sent)
     assert handler.closed.wait(3)
@@ -578,3 +580,15 @@ def test_a_client_connection_can_have_a_waiting_handler(serve: Any) -> None:
         client.connect(f"127.0.0.1:{server.port}")
         assert done.wait(5)
     assert got == [b"hello"]
+
+
+def test_waiting_for_a_handler_is_not_idle(serve: Any) -> None:
+    server = serve(Sleepy(), idle_timeout=0.2)
+    sock = client(server)
+    sock.sendall(b"sleep 0.6 late\n")  # three idle periods with nothing on the wire
+    assert lines(sock, 1) == [b"late"]
+    answered = time.monotonic()
+    assert recv_until_eof(sock) == b""  # then idle for real: closed, idle_timeout
+    assert time.monotonic() - answered > 0.05  # counted from the wait, not the request
+    assert server.stats()["errors"] == {"idle_timeout": 1}
+    sock.close()
