@@ -207,6 +207,7 @@ class Connection:
         "_pipe",
         "_proxy",
         "_read_paused",
+        "_sent_waiters",
         "_state",
         "_token",
         "_values",
@@ -279,6 +280,8 @@ class Connection:
         #: The PROXY protocol header (``proxy_protocol=True``), else None.
         self.proxy_info: ProxyInfo | None = None
         self._last_active = 0.0
+        # when_sent callbacks waiting for the output to drain (None: none waits).
+        self._sent_waiters: list[Callable[[bool], Any]] | None = None
         self._init_io()
 
     def _init_io(self) -> None:
@@ -385,6 +388,31 @@ class Connection:
             if not self._xsend_scheduled:
                 self._xsend_scheduled = True
                 self.loop.call_soon(self._drain_xsend)
+
+    def when_sent(self, callback: Callable[[bool], Any]) -> None:
+        """Call ``callback(True)`` on the loop thread once every byte sent on this
+        connection so far (replies, and messages sent from any thread) has left the process
+        (written to the socket); ``callback(False)`` if the connection closes first
+        (those bytes are lost).  From any thread; netty's write future, for a
+        handler that streams and must know when to produce more or when it is done.
+        """
+        self.loop.call_soon(self._add_sent_waiter, callback)  # after sends queued before
+
+    async def drained(self) -> None:
+        """In an ``async def`` handler: wait until every byte sent so far has left the
+        process (:meth:`when_sent`); raises :class:`ConnectionClosed` if the connection
+        closed first (asyncio's ``StreamWriter.drain``)."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+
+        def sent(ok: bool) -> None:
+            loop.call_soon_threadsafe(_settle_future, done, ok)
+
+        self.when_sent(sent)
+        if not await done:
+            raise ConnectionClosed(f"{self} closed before its output was sent")
 
     def close(self) -> None:
         """Stop reading, flush unsent output (up to ``close_timeout``), then close.
@@ -785,6 +813,8 @@ class Connection:
         self._set_events(events)
         if resumed:
             self._writable_changed(True)
+        if self._sent_waiters is not None:
+            self._notify_sent(True)
         if self._state == _WRITE_SHUTTING:
             self._state = _WRITE_SHUT
             self._do_shutdown_write()
@@ -893,6 +923,38 @@ class Connection:
         chunks = [queue.popleft() for _ in range(len(queue))]
         self.loop.frames_out += len(chunks)
         self._write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _add_sent_waiter(self, callback: Callable[[bool], Any]) -> None:
+        if self._state == _CLOSED:
+            self._call_sent_waiter(callback, False)
+        elif not self._has_unsent_bytes():
+            self._call_sent_waiter(callback, True)
+        else:
+            if self._sent_waiters is None:
+                self._sent_waiters = []
+            self._sent_waiters.append(callback)
+            self._set_events(self._events | EV_WRITE)  # its drain calls the waiters
+
+    def _has_unsent_bytes(self) -> bool:
+        """True while bytes handed to this connection have not all left the process."""
+        return bool(self._output._len or self._pipe.pending or self._deferred is not None)
+
+    def _notify_sent(self, ok: bool) -> None:
+        """The output drained (``ok``) or the connection closed: the waiters' turn."""
+        waiters = self._sent_waiters
+        if waiters:
+            self._sent_waiters = None
+            for callback in waiters:
+                self._call_sent_waiter(callback, ok)
+
+    def _call_sent_waiter(self, callback: Callable[[bool], Any], ok: bool) -> None:
+        try:
+            callback(ok)
+        except Exception as exc:
+            if self._state != _CLOSED:
+                self._pipe.fail(exc)
+            else:
+                log.exception("%r: a when_sent callback failed", self)
 
     def _check_idle(self) -> None:
         """Idle timer: close if nothing was read or written for ``idle_timeout``.
@@ -1017,6 +1079,8 @@ class Connection:
         self._deferred = None
         if self._xsend is not None:
             self._xsend.clear()
+        if self._sent_waiters is not None:
+            self._notify_sent(False)
         if closed:  # (else the pipeline calls _closed once the work it cancels ends)
             self._closed()
 
@@ -1029,3 +1093,8 @@ class Connection:
         self.loop.connections_closed += 1
         if self._on_closed is not None:
             self._on_closed(self)
+
+
+def _settle_future(future: Any, ok: bool) -> None:
+    if not future.done():
+        future.set_result(ok)

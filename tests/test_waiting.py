@@ -592,3 +592,94 @@ def test_waiting_for_a_handler_is_not_idle(serve: Any) -> None:
     assert time.monotonic() - answered > 0.05  # counted from the wait, not the request
     assert server.stats()["errors"] == {"idle_timeout": 1}
     sock.close()
+
+
+# -- when_sent / drained: learning that bytes left the process ------------------------------
+
+
+def test_when_sent_fires_once_the_socket_took_every_byte(serve: Any) -> None:
+    fired: list[tuple[bool, int]] = []
+    big = b"x" * (8 << 20)
+
+    class Streamer(gevwire.Handler):
+        def on_message(self, conn: gevwire.Connection, frame: bytes) -> None:
+            conn.send(big)
+            conn.when_sent(lambda ok: fired.append((ok, conn.write_buffer_length)))
+
+    server = serve(Streamer(), max_write_buffer=32 << 20)
+    sock = socket.create_connection(server.address[:2])
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    sock.settimeout(10)
+    sock.sendall(b"go\n")
+    time.sleep(0.3)
+    assert fired == []  # the peer has not read: most of 8 MiB is still in the process
+    got = 0
+    while got < len(big) + 1:
+        got += len(sock.recv(1 << 20))
+    assert wait_until(lambda: fired == [(True, 0)])
+    sock.close()
+
+
+def test_when_sent_reports_false_when_the_connection_closes_first(serve: Any) -> None:
+    fired: list[bool] = []
+
+    class Streamer(gevwire.Handler):
+        def on_message(self, conn: gevwire.Connection, frame: bytes) -> None:
+            conn.send(b"y" * (8 << 20))
+            conn.when_sent(fired.append)
+
+    server = serve(Streamer(), max_write_buffer=32 << 20)
+    sock = socket.create_connection(server.address[:2])
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    sock.sendall(b"go\n")
+    time.sleep(0.2)
+    set_linger_reset(sock)
+    sock.close()
+    assert wait_until(lambda: fired == [False])
+
+
+def test_when_sent_with_nothing_unsent_fires_at_once(serve: Any) -> None:
+    fired: list[bool] = []
+
+    class Quiet(gevwire.Handler):
+        def on_message(self, conn: gevwire.Connection, frame: bytes) -> bytes:
+            conn.when_sent(fired.append)
+            return b"ok"
+
+    server = serve(Quiet())
+    sock = client(server)
+    sock.sendall(b"x\n")
+    assert lines(sock, 1) == [b"ok"]
+    assert wait_until(lambda: fired == [True])
+    sock.close()
+
+
+def test_an_async_handler_awaits_drained_between_chunks(serve: Any) -> None:
+    chunk = b"z" * (16 << 20)  # more than loopback's socket buffers hold
+    progress: list[int] = []
+
+    class Streamer(gevwire.Handler):
+        async def on_message(self, conn: gevwire.Connection, frame: bytes) -> bytes:
+            for i in range(4):
+                conn.send(chunk)
+                await conn.drained()  # produce the next chunk only once this one left
+                progress.append(i)
+            return b"done"
+
+    server = serve(Streamer(), max_write_buffer=64 << 20)
+    sock = socket.create_connection(server.address[:2])
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    sock.settimeout(10)
+    sock.sendall(b"go\n")
+    time.sleep(0.3)
+    assert progress == []  # the first chunk has not left: the peer did not read
+    size = 0
+    tail = b""
+    while not tail.endswith(b"done\n"):
+        got = sock.recv(1 << 20)
+        assert got
+        size += len(got)
+        tail = (tail + got)[-8:]
+    assert size == 4 * (len(chunk) + 1) + 5
+    assert progress == [0, 1, 2, 3]
+    sock.close()

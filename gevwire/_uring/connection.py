@@ -349,6 +349,9 @@ class UringConnection(Connection):
             self.loop.ring.recv_multishot(self._fd, self.loop.buffers.group, self._token)
             self._recv_armed = True
 
+    def _has_unsent_bytes(self) -> bool:
+        return bool(self._output._len or self._pipe.pending or self._sending is not None)
+
     def _has_unsent(self) -> bool:
         return bool(self._output._len or self._pipe.pending or self._sending is not None
                     or self._pipe.in_flight)
