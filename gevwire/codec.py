@@ -9,18 +9,19 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic
 
 import construct  # type: ignore[import-untyped]
 
 from gevwire._fastcodec import Buffer, FrameLayout, analyse
+from gevwire._typing import FrameT
 from gevwire.errors import EncodeError, FrameError, FrameTooLarge
 from gevwire.ringbuffer import RingBuffer
 
 __all__ = ["BaseCodec", "Codec", "CutAheadDecoder", "Decoder", "RawCodec"]
 
 
-class Decoder:
+class Decoder(Generic[FrameT]):
     """Cuts frames for one connection; holds whatever state framing needs across reads.
 
     ``decode`` is the contract; ``decode_bytes`` (on epoll / kqueue) and ``decode_view``
@@ -31,7 +32,7 @@ class Decoder:
 
     __slots__ = ()
 
-    def decode(self, ring: RingBuffer) -> Any | None:
+    def decode(self, ring: RingBuffer) -> FrameT | None:
         """Consume and return the next whole frame from ``ring``, or None if incomplete.
 
         Raise :class:`~gevwire.errors.FrameError` for bytes that can never be a frame.
@@ -41,7 +42,7 @@ class Decoder:
         """
         raise NotImplementedError
 
-    def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
+    def decode_view(self, view: memoryview) -> tuple[list[FrameT], int]:
         """Cut every whole frame from the start of ``view``: ``(frames, bytes used)``.
 
         Frames must not refer to ``view``'s memory (it is reused by the next read).  The
@@ -53,7 +54,7 @@ class Decoder:
         """
         return [], 0
 
-    def decode_bytes(self, data: bytes) -> tuple[list[Any], int]:
+    def decode_bytes(self, data: bytes) -> tuple[list[FrameT], int]:
         """:meth:`decode_view` for one read that arrived as an immutable ``bytes``: frames
         may be slices of ``data``, or ``data`` itself.  The default calls
         ``decode_view(memoryview(data))``; decoders that copy a read to ``bytes`` before
@@ -146,13 +147,18 @@ class CutAheadDecoder(Decoder):
         self._ahead_used = used
 
 
-class BaseCodec:
-    """A protocol's framing (through per-connection :class:`Decoder`\\s) and encoding."""
+class BaseCodec(Generic[FrameT]):
+    """A protocol's framing (through per-connection :class:`Decoder`\\s) and encoding.
+
+    Generic in the frames its decoders cut (``BaseCodec[bytes]``; unparameterised:
+    ``Any``), as :class:`~gevwire.Handler` and :class:`~gevwire.Router` are in the
+    frames they take.
+    """
 
     #: Largest frame accepted; the framing rejects longer ones from their header.
     max_frame_size: int = 1 << 20
 
-    def decoder(self) -> Decoder:
+    def decoder(self) -> Decoder[FrameT]:
         """A decoder for one new connection."""
         raise NotImplementedError
 
@@ -172,7 +178,7 @@ class BaseCodec:
         return len(data)
 
 
-class _RawDecoder(Decoder):
+class _RawDecoder(Decoder[bytes]):
     __slots__ = ()
 
     def decode(self, ring: RingBuffer) -> bytes | None:
@@ -180,24 +186,24 @@ class _RawDecoder(Decoder):
             return None
         return ring.read_all()
 
-    def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
+    def decode_view(self, view: memoryview) -> tuple[list[bytes], int]:
         return [view.tobytes()], len(view)
 
-    def decode_bytes(self, data: bytes) -> tuple[list[Any], int]:
+    def decode_bytes(self, data: bytes) -> tuple[list[bytes], int]:
         return [data], len(data)  # the read itself: no copy
 
 
 _RAW_DECODER = _RawDecoder()
 
 
-class RawCodec(BaseCodec):
+class RawCodec(BaseCodec[bytes]):
     """No framing: each read's bytes are one frame, replies are sent as they are.
 
     gev's ``DefaultProtocol``.  ``encode`` takes ``bytes``, ``bytearray``, ``memoryview``
     or ``str`` (UTF-8).
     """
 
-    def decoder(self) -> Decoder:
+    def decoder(self) -> Decoder[bytes]:
         return _RAW_DECODER
 
     def encode(self, message: Any) -> bytes:
@@ -246,7 +252,7 @@ def _prefix_layout(schema: Any) -> tuple[struct.Struct, bool] | None:
     return struct.Struct(length.fmtstr), bool(schema.includelength)
 
 
-class Codec(BaseCodec):
+class Codec(BaseCodec[Any]):
     """Frames declared by a construct schema.
 
     The frame boundary comes first, the parse second.  When the schema's frame length

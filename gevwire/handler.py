@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic
 
+from gevwire._typing import FrameT
 from gevwire.errors import FrameError, HandlerTimeout, MemoryBudgetExceeded, WriteBufferFull
 
 if TYPE_CHECKING:
@@ -20,8 +21,12 @@ log = logging.getLogger("gevwire")
 _PEER_ERRORS = (FrameError, WriteBufferFull, MemoryBudgetExceeded, HandlerTimeout)
 
 
-class Handler:
+class Handler(Generic[FrameT]):
     """Subclass and override what you need; every callback runs on the connection's loop.
+
+    Generic in the frames it takes: ``class Echo(gevwire.Handler[bytes])`` has type
+    checkers hold its ``on_message`` to ``(conn, frame: bytes)`` (unparameterised, the
+    frame is ``Any``).
 
     Callbacks must not block: a loop serves all of its connections in one thread.  A
     handler that waits declares it: ``async def on_message`` (and ``on_connect``) run on
@@ -32,7 +37,7 @@ class Handler:
     def on_connect(self, conn: Connection) -> Awaitable[None] | None:
         """A connection was accepted (an ``async def`` one: frames wait until it ends)."""
 
-    def on_message(self, conn: Connection, frame: Any) -> Any:
+    def on_message(self, conn: Connection, frame: FrameT) -> Any:
         """A whole frame arrived; a non-None return value is encoded and sent back."""
         return None
 

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Coroutine, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from gevwire._typing import FrameT
 from gevwire.errors import RoutingError
 from gevwire.handler import Handler
 from gevwire.waiting import BlockingCall, is_blocking
@@ -19,6 +20,8 @@ __all__ = ["Router"]
 log = logging.getLogger("gevwire")
 
 MessageHandler = Callable[["Connection", Any], Any]
+#: A route: ``(conn, frame) -> reply`` (a reply, None, or a coroutine of one).
+Route = Callable[["Connection", FrameT], object]
 ConnHook = Callable[["Connection"], None]
 ErrorHook = Callable[["Connection", BaseException], None]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,7 +75,7 @@ def _enum_names(schema: Any, path: list[str]) -> frozenset[str] | None:
     return frozenset(str(name) for name in node.encmapping)
 
 
-class Router(Handler):
+class Router(Handler[FrameT]):
     """Dispatches each frame to the handler registered for the value of ``key``.
 
     ``key`` is a field name (``"kind"``), a dotted path into nested structs
@@ -90,6 +93,10 @@ class Router(Handler):
     A handler's non-None return value is encoded by the codec and sent.  Frames of an
     unknown kind go to ``@router.default``, or raise :class:`RoutingError` (reported to
     ``on_error``, whose default logs and closes the connection).
+
+    Generic in its frames: ``Router[Message](key="kind")`` has type checkers hold
+    every route to ``(conn, frame: Message)``; unparameterised, frames are ``Any``
+    (routes must still take ``conn`` and ``frame``).
 
     A route may wait: an ``async def`` one runs on an asyncio loop, one registered with
     ``blocking=True`` (or marked :func:`gevwire.blocking`) on a thread pool; the other
@@ -140,7 +147,8 @@ class Router(Handler):
 
     # -- registration ------------------------------------------------------------------
 
-    def on(self, *kinds: Hashable, blocking: bool = False) -> Callable[[F], F]:
+    def on(self, *kinds: Hashable, blocking: bool = False
+           ) -> Callable[[Route[FrameT]], Route[FrameT]]:
         """Decorator: handle frames whose key is any of ``kinds``.
 
         ``blocking=True``: the handler blocks (a synchronous database driver, a
@@ -150,7 +158,7 @@ class Router(Handler):
             raise TypeError("on() needs at least one kind")
         mark_blocking = blocking  # (the name "blocking" is _route's parameter too)
 
-        def register(fn: F) -> F:
+        def register(fn: Route[FrameT]) -> Route[FrameT]:
             for kind in kinds:
                 if kind in self._routes:
                     raise ValueError(f"kind {kind!r} already has a handler")
@@ -162,7 +170,7 @@ class Router(Handler):
 
         return register
 
-    def default(self, fn: F) -> F:
+    def default(self, fn: Route[FrameT]) -> Route[FrameT]:
         """Decorator: handle frames of every kind that has no handler of its own
         (``async def`` and :func:`gevwire.blocking` ones as for :meth:`on`)."""
         self._default = self._route(fn, False)

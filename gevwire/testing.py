@@ -308,8 +308,11 @@ class HandlerHarness:
     ``on_message``; both return the replies that call produced.  Replies (returned values
     and ``send`` arguments, in order) collect in ``replies`` and are encoded with the
     codec, so an unencodable reply fails as it would on a server; their bytes collect in
-    ``sent`` (one ``bytes`` each) and ``output``.  Once the handler closes, later frames
-    are not dispatched and ``on_close`` runs (once) at the end of that call.
+    ``sent`` (one ``bytes`` each) and ``output``.  ``replies`` and the lists the calls
+    return hold what the handler gave (a dict, say); :meth:`decoded_replies` what a
+    client decodes from the bytes (the codec's frames: construct ``Container``\\s).
+    Once the handler closes, later frames are not dispatched and ``on_close`` runs
+    (once) at the end of that call.
 
     Handlers that wait run to their end within the call that gave them a frame, in
     frame order: an ``async def`` one on an asyncio loop of the harness's own, a
@@ -361,6 +364,12 @@ class HandlerHarness:
     def output(self) -> bytes:
         """Every byte sent to the peer so far."""
         return b"".join(self._written)
+
+    def decoded_replies(self) -> list[Any]:
+        """Every reply so far as a client using the same codec receives it: ``output``
+        cut and parsed by a new decoder (construct ``Container``\\s where ``replies``
+        holds the dicts a handler returned)."""
+        return feed(self.codec, [self.output])
 
     def deliver(self, frame: Any) -> list[Any]:
         """Hand one decoded frame to ``on_message``; the replies it produced."""
