@@ -4,7 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+# The other Python versions the suite runs on (each once, in .venv-X.Y): pythonX.Y on
+# PATH, else pyenv's; skipped with a message where this machine has neither.
+OTHER_PYTHONS ?= 3.12 3.13
+
+.PHONY: demo test test-once other-pythons lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,10 +30,30 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q
 	$(PY) -m pytest -q --backend=auto -m io
+	@$(MAKE) --no-print-directory other-pythons
+
+# The suite once (epoll) on $(PYTHON) in $(VENV): what other-pythons runs per version.
+test-once: $(STAMP)
+	$(PY) -m pytest -q
+
+other-pythons:
+	@main=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	for v in $(OTHER_PYTHONS); do \
+		if [ "$$v" = "$$main" ]; then continue; fi; \
+		py=; \
+		if python$$v -c '' >/dev/null 2>&1; then py=python$$v; \
+		else for p in $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$v.*/bin/python$$v; do \
+			if [ -x "$$p" ]; then py=$$p; fi; done; fi; \
+		if [ -z "$$py" ]; then \
+			echo "Python $$v: not on this machine (nor in pyenv), its run is skipped"; \
+			continue; fi; \
+		echo "== the suite on Python $$v ($$py)"; \
+		$(MAKE) --no-print-directory test-once PYTHON=$$py VENV=.venv-$$v || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) benchmarks/run_echo.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-3.* build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -33,6 +33,7 @@ from conftest import (
 import gevwire
 from gevwire import ConnectionClosed, WriteBufferFull
 from gevwire._uring.loop import uring_available
+from gevwire.connection import ConnState
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.io]
 
@@ -217,7 +218,10 @@ def test_shutdown_write_flushes_pending_output_then_keeps_reading(
     elif where == "on_message":
         client.sendall(b"go")
     # >= 1 MiB is still queued after shutdown_write was called, so the FIN must wait.
-    assert wait_until(lambda: conn.write_buffer_length >= MiB, 10), conn.write_buffer_length
+    # (Both conditions: on the loop thread, send() may have queued the bytes while
+    # shutdown_write, the next statement, has not run yet.)
+    assert wait_until(lambda: conn.write_buffer_length >= MiB
+                      and conn.state is not ConnState.OPEN, 10), conn.write_buffer_length
     with pytest.raises(ConnectionClosed):
         conn.send(b"too late")
     received = recv_until_eof(client, limit=len(data))
