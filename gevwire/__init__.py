@@ -19,13 +19,13 @@ from gevwire.errors import (
     RoutingError,
     WriteBufferFull,
 )
-from gevwire.handler import Handler
+from gevwire.handler import Handler, blocking
 from gevwire.loop import EventLoop
 from gevwire.ringbuffer import BufferPool, RingBuffer
 from gevwire.router import Router
 from gevwire.server import Server
 from gevwire.timers import TimerHandle
-from gevwire.waiting import Offloader, blocking
+from gevwire.waiting import Offloader
 
 __all__ = [
     "BaseCodec",

@@ -53,11 +53,12 @@ from gevwire.errors import (
     ProxyHeaderTimeout,
     WriteBufferFull,
 )
+from gevwire.handler import handler_waits
 from gevwire.loop import SPARE_SIZE
 from gevwire.pipeline import LARGE_RING, FramePipeline
 from gevwire.proxy_protocol import ProxyHeaderDecoder, ProxyInfo
 from gevwire.ringbuffer import RingBuffer
-from gevwire.waiting import DEFAULT_MAX_PENDING, Offloader, WaitingPipeline, handler_waits
+from gevwire.waiting import DEFAULT_MAX_PENDING, Offloader, WaitingPipeline
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Generic
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from gevwire._typing import FrameT
 from gevwire.errors import FrameError, HandlerTimeout, MemoryBudgetExceeded, WriteBufferFull
@@ -12,7 +13,7 @@ from gevwire.errors import FrameError, HandlerTimeout, MemoryBudgetExceeded, Wri
 if TYPE_CHECKING:
     from gevwire.connection import Connection
 
-__all__ = ["Handler"]
+__all__ = ["BlockingCall", "Handler", "blocking", "handler_waits", "is_blocking"]
 
 log = logging.getLogger("gevwire")
 
@@ -68,3 +69,49 @@ class Handler(Generic[FrameT]):
             conn.close()
         else:
             log.warning("%r: %s", conn, error)
+
+
+_BLOCKING_MARK = "__gevwire_blocking__"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def blocking(fn: F) -> F:
+    """Mark ``fn`` (an ``on_message``, a route) as blocking: it runs on the server's
+    thread pool, never on a loop thread.  Returns ``fn`` itself, so it decorates
+    functions and methods alike::
+
+        class Reports(gevwire.Handler):
+            @gevwire.blocking
+            def on_message(self, conn, frame):
+                return render_report(frame)   # takes a second; the loop goes on
+    """
+    setattr(fn, _BLOCKING_MARK, True)
+    return fn
+
+
+def is_blocking(fn: Any) -> bool:
+    """True if ``fn`` was marked by :func:`blocking`."""
+    return bool(getattr(fn, _BLOCKING_MARK, False))
+
+
+def handler_waits(handler: Any) -> bool:
+    """True if ``handler`` has a callback that waits (a coroutine function or a
+    :func:`blocking` one): its connections then run those off the loop thread (see
+    :mod:`gevwire.waiting`)."""
+    may_wait = getattr(handler, "may_wait", None)  # a Router knows its routes
+    if isinstance(may_wait, bool):
+        return may_wait
+    on_message = getattr(handler, "on_message", None)
+    return (inspect.iscoroutinefunction(on_message) or is_blocking(on_message)
+            or inspect.iscoroutinefunction(getattr(handler, "on_connect", None)))
+
+
+class BlockingCall:
+    """What a blocking route returns instead of running on the loop thread (see
+    :meth:`gevwire.Router.on`): the call for the pipeline to make on the thread pool."""
+
+    __slots__ = ("args", "fn")
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.fn = fn
+        self.args = args

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from gevwire._typing import FrameT
 from gevwire.errors import RoutingError
-from gevwire.handler import Handler
-from gevwire.waiting import BlockingCall, is_blocking
+from gevwire.handler import BlockingCall, Handler, is_blocking
 
 if TYPE_CHECKING:
     from gevwire.connection import Connection

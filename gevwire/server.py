@@ -30,18 +30,13 @@ from gevwire.budget import MemoryBudget
 from gevwire.client import open_connection
 from gevwire.codec import BaseCodec, Codec, RawCodec
 from gevwire.connection import Connection, ConnectionOptions
+from gevwire.handler import handler_waits
 from gevwire.listener import Listener
 from gevwire.loop import EventLoop
 from gevwire.metrics import MetricsServer
 from gevwire.router import Router
 from gevwire.timers import TimerHandle
-from gevwire.waiting import (
-    CANCEL_GRACE,
-    DEFAULT_MAX_PENDING,
-    Offloader,
-    default_offloader,
-    handler_waits,
-)
+from gevwire.waiting import CANCEL_GRACE, DEFAULT_MAX_PENDING, Offloader, default_offloader
 from gevwire.workers import Supervisor, WorkerControl, check_workers_supported, reserve_port
 
 __all__ = ["Server", "parse_address"]

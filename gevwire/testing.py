@@ -35,9 +35,9 @@ from gevwire._testbase import (
 )
 from gevwire.codec import BaseCodec, Decoder, RawCodec
 from gevwire.errors import ConnectionClosed, DecoderContractError, FrameError
+from gevwire.handler import BlockingCall, handler_waits
 from gevwire.pipeline import Counters, DecodeProgress, FramePipeline
 from gevwire.server import Server
-from gevwire.waiting import BlockingCall, handler_waits
 
 log = logging.getLogger("gevwire")
 

@@ -7,14 +7,14 @@ database, a cache, another service) must not wait there.  Two kinds are first-cl
   ``async def`` ``on_connect``) runs on an asyncio event loop of the process (its own
   thread, started with the first server that needs it; or the loop given as
   ``Server(asyncio_loop=...)``);
-* a **blocking** function, marked with :func:`blocking` (or
+* a **blocking** function, marked with :func:`~gevwire.blocking` (or
   ``@router.on(kind, blocking=True)``), runs on a thread pool (``Server(executor=...)``;
   by default a bounded one of the process).
 
 :class:`WaitingPipeline` is the connection's pipeline when its handler may wait (the
-connection picks it with :func:`handler_waits`; a handler that never waits keeps the
-plain :class:`~gevwire.pipeline.FramePipeline`, and its hot path pays nothing).  It
-keeps what users of netty and asyncio expect:
+connection picks it with :func:`~gevwire.handler.handler_waits`; a handler that never
+waits keeps the plain :class:`~gevwire.pipeline.FramePipeline`, and its hot path pays
+nothing).  It keeps what users of netty and asyncio expect:
 
 * replies leave **in frame order** (``ordered_replies=False``: as they are ready);
 * at most ``max_pending_per_connection`` frames are in flight per connection: at the
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import inspect
 import logging
 import os
 import sys
@@ -44,22 +43,20 @@ import threading
 import types
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gevwire.errors import HandlerTimeout, WriteBufferFull
+from gevwire.handler import BlockingCall, is_blocking
 from gevwire.pipeline import _NO_PENDING, FramePipeline, Transport
 
 if TYPE_CHECKING:
     from gevwire.loop import EventLoop
     from gevwire.timers import TimerHandle
 
-__all__ = ["Offloader", "WaitingPipeline", "blocking", "handler_waits", "is_blocking"]
+__all__ = ["Offloader", "WaitingPipeline"]
 
 log = logging.getLogger("gevwire")
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-_BLOCKING_MARK = "__gevwire_blocking__"
 _Coroutine = types.CoroutineType
 #: Seconds ``on_close`` waits for a closed connection's cancelled coroutines to end
 #: (one that swallows its cancellation cannot hold ``on_close`` back for ever).
@@ -67,36 +64,6 @@ CANCEL_GRACE = 1.0
 _EAGER = sys.version_info >= (3, 12)  # asyncio.Task(..., eager_start=True)
 #: Default ``max_pending_per_connection``.
 DEFAULT_MAX_PENDING = 100
-
-
-def blocking(fn: F) -> F:
-    """Mark ``fn`` (an ``on_message``, a route) as blocking: it runs on the server's
-    thread pool, never on a loop thread.  Returns ``fn`` itself, so it decorates
-    functions and methods alike::
-
-        class Reports(gevwire.Handler):
-            @gevwire.blocking
-            def on_message(self, conn, frame):
-                return render_report(frame)   # takes a second; the loop goes on
-    """
-    setattr(fn, _BLOCKING_MARK, True)
-    return fn
-
-
-def is_blocking(fn: Any) -> bool:
-    """True if ``fn`` was marked by :func:`blocking`."""
-    return bool(getattr(fn, _BLOCKING_MARK, False))
-
-
-def handler_waits(handler: Any) -> bool:
-    """True if ``handler`` has a callback that waits (a coroutine function or a
-    :func:`blocking` one), so its connections need a :class:`WaitingPipeline`."""
-    may_wait = getattr(handler, "may_wait", None)  # a Router knows its routes
-    if isinstance(may_wait, bool):
-        return may_wait
-    on_message = getattr(handler, "on_message", None)
-    return (inspect.iscoroutinefunction(on_message) or is_blocking(on_message)
-            or inspect.iscoroutinefunction(getattr(handler, "on_connect", None)))
 
 
 class WaitingTransport(Transport, Protocol):
@@ -114,17 +81,6 @@ class WaitingTransport(Transport, Protocol):
 
     def _closed(self) -> None:
         """The cancelled work of a closed connection has ended: run ``on_close``."""
-
-
-class BlockingCall:
-    """What a blocking route returns to the pipeline instead of running on the loop
-    thread (see :meth:`gevwire.Router.on`): the call to make on the thread pool."""
-
-    __slots__ = ("args", "fn")
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.fn = fn
-        self.args = args
 
 
 class Offloader:
