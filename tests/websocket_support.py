@@ -80,12 +80,15 @@ class RawClient:
         head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
         return head
 
-    def handshake(self, path: str = "/ws") -> None:
-        """Upgrade the connection; fails unless the server answers 101."""
+    def handshake(self, path: str = "/ws", *, extensions: str | None = None) -> bytes:
+        """Upgrade the connection (offering ``extensions``); fails unless the server
+        answers 101; returns the response head."""
         key = base64.b64encode(os.urandom(16)).decode()
-        self.send(upgrade_request(path, key=key))
+        extra = () if extensions is None else (("Sec-WebSocket-Extensions", extensions),)
+        self.send(upgrade_request(path, key=key, extra=extra))
         head = self.read_head()
         assert head.startswith(b"HTTP/1.1 101 "), head
+        return head
 
     def read_frame(self) -> tuple[int, bool, bytes]:
         """The next server frame: ``(opcode, fin, payload)``; server frames are unmasked."""
