@@ -359,16 +359,19 @@ def _apply_mask(data: Any, key: bytes) -> bytes:
     return b"".join(parts)
 
 
-def _unmask_in_place(view: memoryview, key: bytes, block_mask: int) -> None:
+def _unmask_in_place(view: memoryview, key: bytes, block_mask: int | None) -> None:
     """XOR writable ``view`` with the repeated ``key`` where it lies (a partly received
     frame in the input ring: each byte is unmasked once, as it arrives);
-    ``block_mask`` is ``_mask_int(key, _MASK_BLOCK)``, made once per frame."""
+    ``block_mask`` is ``_mask_int(key, _MASK_BLOCK)`` (kept per frame by the caller;
+    None if ``view`` is shorter than a block)."""
     n = len(view)
     block = _MASK_BLOCK
     from_bytes = int.from_bytes
     for i in range(0, n, block):
         end = i + block
         if end <= n:
+            if block_mask is None:
+                block_mask = _mask_int(key, block)
             view[i:end] = (from_bytes(view[i:end], "little") ^ block_mask).to_bytes(
                 block, "little")
         else:
@@ -734,7 +737,8 @@ class _WebSocketDecoder(Decoder):
         # already unmasked in place (and validated or inflated).
         self._partial: tuple[int, int, int] | None = None
         self._key = b""
-        self._block_masks: list[int] | None = None  # _mask_int(rotated _key, _MASK_BLOCK)
+        # _mask_int(_key rotated by 0-3 bytes, _MASK_BLOCK), made when first needed
+        self._block_masks: list[int | None] | None = None
         self._done = 0
         # An error decode_view met; decode raises it, in stream order.  After any error
         # the phase is _CLOSED: every later byte is ignored.
@@ -1007,12 +1011,15 @@ class _WebSocketDecoder(Decoder):
         for piece in pieces:
             phase = self._done & 3
             key = self._key[phase:] + self._key[:phase]
-            masks = self._block_masks  # one per phase, made when first needed
-            if masks is None:
-                masks = self._block_masks = [0, 0, 0, 0]
-            if not masks[phase]:
-                masks[phase] = _mask_int(key, _MASK_BLOCK)
-            _unmask_in_place(piece, key, masks[phase])
+            block_mask = None
+            if len(piece) >= _MASK_BLOCK:  # one per phase, made when first needed
+                masks = self._block_masks
+                if masks is None:
+                    masks = self._block_masks = [None, None, None, None]
+                block_mask = masks[phase]
+                if block_mask is None:
+                    block_mask = masks[phase] = _mask_int(key, _MASK_BLOCK)
+            _unmask_in_place(piece, key, block_mask)
             self._done += len(piece)
             if self._compressed or self._utf8 is not None:
                 self._take_partial(piece)
