@@ -1184,9 +1184,9 @@ class WebSocketCodec(BaseCodec):
     ``client_no_context_takeover`` agree to start each message's compression afresh in
     that direction (also agreed when the client asks).  Memory per connection (zlib's
     figures): compressing takes ``2 ** (server_max_window_bits + 2) + 2 **
-    (compression_mem_level + 9)`` bytes (32 KiB with the defaults 12 and 5; 256 KiB
-    with 15 and 8), inflating ``2 ** client_max_window_bits`` + about 7 KiB (39 KiB for
-    15 bits: a client that cannot limit its window gets 15).  Both are taken at the
+    (compression_mem_level + 9)`` bytes + about 7 KiB (39 KiB with the defaults 12 and
+    5; 263 KiB with 15 and 8), inflating ``2 ** client_max_window_bits`` + about 7 KiB
+    (39 KiB for 15 bits: a client that cannot limit its window gets 15).  Both are taken at the
     first compressed message; with no context takeover in a direction they are freed
     after every message, so an idle connection holds none.
     """
