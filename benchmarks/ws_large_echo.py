@@ -6,7 +6,9 @@
 
 Each server runs in its own process (``taskset`` pins it to CPU 0 where available, the
 client to CPU 1); the client is ``websockets``' synchronous one without compression.
-Prints the median round trip per server and kind (text, binary), and the ratio.
+Prints per server and kind (text, binary) the median round trip, the server's CPU
+time and page faults per echo (from ``/proc``: wall times are noisy on a shared
+machine), and the ratios.
 """
 
 from __future__ import annotations
@@ -72,8 +74,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(port: int, size: int, rounds: int, pid: int) -> dict[str, tuple[float, float]]:
-    """``{kind: (median round trip, server CPU per echo)}`` in seconds."""
+def minor_faults(pid: int) -> int:
+    """Page faults of process ``pid`` so far (each fresh page of a large buffer)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
+def measure(port: int, size: int, rounds: int, pid: int
+            ) -> dict[str, tuple[float, float, float]]:
+    """``{kind: (median round trip, server CPU per echo, page faults per echo)}``,
+    times in seconds."""
     from websockets.sync.client import connect
 
     text = "*" * size
@@ -86,13 +95,15 @@ def measure(port: int, size: int, rounds: int, pid: int) -> dict[str, tuple[floa
             assert ws.recv(timeout=60) == message
             times = []
             cpu = cpu_seconds(pid)
+            faults = minor_faults(pid)
             for _ in range(rounds):
                 t0 = time.perf_counter()
                 ws.send(message)
                 echoed = ws.recv(timeout=60)
                 times.append(time.perf_counter() - t0)
                 assert len(echoed) == size
-            result[name] = (statistics.median(times), (cpu_seconds(pid) - cpu) / rounds)
+            result[name] = (statistics.median(times), (cpu_seconds(pid) - cpu) / rounds,
+                            (minor_faults(pid) - faults) / rounds)
     return result
 
 
@@ -116,14 +127,14 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(10)
-    print(f"{args.size} bytes: median round trip of {args.rounds} (ms), "
-          f"server CPU per echo (ms)")
+    print(f"{args.size} bytes: median round trip of {args.rounds} (ms), server CPU per "
+          f"echo (ms), server page faults per echo")
     for name in ("text", "binary"):
-        (ours, our_cpu), (theirs, their_cpu) = (results["gevwire"][name],
-                                                results["websockets"][name])
-        print(f"  {name:6}  gevwire {ours * 1e3:6.1f} cpu {our_cpu * 1e3:6.1f}  "
-              f"websockets {theirs * 1e3:6.1f} cpu {their_cpu * 1e3:6.1f}  "
-              f"ratio {ours / theirs:.2f} cpu {our_cpu / their_cpu:.2f}")
+        ours, theirs = results["gevwire"][name], results["websockets"][name]
+        print(f"  {name:6}  gevwire {ours[0] * 1e3:6.1f} cpu {ours[1] * 1e3:6.1f} "
+              f"faults {ours[2]:6.0f}  websockets {theirs[0] * 1e3:6.1f} "
+              f"cpu {theirs[1] * 1e3:6.1f} faults {theirs[2]:6.0f}  "
+              f"ratio {ours[0] / theirs[0]:.2f} cpu {ours[1] / theirs[1]:.2f}")
 
 
 if __name__ == "__main__":
