@@ -4,9 +4,14 @@
 
 ``GET /`` serves a small page whose script opens ``ws://<same host>/ws``, sends a text
 message (``?msg=...``, default ``hello``) and then a binary one, and shows what came
-back: ``<pre id="log">`` gets one line per step and ``document.title`` becomes
+back: ``<pre id="log">`` gets one line per step (the first names the extensions the
+browser agreed to: ``open (permessage-deflate)``) and ``document.title`` becomes
 ``echo: <text>`` once both echoes are in and the socket closed cleanly.  Any WebSocket
 client works on ``/ws`` (``python -m websockets ws://127.0.0.1:8765/ws``).
+
+Messages are compressed (permessage-deflate) with clients that offer it, unless
+``--no-compression``.  Autobahn|Testsuite's fuzzingclient runs against this server in
+``tests/test_autobahn.py``.
 
 The server prints ``listening on HOST:PORT`` on stdout once it accepts connections, and
 stops cleanly on SIGTERM / SIGINT (exit status 0).
@@ -45,7 +50,10 @@ const bytes = new TextEncoder().encode("binary:" + text);
 let echoedText = null;
 const ws = new WebSocket("ws://" + location.host + "/ws");
 ws.binaryType = "arraybuffer";
-ws.onopen = () => { show("open"); ws.send(text); };
+ws.onopen = () => {
+  show("open" + (ws.extensions ? " (" + ws.extensions + ")" : ""));
+  ws.send(text);
+};
 ws.onmessage = (event) => {
   if (typeof event.data === "string") {
     echoedText = event.data;
@@ -99,6 +107,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--loops", type=int, default=1)
     parser.add_argument("--max-message-size", type=int, default=1 << 20)
+    parser.add_argument("--no-compression", action="store_true",
+                        help="refuse permessage-deflate offers")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     args = parser.parse_args()
     logging.basicConfig(
@@ -110,7 +120,8 @@ def main() -> None:
         WebSocketHandler(Echo()),
         address=f"{args.host}:{args.port}",
         loops=args.loops,
-        codec=websocket(max_message_size=args.max_message_size),
+        codec=websocket(max_message_size=args.max_message_size,
+                        compression=not args.no_compression),
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

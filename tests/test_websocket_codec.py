@@ -343,6 +343,42 @@ def test_bad_utf8_fails_at_its_fragment_before_the_message_ends() -> None:
     assert events == [] and [getattr(e, "code", None) for e in errors] == [BAD_DATA]
 
 
+@pytest.mark.parametrize("pieces", [
+    # Autobahn 6.4.3: valid, then a code point past U+10FFFF, inside one frame.
+    [b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5", b"\xf4\x90\x80\x80"],
+    # Autobahn 6.4.4: the same, its bad part arriving byte by byte.
+    [b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5", b"\xf4", b"\x90"],
+    [b"x" * 100_000, b"\xff"],  # late in a large frame
+])
+def test_bad_utf8_fails_as_it_arrives_inside_a_partial_frame(pieces: list[bytes]) -> None:
+    """The frame announces more than ever comes: the error must not wait for it."""
+    payload = b"".join(pieces)
+    wire = frame(T, payload + b"edited" * 1000)
+    cutter = FrameCutter(websocket(), ring_capacity=64, compact_max=0)
+    cutter.push(upgrade_request())
+    header = len(wire) - len(payload) - 6000
+    pos = header
+    for i, piece in enumerate(pieces):
+        end = pos + len(piece)
+        events, errors = cutter.push(wire[(0 if i == 0 else pos) : end])
+        pos = end
+        if i < len(pieces) - 1:
+            assert events == [] and errors == []
+    assert events == [] and [getattr(e, "code", None) for e in errors] == [BAD_DATA]
+
+
+def test_valid_text_in_a_partial_frame_is_not_refused_early() -> None:
+    word = "€𝄞 ✓".encode() * 5000  # every read ends somewhere inside a character
+    wire = opened(frame(T, word, fin=False), frame(C, word))
+    cutter = FrameCutter(websocket(), ring_capacity=64, compact_max=0)
+    events = []
+    for start in range(0, len(wire), 7):
+        got, errors = cutter.push(wire[start : start + 7])
+        assert not errors
+        events += got
+    assert events[1:] == [(word * 2).decode()]
+
+
 def test_a_multibyte_character_split_over_fragments_is_fine() -> None:
     word = "€𝄞".encode()  # 3 + 4 bytes, cut inside both characters
     frames = [frame(T, word[:1], fin=False), frame(C, word[1:5], fin=False),
@@ -453,6 +489,43 @@ def test_check_codec() -> None:
     report = check_codec(_MaskingCodec(handshake=False), messages=messages)
     assert report.passed == ["round trip", "splits", "truncation", "max_frame_size",
                              "garbage"]
+
+
+@PROPERTY
+@given(items=st.lists(message_frames(), min_size=1, max_size=4), data=st.data())
+def test_partial_frames_unmasked_as_they_come_give_the_same_events(
+        items: list[tuple[bytes, list[Any]]], data: st.DataObject) -> None:
+    """Every partial data frame worked on as it arrives (unmasked in place, however the
+    reads and the ring's wrap cut it): the same events as whole frames give."""
+    import gevwire.codecs.websocket as ws  # type: ignore[import-not-found,unused-ignore]
+
+    stream = opened(*(wire for wire, _ in items))
+    expected = [event for _, events in items for event in events]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    ring = data.draw(st.sampled_from([16, 64, 4096]))
+    block = data.draw(st.sampled_from([4, 8, 1 << 16]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ws, "_PROGRESS_FROM", 1)
+        patch.setattr(ws, "_MASK_BLOCK", block)
+        events, errors = cut(b"", [c for c in chunks if c], ring=ring)
+    assert not errors
+    assert events[1:] == expected
+    assert all(type(a) is type(b) for a, b in zip(events[1:], expected, strict=True))
+
+
+@pytest.mark.parametrize("size", [1, 5, (1 << 16) - 1, 1 << 16, (1 << 16) + 3, 200_003])
+def test_block_unmasking_equals_a_byte_loop(size: int) -> None:
+    import gevwire.codecs.websocket as ws  # type: ignore[import-not-found,unused-ignore]
+
+    data = bytes(range(251)) * (size // 251 + 1)
+    data = data[:size]
+    key = b"\x01\x80\x33\xfe"
+    expected = bytes(b ^ key[i % 4] for i, b in enumerate(data))
+    assert ws._apply_mask(data, key) == expected
+    buffer = bytearray(data)
+    ws._unmask_in_place(memoryview(buffer), key, ws._mask_int(key, ws._MASK_BLOCK))
+    assert buffer == expected
 
 
 def test_unmasking_a_large_payload_is_linear_not_a_byte_loop() -> None:

@@ -13,6 +13,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,16 +47,19 @@ def port() -> Iterator[int]:
         assert proc.poll() is None, "the example died during the tests"
 
 
-def client(port: int, path: str = "/ws") -> ClientConnection:
+def client(port: int, path: str = "/ws", **options: Any) -> ClientConnection:
     return connect(f"ws://127.0.0.1:{port}{path}", open_timeout=10, close_timeout=10,
-                   max_size=None, ping_interval=None, proxy=None)
+                   max_size=None, ping_interval=None, proxy=None, **options)
 
 
 # -- websockets ---------------------------------------------------------------------------
 
 
-def test_text_and_binary_echo(port: int) -> None:
-    with client(port) as ws:
+@pytest.mark.parametrize("compression", ["deflate", None])
+def test_text_and_binary_echo(port: int, compression: str | None) -> None:
+    with client(port, compression=compression) as ws:
+        agreed = [type(e).__name__ for e in ws.protocol.extensions]
+        assert agreed == (["PerMessageDeflate"] if compression else [])
         for message in ["hello", "", "héllo ✓ 🙂", "x" * 70000]:
             ws.send(message)
             assert ws.recv(timeout=10) == message
@@ -131,6 +135,60 @@ def test_server_initiated_close_handshake() -> None:
         while not closed and time.monotonic() < deadline:
             time.sleep(0.01)
         assert closed, "the server did not close the TCP connection after the handshake"
+
+
+# -- permessage-deflate -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("takeover", [True, False])
+def test_compressed_echoes_with_and_without_context_takeover(port: int, takeover: bool) -> None:
+    """The websockets client's own permessage-deflate, with each direction's context
+    kept or reset per message, and both windows limited: what it agreed is what the
+    server answered, and every echo inflates to the message."""
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+    factory = ClientPerMessageDeflateFactory(
+        server_no_context_takeover=not takeover, client_no_context_takeover=not takeover,
+        server_max_window_bits=10, client_max_window_bits=True)
+    words = " ".join(f"word{i % 97}" for i in range(20000))  # compressible, ~190 KiB
+    with client(port, extensions=[factory], compression=None) as ws:
+        [agreed] = ws.protocol.extensions
+        assert agreed.remote_no_context_takeover is not takeover  # the server's messages
+        assert agreed.local_no_context_takeover is not takeover
+        assert agreed.remote_max_window_bits == 10
+        for message in [words, words.encode(), words, "", b"", "é✓" * 1000, os.urandom(5000)]:
+            ws.send(message)
+            assert ws.recv(timeout=10) == message
+
+
+def test_a_zip_bomb_closes_with_1009_and_the_server_goes_on(port: int) -> None:
+    """1 GiB of zeros in ~1 MiB of deflate: the example (1 MiB messages) must stop
+    inflating at its limit and close 1009, not allocate the gigabyte."""
+    zeros = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunk = zeros.compress(bytes(64 << 20))
+    bomb = chunk * 16 + zeros.flush(zlib.Z_SYNC_FLUSH)[:-4]
+    assert len(bomb) < 2 * MiB
+    with RawClient(port) as raw:
+        head = raw.handshake(extensions="permessage-deflate")
+        assert b"Sec-WebSocket-Extensions: permessage-deflate" in head.split(b"\r\n")
+        raw.send(frame(Opcode.BINARY, bomb, rsv=4))
+        code, reason = raw.read_close()
+        assert code == 1009, reason
+        assert raw.wait_eof()
+    with client(port) as ws:  # and the server serves the next client
+        ws.send("after the bomb")
+        assert ws.recv(timeout=10) == "after the bomb"
+
+
+def test_bad_utf8_in_a_frame_still_arriving_closes_at_once(port: int) -> None:
+    """Autobahn 6.4.3: the frame announces 1000 bytes; after its invalid part the
+    client waits, and the server must close 1007 without the rest."""
+    payload = "κόσμε".encode() + b"\xf4\x90\x80\x80" + b"x" * 985
+    wire = frame(Opcode.TEXT, payload)
+    with RawClient(port, timeout=5) as raw:
+        raw.handshake()
+        raw.send(wire[: len(wire) - 985])  # the header, the text, the bad code point
+        assert raw.read_close()[0] == 1007
 
 
 # -- raw sockets: what a client library will not send -------------------------------------
@@ -283,5 +341,5 @@ def test_chromium_page_connects_sends_and_shows_the_echo(port: int) -> None:
             proc.wait(15)
     assert title == f"echo: {message}", f"page log: {shown!r}"
     assert shown is not None and shown.splitlines() == [
-        "open", f"text: {message}", f"binary: same {len('binary:' + message)} bytes",
-        "closed 1000 clean"]
+        "open (permessage-deflate)", f"text: {message}",
+        f"binary: same {len('binary:' + message)} bytes", "closed 1000 clean"]

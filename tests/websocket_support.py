@@ -9,6 +9,8 @@ import os
 import socket
 import struct
 import time
+import zlib
+from typing import Any
 
 from gevwire.codecs.websocket import Opcode, encode_frame
 
@@ -78,12 +80,15 @@ class RawClient:
         head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
         return head
 
-    def handshake(self, path: str = "/ws") -> None:
-        """Upgrade the connection; fails unless the server answers 101."""
+    def handshake(self, path: str = "/ws", *, extensions: str | None = None) -> bytes:
+        """Upgrade the connection (offering ``extensions``); fails unless the server
+        answers 101; returns the response head."""
         key = base64.b64encode(os.urandom(16)).decode()
-        self.send(upgrade_request(path, key=key))
+        extra = () if extensions is None else (("Sec-WebSocket-Extensions", extensions),)
+        self.send(upgrade_request(path, key=key, extra=extra))
         head = self.read_head()
         assert head.startswith(b"HTTP/1.1 101 "), head
+        return head
 
     def read_frame(self) -> tuple[int, bool, bytes]:
         """The next server frame: ``(opcode, fin, payload)``; server frames are unmasked."""
@@ -132,3 +137,65 @@ class RawClient:
             except TimeoutError:
                 return False
         return False
+
+
+class ClientDeflate:
+    """A client's side of permessage-deflate (RFC 7692), written from the RFC for the
+    tests: compresses messages into masked frames (RSV1 on the first), inflates the
+    server's compressed payloads."""
+
+    def __init__(self, *, window_bits: int = 15, no_context_takeover: bool = False,
+                 server_window_bits: int = 15, server_no_context_takeover: bool = False
+                 ) -> None:
+        self.window_bits = window_bits
+        self.no_context_takeover = no_context_takeover
+        self.server_window_bits = server_window_bits
+        self.server_no_context_takeover = server_no_context_takeover
+        self._compressor: Any = None
+        self._inflater: Any = None
+
+    def compress(self, data: bytes) -> bytes:
+        if self._compressor is None or self.no_context_takeover:
+            self._compressor = zlib.compressobj(6, zlib.DEFLATED, -self.window_bits)
+        out = self._compressor.compress(data) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
+        assert out.endswith(b"\x00\x00\xff\xff")
+        return out[:-4]
+
+    def frames(self, message: str | bytes, cuts: tuple[int, ...] = (),
+               mask: bytes = MASK) -> bytes:
+        """``message`` compressed, then cut at ``cuts`` (offsets into the compressed
+        payload) into masked frames."""
+        opcode = Opcode.TEXT if isinstance(message, str) else Opcode.BINARY
+        payload = self.compress(message.encode() if isinstance(message, str) else message)
+        bounds = [0, *sorted(c for c in cuts if c <= len(payload)), len(payload)]
+        out = b""
+        for i in range(len(bounds) - 1):
+            out += encode_frame(opcode if i == 0 else Opcode.CONTINUATION,
+                                payload[bounds[i] : bounds[i + 1]],
+                                fin=i == len(bounds) - 2, rsv=4 if i == 0 else 0,
+                                mask_key=mask)
+        return out
+
+    def inflate(self, payload: bytes) -> bytes:
+        if self._inflater is None or self.server_no_context_takeover:
+            self._inflater = zlib.decompressobj(-self.server_window_bits)
+        data: bytes = self._inflater.decompress(payload + b"\x00\x00\xff\xff")
+        return data
+
+
+def server_frames(data: bytes) -> list[tuple[int, int, bytes]]:
+    """Unmasked server frames in ``data``: ``[(first byte, payload)]`` as
+    ``(opcode, rsv, payload)``."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        b0, b1 = data[pos], data[pos + 1]
+        assert not b1 & 0x80
+        length, pos = b1 & 0x7F, pos + 2
+        if length == 126:
+            (length,), pos = struct.unpack_from("!H", data, pos), pos + 2
+        elif length == 127:
+            (length,), pos = struct.unpack_from("!Q", data, pos), pos + 8
+        out.append((b0 & 0x0F, b0 >> 4 & 7, data[pos : pos + length]))
+        pos += length
+    return out

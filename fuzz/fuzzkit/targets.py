@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import operator
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -234,28 +235,56 @@ def _websocket_targets(module: Any) -> None:
             return int(message.code).to_bytes(2, "big") + str(message.reason).encode()
         return bytes(message if isinstance(message, bytes) else message.payload)
 
-    def client_encoder(codec: BaseCodec) -> Callable[[Any], bytes]:
+    def client_encoder(codec: BaseCodec, compress: bool = False) -> Callable[[Any], bytes]:
+        """Masked frames as a client sends them; ``compress``: data messages deflated
+        on their own (no context takeover), RSV1 on their first frame."""
         kinds = {str: opcode.TEXT, bytes: opcode.BINARY, module.Ping: opcode.PING,
                  module.Pong: opcode.PONG, module.Close: opcode.CLOSE}
+
+        def deflate(data: bytes) -> bytes:
+            compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+            return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
 
         def encode(message: Any) -> bytes:  # what a client sends: masked frames
             if isinstance(message, Fragmented):
                 data = payload(message.message)
-                bounds = [0, *message.cuts, len(data)]
+                if compress:
+                    data = deflate(data)
+                bounds = [0, *(min(c, len(data)) for c in message.cuts), len(data)]
                 frames = []
                 for i, (start, end) in enumerate(itertools.pairwise(bounds)):
                     frames.append(module.encode_frame(
                         kinds[type(message.message)] if i == 0 else opcode.CONTINUATION,
                         data[start:end], fin=i == len(bounds) - 2,
-                        mask_key=_MASK))
+                        rsv=4 if compress and i == 0 else 0, mask_key=_MASK))
                     if i == 0 and message.ping is not None:
                         frames.append(module.encode_frame(opcode.PING, message.ping,
                                                           mask_key=_MASK))
                 return b"".join(frames)
+            if compress and isinstance(message, (str, bytes)):
+                return bytes(module.encode_frame(kinds[type(message)],
+                                                 deflate(payload(message)), rsv=4,
+                                                 mask_key=_MASK))
             return bytes(module.encode_frame(kinds[type(message)], payload(message),
                                              mask_key=_MASK))
 
         return encode
+
+    class Deflating(module.WebSocketCodec):  # type: ignore[misc]
+        """Frames only, with permessage-deflate agreed beforehand (as a handshake with
+        ``client_no_context_takeover`` would): each decoder gets its own agreement."""
+
+        def decoder(self) -> Any:
+            decoder = super().decoder()
+            decoder._deflate = module.PerMessageDeflate(client_no_context_takeover=True)
+            return decoder
+
+    def deflating(limit: int) -> BaseCodec:
+        # On the wire a compressed message may take what deflate makes of the limit.
+        wire = limit + (limit >> 3) + (limit >> 7) + 64 + 14
+        codec: BaseCodec = Deflating(max_message_size=limit, handshake=False,
+                                     max_frame_size=wire)
+        return codec
 
     def limit_of(message: Any, encoded: bytes) -> int:
         if isinstance(message, Fragmented):  # the whole message counts, and the ping
@@ -276,6 +305,22 @@ def _websocket_targets(module: Any) -> None:
                            st.builds(module.Close, _CLOSE_CODES, reason),
                            st.just(module.Close(module.CloseCode.NO_STATUS, ""))),
         encoder=client_encoder,
+        limit_of=limit_of,
+        frames_of=lambda message: 2 if isinstance(message, Fragmented) and message.ping
+        is not None else 1,
+        ends_stream=lambda message: isinstance(message, module.Close),
+    ))
+    register(CodecTarget(
+        name="websocket_deflate",
+        about="WebSocket frames with permessage-deflate agreed: compressed messages whole "
+              "or fragmented, pings, pongs and closes; the limit counts inflated bytes",
+        make=deflating,
+        limit=64,
+        messages=st.one_of(st.text(max_size=40), st.binary(max_size=80),
+                           st.text(alphabet="ab", min_size=60, max_size=400),
+                           st.builds(module.Ping, control), st.composite(_fragmented)(),
+                           st.builds(module.Close, _CLOSE_CODES, reason)),
+        encoder=lambda codec: client_encoder(codec, compress=True),
         limit_of=limit_of,
         frames_of=lambda message: 2 if isinstance(message, Fragmented) and message.ping
         is not None else 1,
