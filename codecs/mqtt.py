@@ -710,10 +710,29 @@ _Parse: TypeAlias = Callable[[Buffer, int, int, int], Packet]
 
 
 def _parse_connect(data: Buffer, start: int, end: int, flags: int) -> Packet:
+    level = -1
     if end - start > 2:  # the protocol level says which body follows
         level_at = start + 2 + _U16.unpack_from(data, start)[0]
-        if level_at < end and data[level_at] == 5:
+        if level_at < end:
+            level = data[level_at]
+        if level == 5:
             return _parse_connect5(data, start, end)
+    try:
+        return _parse_connect4(data, start, end)
+    except FrameError:
+        if level in (-1, 3, 4):
+            raise
+        # A level this codec does not know: the rest may be laid out otherwise, so what
+        # the fixed part says is returned, for the server to answer with the CONNACK
+        # 0x01 (unacceptable protocol level) that MQTT 3.1.1 requires (3.1.2-2).
+        name, pos = _read_utf8(data, start, end, "CONNECT protocol name")
+        if pos + 4 > end:
+            raise
+        return Connect("", data[pos + 1] & 2 == 2, _U16.unpack_from(data, pos + 2)[0],
+                       protocol_name=name, protocol_level=level)
+
+
+def _parse_connect4(data: Buffer, start: int, end: int) -> Packet:
     stream = io.BytesIO(bytes(data[start:end]))
     try:
         body = CONNECT_BODY.parse_stream(stream)

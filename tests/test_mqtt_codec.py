@@ -518,6 +518,9 @@ def test_properties_agree_with_paho_mqtt(packet: int, data: st.DataObject) -> No
     from paho.mqtt.properties import Properties
 
     props = data.draw(m._properties_strategy(packet))
+    # paho refuses a Maximum Packet Size over 268435455 (no packet can be larger); the
+    # spec's four-byte integer allows it.
+    assume(props.get("maximum_packet_size", 1) <= m.MAX_REMAINING_LENGTH)
     ours = m._encode_properties(props, packet)
     theirs = Properties(packet)
     for name, value in props.items():
@@ -629,3 +632,13 @@ def test_protocol_level_is_validated() -> None:
     with pytest.raises(ValueError):
         m.mqtt(protocol_level=6)
     assert repr(CODEC5) == "MqttCodec(max_packet_size=1048576, protocol_level=5)"
+
+
+def test_a_connect_of_an_unknown_level_decodes_to_what_its_fixed_part_says() -> None:
+    """So a server can answer it with CONNACK 0x01, as MQTT 3.1.1 requires (3.1.2-2),
+    whatever the rest of a future version's CONNECT holds."""
+    body = b"\x00\x04MQTT\x06\x02\x00\x3c\x07\x11\x00\x00\x00\x10\x00\x00\x01c"
+    packet = decode_one(m._fixed_header(0x10, len(body)) + body)
+    assert packet == m.Connect("", True, 60, protocol_name="MQTT", protocol_level=6)
+    body4 = b"\x00\x04MQTT\x04\x02\x00\x3c\x07\x11\x00\x00\x00\x10\x00\x00\x01c"
+    assert errors_of(m._fixed_header(0x10, len(body4)) + body4)[1]  # level 4: malformed
