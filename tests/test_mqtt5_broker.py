@@ -1,0 +1,794 @@
+"""``examples/mqtt_broker.py`` serving MQTT 5.0 (and what 5.0 brought to every version:
+QoS 2 to subscribers, ``$SYS``, the 3.1 client-id rules), against clients nobody here
+wrote: paho-mqtt speaking ``MQTTv5`` and the mosquitto clients with ``-V mqttv5``, plus
+raw packets (``BlockingClient`` with ``mqtt(protocol_level=5)``) for what those
+clients never do.
+
+The scenarios of Eclipse Paho's interoperability suite (``interoperability/
+client_test.py`` and ``client_test5.py`` in eclipse/paho.mqtt.testing; the suite is on
+no package registry, so it cannot be run here) are written as tests of our own, named
+``test_interop_*`` after the suite's, each run on MQTT 3.1.1 and 5.0 where the
+scenario exists in both.
+
+The broker runs as a subprocess on a free loopback port, with two loops; every wait is
+bounded and the broker is always killed.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from example_process import example_server
+from test_mqtt_broker import broker_module, mosquitto, mosquitto_pub, mosquitto_sub
+
+from gevwire.codecs import mqtt as m
+from gevwire.testing import BlockingClient
+
+paho_client = pytest.importorskip("paho.mqtt.client")
+from paho.mqtt.packettypes import PacketTypes  # noqa: E402
+from paho.mqtt.properties import Properties  # noqa: E402
+from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
+
+__all__ = ["mosquitto"]  # a fixture, used by the mosquitto tests below
+
+WAIT = 10.0  # any single expected event
+CODEC = m.mqtt()
+CODEC5 = m.mqtt(protocol_level=5)
+#: The broker's limits for these tests, set on its command line.
+ALIASES, RECEIVE_MAX, MAX_KEEP_ALIVE, SYS_INTERVAL = 4, 3, 30, 0.5
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.io]
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    with example_server("mqtt_broker.py", "--loops", "2", "--quiet",
+                        "--topic-alias-maximum", str(ALIASES),
+                        "--receive-maximum", str(RECEIVE_MAX),
+                        "--max-keep-alive", str(MAX_KEEP_ALIVE),
+                        "--sys-interval", str(SYS_INTERVAL)) as (proc, broker_port):
+        yield broker_port
+        assert proc.poll() is None, "the broker died during the tests"
+
+
+def unique() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def props(packet: int, **values: Any) -> Any:
+    """paho Properties of a packet type: ``props(PacketTypes.PUBLISH, UserProperty=...)``."""
+    out = Properties(packet)
+    for name, value in values.items():
+        for item in (value if isinstance(value, list) else [value]):
+            setattr(out, name, item)
+    return out
+
+
+# -- paho ------------------------------------------------------------------------------
+
+VERSIONS = pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
+
+
+class Paho:
+    """A paho-mqtt client (callback API v2), MQTT 5.0 or 3.1.1, with bounded helpers."""
+
+    def __init__(self, port: int, client_id: str = "", *, v5: bool = True,
+                 clean: bool = True, keepalive: int = 60, properties: Any = None,
+                 will: tuple[str, bytes, int, bool, Any] | None = None) -> None:
+        kwargs: dict[str, Any] = {} if v5 else {"clean_session": clean}
+        self.client = paho_client.Client(
+            paho_client.CallbackAPIVersion.VERSION2, client_id=client_id,
+            protocol=paho_client.MQTTv5 if v5 else paho_client.MQTTv311, **kwargs)
+        self.v5 = v5
+        self.messages: queue.Queue[Any] = queue.Queue()
+        self.acks: queue.Queue[Any] = queue.Queue()
+        self.disconnects: queue.Queue[Any] = queue.Queue()
+        self.connected = threading.Event()
+        self.connack: Any = None
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda c, u, msg: self.messages.put(msg)
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.acks.put(
+            ("suback", mid, [int(code.value) for code in codes]))
+        self.client.on_unsubscribe = lambda c, u, mid, codes, p: self.acks.put(
+            ("unsuback", mid, [int(code.value) for code in codes]))
+        self.client.on_disconnect = lambda c, u, flags, reason, p: self.disconnects.put(
+            int(reason.value))
+        if will is not None:
+            topic, payload, qos, retain, will_props = will
+            self.client.will_set(topic, payload, qos, retain, properties=will_props)
+        if v5:
+            self.client.connect("127.0.0.1", port, keepalive, clean_start=clean,
+                                properties=properties)
+        else:
+            self.client.connect("127.0.0.1", port, keepalive)
+        self.client.loop_start()
+        assert self.connected.wait(WAIT), "no CONNACK"
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        self.connack = (flags, int(reason.value), properties)
+        self.connected.set()
+
+    def subscribe(self, topic: str, qos: int = 0, *, options: Any = None,
+                  properties: Any = None) -> list[int]:
+        if options is not None:
+            _, mid = self.client.subscribe(topic, options=options, properties=properties)
+        elif self.v5:
+            _, mid = self.client.subscribe(topic, qos, properties=properties)
+        else:
+            _, mid = self.client.subscribe(topic, qos)
+        kind, ack_mid, codes = self.acks.get(timeout=WAIT)
+        assert (kind, ack_mid) == ("suback", mid)
+        return list(codes)
+
+    def unsubscribe(self, topic: str) -> list[int]:
+        _, mid = self.client.unsubscribe(topic)
+        kind, ack_mid, codes = self.acks.get(timeout=WAIT)
+        assert (kind, ack_mid) == ("unsuback", mid)
+        return list(codes)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                properties: Any = None) -> Any:
+        info = self.client.publish(topic, payload, qos, retain, properties=properties)
+        info.wait_for_publish(WAIT)
+        assert info.is_published()
+        return info
+
+    def receive(self, timeout: float = WAIT) -> Any:
+        return self.messages.get(timeout=timeout)
+
+    def nothing_more(self, wait: float = 0.3) -> bool:
+        try:
+            extra = self.messages.get(timeout=wait)
+        except queue.Empty:
+            return True
+        raise AssertionError(f"unexpected message on {extra.topic}: {extra.payload!r}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def paho(port: int) -> Iterator[Any]:
+    """``paho(**kwargs)``: a connected client, disconnected at teardown."""
+    clients: list[Paho] = []
+
+    def make(*args: Any, **kwargs: Any) -> Paho:
+        client = Paho(port, *args, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def raw5(port: int, connect: m.Connect | None = None, **connack: Any) -> BlockingClient:
+    """A raw MQTT 5.0 client; ``connect`` sent and its CONNACK's reason code checked."""
+    client = BlockingClient(("127.0.0.1", port), CODEC5, timeout=WAIT)
+    if connect is not None:
+        got = client.request(connect)
+        assert isinstance(got, m.ConnAck) and got.return_code == 0, got
+        for key, value in connack.items():
+            assert getattr(got, key) == value, (key, got)
+    return client
+
+
+def connect5(client_id: str, *, clean: bool = True, keep_alive: int = 60,
+             **properties: Any) -> m.Connect:
+    return m.Connect(client_id, clean, keep_alive, protocol_level=5, properties=properties)
+
+
+def receive_acking(client: BlockingClient, count: int) -> list[m.Publish]:
+    """The next ``count`` PUBLISHes, QoS 1 acknowledged, QoS 2 taken to PUBCOMP."""
+    got = []
+    while len(got) < count:
+        message = client.recv()
+        if message.type == "pubrel":
+            client.send(m.PubComp(message.packet_id))
+            continue
+        assert message.type == "publish", message
+        if message.qos == 1:
+            client.send(m.PubAck(message.packet_id))
+        elif message.qos == 2:
+            client.send(m.PubRec(message.packet_id))
+        got.append(message)
+    return got
+
+
+# -- the Paho interoperability suite's scenarios, 3.1.1 and 5.0 ------------------------
+
+
+@VERSIONS
+def test_interop_basic(paho: Any, v5: bool) -> None:
+    topic = f"{unique()}/basic"
+    client = paho(v5=v5)
+    assert client.subscribe(topic, 2) == [2]
+    for qos in (0, 1, 2):
+        client.publish(topic, b"qos %d" % qos, qos)
+    got = [client.receive() for _ in range(3)]
+    assert sorted((g.payload, g.qos) for g in got) == [(b"qos 0", 0), (b"qos 1", 1),
+                                                       (b"qos 2", 2)]
+    assert client.nothing_more()
+
+
+@VERSIONS
+def test_interop_retained_messages(paho: Any, v5: bool) -> None:
+    base = unique()
+    publisher = paho(v5=v5)
+    for qos, name in enumerate(("a", "b/c", "b/d")):
+        publisher.publish(f"{base}/{name}", b"retained %d" % qos, qos, retain=True)
+    subscriber = paho(v5=v5)
+    assert subscriber.subscribe(f"{base}/#", 2) == [2]
+    got = sorted((g.topic, g.payload, g.qos, g.retain) for g in
+                 (subscriber.receive() for _ in range(3)))
+    assert got == [(f"{base}/a", b"retained 0", 0, True), (f"{base}/b/c", b"retained 1", 1,
+                                                              True),
+                   (f"{base}/b/d", b"retained 2", 2, True)]
+    for name in ("a", "b/c", "b/d"):  # clean up: an empty retained message deletes
+        publisher.publish(f"{base}/{name}", b"", 1, retain=True)
+    late = paho(v5=v5)
+    assert late.subscribe(f"{base}/#", 2) == [2]
+    assert late.nothing_more()
+
+
+@VERSIONS
+def test_interop_offline_message_queueing(paho: Any, port: int, v5: bool) -> None:
+    topic = f"{unique()}/offline"
+    client_id = f"offline-{unique()}"
+    expiry = props(PacketTypes.CONNECT, SessionExpiryInterval=60) if v5 else None
+    first = paho(client_id, v5=v5, clean=False, properties=expiry)
+    assert first.subscribe(topic, 2) == [2]
+    first.close()
+    publisher = paho(v5=v5)
+    for qos in (0, 1, 2):
+        publisher.publish(topic, b"qos %d" % qos, qos)
+    again = paho(client_id, v5=v5, clean=False, properties=expiry)
+    assert again.connack[0].session_present
+    got = sorted((g.payload, g.qos) for g in (again.receive() for _ in range(2)))
+    assert got == [(b"qos 1", 1), (b"qos 2", 2)]  # QoS 0 is not queued for the absent
+    assert again.nothing_more()
+
+
+@VERSIONS
+def test_interop_will_message(paho: Any, port: int, v5: bool) -> None:
+    topic = f"{unique()}/will"
+    watcher = paho(v5=v5)
+    assert watcher.subscribe(topic, 2) == [2]
+    with raw5(port) if v5 else BlockingClient(("127.0.0.1", port), CODEC, timeout=WAIT) \
+            as doomed:
+        will = m.Will(topic, b"gone", 2, False, {} if v5 else None)
+        connect = m.Connect(f"doomed-{unique()}", will=will, protocol_level=5 if v5 else 4,
+                            properties={} if v5 else None)
+        assert doomed.request(connect).return_code == 0
+        doomed.sock.shutdown(socket.SHUT_RDWR)  # gone without DISCONNECT
+    got = watcher.receive()
+    assert (got.topic, got.payload, got.qos) == (topic, b"gone", 2)
+
+
+@VERSIONS
+def test_interop_overlapping_subscriptions(paho: Any, v5: bool) -> None:
+    base = unique()
+    client = paho(v5=v5)
+    assert client.subscribe(f"{base}/#", 2) == [2]
+    assert client.subscribe(f"{base}/+", 1) == [1]
+    client.publish(f"{base}/x", b"overlap", 2)
+    got = client.receive()
+    assert (got.payload, got.qos) == (b"overlap", 2)  # once, at the highest QoS
+    assert client.nothing_more()
+
+
+@VERSIONS
+def test_interop_keepalive(port: int, v5: bool) -> None:
+    """A client silent for 1.5x its keep-alive is closed; its will is published; an
+    MQTT 5.0 one is told DISCONNECT 0x8D first."""
+    codec = CODEC5 if v5 else CODEC
+    with BlockingClient(("127.0.0.1", port), codec, timeout=WAIT) as silent:
+        level = 5 if v5 else 4
+        silent.send(m.Connect(f"silent-{unique()}", keep_alive=1, protocol_level=level,
+                              properties={} if v5 else None))
+        assert silent.recv().return_code == 0
+        started = time.monotonic()
+        if v5:
+            assert silent.recv(5.0) == m.Disconnect(0x8D, {})
+        assert silent.wait_closed(5.0)
+        assert 1.2 < time.monotonic() - started < 3.5
+
+
+@VERSIONS
+def test_interop_redelivery_on_reconnect(port: int, paho: Any, v5: bool) -> None:
+    """Unacknowledged QoS 1 and 2 messages come again, with DUP, to a resumed session;
+    a QoS 2 message PUBREC'd before gets its PUBREL again, not the message: exactly
+    once."""
+    topic = f"{unique()}/redeliver"
+    client_id = f"redeliver-{unique()}"
+    codec, level = (CODEC5, 5) if v5 else (CODEC, 4)
+    session = {"session_expiry_interval": 60} if v5 else None
+
+    def connect(present: bool) -> BlockingClient:
+        client = BlockingClient(("127.0.0.1", port), codec, timeout=WAIT)
+        ack = client.request(m.Connect(client_id, False, protocol_level=level,
+                                       properties=session))
+        assert (ack.return_code, ack.session_present) == (0, present)
+        return client
+
+    with connect(False) as client:
+        assert client.request(m.Subscribe(1, ((topic, 2),), {} if v5 else None)).type == \
+            "suback"
+    publisher = paho(v5=v5)
+    with connect(True) as client:
+        publisher.publish(topic, b"one", 1)
+        publisher.publish(topic, b"two", 2)
+        publisher.publish(topic, b"three", 2)
+        first = [client.recv() for _ in range(3)]
+        assert [(p.payload, p.qos, p.dup) for p in first] == [
+            (b"one", 1, False), (b"two", 2, False), (b"three", 2, False)]
+        assert client.request(m.PubRec(first[1].packet_id)) == m.PubRel(first[1].packet_id)
+        # gone: "one" unacknowledged, "two" awaiting PUBCOMP, "three" not PUBREC'd
+    with connect(True) as client:
+        again = [client.recv() for _ in range(3)]
+        assert again[0] == m.Publish(topic, b"one", 1, dup=True, packet_id=first[0].packet_id,
+                                     properties={} if v5 else None)
+        assert again[1] == m.PubRel(first[1].packet_id)
+        assert (again[2].payload, again[2].dup, again[2].packet_id) == (
+            b"three", True, first[2].packet_id)
+        client.send(m.PubAck(first[0].packet_id))
+        client.send(m.PubComp(first[1].packet_id))
+        assert client.request(m.PubRec(first[2].packet_id)) == m.PubRel(first[2].packet_id)
+        client.send(m.PubComp(first[2].packet_id))
+        assert client.request(m.PingReq()) == m.PingResp()
+    with connect(True) as client:  # nothing is left in flight: each came exactly once
+        assert client.request(m.PingReq()) == m.PingResp()
+
+
+@VERSIONS
+def test_interop_zero_length_clientid(port: int, v5: bool) -> None:
+    with BlockingClient(("127.0.0.1", port), CODEC5 if v5 else CODEC, timeout=WAIT) as c:
+        if v5:
+            ack = c.request(connect5("", clean=False))
+            assert ack.return_code == 0
+            assert ack.properties["assigned_client_identifier"].startswith("auto-")
+        else:
+            assert c.request(m.Connect("", clean_session=False)) == m.ConnAck(2)
+            assert c.wait_closed(WAIT)
+    with BlockingClient(("127.0.0.1", port), CODEC, timeout=WAIT) as c:
+        assert c.request(m.Connect("", clean_session=True)) == m.ConnAck(0)
+
+
+@VERSIONS
+def test_interop_subscribe_failure(paho: Any, v5: bool) -> None:
+    client = paho(v5=v5)
+    # A filter the broker takes no subscription for (deeper than max_topic_levels;
+    # paho itself refuses a malformed one) is refused in the SUBACK: 0x80 in 3.1.1,
+    # 0x8F (topic filter invalid) in 5.0.
+    deep = "/".join([unique()] + ["l"] * 200)
+    assert client.subscribe(deep, 1) == [0x8F if v5 else 0x80]
+
+
+@VERSIONS
+def test_interop_dollar_topics(paho: Any, v5: bool) -> None:
+    """``#`` does not match ``$SYS``; a client may not publish to ``$`` topics."""
+    client = paho(v5=v5)
+    assert client.subscribe("#", 0) == [0]
+    watcher = paho(v5=v5)
+    assert watcher.subscribe("$nope/#", 1) == [1]
+    client.publish("$nope/x", b"forbidden", 1)  # acknowledged, and dropped
+    assert watcher.nothing_more(SYS_INTERVAL * 2)
+    while True:  # what "#" got meanwhile (other tests' traffic), never a $ topic
+        try:
+            got = client.messages.get_nowait()
+        except queue.Empty:
+            break
+        assert not got.topic.startswith("$"), got.topic
+
+
+@VERSIONS
+def test_interop_unsubscribe(paho: Any, v5: bool) -> None:
+    base = unique()
+    client = paho(v5=v5)
+    for name in ("a", "b", "c"):
+        assert client.subscribe(f"{base}/{name}", 1) == [1]
+    codes = client.unsubscribe(f"{base}/b")
+    assert codes == ([0] if v5 else [])
+    if v5:
+        assert client.unsubscribe(f"{base}/never") == [0x11]  # no subscription existed
+    for name in ("a", "b", "c"):
+        client.publish(f"{base}/{name}", name.encode(), 1)
+    assert sorted(client.receive().payload for _ in range(2)) == [b"a", b"c"]
+    assert client.nothing_more()
+
+
+# -- MQTT 5.0 only (client_test5.py) ---------------------------------------------------
+
+
+def test_interop_session_expiry(paho: Any, port: int) -> None:
+    topic = f"{unique()}/expiry"
+    short, forever = f"short-{unique()}", f"forever-{unique()}"
+    with raw5(port, connect5(short, session_expiry_interval=1)) as client:
+        assert client.request(m.Subscribe(1, ((topic, 1),), {})).return_codes == (1,)
+    with raw5(port, connect5(forever, session_expiry_interval=60)) as client:
+        assert client.request(m.Subscribe(1, ((topic, 1),), {})).return_codes == (1,)
+    time.sleep(2.0)
+    with raw5(port, connect5(short, clean=False), session_present=False), \
+            raw5(port, connect5(forever, clean=False, session_expiry_interval=0),
+                 session_present=True):
+        pass
+    with raw5(port, connect5(forever, clean=False), session_present=False):
+        pass  # expiry 0 at the last connect: the session ended with it
+
+
+def test_interop_session_expiry_set_on_disconnect(port: int) -> None:
+    client_id = f"later-{unique()}"
+    with raw5(port, connect5(client_id, session_expiry_interval=60)) as client:
+        client.send(m.Disconnect(0, {"session_expiry_interval": 0}))
+        assert client.wait_closed(WAIT)
+    with raw5(port, connect5(client_id, clean=False), session_present=False):
+        pass
+    with raw5(port, connect5(client_id)) as client:  # expiry 0, then more: protocol error
+        client.send(m.Disconnect(0, {"session_expiry_interval": 10}))
+        assert client.recv() == m.Disconnect(0x82, {})
+        assert client.wait_closed(WAIT)
+
+
+def test_interop_user_properties_and_publish_properties_pass_through(paho: Any) -> None:
+    topic = f"{unique()}/props"
+    sub, pub = paho(), paho()
+    assert sub.subscribe(topic, 1) == [1]
+    pub.publish(topic, b"{}", 1, properties=props(
+        PacketTypes.PUBLISH, UserProperty=[("a", "1"), ("a", "2"), ("b", "3")],
+        ContentType="application/json", PayloadFormatIndicator=1,
+        ResponseTopic=f"{topic}/reply", CorrelationData=b"\x00\x01"))
+    got = sub.receive()
+    assert got.properties.UserProperty == [("a", "1"), ("a", "2"), ("b", "3")]  # in order
+    assert (got.properties.ContentType, got.properties.PayloadFormatIndicator,
+            got.properties.ResponseTopic, got.properties.CorrelationData) == (
+        "application/json", 1, f"{topic}/reply", b"\x00\x01")
+
+
+def test_interop_message_expiry(paho: Any, port: int) -> None:
+    """An expired message is not delivered; one still alive carries what is left of its
+    interval."""
+    topic = f"{unique()}/expiring"
+    client_id = f"away-{unique()}"
+    with raw5(port, connect5(client_id, session_expiry_interval=60)) as client:
+        assert client.request(m.Subscribe(1, ((topic, 1),), {})).return_codes == (1,)
+    pub = paho()
+    pub.publish(topic, b"short", 1, properties=props(PacketTypes.PUBLISH,
+                                                     MessageExpiryInterval=1))
+    pub.publish(topic, b"long", 1, properties=props(PacketTypes.PUBLISH,
+                                                    MessageExpiryInterval=60))
+    pub.publish(f"{topic}/kept", b"retained", 1, True, props(PacketTypes.PUBLISH,
+                                                             MessageExpiryInterval=1))
+    time.sleep(2.2)
+    with raw5(port, connect5(client_id, clean=False), session_present=True) as client:
+        got = receive_acking(client, 1)[0]
+        assert got.payload == b"long"
+        assert 55 <= got.properties["message_expiry_interval"] <= 58
+        assert client.request(m.Subscribe(2, ((f"{topic}/kept", 1),), {})) == \
+            m.SubAck(2, (1,), {})
+        assert client.request(m.PingReq()) == m.PingResp()  # neither "short" nor retained
+
+
+def test_interop_subscribe_options(paho: Any) -> None:
+    base = unique()
+    client = paho()
+    other = paho()
+    other.publish(f"{base}/rap", b"r", 1, retain=True)
+    assert client.subscribe(f"{base}/local", options=SubscribeOptions(
+        qos=1, noLocal=True)) == [1]
+    client.publish(f"{base}/local", b"mine", 1)
+    other.publish(f"{base}/local", b"theirs", 1)
+    assert client.receive().payload == b"theirs"  # No Local: not its own
+    # Retain As Published: the RETAIN flag stays on forwarded messages
+    assert client.subscribe(f"{base}/rap", options=SubscribeOptions(
+        qos=1, retainAsPublished=True, retainHandling=2)) == [1]  # 2: no retained now
+    other.publish(f"{base}/rap", b"again", 1, retain=True)
+    got = client.receive()
+    assert (got.payload, got.retain) == (b"again", True)
+    # Retain Handling 1: retained messages for a new subscription only
+    assert client.subscribe(f"{base}/rap", options=SubscribeOptions(
+        qos=1, retainHandling=1)) == [1]
+    assert client.nothing_more()
+    fresh = paho()
+    assert fresh.subscribe(f"{base}/rap", options=SubscribeOptions(
+        qos=1, retainHandling=1)) == [1]
+    got = fresh.receive()
+    assert (got.payload, got.retain) == (b"again", True)
+    other.publish(f"{base}/rap", b"", 1, retain=True)
+
+
+def test_interop_subscription_identifiers(paho: Any) -> None:
+    base = unique()
+    client = paho()
+    assert client.subscribe(f"{base}/#", 1, properties=props(
+        PacketTypes.SUBSCRIBE, SubscriptionIdentifier=7)) == [1]
+    assert client.subscribe(f"{base}/+", 1, properties=props(
+        PacketTypes.SUBSCRIBE, SubscriptionIdentifier=9)) == [1]
+    client.publish(f"{base}/x", b"both", 1)
+    got = client.receive()
+    assert sorted(got.properties.SubscriptionIdentifier) == [7, 9]
+    assert client.nothing_more()
+
+
+def test_interop_client_topic_alias(paho: Any, port: int) -> None:
+    topic = f"{unique()}/alias"
+    sub = paho()
+    assert sub.subscribe(topic, 1) == [1]
+    with raw5(port, connect5(f"aliaser-{unique()}"),
+              properties={"receive_maximum": RECEIVE_MAX, "topic_alias_maximum": ALIASES,
+                          "maximum_packet_size": 256 << 10,
+                          "shared_subscription_available": 0,
+                          "server_keep_alive": MAX_KEEP_ALIVE}) as client:
+        client.send(m.Publish(topic, b"set", 1, packet_id=1, properties={"topic_alias": 1}))
+        client.send(m.Publish("", b"used", 1, packet_id=2, properties={"topic_alias": 1}))
+        assert client.recv().type == "puback"
+        assert client.recv().type == "puback"
+        assert [sub.receive().payload for _ in range(2)] == [b"set", b"used"]
+        # Beyond the broker's Topic Alias Maximum: DISCONNECT 0x94
+        client.send(m.Publish(topic, b"x", 0, properties={"topic_alias": ALIASES + 1}))
+        assert client.recv() == m.Disconnect(0x94, {})
+        assert client.wait_closed(WAIT)
+    with raw5(port, connect5(f"unknown-{unique()}")) as client:
+        client.send(m.Publish("", b"x", 0, properties={"topic_alias": 2}))
+        assert client.recv() == m.Disconnect(0x82, {})  # an alias never set
+        assert client.wait_closed(WAIT)
+
+
+def test_interop_server_topic_alias(paho: Any) -> None:
+    """The broker gives aliases to topics it sends, up to the client's maximum: the
+    first message of a topic carries the topic and its alias, later ones the alias
+    alone (paho leaves aliases to its user)."""
+    base = unique()
+    sub = paho(properties=props(PacketTypes.CONNECT, TopicAliasMaximum=1))
+    assert sub.subscribe(f"{base}/#", 0) == [0]
+    pub = paho()
+    for name in ("a", "a", "b", "a"):
+        pub.publish(f"{base}/{name}", name.encode(), 1)
+    got = [sub.receive() for _ in range(4)]
+    assert [(g.topic, getattr(g.properties, "TopicAlias", None), g.payload) for g in got] == [
+        (f"{base}/a", 1, b"a"), ("", 1, b"a"), (f"{base}/b", None, b"b"), ("", 1, b"a")]
+
+
+def test_interop_maximum_packet_size(paho: Any) -> None:
+    """Messages over the client's Maximum Packet Size are not sent to it."""
+    topic = f"{unique()}/big"
+    small = paho(properties=props(PacketTypes.CONNECT, MaximumPacketSize=200))
+    assert small.subscribe(topic, 1) == [1]
+    big = paho()
+    big.publish(topic, b"x" * 300, 1)
+    big.publish(topic, b"fits", 1)
+    assert small.receive().payload == b"fits"
+    assert small.nothing_more()
+
+
+def test_interop_server_keep_alive(paho: Any) -> None:
+    client = paho(keepalive=MAX_KEEP_ALIVE * 2)
+    assert client.connack[2].ServerKeepAlive == MAX_KEEP_ALIVE
+    fine = paho(keepalive=10)
+    assert not hasattr(fine.connack[2], "ServerKeepAlive")
+
+
+def test_interop_flow_control(port: int, paho: Any) -> None:
+    """The broker honours the client's Receive Maximum (at most that many QoS 1 and 2
+    messages unacknowledged), and announces its own, which a client may not exceed."""
+    topic = f"{unique()}/flow"
+    with raw5(port, connect5(f"slow-{unique()}", receive_maximum=2)) as client:
+        assert client.request(m.Subscribe(1, ((topic, 2),), {})).return_codes == (2,)
+        pub = paho()
+        for i in range(5):
+            pub.publish(topic, b"%d" % i, 2)
+        first = [client.recv() for _ in range(2)]
+        with pytest.raises(TimeoutError):
+            client.recv(0.5)  # the window is full
+        client.send(m.PubAck(first[0].packet_id))  # wrong ack: QoS 2 needs PUBREC
+        assert client.request(m.PubRec(first[0].packet_id)) == m.PubRel(first[0].packet_id)
+        with pytest.raises(TimeoutError):
+            client.recv(0.3)  # still in flight until PUBCOMP
+        client.send(m.PubComp(first[0].packet_id))
+        assert client.recv().payload == b"2"
+    with raw5(port, connect5(f"eager-{unique()}")) as client:
+        for i in range(RECEIVE_MAX):
+            assert client.request(m.Publish(f"{topic}/in", b"", 2, packet_id=i + 1,
+                                            properties={})) == \
+                m.PubRec(i + 1, 0x10)  # nobody subscribes: "no matching subscribers"
+        client.send(m.Publish(f"{topic}/in", b"", 2, packet_id=RECEIVE_MAX + 1,
+                              properties={}))
+        assert client.recv() == m.Disconnect(0x93, {})  # receive maximum exceeded
+        assert client.wait_closed(WAIT)
+
+
+def test_interop_will_delay(paho: Any, port: int) -> None:
+    """A will waits its Will Delay Interval, and is not sent if the session resumes
+    first; it is sent when the session ends if that comes sooner."""
+    base = unique()
+    watcher = paho()
+    assert watcher.subscribe(f"{base}/#", 1) == [1]
+
+    def vanish(client_id: str, will_topic: str, delay: int, expiry: int) -> None:
+        with BlockingClient(("127.0.0.1", port), CODEC5, timeout=WAIT) as client:
+            will = m.Will(f"{base}/{will_topic}", b"bye", 1, False,
+                          {"will_delay_interval": delay})
+            assert client.request(m.Connect(client_id, True, 60, will, protocol_level=5,
+                                            properties={"session_expiry_interval": expiry})
+                                  ).return_code == 0
+            client.sock.shutdown(socket.SHUT_RDWR)
+
+    vanish(f"away-{unique()}", "delay2", 2, 60)
+    client_id = f"back-{unique()}"
+    vanish(client_id, "resumed", 2, 60)
+    with raw5(port, connect5(client_id, clean=False, session_expiry_interval=60)):
+        pass  # resumed within the delay: no will
+    vanish(f"late-{unique()}", "delayed", 1, 60)
+    vanish(f"short-{unique()}", "session-ended", 60, 1)  # the session ends first
+    started = time.monotonic()
+    first = watcher.receive(5.0)
+    assert time.monotonic() - started > 0.6  # none went at once (the first after ~1 s)
+    got = sorted([first.topic, *(watcher.receive(5.0).topic for _ in range(2))])
+    assert got == [f"{base}/delay2", f"{base}/delayed", f"{base}/session-ended"]
+    assert watcher.nothing_more(1.0)
+
+
+def test_interop_shared_subscriptions_are_refused(paho: Any) -> None:
+    """Shared subscriptions are not implemented: CONNACK says so, SUBACK 0x9E."""
+    client = paho()
+    assert client.connack[2].SharedSubscriptionAvailable == 0
+    assert client.subscribe(f"$share/g/{unique()}", 1) == [0x9E]
+
+
+# -- what the spec requires of CONNECT -------------------------------------------------
+
+
+@pytest.mark.parametrize("level", [0, 2, 6, 255])
+def test_an_unsupported_protocol_level_gets_connack_1(port: int, level: int) -> None:
+    """MQTT 3.1.1 [MQTT-3.1.2-2]: CONNACK 0x01 and close, whatever the rest holds."""
+    body = b"\x00\x04MQTT" + bytes((level,)) + b"\x02\x00\x3c\x05\x11\x00\x00\x00\x10\x00\x00"
+    with BlockingClient(("127.0.0.1", port), CODEC, timeout=WAIT) as client:
+        client.send_bytes(m._fixed_header(0x10, len(body)) + body)
+        assert client.recv() == m.ConnAck(1)
+        assert client.wait_closed(WAIT)
+
+
+@pytest.mark.parametrize(("client_id", "accepted"), [
+    ("", False), ("a", True), ("x" * 23, True), ("x" * 24, False)])
+def test_mqtt31_client_ids_are_1_to_23_characters(port: int, client_id: str,
+                                                  accepted: bool) -> None:
+    with BlockingClient(("127.0.0.1", port), CODEC, timeout=WAIT) as client:
+        connect = m.Connect(client_id + (unique() if accepted and client_id == "a" else ""),
+                            protocol_name="MQIsdp", protocol_level=3)
+        if accepted:
+            connect.client_id = connect.client_id[:23]
+        assert client.request(connect) == m.ConnAck(0 if accepted else 2)
+        if not accepted:
+            assert client.wait_closed(WAIT)
+
+
+def test_paho_mqtt31_connects(paho: Any, port: int) -> None:
+    client = paho_client.Client(paho_client.CallbackAPIVersion.VERSION2,
+                                client_id=f"old-{unique()}"[:23], protocol=paho_client.MQTTv31)
+    result: queue.Queue[int] = queue.Queue()
+    client.on_connect = lambda c, u, f, reason, p: result.put(int(reason.value))
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        assert result.get(timeout=WAIT) == 0
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_enhanced_authentication_is_refused(port: int) -> None:
+    with raw5(port) as client:
+        assert client.request(connect5("auth", authentication_method="SCRAM-SHA-1")) == \
+            m.ConnAck(0x8C, False, {})
+        assert client.wait_closed(WAIT)
+
+
+def test_a_malformed_packet_gets_disconnect_with_its_reason(port: int) -> None:
+    with raw5(port, connect5(f"bad-{unique()}")) as client:
+        # PUBLISH with message_expiry_interval twice: a protocol error (0x82)
+        body = b"\x00\x01t\x0a\x02\x00\x00\x00\x01\x02\x00\x00\x00\x02"
+        client.send_bytes(m._fixed_header(0x30, len(body)) + body)
+        assert client.recv() == m.Disconnect(0x82, {})
+        assert client.wait_closed(WAIT)
+    with raw5(port, connect5(f"bad-{unique()}")) as client:
+        client.send_bytes(b"\x30\x04\x00\x01t\x01")  # property length past the packet
+        assert client.recv() == m.Disconnect(0x81, {})
+        assert client.wait_closed(WAIT)
+
+
+def test_a_second_connection_takes_over_with_disconnect_0x8e(port: int) -> None:
+    client_id = f"twice-{unique()}"
+    with raw5(port, connect5(client_id)) as first, raw5(port, connect5(client_id)):
+        assert first.recv() == m.Disconnect(0x8E, {})
+        assert first.wait_closed(WAIT)
+
+
+# -- QoS 2 to subscribers, $SYS --------------------------------------------------------
+
+
+def test_qos2_to_a_subscriber_is_delivered_once(port: int, paho: Any) -> None:
+    topic = f"{unique()}/q2"
+    with BlockingClient(("127.0.0.1", port), CODEC, timeout=WAIT) as sub:
+        assert sub.request(m.Connect(f"q2-{unique()}")) == m.ConnAck(0)
+        assert sub.request(m.Subscribe(1, ((topic, 2),))) == m.SubAck(1, (2,))
+        paho(v5=False).publish(topic, b"exactly once", 2)
+        got = sub.recv()
+        assert (got.payload, got.qos, got.dup) == (b"exactly once", 2, False)
+        assert sub.request(m.PubRec(got.packet_id)) == m.PubRel(got.packet_id)
+        assert sub.request(m.PubRec(got.packet_id)) == m.PubRel(got.packet_id)  # again
+        sub.send(m.PubComp(got.packet_id))
+        assert sub.request(m.PingReq()) == m.PingResp()
+
+
+def test_sys_tree_counts_clients_and_messages(paho: Any) -> None:
+    client = paho()
+    assert client.subscribe("$SYS/broker/#", 0) == [0]
+    seen: dict[str, bytes] = {}
+    deadline = time.monotonic() + WAIT
+    names = {"clients/connected", "clients/total", "messages/received", "messages/sent",
+             "uptime", "version", "retained messages/count", "subscriptions/count"}
+    while not names <= set(seen) and time.monotonic() < deadline:
+        got = client.receive()
+        seen[got.topic.removeprefix("$SYS/broker/")] = got.payload
+    assert names <= set(seen)
+    assert int(seen["clients/connected"]) >= 1
+    assert seen["uptime"].endswith(b" seconds")
+    before = int(seen["messages/received"])
+    client.publish(f"{unique()}/count", b"x", 1)
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        got = client.receive()
+        if got.topic == "$SYS/broker/messages/received" and int(got.payload) > before:
+            break
+    else:
+        raise AssertionError("messages/received did not grow")
+
+
+def test_sys_interval_and_new_limits_are_checked() -> None:
+    module = broker_module()
+    for kwargs in ({"sys_interval": -1}, {"receive_maximum": 0},
+                   {"topic_alias_maximum": 70000}, {"max_keep_alive": 0}):
+        with pytest.raises(ValueError):
+            module.Broker(CODEC, **kwargs)
+
+
+# -- mosquitto clients, MQTT 5.0 -------------------------------------------------------
+
+
+def test_mosquitto_v5_properties_reach_a_v5_subscriber(mosquitto: tuple[str, str],
+                                                       port: int) -> None:
+    topic = f"{unique()}/mosq5"
+    with mosquitto_sub(mosquitto, port, topic, count=1, qos=2,
+                       options=("-V", "mqttv5"), output_format="%t|%q|%P|%C|%p") as lines:
+        mosquitto_pub(mosquitto, port, topic, "hello", "-V", "mqttv5", "-q", "2",
+                      "-D", "publish", "user-property", "k", "v",
+                      "-D", "publish", "content-type", "text/plain")
+    assert lines == [f"{topic}|2|k:v|text/plain|hello"]
+
+
+def test_mosquitto_v5_and_v311_share_the_broker(mosquitto: tuple[str, str],
+                                                port: int) -> None:
+    topic = f"{unique()}/mixed"
+    with mosquitto_sub(mosquitto, port, topic, count=2, qos=1,
+                       options=("-V", "mqttv311")) as lines:
+        mosquitto_pub(mosquitto, port, topic, "from5", "-V", "mqttv5", "-q", "1")
+        mosquitto_pub(mosquitto, port, topic, "from31", "-V", "mqttv31", "-q", "1",
+                      "-i", f"m31{unique()}"[:20])
+    assert sorted(lines) == [f"{topic}|1|0|from31", f"{topic}|1|0|from5"]
+
+
+def test_publishing_to_a_dollar_topic_is_refused_with_0x90(port: int) -> None:
+    with raw5(port, connect5(f"dollar-{unique()}")) as client:
+        assert client.request(m.Publish("$SYS/broker/uptime", b"0", 1, packet_id=1,
+                                        properties={})) == m.PubAck(1, 0x90)
+        assert client.request(m.Publish("$x", b"0", 2, packet_id=2, properties={})) == \
+            m.PubRec(2, 0x90)
+        assert client.request(m.PingReq()) == m.PingResp()
