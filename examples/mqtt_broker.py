@@ -796,7 +796,10 @@ class Broker(gevwire.Router):
                 session.pending_will = will  # published when the delay or session ends
                 conn.loop.run_after(min(delay, session.expiry), self._will_due, session,
                                     session.generation)
-            elif will is not None:
+            elif will is not None and not (delay and not attached and
+                                           self.sessions.get(session.client_id) is session):
+                # (Taken over by a connection that resumed the session within the will
+                # delay: no will.)
                 self._publish_will(session, will)
             if attached:
                 if not session.expiry:
