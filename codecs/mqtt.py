@@ -85,6 +85,7 @@ __all__ = [
     "ConnAck",
     "Connect",
     "Disconnect",
+    "EncodedProperties",
     "MqttCodec",
     "MqttProtocolError",
     "Packet",
@@ -102,6 +103,7 @@ __all__ = [
     "UnsubAck",
     "Unsubscribe",
     "Will",
+    "encode_properties",
     "mqtt",
     "packet_from_dict",
     "topic_matches",
@@ -248,9 +250,10 @@ class Publish(Packet):
     retain: bool = False
     dup: bool = False
     packet_id: int | None = None
-    #: MQTT 5.0 properties (a dict, maybe empty); None: the MQTT 3.1.1 form.  In 5.0
-    #: the topic may be empty when a ``topic_alias`` property stands for it.
-    properties: Properties | None = None
+    #: MQTT 5.0 properties (a dict, maybe empty, or :class:`EncodedProperties`); None:
+    #: the MQTT 3.1.1 form.  In 5.0 the topic may be empty when a ``topic_alias``
+    #: property stands for it.
+    properties: Properties | EncodedProperties | None = None
 
 
 @dataclass(slots=True)
@@ -572,6 +575,7 @@ def _read_properties(data: Buffer, pos: int, end: int, packet: int
     if stop > end:
         raise FrameError(f"{where}: properties of {size} bytes, {end - pos} left")
     props: Properties = {}
+    repeated: dict[str, list[Any]] | None = None  # built as lists: a tuple per item is O(n²)
     while pos < stop:
         ident = data[pos]
         spec = PROPERTIES.get(ident)
@@ -612,13 +616,22 @@ def _read_properties(data: Buffer, pos: int, end: int, packet: int
         if spec.nonzero and not value:
             raise MqttProtocolError(f"{where}: {name} is 0")
         if spec.repeats:
-            props[name] = (*props.get(name, ()), value)
+            if repeated is None:
+                repeated = {}
+            items = repeated.get(name)
+            if items is None:
+                items = repeated[name] = []
+                props[name] = ()  # its place in the order
+            items.append(value)
         elif name in props:
             raise MqttProtocolError(f"{where}: {name} given twice")
         else:
             props[name] = value
-    if packet == 8 and len(props.get("subscription_identifier", ())) > 1:
-        raise MqttProtocolError("SUBSCRIBE: subscription_identifier given twice")
+    if repeated is not None:
+        for name, items in repeated.items():
+            props[name] = tuple(items)
+        if packet == 8 and len(props.get("subscription_identifier", ())) > 1:
+            raise MqttProtocolError("SUBSCRIBE: subscription_identifier given twice")
     return props, pos
 
 
@@ -658,15 +671,67 @@ def _encode_value(spec: PropertySpec, value: Any, where: str) -> bytes:
     return _varint(value)
 
 
-def _encode_properties(props: Properties | None, packet: int) -> bytes:
+class EncodedProperties(bytes):
+    """MQTT 5.0 properties encoded once (see :func:`encode_properties`): given as a
+    packet's ``properties``, they are written as they are, so a message forwarded to
+    many clients does not have its properties encoded again for each.  ``names``: the
+    properties it holds; ``packet``: the packet type they were checked for."""
+
+    names: frozenset[str]
+    packet: int
+
+
+def encode_properties(props: Properties, packet: int, *,
+                      base: EncodedProperties | None = None) -> EncodedProperties:
+    """``props`` encoded for a packet of type ``packet`` (``Publish.packet_type``...),
+    after those of ``base`` if given (a property that may appear once must not be in
+    both)::
+
+        forwarded = encode_properties({"user_property": pairs}, Publish.packet_type)
+        for alias in (1, 2):  # per client: only the topic alias is encoded
+            Publish("", payload, properties=encode_properties(
+                {"topic_alias": alias}, Publish.packet_type, base=forwarded))
+    """
+    if not isinstance(props, dict):
+        raise EncodeError(f"properties must be a dict, not {type(props).__name__}")
+    body = _property_list(props, packet)
+    names = frozenset(props)
+    if base is not None:
+        if base.packet != packet:
+            raise EncodeError(f"properties for {_PACKET_NAMES[base.packet]} given for "
+                              f"{_PACKET_NAMES[packet]}")
+        twice = {name for name in base.names & names if not _BY_NAME[name].repeats}
+        if twice:
+            raise EncodeError(f"properties {sorted(twice)} given twice")
+        body = bytes(base) + body
+        names |= base.names
+    out = EncodedProperties(body)
+    out.names = names
+    out.packet = packet
+    return out
+
+
+def _encode_properties(props: Properties | EncodedProperties | None, packet: int
+                       ) -> bytes:
     """The property list (its length first) of ``props`` for a packet of type
     ``packet``; None is an empty list."""
     if props is None:
         return b"\x00"
+    if isinstance(props, EncodedProperties):
+        if props.packet != packet:
+            raise EncodeError(f"properties encoded for {_PACKET_NAMES[props.packet]} "
+                              f"given to {_PACKET_NAMES[packet]}")
+        return _varint(len(props)) + props
     if not isinstance(props, dict):
         raise EncodeError(f"properties must be a dict, not {type(props).__name__}")
     if not props:
         return b"\x00"
+    body = _property_list(props, packet)
+    return _varint(len(body)) + body
+
+
+def _property_list(props: Properties, packet: int) -> bytes:
+    """The encoded properties, without their length."""
     where = _PACKET_NAMES[packet]
     parts: list[bytes] = []
     for name, value in props.items():
@@ -683,8 +748,7 @@ def _encode_properties(props: Properties | None, packet: int) -> bytes:
                 parts.append(head + _encode_value(spec, item, where))
         else:
             parts.append(head + _encode_value(spec, value, where))
-    body = b"".join(parts)
-    return _varint(len(body)) + body
+    return b"".join(parts)
 
 
 # -- decoding --------------------------------------------------------------------------
@@ -1334,7 +1398,8 @@ def _encode_publish(p: Publish) -> bytes:
     qos = _qos(p.qos, "PUBLISH")
     topic = p.topic.encode("utf-8")  # UnicodeEncodeError for a surrogate: EncodeError
     props = p.properties
-    aliased = not topic and props is not None and "topic_alias" in props  # MQTT 5.0
+    aliased = not topic and props is not None and "topic_alias" in (  # MQTT 5.0
+        props.names if isinstance(props, EncodedProperties) else props)
     if not (0 < len(topic) <= 0xFFFF or aliased) or b"+" in topic or b"#" in topic \
             or b"\0" in topic:
         raise EncodeError(f"PUBLISH topic {p.topic!r} is not a valid topic name")
