@@ -36,27 +36,27 @@ What it does, by packet:
   Identifiers are added.  PUBACK says 0x10 where nobody subscribed.  Topic aliases both
   ways: a client may set aliases up to the broker's Topic Alias Maximum (beyond it:
   DISCONNECT 0x94; an unknown alias: DISCONNECT 0x82), and the broker gives topics it
-  sends an MQTT 5.0 client aliases, up to the client's own maximum.  A client's Receive
-  Maximum caps its window (below); more QoS 2 messages of a client awaiting PUBREL than
-  the broker's Receive Maximum: DISCONNECT 0x93.  A message larger than a client's
-  Maximum Packet Size is not sent to it. RETAIN stores the message for its topic (an
-  empty payload deletes it); retained messages are sent, with RETAIN set and at the
-  lower of their QoS and the granted one, to each new subscription right after its
-  SUBACK: for each filter of the SUBSCRIBE in turn, every retained message it matches,
-  oldest topic first (a message matched by two filters of it is sent twice, once per
-  subscription; a filter repeated in one SUBSCRIBE is looked up once).  Retained
-  messages live in a tree of topic levels that a filter is walked through, so a
-  SUBSCRIBE costs the nodes its filters reach, not the number of retained topics times
-  the number of filters.  Two bounds, both mosquitto-like in that the SUBACK still
-  grants every subscription and only retained messages are left out (counted; logged as
-  drops are, at most every 10 s per client): a SUBSCRIBE sends at most ``max_inflight +
-  max_queued`` retained messages in all (QoS 0 ones included, as mosquitto does), and
-  none more once the client's queue (below) overflows; and its filters' walks visit at
-  most ``max_retained_visits`` (100,000) tree nodes in all, 10-30 ms of work, because a
-  wildcard filter matching nothing may still look at every child of wide levels
-  (``+/+/+/x`` against 20,000 topics looks at 20,000, and 4,000 such filters held the
-  loop and the lock for 2.4 s).  A walk that runs out sends what it found, oldest first;
-  the filters after it get no retained messages.
+  sends an MQTT 5.0 client aliases, first come first served, up to the lower of the
+  client's maximum and its own.  A client's Receive Maximum caps its window (below);
+  more QoS 2 messages of a client awaiting PUBREL than the broker's Receive Maximum:
+  DISCONNECT 0x93.  A message larger than a client's Maximum Packet Size is not sent to
+  it. RETAIN stores the message for its topic (an empty payload deletes it); retained
+  messages are sent, with RETAIN set and at the lower of their QoS and the granted one,
+  to each new subscription right after its SUBACK: for each filter of the SUBSCRIBE in
+  turn, every retained message it matches, oldest topic first (a message matched by two
+  filters of it is sent twice, once per subscription; a filter repeated in one SUBSCRIBE
+  is looked up once).  Retained messages live in a tree of topic levels that a filter is
+  walked through, so a SUBSCRIBE costs the nodes its filters reach, not the number of
+  retained topics times the number of filters.  Two bounds, both mosquitto-like in that
+  the SUBACK still grants every subscription and only retained messages are left out
+  (counted; logged as drops are, at most every 10 s per client): a SUBSCRIBE sends at
+  most ``max_inflight + max_queued`` retained messages in all (QoS 0 ones included, as
+  mosquitto does), and none more once the client's queue (below) overflows; and its
+  filters' walks visit at most ``max_retained_visits`` (100,000) tree nodes in all,
+  10-30 ms of work, because a wildcard filter matching nothing may still look at every
+  child of wide levels (``+/+/+/x`` against 20,000 topics looks at 20,000, and 4,000
+  such filters held the loop and the lock for 2.4 s).  A walk that runs out sends what
+  it found, oldest first; the filters after it get no retained messages.
 - Flow control, per client (mosquitto's ``max_inflight_messages`` and
   ``max_queued_messages``): at most ``max_inflight`` (20; an MQTT 5.0 client's own
   Receive Maximum if lower) QoS 1 and 2 messages are sent and unacknowledged at a time;
@@ -950,6 +950,8 @@ class Broker(gevwire.Router):
             session.generation += 1  # the timers of its last connection are void
             session.pending_will = None  # resumed within the will delay: no will
             client = Client(conn, session, packet, keep_alive, window)
+            # Each alias holds a topic for the connection's life: ours are bounded too.
+            client.alias_max_out = min(client.alias_max_out, self.topic_alias_maximum)
             session.client = client
             conn.context = client
             self.connected += 1

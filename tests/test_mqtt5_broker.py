@@ -955,3 +955,18 @@ def test_a_session_resumed_by_takeover_within_the_will_delay_sends_no_will(
                   session_present=True):
             assert first.recv() == m.Disconnect(0x8E, {})
             assert watcher.nothing_more(0.5)
+
+
+def test_server_topic_aliases_are_bounded_by_the_brokers_maximum(paho: Any) -> None:
+    """A client may allow 65,535 aliases; the broker gives at most its own maximum (each
+    holds a topic for the connection's life)."""
+    base = unique()
+    sub = paho(properties=props(PacketTypes.CONNECT, TopicAliasMaximum=0xFFFF))
+    assert sub.subscribe(f"{base}/#", 0) == [0]
+    pub = paho()
+    for i in range(ALIASES + 2):
+        pub.publish(f"{base}/{i}", b"x", 1)
+    got = [sub.receive() for _ in range(ALIASES + 2)]
+    aliases = [getattr(g.properties, "TopicAlias", None) for g in got]
+    assert aliases == [*range(1, ALIASES + 1), None, None]
+    assert all(g.topic == f"{base}/{i}" for i, g in enumerate(got))
