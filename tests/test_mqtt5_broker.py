@@ -973,3 +973,17 @@ def test_server_topic_aliases_are_bounded_by_the_brokers_maximum(paho: Any) -> N
     aliases = [getattr(g.properties, "TopicAlias", None) for g in got]
     assert aliases == [*range(1, ALIASES + 1), None, None]
     assert all(g.topic == f"{base}/{i}" for i, g in enumerate(got))
+
+
+def test_a_packet_over_the_maximum_packet_size_gets_disconnect_0x95(port: int) -> None:
+    with raw5(port, connect5(f"big-{unique()}")) as client:
+        client.send_bytes(b"\x30\xff\xff\x7f")  # a PUBLISH announcing 2 MiB: refused at once
+        assert client.recv() == m.Disconnect(0x95, {})  # packet too large
+        assert client.wait_closed(WAIT)
+
+
+def test_a_publish_with_a_subscription_identifier_is_a_protocol_error(port: int) -> None:
+    with raw5(port, connect5(f"subid-{unique()}")) as client:
+        client.send(m.Publish("t", b"", properties={"subscription_identifier": (1,)}))
+        assert client.recv() == m.Disconnect(0x82, {})  # only a server sends one
+        assert client.wait_closed(WAIT)
