@@ -1,14 +1,15 @@
 """``examples/mqtt_broker.py`` serving MQTT 5.0 (and what 5.0 brought to every version:
 QoS 2 to subscribers, ``$SYS``, the 3.1 client-id rules), against clients nobody here
-wrote: paho-mqtt speaking ``MQTTv5`` and the mosquitto clients with ``-V mqttv5``, plus
-raw packets (``BlockingClient`` with ``mqtt(protocol_level=5)``) for what those
-clients never do.
+wrote: paho-mqtt speaking ``MQTTv5``, the mosquitto clients with ``-V mqttv5`` and
+MQTT.js (installed with npm), plus raw packets (``BlockingClient`` with
+``mqtt(protocol_level=5)``) for what those clients never do.
 
 The scenarios of Eclipse Paho's interoperability suite (``interoperability/
-client_test.py`` and ``client_test5.py`` in eclipse/paho.mqtt.testing; the suite is on
-no package registry, so it cannot be run here) are written as tests of our own, named
-``test_interop_*`` after the suite's, each run on MQTT 3.1.1 and 5.0 where the
-scenario exists in both.
+client_test.py`` and ``client_test5.py`` in eclipse/paho.mqtt.testing) are written as
+tests of our own, named ``test_interop_*`` after the suite's, each run on MQTT 3.1.1
+and 5.0 where the scenario exists in both; and the suite's MQTT 5.0 scenarios
+themselves, as paho-mqtt's source distribution on PyPI ships them, run against the
+broker (``test_paho_interoperability_suite_mqtt5``).
 
 The broker runs as a subprocess on a free loopback port, with two loops; every wait is
 bounded and the broker is always killed.
@@ -987,3 +988,63 @@ def test_a_publish_with_a_subscription_identifier_is_a_protocol_error(port: int)
         client.send(m.Publish("t", b"", properties={"subscription_identifier": (1,)}))
         assert client.recv() == m.Disconnect(0x82, {})  # only a server sends one
         assert client.wait_closed(WAIT)
+
+
+# -- MQTT.js (npm "mqtt"), MQTT 5.0 and 3.1.1 ------------------------------------------
+
+MQTTJS_VERSION = "5"
+
+
+def mqttjs_modules() -> Path:
+    """A ``node_modules`` folder with MQTT.js, installed with npm once (then kept in the
+    temp folder); skips where node or npm is missing or the install fails."""
+    from system_packages import require_program
+
+    require_program("node", package="nodejs")
+    npm = require_program("npm", package="npm")
+    folder = Path(tempfile.gettempdir()) / f"gevwire-tests-mqttjs-{MQTTJS_VERSION}"
+    modules = folder / "node_modules"
+    if (modules / "mqtt" / "package.json").exists():
+        return modules
+    with tempfile.TemporaryDirectory() as work:
+        try:
+            done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--silent",
+                                   "--prefix", work, f"mqtt@{MQTTJS_VERSION}"],
+                                  capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            pytest.skip("npm install mqtt timed out")
+        if done.returncode:
+            pytest.skip(f"npm install mqtt failed: {done.stderr.strip()[-300:]}")
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            (Path(work) / "node_modules").rename(modules)
+        except OSError:
+            pass  # another run put it there first
+    return modules
+
+
+@pytest.mark.timeout(400)
+def test_mqttjs_v5_and_v311_clients(port: int) -> None:
+    """MQTT.js: an MQTT 5.0 subscriber that lets the broker alias topics (MQTT.js
+    resolves them), an MQTT 5.0 publisher that aliases its own, and a 3.1.1 one."""
+    from system_packages import find_program
+
+    modules = mqttjs_modules()
+    node = find_program("node")
+    assert node is not None
+    base = unique()
+    done = subprocess.run([node, str(Path(__file__).with_name("mqttjs_client.js")),
+                           str(port), base], capture_output=True, text=True, timeout=60,
+                          env={**example_env(), "NODE_PATH": str(modules)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["connack"]["receiveMaximum"] == RECEIVE_MAX
+    assert result["connack"]["topicAliasMaximum"] == ALIASES
+    got = [(r["topic"], r["payload"], r["qos"], r["retain"], r["subscriptionIdentifier"])
+           for r in result["received"][:4]]
+    assert got == [(f"{base}/a", "one", 2, False, 5), (f"{base}/a", "two", 1, False, 5),
+                   (f"{base}/b", "retained", 1, True, 5),  # Retain As Published
+                   (f"{base}/c", "from 3.1.1", 1, False, 5)]
+    first = result["received"][0]
+    assert (first["userProperties"], first["contentType"]) == ({"k": "v"}, "text/plain")
+    assert 55 <= first["messageExpiryInterval"] <= 60
