@@ -18,9 +18,9 @@ What it does, by packet:
   QoS 2 message the client had PUBREC'd; CONNACK's session-present flag says so).
   CONNACK to an MQTT 5.0 client announces the broker's Receive Maximum
   (``receive_maximum``), Topic Alias Maximum (``topic_alias_maximum``), Maximum Packet
-  Size (the codec's) and no shared subscriptions, and a Server Keep Alive where the
-  client asked for more than ``max_keep_alive`` (or for none).  Enhanced authentication
-  (an Authentication Method) is refused: CONNACK 0x8C.
+  Size (the codec's), and a Server Keep Alive where the client asked for more than
+  ``max_keep_alive`` (or for none).  Enhanced authentication (an Authentication Method)
+  is refused: CONNACK 0x8C.
 - PUBLISH: fanned out to every matching subscription (``+`` / ``#`` wildcards; ``$``
   topics are not matched by a leading wildcard) once per client, at the lower of the
   message's QoS and the highest granted QoS; QoS 1 is acknowledged with PUBACK, QoS 2
@@ -78,7 +78,9 @@ What it does, by packet:
   client's filters, summed, are bounded too (``max_subscription_levels``, 20,000: a few
   MiB of tree): a filter past it gets 0x80 (MQTT 5.0: 0x97, quota exceeded).
 - SUBSCRIBE / UNSUBSCRIBE: an invalid topic filter gets return code 0x80 in the SUBACK
-  (MQTT 5.0: 0x8F; a shared subscription ``$share/...``: 0x9E, not supported).  MQTT 5.0
+  (MQTT 5.0: 0x8F).  Shared subscriptions (``$share/NAME/filter``, in every version):
+  each message goes to one session of the group, in turn, a connected one first; no
+  retained messages are sent for one, and No Local on one is a protocol error.  MQTT 5.0
   subscription options: No Local (a client's own messages are not sent back to it),
   Retain As Published (the RETAIN flag is kept on forwarded messages) and Retain
   Handling (0: retained messages at every SUBSCRIBE, 1: only for a new subscription, 2:
@@ -333,13 +335,55 @@ class Client:
 
 
 class _Node:
-    # Both dicts are made on first use: a level that only leads on (most of them) costs
+    # The dicts are made on first use: a level that only leads on (most of them) costs
     # its object and its parent's entry.
-    __slots__ = ("children", "subscribers")
+    __slots__ = ("children", "shared", "subscribers")
 
     def __init__(self) -> None:
         self.children: dict[str, _Node] | None = None
         self.subscribers: dict[Session, int] | None = None
+        self.shared: dict[str, SharedGroup] | None = None  # by share name
+
+
+class SharedGroup:
+    """The sessions of one shared subscription (``$share/NAME/filter``): each message
+    goes to one of them, in turn, a connected one first."""
+
+    __slots__ = ("members", "turn")
+
+    def __init__(self) -> None:
+        self.members: dict[Session, int] = {}  # session -> options
+        self.turn = 0
+
+    def choose(self) -> tuple[Session, int]:
+        members = list(self.members.items())
+        count = len(members)
+        start = self.turn % count
+        self.turn = start + 1
+        for k in range(count):
+            session, options = members[(start + k) % count]
+            if session.client is not None:
+                self.turn = start + k + 1
+                return session, options
+        return members[start]  # nobody connected: queued for the one in turn
+
+
+def split_shared(topic_filter: str) -> tuple[str | None, str]:
+    """``("NAME", "filter")`` for a shared subscription ``$share/NAME/filter``, else
+    ``(None, topic_filter)``."""
+    if not topic_filter.startswith("$share/"):
+        return None, topic_filter
+    name, _, real = topic_filter[len("$share/"):].partition("/")
+    return name, real
+
+
+def valid_subscription(topic_filter: str) -> bool:
+    """A valid topic filter, or a shared subscription: a share name of at least one
+    character without ``/``, ``+`` or ``#``, then a valid filter (MQTT 5.0, 4.8.2)."""
+    name, real = split_shared(topic_filter)
+    if name is not None and (not name or "+" in name or "#" in name):
+        return False
+    return valid_topic_filter(real)
 
 
 def _path(node: Any, topic: str, make: Any) -> Any:
@@ -390,22 +434,40 @@ class TopicTree:
         self.root = _Node()
 
     def add(self, topic_filter: str, session: Session, options: int) -> None:
+        share, topic_filter = split_shared(topic_filter)
         node = _path(self.root, topic_filter, _Node)
+        if share is not None:
+            if node.shared is None:
+                node.shared = {}
+            group = node.shared.get(share)
+            if group is None:
+                group = node.shared[share] = SharedGroup()
+            group.members[session] = options
+            return
         if node.subscribers is None:
             node.subscribers = {}
         node.subscribers[session] = options
 
     def remove(self, topic_filter: str, session: Session) -> None:
+        share, topic_filter = split_shared(topic_filter)
         levels = topic_filter.split("/")
         path = _find_path(self.root, levels)
         if path is None:
             return
         leaf = path[-1]
-        if leaf.subscribers is not None:
+        if share is not None:
+            group = leaf.shared.get(share) if leaf.shared is not None else None
+            if group is not None:
+                group.members.pop(session, None)
+                if not group.members:
+                    del leaf.shared[share]
+                    if not leaf.shared:
+                        leaf.shared = None
+        elif leaf.subscribers is not None:
             leaf.subscribers.pop(session, None)
             if not leaf.subscribers:
                 leaf.subscribers = None
-        _prune(levels, path, lambda node: bool(node.subscribers))
+        _prune(levels, path, lambda node: bool(node.subscribers) or bool(node.shared))
 
     def match(self, topic: str, publisher: Session | None = None) -> dict[Session, int]:
         """Each subscribed session whose filters match ``topic``, with the options of
@@ -415,8 +477,11 @@ class TopicTree:
         levels = topic.split("/")
         depth = len(levels)
         found: dict[Session, int] = {}
+        groups: list[SharedGroup] = []
 
         def take(node: _Node) -> None:
+            if node.shared is not None:
+                groups.extend(node.shared.values())
             if node.subscribers is None:
                 return
             for session, options in node.subscribers.items():
@@ -452,6 +517,10 @@ class TopicTree:
             exact = children.get(levels[i])
             if exact is not None:
                 stack.append((exact, i + 1))
+        for group in groups:  # one member each (its copy merged with the member's own)
+            session, options = group.choose()
+            old = found.get(session)
+            found[session] = options if old is None else _merge(old, options)
         return found
 
 
@@ -919,7 +988,6 @@ class Broker(gevwire.Router):
                 "receive_maximum": self.receive_maximum,
                 "topic_alias_maximum": self.topic_alias_maximum,
                 "maximum_packet_size": self.codec.max_packet_size,
-                "shared_subscription_available": 0,
             }
             if assigned:
                 connack_props["assigned_client_identifier"] = client_id
@@ -1115,17 +1183,19 @@ class Broker(gevwire.Router):
                 if v5:
                     handling = (requested >> RETAIN_HANDLING_SHIFT) & 3
                     options = qos | (requested & (NO_LOCAL | RETAIN_AS_PUBLISHED)) | extra
-                    if topic_filter.startswith("$share/"):
-                        add_code(0x9E)  # shared subscriptions not supported
-                        continue
                 else:
                     options = qos
+                shared = topic_filter.startswith("$share/")
+                if shared and options & NO_LOCAL:
+                    # A protocol error (MQTT 5.0, 3.8.3.1): the rest is not served.
+                    self._disconnect(client, 0x82, "No Local on a shared subscription")
+                    return
                 old = get(topic_filter)
                 if old != options:
                     if old is None:
-                        levels = topic_levels(topic_filter)
+                        levels = topic_levels(split_shared(topic_filter)[1])
                         if levels > self.max_topic_levels or \
-                                not valid_topic_filter(topic_filter):
+                                not valid_subscription(topic_filter):
                             add_code(0x8F if v5 else SUBACK_FAILURE)
                             continue
                         if session.levels + levels > self.max_subscription_levels:
@@ -1136,7 +1206,8 @@ class Broker(gevwire.Router):
                     subscriptions[topic_filter] = options
                     self.tree.add(topic_filter, session, options)
                 add_code(qos)
-                if handling == 0 or (handling == 1 and old is None):
+                # No retained messages for a shared subscription (MQTT 5.0, 4.8.2).
+                if not shared and (handling == 0 or (handling == 1 and old is None)):
                     add_granted((topic_filter, options))
             conn.send(SubAck(packet.packet_id, tuple(codes), {} if v5 else None))
             if granted and self.retained.count:
@@ -1199,7 +1270,7 @@ class Broker(gevwire.Router):
         with self.lock:
             for topic_filter in packet.topics:
                 if session.subscriptions.pop(topic_filter, None) is not None:
-                    session.levels -= topic_levels(topic_filter)
+                    session.levels -= topic_levels(split_shared(topic_filter)[1])
                     self.subscription_count -= 1
                     self.tree.remove(topic_filter, session)
                     codes.append(0)

@@ -644,11 +644,47 @@ def test_interop_will_delay(paho: Any, port: int) -> None:
     assert watcher.nothing_more(1.0)
 
 
-def test_interop_shared_subscriptions_are_refused(paho: Any) -> None:
-    """Shared subscriptions are not implemented: CONNACK says so, SUBACK 0x9E."""
-    client = paho()
-    assert client.connack[2].SharedSubscriptionAvailable == 0
-    assert client.subscribe(f"$share/g/{unique()}", 1) == [0x9E]
+@VERSIONS
+def test_interop_shared_subscriptions(paho: Any, v5: bool) -> None:
+    """Each message of a shared subscription goes to one member of the group, in
+    turn; a plain subscription beside it still gets every one."""
+    base = unique()
+    a, b, plain, pub = paho(v5=v5), paho(v5=v5), paho(v5=v5), paho(v5=v5)
+    if v5:
+        assert not hasattr(a.connack[2], "SharedSubscriptionAvailable")  # 1: available
+    for member in (a, b):
+        assert member.subscribe(f"$share/group/{base}/+", 1) == [1]
+    assert plain.subscribe(f"{base}/#", 1) == [1]
+    for i in range(6):
+        pub.publish(f"{base}/x", b"%d" % i, 1)
+    assert sorted(plain.receive().payload for _ in range(6)) == [b"%d" % i for i in range(6)]
+    got_a = [a.receive().payload for _ in range(3)]
+    got_b = [b.receive().payload for _ in range(3)]
+    assert sorted(got_a + got_b) == [b"%d" % i for i in range(6)]  # each once, shared
+    assert a.nothing_more() and b.nothing_more()
+    assert a.unsubscribe(f"$share/group/{base}/+") == ([0] if v5 else [])
+    pub.publish(f"{base}/y", b"b only", 1)
+    assert b.receive().payload == b"b only"
+
+
+def test_shared_subscriptions_are_checked(port: int) -> None:
+    with raw5(port, connect5(f"share-{unique()}")) as client:
+        bad = ("$share/g", "$share//t", "$share/g+/t", "$share/g/a/#/b")
+        assert client.request(m.Subscribe(1, tuple((f, 1) for f in bad), {})) == \
+            m.SubAck(1, (0x8F,) * len(bad), {})
+        client.send(m.Subscribe(2, (("$share/g/t", 1 | m.NO_LOCAL),), {}))
+        assert client.recv() == m.Disconnect(0x82, {})  # No Local on a shared one
+        assert client.wait_closed(WAIT)
+
+
+def test_shared_subscriptions_get_no_retained_messages(paho: Any) -> None:
+    topic = f"{unique()}/kept"
+    pub = paho()
+    pub.publish(topic, b"retained", 1, retain=True)
+    member = paho()
+    assert member.subscribe(f"$share/g/{topic}", 1) == [1]
+    assert member.nothing_more()
+    pub.publish(topic, b"", 1, retain=True)
 
 
 # -- what the spec requires of CONNECT -------------------------------------------------
@@ -811,8 +847,6 @@ def test_publishing_to_a_dollar_topic_is_refused_with_0x90(port: int) -> None:
 
 #: Scenarios of the suite the broker does not pass, and why.
 PAHO_INTEROP_EXPECTED_FAILURES = {
-    # Shared subscriptions ($share/...) are not implemented: SUBACK 0x9E.
-    "test_shared_subscriptions",
     # Subscribes to "test/nosubscribe", a filter Paho's own test broker is configured
     # to refuse; no spec rule refuses it.
     "test_subscribe_failure",
