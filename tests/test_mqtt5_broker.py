@@ -533,7 +533,6 @@ def test_interop_client_topic_alias(paho: Any, port: int) -> None:
     with raw5(port, connect5(f"aliaser-{unique()}"),
               properties={"receive_maximum": RECEIVE_MAX, "topic_alias_maximum": ALIASES,
                           "maximum_packet_size": 256 << 10,
-                          "shared_subscription_available": 0,
                           "server_keep_alive": MAX_KEEP_ALIVE}) as client:
         client.send(m.Publish(topic, b"set", 1, packet_id=1, properties={"topic_alias": 1}))
         client.send(m.Publish("", b"used", 1, packet_id=2, properties={"topic_alias": 1}))
