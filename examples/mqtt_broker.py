@@ -1,61 +1,106 @@
-"""An MQTT 3.1.1 broker on gevwire: ``gevwire.codecs.mqtt`` and a ``Router(key="type")``.
+"""An MQTT broker on gevwire (3.1, 3.1.1 and 5.0 on one port): ``gevwire.codecs.mqtt``
+and a ``Router(key="type")``.
 
 What it does, by packet:
 
-- CONNECT: protocol ``MQTT`` level 4 (and MQTT 3.1's ``MQIsdp`` level 3); another level
-  gets CONNACK 1, an empty client id without clean session CONNACK 2 (an empty one with
-  clean session gets a generated id); a second connection with the same client id
-  takes over (the first is closed).  ``clean_session=0`` keeps the session's
-  subscriptions and unacknowledged QoS 1 messages (queued while the client is away,
-  sent on reconnect, with DUP if sent before; CONNACK's session-present flag says
-  so).
+- CONNECT: protocol ``MQTT`` level 4 (3.1.1) or 5 (5.0), and MQTT 3.1's ``MQIsdp`` level
+  3; another level gets CONNACK 0x01 (the 3.1.1 form; MQTT 3.1.1 requires it) and the
+  connection is closed.  Client ids: MQTT 3.1 wants 1-23 characters (else CONNACK 2); in
+  3.1.1 an empty one without clean session gets CONNACK 2, with clean session a
+  generated id; an MQTT 5.0 client with an empty id gets one generated and told in
+  CONNACK's Assigned Client Identifier.  A second connection with the same client id
+  takes over (the first is closed; an MQTT 5.0 one is told DISCONNECT 0x8E). Sessions:
+  3.1.1's ``clean_session=0`` keeps the session for ever; MQTT 5.0's Session Expiry
+  Interval keeps it that many seconds after its connection ends (0: not at all;
+  0xFFFFFFFF: for ever; a DISCONNECT may change it), Clean Start drops an old one. A
+  session keeps its subscriptions and unacknowledged QoS 1 and 2 messages (queued while
+  the client is away, sent on reconnect, with DUP if sent before, and PUBREL again for a
+  QoS 2 message the client had PUBREC'd; CONNACK's session-present flag says so).
+  CONNACK to an MQTT 5.0 client announces the broker's Receive Maximum
+  (``receive_maximum``), Topic Alias Maximum (``topic_alias_maximum``), Maximum Packet
+  Size (the codec's), and a Server Keep Alive where the client asked for more than
+  ``max_keep_alive`` (or for none).  Enhanced authentication (an Authentication Method)
+  is refused: CONNACK 0x8C.
 - PUBLISH: fanned out to every matching subscription (``+`` / ``#`` wildcards; ``$``
   topics are not matched by a leading wildcard) once per client, at the lower of the
   message's QoS and the highest granted QoS; QoS 1 is acknowledged with PUBACK, QoS 2
   with PUBREC / PUBCOMP (delivered once, on the first PUBLISH of its packet id).
-  Subscriptions are granted at most QoS 1.  RETAIN stores the message for its topic
-  (an empty payload deletes it); retained messages are sent, with RETAIN set and at the
-  lower of their QoS and the granted one, to each new subscription right after its
-  SUBACK: for each filter of the SUBSCRIBE in turn, every retained message it matches,
-  oldest topic first (a message matched by two filters of it is sent twice, once per
-  subscription; a filter repeated in one SUBSCRIBE is looked up once).  Retained
-  messages live in a tree of topic levels that a filter is walked through, so a
-  SUBSCRIBE costs the nodes its filters reach, not the number of retained topics times
-  the number of filters.  Two bounds, both mosquitto-like in that the SUBACK still
-  grants every subscription and only retained messages are left out (counted; logged
-  as drops are, at most every 10 s per client): a SUBSCRIBE sends at most
-  ``max_inflight + max_queued`` retained messages in all (QoS 0 ones included, as
+  Subscriptions are granted the QoS asked for, QoS 2 included: QoS 2 messages go to
+  subscribers with PUBLISH / PUBREC / PUBREL / PUBCOMP, exactly once, across reconnects
+  of a persistent session too.  Clients may not publish to ``$`` topics (``$SYS/...``):
+  such a message is dropped (acknowledged all the same in 3.1.1; with reason 0x90 in
+  MQTT 5.0).  MQTT 5.0 messages keep their properties (user properties, content type,
+  response topic, correlation data, payload format) on the way to MQTT 5.0 subscribers;
+  a Message Expiry Interval is honoured (a message whose interval has passed is not
+  delivered; the interval left is forwarded), and a subscriber's Subscription
+  Identifiers are added.  PUBACK says 0x10 where nobody subscribed.  Topic aliases both
+  ways: a client may set aliases up to the broker's Topic Alias Maximum (beyond it:
+  DISCONNECT 0x94; an unknown alias: DISCONNECT 0x82), and the broker gives topics it
+  sends an MQTT 5.0 client aliases, first come first served, up to the lower of the
+  client's maximum and its own.  A client's Receive Maximum caps its window (below);
+  more QoS 2 messages of a client awaiting PUBREL than the broker's Receive Maximum:
+  DISCONNECT 0x93.  A message larger than a client's Maximum Packet Size is not sent to
+  it. RETAIN stores the message for its topic (an empty payload deletes it); retained
+  messages are sent, with RETAIN set and at the lower of their QoS and the granted one,
+  to each new subscription right after its SUBACK: for each filter of the SUBSCRIBE in
+  turn, every retained message it matches, oldest topic first (a message matched by two
+  filters of it is sent twice, once per subscription; a filter repeated in one SUBSCRIBE
+  is looked up once).  Retained messages live in a tree of topic levels that a filter is
+  walked through, so a SUBSCRIBE costs the nodes its filters reach, not the number of
+  retained topics times the number of filters.  Two bounds, both mosquitto-like in that
+  the SUBACK still grants every subscription and only retained messages are left out
+  (counted; logged as drops are, at most every 10 s per client): a SUBSCRIBE sends at
+  most ``max_inflight + max_queued`` retained messages in all (QoS 0 ones included, as
   mosquitto does), and none more once the client's queue (below) overflows; and its
   filters' walks visit at most ``max_retained_visits`` (100,000) tree nodes in all,
-  10-30 ms of work, because a wildcard filter matching nothing may still look at
-  every child of wide levels (``+/+/+/x`` against 20,000 topics looks at 20,000, and
-  4,000 such filters held the loop and the lock for 2.4 s).  A walk that runs out
-  sends what it found, oldest first; the filters after it get no retained messages.
+  10-30 ms of work, because a wildcard filter matching nothing may still look at every
+  child of wide levels (``+/+/+/x`` against 20,000 topics looks at 20,000, and 4,000
+  such filters held the loop and the lock for 2.4 s).  A walk that runs out sends what
+  it found, oldest first; the filters after it get no retained messages.
 - Flow control, per client (mosquitto's ``max_inflight_messages`` and
-  ``max_queued_messages``): at most ``max_inflight`` (20) QoS 1 messages are sent and
-  unacknowledged at a time; the next ones wait in the client's queue, in order, and
-  go out as PUBACKs free the window; the queue holds at most ``max_queued`` (1000)
-  messages, and newer ones are dropped (counted; logged once, then at most every 10 s
-  per client).  The same queue and bound hold a persistent session's messages while
-  its client is away.  QoS 0 messages to a connected client are sent at once, never
-  queued (so they may overtake queued QoS 1 ones: the spec orders messages of one
-  topic *and QoS* only), and are bounded by the server's write buffer cap, which
-  closes a client that does not read; QoS 0 messages for an absent client are dropped.
+  ``max_queued_messages``): at most ``max_inflight`` (20; an MQTT 5.0 client's own
+  Receive Maximum if lower) QoS 1 and 2 messages are sent and unacknowledged at a time;
+  the next ones wait in the client's queue, in order, and go out as PUBACKs / PUBCOMPs
+  free the window; the queue holds at most ``max_queued`` (1000) messages, and newer
+  ones are dropped (counted; logged once, then at most every 10 s per client).  The same
+  queue and bound hold a persistent session's messages while its client is away.  QoS 0
+  messages to a connected client are sent at once, never queued (so they may overtake
+  queued QoS 1 ones: the spec orders messages of one topic *and QoS* only), and are
+  bounded by the server's write buffer cap, which closes a client that does not read;
+  QoS 0 messages for an absent client are dropped.
 - Topic depth: a topic filter or topic name of more than ``max_topic_levels`` levels
   (200; mosquitto's ``TOPIC_HIERARCHY_LIMIT`` counts 200 separators, so 201 levels) is
-  refused, because every level costs a tree node: such a filter gets return code 0x80
-  in the SUBACK (the rest of the SUBSCRIBE is served); such a PUBLISH (or a will with
-  such a topic, at CONNECT) closes the connection, as MQTT 3.1.1 has no way to refuse
-  one.  Length needs no limit of its own: a topic is at most 65535 bytes (and
-  ``max_packet_size``).  The levels of one client's filters, summed, are bounded too
-  (``max_subscription_levels``, 20,000: a few MiB of tree): a filter past it gets 0x80.
-- SUBSCRIBE / UNSUBSCRIBE: an invalid topic filter gets return code 0x80 in the SUBACK.
-- PINGREQ → PINGRESP; DISCONNECT closes and drops the will; a connection that ends
-  any other way publishes its will.
-- Keep-alive: a client silent for 1.5x its keep-alive is closed.  One loop timer per
-  connection, re-armed only when it fires (packets just stamp the time).
+  refused, because every level costs a tree node: such a filter gets return code 0x80 in
+  the SUBACK (MQTT 5.0: 0x8F; the rest of the SUBSCRIBE is served); such a PUBLISH (or a
+  will with such a topic, at CONNECT) closes the connection, as MQTT 3.1.1 has no way to
+  refuse one (MQTT 5.0: PUBACK / PUBREC 0x90, CONNACK 0x90).  Length needs no limit of
+  its own: a topic is at most 65535 bytes (and ``max_packet_size``).  The levels of one
+  client's filters, summed, are bounded too (``max_subscription_levels``, 20,000: a few
+  MiB of tree): a filter past it gets 0x80 (MQTT 5.0: 0x97, quota exceeded).
+- SUBSCRIBE / UNSUBSCRIBE: an invalid topic filter gets return code 0x80 in the SUBACK
+  (MQTT 5.0: 0x8F).  Shared subscriptions (``$share/NAME/filter``, in every version):
+  each message goes to one session of the group, in turn, a connected one first; no
+  retained messages are sent for one, and No Local on one is a protocol error.  MQTT 5.0
+  subscription options: No Local (a client's own messages are not sent back to it),
+  Retain As Published (the RETAIN flag is kept on forwarded messages) and Retain
+  Handling (0: retained messages at every SUBSCRIBE, 1: only for a new subscription, 2:
+  never); one Subscription Identifier per SUBSCRIBE.  UNSUBACK says 0x11 for a filter
+  that was not subscribed.
+- PINGREQ → PINGRESP; DISCONNECT closes and drops the will (MQTT 5.0 reason 0x04 keeps
+  it); a connection that ends any other way publishes its will, after its Will Delay
+  Interval (MQTT 5.0) unless the session is resumed first, and at the latest when the
+  session ends.
+- Keep-alive: a client silent for 1.5x its keep-alive is closed (MQTT 5.0: DISCONNECT
+  0x8D first).  One loop timer per connection, re-armed only when it fires (packets just
+  stamp the time).
 - A packet before CONNECT, a second CONNECT, a packet only a server sends, or a
-  malformed packet closes the connection, as the spec asks.
+  malformed packet closes the connection, as the spec asks; an MQTT 5.0 client is told
+  why first (DISCONNECT 0x81 malformed, 0x82 protocol error, 0x95 packet too large).
+- ``$SYS/broker/...``: every ``sys_interval`` seconds (10; 0: never) the broker
+  publishes, retained, ``clients/connected``, ``clients/total`` (sessions),
+  ``messages/received`` and ``messages/sent`` (PUBLISH packets), ``messages/dropped``,
+  ``messages/expired``, ``retained messages/count``, ``subscriptions/count``, ``uptime``
+  ("N seconds") and ``version``.
 
 With ``--loops N`` connections live on N loops (threads): the subscription tree, the
 retained messages and the sessions are shared under one lock, and messages reach
@@ -64,8 +109,9 @@ subscribers on other loops through ``conn.send``, which is thread-safe.
     python examples/mqtt_broker.py --port 1883          # --port 0 picks a free port
     python examples/mqtt_broker.py --max-inflight 20 --max-queued 1000 --max-topic-levels 200
     python examples/mqtt_broker.py --max-subscription-levels 20000 --max-retained-visits 100000
+    python examples/mqtt_broker.py --receive-maximum 100 --topic-alias-maximum 10 --sys-interval 10
     mosquitto_sub -p 1883 -t 'sensors/#' -v &
-    mosquitto_pub -p 1883 -t sensors/kitchen -m 21.5
+    mosquitto_pub -p 1883 -t sensors/kitchen -m 21.5 -V mqttv5 -D publish user-property k v
 
 Prints ``listening on HOST:PORT`` once it accepts connections; stops cleanly on
 SIGTERM / SIGINT (exit status 0).
@@ -76,6 +122,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import math
 import operator
 import signal
 import threading
@@ -87,29 +134,37 @@ from typing import Any
 
 import gevwire
 from gevwire.codecs.mqtt import (
+    NO_LOCAL,
+    RETAIN_AS_PUBLISHED,
+    RETAIN_HANDLING_SHIFT,
     SUBACK_FAILURE,
     ConnAck,
     Connect,
+    Disconnect,
+    EncodedProperties,
     MqttCodec,
     PingResp,
     PubAck,
     PubComp,
     Publish,
     PubRec,
+    PubRel,
     SubAck,
     UnsubAck,
     Will,
+    encode_properties,
     valid_topic_filter,
 )
+from gevwire.errors import FrameError, FrameTooLarge
 
 log = logging.getLogger("mqtt_broker")
 
 #: Highest QoS granted to a subscription.
-MAX_QOS = 1
-#: QoS 1 messages sent to a client and not yet acknowledged, at most (its window).
+MAX_QOS = 2
+#: QoS 1 and 2 messages sent to a client and not yet acknowledged, at most (its window).
 MAX_INFLIGHT = 20
-#: QoS 1 messages waiting for a client's window (or for an absent client), at most;
-#: beyond it new ones are dropped.
+#: QoS 1 and 2 messages waiting for a client's window (or for an absent client), at
+#: most; beyond it new ones are dropped.
 MAX_QUEUED = 1000
 #: Levels of a topic name or filter, at most (``a/b/c`` has 3).
 MAX_TOPIC_LEVELS = 200
@@ -122,45 +177,94 @@ MAX_SUBSCRIPTION_LEVELS = 20_000
 #: where nodes are scattered in memory and each is taken, not just looked at); a
 #: "#" walk of 20,000 topics takes 40,403, "+/+/+/x" over them 20,403.
 MAX_RETAINED_VISITS = 100_000
+#: The broker's Receive Maximum (MQTT 5.0): QoS 2 messages of one client that may await
+#: their PUBREL at a time (each holds a packet id in the session).
+RECEIVE_MAXIMUM = 100
+#: The broker's Topic Alias Maximum (MQTT 5.0): aliases one client may set (mosquitto's
+#: default); each holds a topic name for the connection's life.
+TOPIC_ALIAS_MAXIMUM = 10
+#: Longest keep-alive granted to an MQTT 5.0 client (65535: whatever it asks).
+MAX_KEEP_ALIVE = 65535
+#: Seconds between two publications of the ``$SYS/broker/`` tree.
+SYS_INTERVAL = 10.0
 #: A client whose messages are dropped is logged at most once per this many seconds.
 DROP_LOG_INTERVAL = 10.0
 #: A connection that sends no CONNECT within this many seconds is closed.
 CONNECT_TIMEOUT = 10.0
-PROTOCOLS = {("MQTT", 4), ("MQIsdp", 3)}
+PROTOCOLS = {("MQTT", 4), ("MQIsdp", 3), ("MQTT", 5)}
+#: A Session Expiry Interval that never ends (and 3.1.1's ``clean_session=0``).
+NEVER = 0xFFFF_FFFF
+#: The MQTT 5.0 properties of a PUBLISH that travel with it to subscribers (its Message
+#: Expiry Interval travels too, as what is left of it).
+FORWARDED = frozenset({"payload_format_indicator", "content_type", "response_topic",
+                       "correlation_data", "user_property"})
+#: Subscription options beside the QoS that a subscription keeps.  A subscription's
+#: ``options`` int is the Subscription Options byte, with the Subscription Identifier
+#: (MQTT 5.0) from bit 8 up; merged for a message that several of a client's
+#: subscriptions match, identifiers take 28 bits each.
+_SUB_ID_SHIFT = 8
+_ID_BITS = 28
+_ID_MASK = (1 << _ID_BITS) - 1
+VERSION = "gevwire mqtt_broker example (MQTT 3.1, 3.1.1, 5.0)"
+
+
+def subscription_ids(options: int) -> tuple[int, ...]:
+    """The Subscription Identifiers held in a (merged) subscription ``options`` int."""
+    ids = options >> _SUB_ID_SHIFT
+    out = []
+    while ids:
+        out.append(ids & _ID_MASK)
+        ids >>= _ID_BITS
+    return tuple(sorted(set(out)))
+
+
+def _merge(a: int, b: int) -> int:
+    """The options of one delivery for two subscriptions of a client that both match:
+    the higher QoS, Retain As Published if either has it, both identifiers."""
+    qos = max(a & 3, b & 3)
+    flags = (a | b) & RETAIN_AS_PUBLISHED
+    ids_a, ids_b = a >> _SUB_ID_SHIFT, b >> _SUB_ID_SHIFT
+    ids: int = ids_a if not ids_b else ids_b if not ids_a else (ids_a << _ID_BITS) | ids_b
+    return qos | flags | (ids << _SUB_ID_SHIFT)
 
 
 class Session:
     """What the broker keeps for a client id: subscriptions and unacknowledged messages.
 
-    Outlives its connection when the client asked for ``clean_session=0``.
+    Outlives its connection for ``expiry`` seconds (0: not at all; :data:`NEVER`).
     """
 
     __slots__ = (
-        "clean",
         "client",
         "client_id",
         "drop_logged",
         "dropped",
+        "expiry",
+        "generation",
         "inflight",
         "levels",
         "packet_ids",
+        "pending_will",
         "qos2_received",
         "queue",
         "subscriptions",
     )
 
-    def __init__(self, client_id: str, clean: bool) -> None:
+    def __init__(self, client_id: str, expiry: int) -> None:
         self.client_id = client_id
-        self.clean = clean
+        self.expiry = expiry
         self.client: Client | None = None  # the connection attached now, if any
-        self.subscriptions: dict[str, int] = {}  # topic filter -> granted QoS
-        self.inflight: dict[int, Publish] = {}  # QoS 1 sent, not yet acked (the window)
-        self.queue: deque[Publish] = deque()  # QoS 1 waiting for the window, no id yet
+        # topic filter -> options (QoS in bits 0-1, MQTT 5.0 options, identifier)
+        self.subscriptions: dict[str, int] = {}
+        self.inflight: dict[int, Outgoing] = {}  # QoS 1 and 2 sent, not yet done
+        self.queue: deque[Outgoing] = deque()  # waiting for the window, no id yet
         self.qos2_received: set[int] = set()  # QoS 2 packet ids awaiting PUBREL
         self.packet_ids = itertools.count()
-        self.dropped = 0  # QoS 1 messages dropped for want of room
+        self.dropped = 0  # messages dropped for want of room
         self.drop_logged = -DROP_LOG_INTERVAL  # monotonic time of the last drop warning
         self.levels = 0  # topic levels of its subscriptions, summed (tree nodes it may hold)
+        self.generation = 0  # one more per connection attached: what timers check
+        self.pending_will: Will | None = None  # waiting for its Will Delay Interval
 
     def next_packet_id(self) -> int:
         """1..65535, cycling, skipping ids still in flight."""
@@ -171,29 +275,115 @@ class Session:
         raise RuntimeError("no free packet identifier")
 
 
+class Outgoing:
+    """A message on its way to one session: queued, or in flight with its packet id.
+    ``released``: a QoS 2 message the client PUBREC'd (PUBREL sent, PUBCOMP awaited)."""
+
+    __slots__ = ("dup", "expires", "options", "packet_id", "payload", "properties", "qos",
+                 "released", "retain", "topic")
+
+    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool,
+                 properties: EncodedProperties | None, expires: float | None,
+                 options: int) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.properties = properties  # what travels to MQTT 5.0 subscribers
+        self.expires = expires  # monotonic end of its Message Expiry Interval
+        self.options = options  # the matching subscriptions' (identifiers)
+        self.packet_id: int | None = None
+        self.dup = False
+        self.released = False
+
+
 class Client:
     """One connection's state (``conn.context``) once it has sent CONNECT."""
 
-    __slots__ = ("conn", "disconnected", "keep_alive", "last_seen", "session", "timer", "will")
+    __slots__ = (
+        "alias_max_out",
+        "aliases_in",
+        "aliases_out",
+        "conn",
+        "disconnected",
+        "keep_alive",
+        "last_seen",
+        "max_packet",
+        "session",
+        "timer",
+        "v5",
+        "will",
+        "window",
+    )
 
-    def __init__(self, conn: gevwire.Connection, session: Session, packet: Connect) -> None:
+    def __init__(self, conn: gevwire.Connection, session: Session, packet: Connect,
+                 keep_alive: int, window: int) -> None:
         self.conn = conn
         self.session = session
         self.will: Will | None = packet.will
-        self.keep_alive = packet.keep_alive
+        self.keep_alive = keep_alive
         self.last_seen = time.monotonic()
         self.disconnected = False  # sent DISCONNECT: the will is dropped
         self.timer: Any = None
+        self.v5 = packet.protocol_level == 5
+        self.window = window  # QoS 1 and 2 messages in flight to it, at most
+        props = packet.properties or {}
+        self.max_packet: int | None = props.get("maximum_packet_size")
+        self.alias_max_out: int = props.get("topic_alias_maximum", 0)
+        self.aliases_in: dict[int, str] = {}  # the client's topic aliases
+        self.aliases_out: dict[str, int] = {}  # ours, for topics sent to it
 
 
 class _Node:
-    # Both dicts are made on first use: a level that only leads on (most of them) costs
+    # The dicts are made on first use: a level that only leads on (most of them) costs
     # its object and its parent's entry.
-    __slots__ = ("children", "subscribers")
+    __slots__ = ("children", "shared", "subscribers")
 
     def __init__(self) -> None:
         self.children: dict[str, _Node] | None = None
         self.subscribers: dict[Session, int] | None = None
+        self.shared: dict[str, SharedGroup] | None = None  # by share name
+
+
+class SharedGroup:
+    """The sessions of one shared subscription (``$share/NAME/filter``): each message
+    goes to one of them, in turn, a connected one first."""
+
+    __slots__ = ("members", "turn")
+
+    def __init__(self) -> None:
+        self.members: dict[Session, int] = {}  # session -> options
+        self.turn = 0
+
+    def choose(self) -> tuple[Session, int]:
+        members = list(self.members.items())
+        count = len(members)
+        start = self.turn % count
+        self.turn = start + 1
+        for k in range(count):
+            session, options = members[(start + k) % count]
+            if session.client is not None:
+                self.turn = start + k + 1
+                return session, options
+        return members[start]  # nobody connected: queued for the one in turn
+
+
+def split_shared(topic_filter: str) -> tuple[str | None, str]:
+    """``("NAME", "filter")`` for a shared subscription ``$share/NAME/filter``, else
+    ``(None, topic_filter)``."""
+    if not topic_filter.startswith("$share/"):
+        return None, topic_filter
+    name, _, real = topic_filter[len("$share/"):].partition("/")
+    return name, real
+
+
+def valid_subscription(topic_filter: str) -> bool:
+    """A valid topic filter, or a shared subscription: a share name of at least one
+    character without ``/``, ``+`` or ``#``, then a valid filter (MQTT 5.0, 4.8.2)."""
+    name, real = split_shared(topic_filter)
+    if name is not None and (not name or "+" in name or "#" in name):
+        return False
+    return valid_topic_filter(real)
 
 
 def _path(node: Any, topic: str, make: Any) -> Any:
@@ -234,6 +424,8 @@ def _prune(levels: list[str], path: list[Any], holds: Any) -> None:
             parent.children = None
 
 
+
+
 class TopicTree:
     """Subscriptions by topic level: matching costs the topic's depth, not the number
     of subscriptions."""
@@ -241,36 +433,65 @@ class TopicTree:
     def __init__(self) -> None:
         self.root = _Node()
 
-    def add(self, topic_filter: str, session: Session, qos: int) -> None:
+    def add(self, topic_filter: str, session: Session, options: int) -> None:
+        share, topic_filter = split_shared(topic_filter)
         node = _path(self.root, topic_filter, _Node)
+        if share is not None:
+            if node.shared is None:
+                node.shared = {}
+            group = node.shared.get(share)
+            if group is None:
+                group = node.shared[share] = SharedGroup()
+            group.members[session] = options
+            return
         if node.subscribers is None:
             node.subscribers = {}
-        node.subscribers[session] = qos
+        node.subscribers[session] = options
 
     def remove(self, topic_filter: str, session: Session) -> None:
+        share, topic_filter = split_shared(topic_filter)
         levels = topic_filter.split("/")
         path = _find_path(self.root, levels)
         if path is None:
             return
         leaf = path[-1]
-        if leaf.subscribers is not None:
+        if share is not None:
+            group = leaf.shared.get(share) if leaf.shared is not None else None
+            if group is not None:
+                group.members.pop(session, None)
+                if not group.members:
+                    del leaf.shared[share]
+                    if not leaf.shared:
+                        leaf.shared = None
+        elif leaf.subscribers is not None:
             leaf.subscribers.pop(session, None)
             if not leaf.subscribers:
                 leaf.subscribers = None
-        _prune(levels, path, lambda node: bool(node.subscribers))
+        _prune(levels, path, lambda node: bool(node.subscribers) or bool(node.shared))
 
-    def match(self, topic: str) -> dict[Session, int]:
-        """Each subscribed session whose filters match ``topic``, with its highest QoS."""
+    def match(self, topic: str, publisher: Session | None = None) -> dict[Session, int]:
+        """Each subscribed session whose filters match ``topic``, with the options of
+        its delivery (the highest QoS of its matching subscriptions, and so on: see
+        :func:`_merge`); a subscription with No Local does not match ``publisher``'s
+        own messages."""
         levels = topic.split("/")
         depth = len(levels)
         found: dict[Session, int] = {}
+        groups: list[SharedGroup] = []
 
         def take(node: _Node) -> None:
+            if node.shared is not None:
+                groups.extend(node.shared.values())
             if node.subscribers is None:
                 return
-            for session, qos in node.subscribers.items():
-                if found.get(session, -1) < qos:
-                    found[session] = qos
+            for session, options in node.subscribers.items():
+                if options & NO_LOCAL and session is publisher:
+                    continue
+                old = found.get(session)
+                if old is None or old == options:
+                    found[session] = options
+                else:
+                    found[session] = _merge(old, options)
 
         stack = [(self.root, 0)]
         while stack:
@@ -296,19 +517,29 @@ class TopicTree:
             exact = children.get(levels[i])
             if exact is not None:
                 stack.append((exact, i + 1))
+        for group in groups:  # one member each (its copy merged with the member's own)
+            session, options = group.choose()
+            old = found.get(session)
+            found[session] = options if old is None else _merge(old, options)
         return found
 
 
 class Retained:
-    """One retained message: ``order`` keeps the order in which topics first got one."""
+    """One retained message: ``order`` keeps the order in which topics first got one;
+    ``properties`` are its MQTT 5.0 properties to forward, ``expires`` the monotonic
+    time its Message Expiry Interval ends (None: never)."""
 
-    __slots__ = ("order", "payload", "qos", "topic")
+    __slots__ = ("expires", "order", "payload", "properties", "qos", "topic")
 
-    def __init__(self, order: int, topic: str, payload: bytes, qos: int) -> None:
+    def __init__(self, order: int, topic: str, payload: bytes, qos: int,
+                 properties: EncodedProperties | None = None,
+                 expires: float | None = None) -> None:
         self.order = order
         self.topic = topic
         self.payload = payload
         self.qos = qos
+        self.properties = properties
+        self.expires = expires
 
 
 class _RetainedNode:
@@ -332,14 +563,17 @@ class RetainedTree:
     def __len__(self) -> int:
         return self.count
 
-    def set(self, topic: str, payload: bytes, qos: int) -> None:
+    def set(self, topic: str, payload: bytes, qos: int,
+            properties: EncodedProperties | None = None, expires: float | None = None) -> None:
         node = _path(self.root, topic, _RetainedNode)
         old = node.message
         if old is None:
-            node.message = Retained(next(self._order), topic, payload, qos)
+            node.message = Retained(next(self._order), topic, payload, qos, properties,
+                                    expires)
             self.count += 1
         else:  # replaced: keeps its place in the order, as a dict value would
             old.payload, old.qos = payload, qos
+            old.properties, old.expires = properties, expires
 
     def delete(self, topic: str) -> None:
         levels = topic.split("/")
@@ -461,22 +695,31 @@ def topic_levels(topic: str) -> int:
     return topic.count("/") + 1
 
 
+
 class Broker(gevwire.Router):
     """The broker: a ``Router`` on the packet type, with the shared state behind a lock.
 
     ``max_inflight`` / ``max_queued``: each client's window of unacknowledged QoS 1
-    messages and the queue behind it (see the module docstring); ``max_topic_levels``:
-    the deepest topic name or filter accepted; ``max_subscription_levels``: the levels
-    of one client's filters, summed (a filter past it gets 0x80);
-    ``max_retained_visits``: the retained-tree nodes one SUBSCRIBE may visit looking up
-    retained messages (the rest are not sent).
+    and 2 messages and the queue behind it (see the module docstring);
+    ``max_topic_levels``: the deepest topic name or filter accepted;
+    ``max_subscription_levels``: the levels of one client's filters, summed (a filter
+    past it is refused); ``max_retained_visits``: the retained-tree nodes one
+    SUBSCRIBE may visit looking up retained messages (the rest are not sent);
+    ``receive_maximum`` / ``topic_alias_maximum``: what the broker takes from an MQTT
+    5.0 client (QoS 2 messages awaiting PUBREL, topic aliases); ``max_keep_alive``: the
+    longest keep-alive an MQTT 5.0 client is granted; ``sys_interval``: seconds
+    between publications of ``$SYS/broker/`` (0: none), from :meth:`start`.
     """
 
     def __init__(self, codec: MqttCodec, *, max_inflight: int = MAX_INFLIGHT,
                  max_queued: int = MAX_QUEUED,
                  max_topic_levels: int = MAX_TOPIC_LEVELS,
                  max_subscription_levels: int = MAX_SUBSCRIPTION_LEVELS,
-                 max_retained_visits: int = MAX_RETAINED_VISITS) -> None:
+                 max_retained_visits: int = MAX_RETAINED_VISITS,
+                 receive_maximum: int = RECEIVE_MAXIMUM,
+                 topic_alias_maximum: int = TOPIC_ALIAS_MAXIMUM,
+                 max_keep_alive: int = MAX_KEEP_ALIVE,
+                 sys_interval: float = SYS_INTERVAL) -> None:
         if not 1 <= max_inflight <= 0xFFFF:
             raise ValueError("max_inflight must be in 1..65535 (packet identifiers)")
         if max_queued < 0:
@@ -487,6 +730,14 @@ class Broker(gevwire.Router):
             raise ValueError("max_subscription_levels must be >= 1")
         if max_retained_visits < 0:
             raise ValueError("max_retained_visits must be >= 0")
+        if not 1 <= receive_maximum <= 0xFFFF:
+            raise ValueError("receive_maximum must be in 1..65535")
+        if not 0 <= topic_alias_maximum <= 0xFFFF:
+            raise ValueError("topic_alias_maximum must be in 0..65535")
+        if not 1 <= max_keep_alive <= 0xFFFF:
+            raise ValueError("max_keep_alive must be in 1..65535")
+        if sys_interval < 0:
+            raise ValueError("sys_interval must be >= 0 (0: no $SYS tree)")
         super().__init__(key="type")
         self.codec = codec
         self.max_inflight = max_inflight
@@ -494,13 +745,24 @@ class Broker(gevwire.Router):
         self.max_topic_levels = max_topic_levels
         self.max_subscription_levels = max_subscription_levels
         self.max_retained_visits = max_retained_visits
+        self.receive_maximum = receive_maximum
+        self.topic_alias_maximum = topic_alias_maximum
+        self.max_keep_alive = max_keep_alive
+        self.sys_interval = sys_interval
         # Reentrant: a send on the loop thread may close a connection (its write buffer
         # overflowed), which runs on_close, which takes the lock again.
         self.lock = threading.RLock()
         self.tree = TopicTree()
         self.retained = RetainedTree()
         self.sessions: dict[str, Session] = {}
-        self.dropped = 0  # QoS 1 messages dropped for want of queue room, all clients
+        self.dropped = 0  # messages dropped for want of queue room, all clients
+        self.expired = 0  # messages not delivered: their expiry interval passed
+        self.too_large = 0  # messages over a client's Maximum Packet Size
+        self.received = 0  # PUBLISH packets from clients
+        self.sent = 0  # PUBLISH packets to clients
+        self.connected = 0  # clients connected now
+        self.subscription_count = 0
+        self.started = time.monotonic()
         # SUBSCRIBEs whose retained messages were cut short: by the client's window and
         # queue (max_inflight + max_queued), by max_retained_visits.
         self.retained_cut_by_queue = 0
@@ -508,13 +770,43 @@ class Broker(gevwire.Router):
         self.on("connect")(self.connect)
         self.on("publish")(self.publish)
         self.on("puback")(self.puback)
+        self.on("pubrec")(self.pubrec)
         self.on("pubrel")(self.pubrel)
-        self.on("pubcomp")(self.ignore)
+        self.on("pubcomp")(self.pubcomp)
         self.on("subscribe")(self.subscribe)
         self.on("unsubscribe")(self.unsubscribe)
         self.on("pingreq")(self.pingreq)
         self.on("disconnect")(self.disconnect)
         self.default(self.unexpected)
+        self.on_error(self._on_error)
+
+    def start(self, server: gevwire.Server) -> None:
+        """``Server(on_start=broker.start)``: publish ``$SYS/broker/`` now and every
+        ``sys_interval`` seconds."""
+        if self.sys_interval:
+            self.publish_sys()
+            server.run_every(self.sys_interval, self.publish_sys)
+
+    def publish_sys(self) -> None:
+        """The ``$SYS/broker/`` counters, retained, to their subscribers."""
+        with self.lock:
+            values = {
+                "clients/connected": self.connected,
+                "clients/total": len(self.sessions),
+                "messages/received": self.received,
+                "messages/sent": self.sent,
+                "messages/dropped": self.dropped,
+                "messages/expired": self.expired,
+                "retained messages/count": len(self.retained),
+                "subscriptions/count": self.subscription_count,
+                "uptime": f"{int(time.monotonic() - self.started)} seconds",
+                "version": VERSION,
+            }
+            for name, value in values.items():
+                topic = f"$SYS/broker/{name}"
+                payload = str(value).encode()
+                self._retain(topic, payload, 0, None, None)
+                self._publish(topic, payload, 0, True, None, None, None)
 
     # -- connection lifecycle -----------------------------------------------------------
 
@@ -537,6 +829,24 @@ class Broker(gevwire.Router):
             client.last_seen = conn.loop.now
         return super().on_message(conn, frame)
 
+    def _on_error(self, conn: gevwire.Connection, error: BaseException) -> None:
+        """A malformed packet from an MQTT 5.0 client: tell it why (DISCONNECT with the
+        spec's reason code) before the connection closes."""
+        client: Client | None = conn.context
+        if client is not None and client.v5 and isinstance(error, FrameError):
+            reason = 0x95 if isinstance(error, FrameTooLarge) else \
+                getattr(error, "reason_code", 0x81)
+            self._send(client, Disconnect(reason, {}))
+        gevwire.Handler.on_error(self, conn, error)
+
+    def _disconnect(self, client: Client, reason: int, why: str) -> None:
+        """Close a client for a protocol error; an MQTT 5.0 one gets DISCONNECT first
+        (its will is published: this is no DISCONNECT of its own)."""
+        log.warning("%s: %s: closing", client.session.client_id, why)
+        if client.v5:
+            self._send(client, Disconnect(reason, {}))
+        client.conn.close()
+
     def on_close(self, conn: Any) -> None:  # type: ignore[override]
         client: Client | None = conn.context
         if client is None:
@@ -544,22 +854,63 @@ class Broker(gevwire.Router):
         if client.timer is not None:
             client.timer.cancel()
         with self.lock:
-            if client.will is not None and not client.disconnected:
-                will = client.will
-                log.info("%s went away: publishing its will on %s",
-                         client.session.client_id, will.topic)
-                if will.retain:
-                    self._retain(will.topic, will.message, will.qos)
-                self._publish(will.topic, will.message, will.qos, False)
+            self.connected -= 1
             session = client.session
-            if session.client is client:
+            will = client.will if not client.disconnected else None
+            attached = session.client is client
+            if attached:
                 session.client = None
-                if session.clean:
+            delay = 0
+            if will is not None and will.properties:
+                delay = will.properties.get("will_delay_interval", 0)
+            if will is not None and attached and delay and session.expiry:
+                session.pending_will = will  # published when the delay or session ends
+                conn.loop.run_after(min(delay, session.expiry), self._will_due, session,
+                                    session.generation)
+            elif will is not None and not (delay and not attached and
+                                           self.sessions.get(session.client_id) is session):
+                # (Taken over by a connection that resumed the session within the will
+                # delay: no will.)
+                self._publish_will(session, will)
+            if attached:
+                if not session.expiry:
                     self._drop_session(session)
+                elif session.expiry != NEVER:
+                    conn.loop.run_after(session.expiry, self._expire, session,
+                                        session.generation)
+
+    def _publish_will(self, session: Session, will: Will) -> None:
+        log.info("%s went away: publishing its will on %s", session.client_id, will.topic)
+        props, expires = self._forwarded(will.properties)
+        if will.topic.startswith("$"):
+            return  # clients may not publish to $ topics, by will neither
+        if will.retain:
+            self._retain(will.topic, will.message, will.qos, props, expires)
+        self._publish(will.topic, will.message, will.qos, False, props, expires, None)
+
+    def _will_due(self, session: Session, generation: int) -> None:
+        with self.lock:
+            will = session.pending_will
+            if will is not None and session.generation == generation:
+                session.pending_will = None
+                self._publish_will(session, will)
+
+    def _expire(self, session: Session, generation: int) -> None:
+        """Session Expiry Interval timer: the session ends unless a client resumed it."""
+        with self.lock:
+            if session.client is None and session.generation == generation and \
+                    self.sessions.get(session.client_id) is session:
+                log.info("%s: session expired", session.client_id)
+                self._drop_session(session)
 
     def _drop_session(self, session: Session) -> None:
+        will = session.pending_will
+        if will is not None:  # the session ends before the will delay: publish it now
+            session.pending_will = None
+            self._publish_will(session, will)
         for topic_filter in session.subscriptions:
             self.tree.remove(topic_filter, session)
+        self.subscription_count -= len(session.subscriptions)
         session.subscriptions.clear()
         session.inflight.clear()
         session.queue.clear()
@@ -579,127 +930,286 @@ class Broker(gevwire.Router):
             return
         log.info("%s silent for %.1fs (keep-alive %ds): closing",
                  client.session.client_id, limit, client.keep_alive)
+        if client.v5:
+            self._send(client, Disconnect(0x8D, {}))  # keep alive timeout
         conn.close()
 
     # -- packets ------------------------------------------------------------------------
 
     def connect(self, conn: gevwire.Connection, packet: Connect) -> Any:
         if conn.context is not None:
-            log.warning("%r: second CONNECT: closing", conn)
-            conn.close()
+            self._disconnect(conn.context, 0x82, "second CONNECT")
             return None
         if (packet.protocol_name, packet.protocol_level) not in PROTOCOLS:
             if packet.protocol_name not in ("MQTT", "MQIsdp"):
                 log.warning("%r: protocol %r: closing", conn, packet.protocol_name)
                 conn.close()
                 return None
+            log.info("%r: protocol level %d: CONNACK 1", conn, packet.protocol_level)
             conn.close()
-            return ConnAck(1)  # unacceptable protocol level
-        if packet.will is not None and topic_levels(packet.will.topic) > self.max_topic_levels:
+            return ConnAck(1)  # unacceptable protocol level (3.1.1 form: 3.1.2-2)
+        v5 = packet.protocol_level == 5
+        props = packet.properties or {}
+
+        def refuse(code: int, code5: int, why: str) -> ConnAck:
+            log.warning("%r: %s: CONNACK %#04x", conn, why, code5 if v5 else code)
+            conn.close()
+            return ConnAck(code5, properties={}) if v5 else ConnAck(code)
+
+        will = packet.will
+        if will is not None and topic_levels(will.topic) > self.max_topic_levels:
+            if v5:
+                return refuse(0, 0x90, f"will topic of {topic_levels(will.topic)} levels")
             log.warning("%r: will topic of %d levels (max_topic_levels %d): closing", conn,
-                        topic_levels(packet.will.topic), self.max_topic_levels)
+                        topic_levels(will.topic), self.max_topic_levels)
             conn.close()
             return None
+        if "authentication_method" in props:
+            return refuse(0, 0x8C, "enhanced authentication asked for")
         client_id = packet.client_id
+        assigned = False
+        if packet.protocol_level == 3 and not 1 <= len(client_id) <= 23:
+            return refuse(2, 0x85, f"MQTT 3.1 client id of {len(client_id)} characters")
         if not client_id:
-            if not packet.clean_session:
-                conn.close()
-                return ConnAck(2)  # identifier rejected
+            if not packet.clean_session and not v5:
+                return refuse(2, 0x85, "empty client id without clean session")
             client_id = f"auto-{uuid.uuid4().hex}"
+            assigned = v5
+        if v5:
+            expiry = props.get("session_expiry_interval", 0)
+        else:
+            expiry = 0 if packet.clean_session else NEVER
+        keep_alive = packet.keep_alive
+        connack_props: dict[str, Any] | None = None
+        window = self.max_inflight
+        if v5:
+            window = min(window, props.get("receive_maximum", 0xFFFF))
+            connack_props = {
+                "receive_maximum": self.receive_maximum,
+                "topic_alias_maximum": self.topic_alias_maximum,
+                "maximum_packet_size": self.codec.max_packet_size,
+            }
+            if assigned:
+                connack_props["assigned_client_identifier"] = client_id
+            if self.max_keep_alive < MAX_KEEP_ALIVE and \
+                    (keep_alive == 0 or keep_alive > self.max_keep_alive):
+                keep_alive = self.max_keep_alive
+                connack_props["server_keep_alive"] = keep_alive
         with self.lock:
             session = self.sessions.get(client_id)
             if session is not None and session.client is not None:
                 log.info("%s connected again: closing its previous connection", client_id)
-                session.client.conn.close()
+                old = session.client
+                if old.v5:
+                    self._send(old, Disconnect(0x8E, {}))  # session taken over
+                old.conn.close()
                 session.client = None
-            if session is not None and (packet.clean_session or session.clean):
-                self._drop_session(session)  # a clean session ends with its connection
+                if not session.expiry:
+                    self._drop_session(session)  # it ended with its connection
+                    session = None
+            if session is not None and packet.clean_session:
+                self._drop_session(session)  # clean start
                 session = None
             present = session is not None
             if session is None:
-                session = Session(client_id, packet.clean_session)
+                session = Session(client_id, expiry)
                 self.sessions[client_id] = session
-            client = Client(conn, session, packet)
+            session.expiry = expiry
+            session.generation += 1  # the timers of its last connection are void
+            session.pending_will = None  # resumed within the will delay: no will
+            client = Client(conn, session, packet, keep_alive, window)
+            # Each alias holds a topic for the connection's life: ours are bounded too.
+            client.alias_max_out = min(client.alias_max_out, self.topic_alias_maximum)
             session.client = client
             conn.context = client
-            conn.send(ConnAck(0, present))
+            self.connected += 1
+            conn.send(ConnAck(0, present, connack_props))
             for message in list(session.inflight.values()):  # unacknowledged, in order
-                self._send(client, message)  # DUP was set when it was first sent
+                if message.released:
+                    self._send(client, PubRel(message.packet_id or 0))
+                else:
+                    self._send_publish(client, message)  # DUP: it was sent before
             self._fill_window(session)  # then what waited in the queue
-        if packet.keep_alive:
-            client.timer = conn.loop.run_after(packet.keep_alive * 1.5,
-                                               self._check_keep_alive, client)
-        log.info("%s connected (clean session %s, keep-alive %ds)", client_id,
-                 packet.clean_session, packet.keep_alive)
+        if keep_alive:
+            client.timer = conn.loop.run_after(keep_alive * 1.5, self._check_keep_alive,
+                                               client)
+        log.info("%s connected (MQTT level %d, clean %s, keep-alive %ds)", client_id,
+                 packet.protocol_level, packet.clean_session, keep_alive)
         return None
 
     def publish(self, conn: gevwire.Connection, packet: Publish) -> Any:
         client: Client = conn.context
-        if topic_levels(packet.topic) > self.max_topic_levels:
-            # No PUBACK / PUBREC can refuse a message in MQTT 3.1.1: a protocol error.
-            log.warning("%s: PUBLISH topic of %d levels (max_topic_levels %d): closing",
-                        client.session.client_id, topic_levels(packet.topic),
-                        self.max_topic_levels)
-            conn.close()
+        session = client.session
+        topic = packet.topic
+        qos = packet.qos
+        packet_id = packet.packet_id
+        props: EncodedProperties | None = None
+        expires: float | None = None
+        if client.v5 and packet.properties:
+            alias = packet.properties.get("topic_alias")
+            if alias is not None:
+                if alias > self.topic_alias_maximum:
+                    self._disconnect(client, 0x94, f"topic alias {alias} over the maximum "
+                                                   f"{self.topic_alias_maximum}")
+                    return None
+                if topic:
+                    client.aliases_in[alias] = topic
+                else:
+                    known = client.aliases_in.get(alias)
+                    if known is None:
+                        self._disconnect(client, 0x82, f"unknown topic alias {alias}")
+                        return None
+                    topic = known
+            if "subscription_identifier" in packet.properties:
+                self._disconnect(client, 0x82, "PUBLISH with a subscription identifier")
+                return None
+            props, expires = self._forwarded(packet.properties)
+        self.received += 1
+        refused = 0
+        if topic_levels(topic) > self.max_topic_levels:
+            if not client.v5:
+                # No PUBACK / PUBREC can refuse a message in MQTT 3.1.1: a protocol error.
+                log.warning("%s: PUBLISH topic of %d levels (max_topic_levels %d): "
+                            "closing", session.client_id, topic_levels(topic),
+                            self.max_topic_levels)
+                conn.close()
+                return None
+            refused = 0x90  # topic name invalid
+        elif topic.startswith("$"):
+            refused = 0x90 if client.v5 else -1  # dropped; 3.1.1 acknowledges it
+        if qos == 2:
+            assert packet_id is not None
+            received = session.qos2_received
+            if packet_id in received:
+                return PubRec(packet_id)  # a resend: delivered already
+            if refused > 0:
+                return PubRec(packet_id, refused)  # no PUBREL follows a refusal
+            if client.v5 and len(received) >= self.receive_maximum:
+                self._disconnect(client, 0x93, f"over the Receive Maximum "
+                                               f"{self.receive_maximum}")
+                return None
+            received.add(packet_id)
+        matched = False
+        if not refused:
+            with self.lock:
+                if packet.retain:
+                    self._retain(topic, packet.payload, qos, props, expires)
+                matched = self._publish(topic, packet.payload, qos, packet.retain, props,
+                                        expires, session)
+        if qos == 0:
             return None
-        if packet.qos == 2:
-            assert packet.packet_id is not None
-            received = client.session.qos2_received
-            if packet.packet_id in received:
-                return PubRec(packet.packet_id)  # a resend: delivered already
-            received.add(packet.packet_id)
-        with self.lock:
-            if packet.retain:
-                self._retain(packet.topic, packet.payload, packet.qos)
-            self._publish(packet.topic, packet.payload, packet.qos, False)
-        if packet.qos == 1:
-            assert packet.packet_id is not None
-            return PubAck(packet.packet_id)
-        if packet.qos == 2:
-            assert packet.packet_id is not None
-            return PubRec(packet.packet_id)
-        return None
+        assert packet_id is not None
+        code = 0
+        if client.v5:
+            code = refused if refused > 0 else 0 if matched else 0x10  # no subscribers
+        return PubAck(packet_id, code) if qos == 1 else PubRec(packet_id, code)
+
+    @staticmethod
+    def _forwarded(properties: dict[str, Any] | None
+                   ) -> tuple[EncodedProperties | None, float | None]:
+        """The properties of a PUBLISH (or will) that travel with it to subscribers,
+        encoded once for all of them (a PUBLISH may hold 20,000 user properties, 30 ms
+        to encode), and the monotonic time its Message Expiry Interval ends (None:
+        never)."""
+        if not properties:
+            return None, None
+        props = {k: v for k, v in properties.items() if k in FORWARDED}
+        interval = properties.get("message_expiry_interval")
+        return (encode_properties(props, Publish.packet_type) if props else None,
+                None if interval is None else time.monotonic() + interval)
 
     def puback(self, conn: gevwire.Connection, packet: PubAck) -> None:
+        session = conn.context.session
+        with self.lock:
+            message = session.inflight.get(packet.packet_id)
+            if message is not None and message.qos == 1:
+                del session.inflight[packet.packet_id]
+                self._fill_window(session)
+
+    def pubrec(self, conn: gevwire.Connection, packet: PubRec) -> Any:
+        """A subscriber received a QoS 2 message: release it (PUBREL), or forget it if
+        the subscriber refused it (MQTT 5.0 reason 0x80 and up)."""
         client: Client = conn.context
         session = client.session
         with self.lock:
-            if session.inflight.pop(packet.packet_id, None) is not None and session.queue:
+            message = session.inflight.get(packet.packet_id)
+            if message is None or message.qos != 2:
+                return PubRel(packet.packet_id, 0x92 if client.v5 else 0)  # id not found
+            if packet.reason_code >= 0x80:
+                del session.inflight[packet.packet_id]
+                self._fill_window(session)
+                return None
+            message.released = True
+        return PubRel(packet.packet_id)
+
+    def pubcomp(self, conn: gevwire.Connection, packet: PubComp) -> None:
+        session = conn.context.session
+        with self.lock:
+            message = session.inflight.get(packet.packet_id)
+            if message is not None and message.released:
+                del session.inflight[packet.packet_id]
                 self._fill_window(session)
 
     def pubrel(self, conn: gevwire.Connection, packet: Any) -> Any:
         client: Client = conn.context
-        client.session.qos2_received.discard(packet.packet_id)
+        received = client.session.qos2_received
+        if packet.packet_id not in received and client.v5:
+            return PubComp(packet.packet_id, 0x92)  # packet identifier not found
+        received.discard(packet.packet_id)
         return PubComp(packet.packet_id)
 
     def subscribe(self, conn: gevwire.Connection, packet: Any) -> None:
         client: Client = conn.context
         session = client.session
         subscriptions = session.subscriptions
+        v5 = client.v5
         codes: list[int] = []
         granted: list[tuple[str, int]] = []
+        extra = 0  # a v5 subscription's options beside its QoS, with its identifier
+        if v5 and packet.properties:
+            ids = packet.properties.get("subscription_identifier")
+            if ids:
+                extra = ids[0] << _SUB_ID_SHIFT
         # A 1 MiB SUBSCRIBE may hold 262,000 filters (one repeated, say): the loop is
-        # kept lean, and a filter subscribed already at that QoS (checked then) costs
-        # two lookups.
+        # kept lean, and a filter subscribed already with the same options (checked
+        # then) costs two lookups.
         get, add_code, add_granted = subscriptions.get, codes.append, granted.append
         with self.lock:
             for topic_filter, requested in packet.topics:
-                qos = MAX_QOS if requested > MAX_QOS else requested
+                qos = requested & 3
+                if qos > MAX_QOS:
+                    qos = MAX_QOS
+                handling = 0
+                if v5:
+                    handling = (requested >> RETAIN_HANDLING_SHIFT) & 3
+                    options = qos | (requested & (NO_LOCAL | RETAIN_AS_PUBLISHED)) | extra
+                else:
+                    options = qos
+                shared = topic_filter.startswith("$share/")
+                if shared and options & NO_LOCAL:
+                    # A protocol error (MQTT 5.0, 3.8.3.1): the rest is not served.
+                    self._disconnect(client, 0x82, "No Local on a shared subscription")
+                    return
                 old = get(topic_filter)
-                if old != qos:
+                if old != options:
                     if old is None:
-                        levels = topic_levels(topic_filter)
-                        if (levels > self.max_topic_levels
-                                or session.levels + levels > self.max_subscription_levels
-                                or not valid_topic_filter(topic_filter)):
-                            add_code(SUBACK_FAILURE)
+                        levels = topic_levels(split_shared(topic_filter)[1])
+                        if levels > self.max_topic_levels or \
+                                not valid_subscription(topic_filter):
+                            add_code(0x8F if v5 else SUBACK_FAILURE)
+                            continue
+                        if session.levels + levels > self.max_subscription_levels:
+                            add_code(0x97 if v5 else SUBACK_FAILURE)  # quota exceeded
                             continue
                         session.levels += levels
-                    subscriptions[topic_filter] = qos
-                    self.tree.add(topic_filter, session, qos)
+                        self.subscription_count += 1
+                    subscriptions[topic_filter] = options
+                    self.tree.add(topic_filter, session, options)
                 add_code(qos)
-                add_granted((topic_filter, qos))
-            conn.send(SubAck(packet.packet_id, tuple(codes)))
+                # No retained messages for a shared subscription (MQTT 5.0, 4.8.2).
+                if not shared and (handling == 0 or (handling == 1 and old is None)):
+                    add_granted((topic_filter, options))
+            conn.send(SubAck(packet.packet_id, tuple(codes), {} if v5 else None))
             if granted and self.retained.count:
                 self._send_retained(conn, session, granted)
 
@@ -726,7 +1236,8 @@ class Broker(gevwire.Router):
         visits = self.max_retained_visits
         dropped = session.dropped
         walked: dict[str, list[Retained]] = {}
-        for topic_filter, qos in granted:
+        now = time.monotonic()
+        for topic_filter, options in granted:
             messages = walked.get(topic_filter)
             if messages is None:
                 messages, visits = self.retained.walk(topic_filter, visits)
@@ -739,9 +1250,12 @@ class Broker(gevwire.Router):
                     self._retained_cut(session, f"matched more retained messages than "
                                                 f"its queue takes ({limit})")
                     return
+                if message.expires is not None and message.expires <= now:
+                    continue  # expired: deleted when next published to, never sent
                 allowance -= 1
                 self._deliver(session, message.topic, message.payload,
-                              min(qos, message.qos), True)
+                              min(options & 3, message.qos), True, message.properties,
+                              message.expires, options)
             if visits < 0:  # that walk was cut short: what it found is sent, no more
                 self.retained_cut_by_visits += 1
                 self._retained_cut(session, f"visited max_retained_visits "
@@ -752,64 +1266,99 @@ class Broker(gevwire.Router):
     def unsubscribe(self, conn: gevwire.Connection, packet: Any) -> Any:
         client: Client = conn.context
         session = client.session
+        codes: list[int] = []
         with self.lock:
             for topic_filter in packet.topics:
                 if session.subscriptions.pop(topic_filter, None) is not None:
-                    session.levels -= topic_levels(topic_filter)
+                    session.levels -= topic_levels(split_shared(topic_filter)[1])
+                    self.subscription_count -= 1
                     self.tree.remove(topic_filter, session)
+                    codes.append(0)
+                else:
+                    codes.append(0x11)  # no subscription existed
+        if client.v5:
+            return UnsubAck(packet.packet_id, tuple(codes), {})
         return UnsubAck(packet.packet_id)
 
     def pingreq(self, conn: gevwire.Connection, packet: Any) -> Any:
         return PingResp()
 
-    def disconnect(self, conn: gevwire.Connection, packet: Any) -> None:
+    def disconnect(self, conn: gevwire.Connection, packet: Disconnect) -> None:
         client: Client = conn.context
-        client.disconnected = True
+        if client.v5:
+            interval = (packet.properties or {}).get("session_expiry_interval")
+            if interval is not None:
+                if not client.session.expiry and interval:
+                    # From 0 to more on DISCONNECT: a protocol error (3.14.2.2.2).
+                    self._disconnect(client, 0x82, "session expiry set from 0 on "
+                                                   "DISCONNECT")
+                    return
+                with self.lock:
+                    client.session.expiry = interval
+        client.disconnected = packet.reason_code != 0x04  # 0x04: send my will
         conn.close()
 
-    def ignore(self, conn: gevwire.Connection, packet: Any) -> None:
-        return None
-
     def unexpected(self, conn: gevwire.Connection, packet: Any) -> None:
+        client: Client | None = conn.context
+        if client is not None and client.v5:
+            self._disconnect(client, 0x82, f"unexpected {packet.type} from a client")
+            return
         log.warning("%r: unexpected %s from a client: closing", conn, packet.type)
         conn.close()
 
     # -- routing (under self.lock) ------------------------------------------------------
 
-    def _retain(self, topic: str, payload: bytes, qos: int) -> None:
+    def _retain(self, topic: str, payload: bytes, qos: int,
+                properties: EncodedProperties | None, expires: float | None) -> None:
         if payload:
-            self.retained.set(topic, payload, qos)
+            self.retained.set(topic, payload, qos, properties, expires)
         else:
             self.retained.delete(topic)  # spec 3.3.1-10: an empty one deletes
 
-    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Send to every matching session; QoS 0 copies are encoded once for all."""
-        targets = self.tree.match(topic)
+    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool,
+                 properties: EncodedProperties | None, expires: float | None,
+                 publisher: Session | None) -> bool:
+        """Send to every matching session (True if there was one); QoS 0 copies are
+        encoded once for all the clients they are the same bytes for."""
+        targets = self.tree.match(topic, publisher)
         if not targets:
-            return
-        encoded: bytes | None = None
-        for session, granted in targets.items():
-            effective = min(qos, granted)
-            if effective == 0:
-                client = session.client
-                if client is None:
-                    continue  # QoS 0 is not queued for an absent client
-                if encoded is None:
-                    encoded = self.codec.encode(Publish(topic, payload, 0, retain))
-                self._send(client, encoded)
-            else:
-                self._deliver(session, topic, payload, effective, retain)
+            return False
+        shared: dict[tuple[bool, bool], bytes] = {}
+        for session, options in targets.items():
+            effective = min(qos, options & 3)
+            kept = retain and options & RETAIN_AS_PUBLISHED != 0
+            client = session.client
+            if effective or client is None or options >> _SUB_ID_SHIFT or \
+                    (client.v5 and (client.alias_max_out or expires is not None)):
+                self._deliver(session, topic, payload, effective, kept, properties,
+                              expires, options)
+                continue
+            key = (client.v5, kept)
+            encoded = shared.get(key)
+            if encoded is None:
+                encoded = shared[key] = self.codec.encode(Publish(
+                    topic, payload, 0, kept, properties=(
+                        {} if properties is None else properties) if client.v5 else None))
+            if client.max_packet is not None and len(encoded) > client.max_packet:
+                self.too_large += 1
+                continue
+            self.sent += 1
+            self._send(client, encoded)
+        return True
 
     def _deliver(self, session: Session, topic: str, payload: bytes, qos: int,
-                 retain: bool) -> None:
+                 retain: bool, properties: EncodedProperties | None, expires: float | None,
+                 options: int) -> None:
         client = session.client
+        if expires is not None and expires <= time.monotonic():
+            self.expired += 1
+            return
+        message = Outgoing(topic, payload, qos, retain, properties, expires, options)
         if qos == 0:
             if client is not None:
-                self._send(client, Publish(topic, payload, 0, retain))
+                self._send_publish(client, message)
             return
-        message = Publish(topic, payload, qos, retain)  # its packet id when it is sent
-        if client is not None and not session.queue and \
-                len(session.inflight) < self.max_inflight:
+        if client is not None and not session.queue and len(session.inflight) < client.window:
             self._send_inflight(session, client, message)
         elif len(session.queue) < self.max_queued:
             session.queue.append(message)
@@ -817,24 +1366,72 @@ class Broker(gevwire.Router):
             self._drop(session)
 
     def _fill_window(self, session: Session) -> None:
-        """Send queued messages, in order, while the client's window has room."""
+        """Send queued messages, in order, while the client's window has room; those
+        whose expiry interval passed while they waited are dropped."""
         client = session.client
         if client is None:
             return
-        queue, inflight, limit = session.queue, session.inflight, self.max_inflight
+        queue, inflight, limit = session.queue, session.inflight, client.window
+        now = time.monotonic()
         while queue and len(inflight) < limit:
-            self._send_inflight(session, client, queue.popleft())
+            message = queue.popleft()
+            if message.expires is not None and message.expires <= now:
+                self.expired += 1
+                continue
+            self._send_inflight(session, client, message)
 
-    def _send_inflight(self, session: Session, client: Client, message: Publish) -> None:
+    def _send_inflight(self, session: Session, client: Client, message: Outgoing) -> None:
         packet_id = session.next_packet_id()
         message.packet_id = packet_id
         session.inflight[packet_id] = message
-        # send() encodes at once, so DUP set now marks only a later resend (3.3.1.1).
-        self._send(client, message)
-        message.dup = True
+        if not self._send_publish(client, message):
+            del session.inflight[packet_id]  # too large for the client: as if delivered
+        message.dup = True  # a later resend of it is one (3.3.1.1)
+
+    def _send_publish(self, client: Client, message: Outgoing) -> bool:
+        """Encode ``message`` for the client's version (properties, the expiry interval
+        left, identifiers, a topic alias) and send it; False if it is over the
+        client's Maximum Packet Size (then not sent)."""
+        if not client.v5:
+            packet = Publish(message.topic, message.payload, message.qos, message.retain,
+                             message.dup, message.packet_id)
+            encoded = self.codec.encode(packet)
+        else:
+            props: dict[str, Any] = {}  # what differs by client, on what all share
+            if message.expires is not None:
+                props["message_expiry_interval"] = max(
+                    0, math.ceil(message.expires - time.monotonic()))
+            ids = subscription_ids(message.options)
+            if ids:
+                props["subscription_identifier"] = ids
+            topic = message.topic
+            aliases = client.aliases_out
+            alias = aliases.get(topic)
+            new_alias = False
+            if alias is not None:
+                topic = ""
+                props["topic_alias"] = alias
+            elif len(aliases) < client.alias_max_out:
+                alias = aliases[topic] = len(aliases) + 1
+                props["topic_alias"] = alias
+                new_alias = True
+            base = message.properties
+            encoded = self.codec.encode(Publish(
+                topic, message.payload, message.qos, message.retain, message.dup,
+                message.packet_id, props if base is None else
+                encode_properties(props, Publish.packet_type, base=base) if props else base))
+            if client.max_packet is not None and len(encoded) > client.max_packet and \
+                    new_alias:
+                del aliases[message.topic]  # not sent: the client never learns it
+        if client.max_packet is not None and len(encoded) > client.max_packet:
+            self.too_large += 1
+            return False
+        self.sent += 1
+        self._send(client, encoded)
+        return True
 
     def _drop(self, session: Session) -> None:
-        """A QoS 1 message found the queue full: count it; warn now and then."""
+        """A message found the queue full: count it; warn now and then."""
         session.dropped += 1
         self.dropped += 1
         now = time.monotonic()
@@ -855,7 +1452,7 @@ class Broker(gevwire.Router):
         try:
             client.conn.send(message)  # thread-safe: queued to the client's own loop
         except gevwire.ConnectionClosed:
-            pass  # closing: QoS 1 stays in flight for a persistent session
+            pass  # closing: QoS 1 and 2 stay in flight for a persistent session
 
 
 def main() -> None:
@@ -867,10 +1464,11 @@ def main() -> None:
     # walking them) stays in the tens of ms; mosquitto allows up to 256 MiB.
     parser.add_argument("--max-packet-size", type=int, default=256 << 10)
     parser.add_argument("--max-inflight", type=int, default=MAX_INFLIGHT,
-                        help="QoS 1 messages sent and unacknowledged per client (1..65535)")
+                        help="QoS 1 and 2 messages sent and unacknowledged per client "
+                             "(1..65535)")
     parser.add_argument("--max-queued", type=int, default=MAX_QUEUED,
-                        help="QoS 1 messages queued per client behind its window or while "
-                             "it is away; newer ones are dropped (0: no queue)")
+                        help="QoS 1 and 2 messages queued per client behind its window or "
+                             "while it is away; newer ones are dropped (0: no queue)")
     parser.add_argument("--max-topic-levels", type=int, default=MAX_TOPIC_LEVELS,
                         help="levels of a topic name or filter, at most")
     parser.add_argument("--max-subscription-levels", type=int,
@@ -879,6 +1477,15 @@ def main() -> None:
     parser.add_argument("--max-retained-visits", type=int, default=MAX_RETAINED_VISITS,
                         help="retained-tree nodes one SUBSCRIBE may visit looking up "
                              "retained messages; past it the rest are not sent")
+    parser.add_argument("--receive-maximum", type=int, default=RECEIVE_MAXIMUM,
+                        help="MQTT 5.0: QoS 2 messages of a client awaiting PUBREL, at "
+                             "most (1..65535)")
+    parser.add_argument("--topic-alias-maximum", type=int, default=TOPIC_ALIAS_MAXIMUM,
+                        help="MQTT 5.0: topic aliases a client may set (0..65535)")
+    parser.add_argument("--max-keep-alive", type=int, default=MAX_KEEP_ALIVE,
+                        help="MQTT 5.0: the longest keep-alive granted, in seconds")
+    parser.add_argument("--sys-interval", type=float, default=SYS_INTERVAL,
+                        help="seconds between publications of $SYS/broker/ (0: none)")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     args = parser.parse_args()
     logging.basicConfig(
@@ -890,11 +1497,15 @@ def main() -> None:
         broker = Broker(codec, max_inflight=args.max_inflight, max_queued=args.max_queued,
                         max_topic_levels=args.max_topic_levels,
                         max_subscription_levels=args.max_subscription_levels,
-                        max_retained_visits=args.max_retained_visits)
+                        max_retained_visits=args.max_retained_visits,
+                        receive_maximum=args.receive_maximum,
+                        topic_alias_maximum=args.topic_alias_maximum,
+                        max_keep_alive=args.max_keep_alive,
+                        sys_interval=args.sys_interval)
     except ValueError as exc:
         parser.error(str(exc))
     server = gevwire.Server(broker, address=f"{args.host}:{args.port}", loops=args.loops,
-                            codec=codec)
+                            codec=codec, on_start=broker.start)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)

@@ -192,6 +192,10 @@ def _resp_targets(module: Any) -> None:
 def _mqtt_targets(module: Any) -> None:
     register(codec_target("mqtt", lambda limit: module.mqtt(max_packet_size=max(limit, 2)),
                           limit=300, about="mqtt(): MQTT 3.1.1 packets"))
+    register(codec_target("mqtt5", lambda limit: module.mqtt(max_packet_size=max(limit, 2),
+                                                             protocol_level=5),
+                          limit=300, about="mqtt(protocol_level=5): MQTT 5.0 packets, "
+                                           "properties and reason codes"))
 
 
 #: The RFC 6455 example masking key: client frames must be masked.
