@@ -16,6 +16,9 @@ from gevwire.errors import (
     MemoryBudgetExceeded,
     ProxyHeaderTimeout,
     RoutingError,
+    TLSError,
+    TLSHandshakeError,
+    TLSHandshakeTimeout,
     WriteBufferFull,
 )
 from gevwire.handler import Handler
@@ -24,6 +27,7 @@ from gevwire.ringbuffer import BufferPool, RingBuffer
 from gevwire.router import Router
 from gevwire.server import Server
 from gevwire.timers import TimerHandle
+from gevwire.tls import TLSSession
 
 __all__ = [
     "BaseCodec",
@@ -49,6 +53,10 @@ __all__ = [
     "Router",
     "RoutingError",
     "Server",
+    "TLSError",
+    "TLSHandshakeError",
+    "TLSHandshakeTimeout",
+    "TLSSession",
     "TimerHandle",
     "WriteBufferFull",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from gevwire.errors import FrameError, MemoryBudgetExceeded, WriteBufferFull
+from gevwire.errors import FrameError, MemoryBudgetExceeded, TLSError, WriteBufferFull
 
 if TYPE_CHECKING:
     from gevwire.connection import Connection
@@ -15,7 +15,7 @@ __all__ = ["Handler"]
 log = logging.getLogger("gevwire")
 
 # Closes the peer brought about: a warning line each, no traceback.
-_PEER_ERRORS = (FrameError, WriteBufferFull, MemoryBudgetExceeded)
+_PEER_ERRORS = (FrameError, WriteBufferFull, MemoryBudgetExceeded, TLSError)
 
 
 class Handler:

@@ -1,0 +1,236 @@
+"""``TLSSession``: TLS over memory buffers, sans I/O (the standard library's
+``ssl.MemoryBIO`` and ``SSLContext.wrap_bio``).
+
+A session never sees a socket (h11's rule, as the frame pipeline): the transport feeds
+it the ciphertext it read and writes the ciphertext it is given.
+
+* :meth:`TLSSession.receive` takes ciphertext and returns the plaintext it held; the
+  handshake, TLS 1.3 session tickets and key updates are handled on the way.  What the
+  session has to send in answer (handshake records, alerts) is then in
+  :meth:`TLSSession.outgoing`.
+* :meth:`TLSSession.send` takes plaintext and returns its ciphertext (with whatever
+  handshake records were waiting before it).  Plaintext sent before the handshake is
+  done is held and encrypted once it is.
+* :meth:`TLSSession.close` returns a ``close_notify`` alert; a ``close_notify`` from the
+  peer sets :attr:`TLSSession.eof`.
+
+Failures are typed: :class:`~gevwire.TLSHandshakeError` while the handshake runs (the
+peer is not a TLS client, offers nothing we accept, or its certificate fails), then
+:class:`~gevwire.TLSError`; each carries OpenSSL's ``reason`` (``"WRONG_VERSION_NUMBER"``,
+``"HTTP_REQUEST"``, ``"CERTIFICATE_VERIFY_FAILED"`` ...).  After a failure the alert
+OpenSSL made for the peer, if any, is still in :meth:`TLSSession.outgoing`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from gevwire.errors import TLSError, TLSHandshakeError
+
+__all__ = ["TLSSession"]
+
+#: Plaintext taken from the session per ``read`` call (one record holds at most 16 KiB).
+_READ_SIZE = 256 << 10
+
+
+class TLSSession:
+    """One TLS connection's state, server side or client side (see the module docstring).
+
+    ``context`` is the :class:`ssl.SSLContext` (its ``sni_callback``, ALPN protocols,
+    certificates and verification apply as for a socket); a client gives
+    ``server_hostname`` for SNI and host name checking.
+    """
+
+    __slots__ = ("_held", "_incoming", "_obj", "_outgoing", "eof", "handshake_done")
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        server_hostname: str | None = None,
+    ) -> None:
+        if server_side:
+            _record_sni(context)
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._obj = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
+                                     server_hostname=server_hostname)
+        #: True once the handshake has completed.
+        self.handshake_done = False
+        #: True once the peer sent ``close_notify`` (a clean end of its stream).
+        self.eof = False
+        self._held: list[bytes] | None = None  # plaintext sent before the handshake ended
+
+    # -- ciphertext in -----------------------------------------------------------------
+
+    def start(self) -> bytes:
+        """Begin the handshake; returns what to send first (a client's ClientHello; a
+        server has nothing to say until the peer speaks)."""
+        self._handshake()
+        return self.outgoing()
+
+    def receive(self, data: bytes) -> bytes:
+        """Feed ciphertext read from the peer; return the plaintext it completed
+        (``b""`` when it held none yet).  Raises :class:`~gevwire.TLSHandshakeError`
+        or :class:`~gevwire.TLSError`; check :meth:`outgoing` after every call."""
+        if data:
+            self._incoming.write(data)
+        if not self.handshake_done and not self._handshake():
+            return b""
+        if self.eof:
+            return b""
+        read = self._obj.read
+        chunks: list[bytes] = []
+        try:
+            while True:
+                chunk = read(_READ_SIZE)
+                if not chunk:  # (the standard library's SSLObject: close_notify)
+                    self.eof = True
+                    break
+                chunks.append(chunk)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            self.eof = True
+        except ssl.SSLError as exc:
+            raise _error(TLSError, exc) from exc
+        if not chunks:
+            return b""
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _handshake(self) -> bool:
+        """Advance the handshake; True once it is done (held plaintext then encrypted)."""
+        try:
+            self._obj.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        except ssl.SSLError as exc:
+            raise _error(TLSHandshakeError, exc) from exc
+        self.handshake_done = True
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._write(b"".join(held))
+        return True
+
+    # -- ciphertext out ----------------------------------------------------------------
+
+    def outgoing(self) -> bytes:
+        """Ciphertext waiting to be sent (handshake records, tickets, alerts), or b""."""
+        out = self._outgoing
+        return out.read() if out.pending else b""
+
+    def send(self, data: bytes) -> bytes:
+        """Encrypt ``data``; returns every byte to send now, after anything waiting.
+
+        Before the handshake is done the plaintext is held (and ``b""`` or handshake
+        records returned); it leaves encrypted, in order, once the handshake ends.
+        """
+        if not self.handshake_done:
+            if self._held is None:
+                self._held = []
+            self._held.append(data)
+        else:
+            self._write(data)
+        return self.outgoing()
+
+    def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            self._obj.write(data)
+        except ssl.SSLError as exc:  # (after our close_notify, or a broken session)
+            raise _error(TLSError, exc) from exc
+
+    def close(self) -> bytes:
+        """Our ``close_notify`` (after the held plaintext, if the handshake is done),
+        or b"" when there is nothing to close cleanly: the handshake never ended."""
+        if not self.handshake_done:
+            return b""
+        try:
+            self._obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # sent ours; the peer's may follow (not waited for)
+        except ssl.SSLError:
+            pass  # the session is broken: there is no clean end to send
+        return self.outgoing()
+
+    # -- what was negotiated -----------------------------------------------------------
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """The protocol chosen by ALPN, or None."""
+        return self._obj.selected_alpn_protocol()
+
+    @property
+    def server_hostname(self) -> str | None:
+        """The host name in SNI: the one a client sent (server side), or the one given
+        (client side); None without SNI."""
+        obj = self._obj
+        if obj.server_side:
+            name: str | None = getattr(obj, "_gevwire_sni", None)
+            return name
+        return obj.server_hostname
+
+    @property
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The peer's certificate as ``SSLSocket.getpeercert()`` gives it (verified
+        certificates only: a server sees the client's with ``CERT_REQUIRED`` or
+        ``CERT_OPTIONAL``), or None."""
+        if not self.handshake_done:
+            return None
+        cert = self._obj.getpeercert()
+        return cert or None
+
+    @property
+    def peer_certificate_der(self) -> bytes | None:
+        """The peer's certificate in DER form (present even when not verified), or None."""
+        if not self.handshake_done:
+            return None
+        return self._obj.getpeercert(binary_form=True)
+
+    @property
+    def tls_version(self) -> str | None:
+        """``"TLSv1.3"``, ``"TLSv1.2"`` ..., once the handshake is done."""
+        return self._obj.version() if self.handshake_done else None
+
+    @property
+    def cipher(self) -> tuple[str, str, int] | None:
+        """``(name, protocol, secret bits)`` of the cipher in use, once negotiated."""
+        return self._obj.cipher() if self.handshake_done else None
+
+
+def _error(kind: type[TLSError], exc: ssl.SSLError) -> TLSError:
+    """``exc`` as gevwire's typed error, with OpenSSL's reason."""
+    reason = getattr(exc, "reason", None) or type(exc).__name__
+    if isinstance(exc, ssl.SSLEOFError):
+        reason = "UNEXPECTED_EOF"
+    verify = getattr(exc, "verify_message", None)
+    detail = f"{reason}: {verify}" if verify else str(exc)
+    return kind(reason, detail)
+
+
+class _RecordSNI:
+    """A context's ``sni_callback`` that notes the name on the ``SSLObject`` (the
+    standard library tells a server the client's SNI only there), then calls the
+    application's own callback, if it set one."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Any) -> None:
+        self.callback = callback
+
+    def __call__(self, obj: Any, name: str | None, context: ssl.SSLContext) -> Any:
+        obj._gevwire_sni = name
+        if self.callback is not None:
+            return self.callback(obj, name, context)
+        return None
+
+
+def _record_sni(context: ssl.SSLContext) -> None:
+    """Make ``context`` record SNI (once; an application callback set later is wrapped
+    again at the next session)."""
+    if not isinstance(context.sni_callback, _RecordSNI):
+        context.sni_callback = _RecordSNI(context.sni_callback)
