@@ -51,12 +51,15 @@ from gevwire.errors import (
     FrameError,
     FrameTimeout,
     ProxyHeaderTimeout,
+    TLSError,
+    TLSHandshakeTimeout,
     WriteBufferFull,
 )
 from gevwire.loop import SPARE_SIZE
 from gevwire.pipeline import LARGE_RING, FramePipeline
 from gevwire.proxy_protocol import ProxyHeaderDecoder, ProxyInfo
 from gevwire.ringbuffer import RingBuffer
+from gevwire.tls import TLSSession
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -64,7 +67,7 @@ if TYPE_CHECKING:
     from gevwire.loop import EventLoop
     from gevwire.timers import TimerHandle
 
-__all__ = ["ConnState", "Connection", "ConnectionOptions"]
+__all__ = ["ConnState", "Connection", "ConnectionOptions", "TLSConnection"]
 
 log = logging.getLogger("gevwire")
 
@@ -147,6 +150,8 @@ class ConnectionOptions:
     frame_timeout: float | None = None
     proxy_protocol: bool = False
     proxy_timeout: float = 10.0
+    ssl_handshake_timeout: float = 10.0
+    ssl_shutdown_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.write_low_water <= self.write_high_water <= self.max_write_buffer:
@@ -163,6 +168,10 @@ class ConnectionOptions:
             raise ValueError("frame_timeout must be positive (or None for no limit)")
         if self.proxy_timeout <= 0:
             raise ValueError("proxy_timeout must be positive")
+        if self.ssl_handshake_timeout <= 0:
+            raise ValueError("ssl_handshake_timeout must be positive")
+        if self.ssl_shutdown_timeout < 0:
+            raise ValueError("ssl_shutdown_timeout must be >= 0")
 
 
 class Connection:
@@ -411,6 +420,35 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection fd={self._fd} peer={self.peer_addr!r} {self._state}>"
+
+    # What TLS negotiated (see TLSConnection): None on a plain connection.
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """The protocol ALPN chose (TLS), else None."""
+        return None
+
+    @property
+    def server_hostname(self) -> str | None:
+        """The SNI host name: the one the client sent (TLS, server side), the one dialed
+        (TLS, client side); else None."""
+        return None
+
+    @property
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The peer's verified certificate as ``getpeercert()`` gives it (mutual TLS),
+        else None."""
+        return None
+
+    @property
+    def tls_version(self) -> str | None:
+        """``"TLSv1.3"``, ``"TLSv1.2"`` ... (TLS, once the handshake is done), else None."""
+        return None
+
+    @property
+    def cipher(self) -> tuple[str, str, int] | None:
+        """``(name, protocol, secret bits)`` of the TLS cipher, else None."""
+        return None
 
     # -- loop side ---------------------------------------------------------------------
 
@@ -979,3 +1017,264 @@ class Connection:
         self.loop.connections_closed += 1
         if self._on_closed is not None:
             self._on_closed(self)
+
+
+class TLSConnection(Connection):
+    """A :class:`Connection` over TLS: ciphertext through a :class:`~gevwire.tls.TLSSession`
+    between the socket and the pipeline, so codecs and handlers see plaintext frames.
+
+    Its own read path (a plain connection's is untouched: it never asks whether it is
+    TLS): each read is decrypted and the plaintext handed to ``FramePipeline.received``;
+    a partial frame is buffered as plaintext in the input ring.  Every write (replies,
+    ``send`` from any thread) is encrypted in ``_write``; the output ring holds
+    ciphertext, so the water marks and ``max_write_buffer`` count ciphertext (plaintext
+    plus 22 bytes per record of up to 16 KiB); replies gathered during a read count as
+    plaintext until they are encrypted.  ``read_buffer_length`` is plaintext.
+
+    ``on_connect`` runs once the handshake is done (after the PROXY header, when there is
+    one), so ``alpn_protocol``, ``server_hostname``, ``peer_certificate``, ``tls_version``
+    and ``cipher`` are known there.  A handshake not done within
+    ``ssl_handshake_timeout`` is a :class:`~gevwire.TLSHandshakeTimeout`; a failed one
+    a :class:`~gevwire.TLSHandshakeError` (for ``on_error``: counted, the alert sent,
+    the connection closed whatever the hook does).  A peer that closes without
+    ``close_notify`` is an EOF (logged at debug).  ``close()`` sends ``close_notify``
+    after the replies, then waits for the peer's up to ``ssl_shutdown_timeout``.
+    """
+
+    __slots__ = ("_handshake_timer", "_tls")
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        fd: int,
+        peer_addr: Any,
+        handler: Any,
+        codec: BaseCodec,
+        options: ConnectionOptions,
+        on_closed: Callable[[Connection], None] | None = None,
+        *,
+        tls: TLSSession,
+    ) -> None:
+        self._tls = tls
+        self._handshake_timer: TimerHandle | None = None
+        super().__init__(loop, fd, peer_addr, handler, codec, options, on_closed)
+
+    def __repr__(self) -> str:
+        return f"<TLSConnection fd={self._fd} peer={self.peer_addr!r} {self._state}>"
+
+    @property
+    def tls(self) -> TLSSession:
+        """The TLS session (what was negotiated; see :class:`~gevwire.tls.TLSSession`)."""
+        return self._tls
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        return self._tls.alpn_protocol
+
+    @property
+    def server_hostname(self) -> str | None:
+        return self._tls.server_hostname
+
+    @property
+    def peer_certificate(self) -> dict[str, Any] | None:
+        return self._tls.peer_certificate
+
+    @property
+    def tls_version(self) -> str | None:
+        return self._tls.tls_version
+
+    @property
+    def cipher(self) -> tuple[str, str, int] | None:
+        return self._tls.cipher
+
+    # -- handshake ---------------------------------------------------------------------
+
+    def _connected(self) -> None:
+        """Registered (and past the PROXY header): start the handshake; ``on_connect``
+        waits for its end."""
+        tls = self._tls
+        if tls.handshake_done:
+            Connection._connected(self)
+            return
+        self._handshake_timer = self.loop.run_after(self._options.ssl_handshake_timeout,
+                                                    self._check_handshake)
+        try:
+            hello = tls.start()  # a client's ClientHello; a server's b""
+        except TLSError as exc:
+            self._tls_failed(exc)
+            return
+        if hello:
+            Connection._write(self, hello)
+        ring = self._input
+        if ring._len and self._state < _FLUSHING:
+            # Bytes after the PROXY header: the start of the ClientHello.
+            self._tls_received(ring.read(ring._len))
+
+    def _check_handshake(self) -> None:
+        self._handshake_timer = None
+        if not self._tls.handshake_done and self._state < _FLUSHING:
+            self._tls_failed(TLSHandshakeTimeout(self._options.ssl_handshake_timeout))
+
+    def _tls_failed(self, error: TLSError) -> None:
+        """The session failed: send OpenSSL's alert, tell ``on_error``, and close (the
+        stream cannot go on, whatever the hook decided)."""
+        if self._state == _CLOSED:
+            return
+        alert = self._tls.outgoing()
+        if alert:
+            Connection._write(self, alert)
+        self._pipe.fail(error)
+        if self._state < _FLUSHING:
+            self._close_gracefully()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _on_events(self, events: int) -> None:
+        if events & _READ_EVENTS:
+            if self._state >= _FLUSHING:
+                if events & (EV_HUP | EV_ERROR):  # closing, and the peer is gone too
+                    self._close_now()
+                    return
+            elif not self._holds:
+                loop = self.loop
+                try:
+                    received = read_bytes(self._fd, SPARE_SIZE)
+                except OSError as exc:
+                    self._read_error(exc)
+                    return
+                if received:
+                    loop.bytes_in += len(received)
+                    self._last_active = loop.now
+                    self._tls_received(received)
+                else:
+                    self._tls_eof()
+                    return
+        if events & EV_WRITE and self._state != _CLOSED:
+            self._handle_write()
+
+    def _tls_received(self, data: bytes) -> None:
+        """Ciphertext from the peer: decrypt, answer the handshake, frame the plaintext."""
+        tls = self._tls
+        was_done = tls.handshake_done
+        try:
+            plain = tls.receive(data)
+        except TLSError as exc:
+            self._tls_failed(exc)
+            return
+        out = tls.outgoing()
+        if out and self._state != _CLOSED:
+            Connection._write(self, out)
+        if not was_done and tls.handshake_done:
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
+                self._handshake_timer = None
+            if self._state < _FLUSHING:
+                Connection._connected(self)  # on_connect, with the session known
+        if plain and self._state < _FLUSHING:
+            reply = self._pipe.received(plain)
+            if reply is not None:
+                self._write(reply)
+        if tls.eof and self._state < _FLUSHING:
+            self._on_eof()
+
+    def _on_eof(self) -> None:
+        """The peer's end (close_notify or a bare EOF): replies, our close_notify, close."""
+        if self._state < _FLUSHING:
+            self._close_gracefully()
+
+    def _tls_eof(self) -> None:
+        """The socket's EOF: after close_notify a clean end; without it, still an EOF."""
+        if not self._tls.eof:
+            log.debug("%r: EOF without close_notify", self)
+        if not self._tls.handshake_done:
+            self._close_now()  # left during the handshake: nobody to answer
+        else:
+            self._on_eof()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        """Encrypt plaintext and write the ciphertext (loop thread only)."""
+        if self._state == _CLOSED:
+            return
+        try:
+            cipher = self._tls.send(data)
+        except TLSError as exc:
+            if self._tls.failed and not self._pipe.stopped:
+                self._tls_failed(exc)
+            return  # (else closed for writing: nothing more can be sent)
+        if cipher:
+            Connection._write(self, cipher)
+
+    def _write_batch(self, data: bytes) -> None:
+        """A read's joined replies: encrypted and written now (the plain path defers
+        them to the end of the turn; here they are encrypted in one call anyway)."""
+        self._write(data)
+
+    def _send_close_notify(self) -> None:
+        notify = self._tls.close()
+        if notify and self._state != _CLOSED:
+            Connection._write(self, notify)
+
+    # -- closing -----------------------------------------------------------------------
+
+    def _shutdown_write_in_loop(self) -> None:
+        """``shutdown_write``: close_notify after everything queued, then FIN."""
+        if self._state == _WRITE_SHUTTING:
+            self._send_close_notify()
+        Connection._shutdown_write_in_loop(self)
+
+    def _close_gracefully(self) -> None:
+        """Encrypt what is gathered, add close_notify behind it, then close as a plain
+        connection does (its output drained within ``close_timeout``)."""
+        if self._state < _FLUSHING:
+            gathered = self._pipe.take_pending()
+            if gathered is not None:
+                self._write(gathered)
+            self._send_close_notify()
+        Connection._close_gracefully(self)
+
+    def _finish_close(self) -> None:
+        """Output (close_notify last) is written: wait for the peer's close_notify or
+        EOF up to ``ssl_shutdown_timeout``, discarding what it still sends."""
+        tls = self._tls
+        timeout = self._options.ssl_shutdown_timeout
+        if not tls.closed or tls.eof or tls.failed or not timeout:
+            Connection._finish_close(self)
+            return
+        self._state = _LINGERING
+        self._input.reset()
+        self._do_shutdown_write()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._close_timer = self.loop.run_after(timeout, self._close_now)
+        self.loop.replace_callback(self._token, self._on_shutdown_events)
+        self._set_events(EV_READ)
+
+    def _on_shutdown_events(self, events: int) -> None:
+        """Waiting for the peer's close_notify: its records are read and dropped."""
+        if self._state == _CLOSED:
+            return
+        try:
+            data = read_bytes(self._fd, SPARE_SIZE)
+        except OSError as exc:
+            err = exc.errno
+            if err != EAGAIN and err != EINTR and err != _EWOULDBLOCK:
+                self._close_now()
+            return
+        if not data:
+            self._close_now()
+            return
+        try:
+            self._tls.receive(data)
+        except TLSError:
+            self._close_now()
+            return
+        if self._tls.eof:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        Connection._close_now(self)

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import ssl as ssl_module
 import stat
 import threading
 import time
@@ -27,12 +28,13 @@ from gevwire.address import parse_address
 from gevwire.budget import MemoryBudget
 from gevwire.client import open_connection
 from gevwire.codec import BaseCodec, Codec, RawCodec
-from gevwire.connection import Connection, ConnectionOptions
+from gevwire.connection import Connection, ConnectionOptions, TLSConnection
 from gevwire.listener import Listener
 from gevwire.loop import EventLoop
 from gevwire.metrics import MetricsServer
 from gevwire.router import Router
 from gevwire.timers import TimerHandle
+from gevwire.tls import TLSSession
 from gevwire.workers import Supervisor, WorkerControl, check_workers_supported, reserve_port
 
 __all__ = ["Server", "parse_address"]
@@ -126,6 +128,19 @@ class Server:
     not complete ``proxy_timeout`` seconds after the connect (default 10) is a
     :class:`~gevwire.ProxyHeaderTimeout` for ``on_error``.
 
+    ``ssl=ssl.SSLContext`` serves TLS (a context made with
+    ``ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)`` and ``load_cert_chain``;
+    its ALPN protocols, ``sni_callback`` and client-certificate verification apply):
+    handlers and codecs see plaintext, ``on_connect`` runs once the handshake is done
+    (after the PROXY header, if any), and ``conn.alpn_protocol``, ``server_hostname``,
+    ``peer_certificate``, ``tls_version``, ``cipher`` say what was negotiated.  A
+    handshake not done within ``ssl_handshake_timeout`` seconds (default 10) is a
+    :class:`~gevwire.TLSHandshakeTimeout`, a failed one a
+    :class:`~gevwire.TLSHandshakeError` (both counted in ``stats()["errors"]`` by class
+    name, and the connection closed); ``close()`` sends ``close_notify`` after the
+    replies and waits up to ``ssl_shutdown_timeout`` (default 10) for the peer's.  See
+    :class:`~gevwire.connection.TLSConnection` for what the buffer limits count.
+
     ``workers=N`` (Linux, macOS, BSD) forks N processes, each a whole server with its own
     ``SO_REUSEPORT`` listener on the same port and ``loops`` loops; the kernel spreads
     connections over them, and this process only supervises (see
@@ -174,6 +189,9 @@ class Server:
         load_balance: str | Callable[[list[EventLoop], Any], int] = "round_robin",
         proxy_protocol: bool = False,
         proxy_timeout: float = 10.0,
+        ssl: ssl_module.SSLContext | None = None,
+        ssl_handshake_timeout: float = 10.0,
+        ssl_shutdown_timeout: float = 10.0,
         workers: int = 1,
         worker_timeout: float | None = 30.0,
         metrics_address: str | None = None,
@@ -208,7 +226,13 @@ class Server:
             frame_timeout=frame_timeout,
             proxy_protocol=proxy_protocol,
             proxy_timeout=proxy_timeout,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
+        if ssl is not None and not isinstance(ssl, ssl_module.SSLContext):
+            raise TypeError(f"ssl must be an ssl.SSLContext, not {ssl!r}")
+        #: The TLS context every accepted connection is served with (None: plain TCP).
+        self.ssl = ssl
         self.max_connections = max_connections
         if max_buffered_bytes is None:
             if buffered_hard_limit is not None:
@@ -704,11 +728,16 @@ class Server:
             loop.connections_closed += 1
             return
         conn_class: Any = Connection
-        if isinstance(loop, UringLoop) and not self.options.proxy_protocol:
+        tls: dict[str, TLSSession] = {}
+        if self.ssl is not None:
+            conn_class = TLSConnection  # (on io_uring too: the readiness path on its epoll)
+        elif isinstance(loop, UringLoop) and not self.options.proxy_protocol:
             conn_class = UringConnection  # PROXY headers: the readiness path on its epoll
         try:
+            if self.ssl is not None:
+                tls["tls"] = TLSSession(self.ssl, server_side=True)
             conn = conn_class(loop, fd, peer, self.handler, self.codec, self.options,
-                              self._connection_closed)
+                              self._connection_closed, **tls)
         except Exception as exc:  # (a codec whose decoder() fails, say): refused, counted
             sys_close(fd)
             loop.connections_closed += 1

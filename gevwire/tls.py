@@ -42,7 +42,8 @@ class TLSSession:
     ``server_hostname`` for SNI and host name checking.
     """
 
-    __slots__ = ("_held", "_incoming", "_obj", "_outgoing", "eof", "handshake_done")
+    __slots__ = ("_held", "_incoming", "_obj", "_outgoing", "closed", "eof", "failed",
+                 "handshake_done")
 
     def __init__(
         self,
@@ -61,6 +62,10 @@ class TLSSession:
         self.handshake_done = False
         #: True once the peer sent ``close_notify`` (a clean end of its stream).
         self.eof = False
+        #: True once :meth:`close` made our ``close_notify``: nothing more can be sent.
+        self.closed = False
+        #: True once a :class:`~gevwire.TLSError` was raised: the session is unusable.
+        self.failed = False
         self._held: list[bytes] | None = None  # plaintext sent before the handshake ended
 
     # -- ciphertext in -----------------------------------------------------------------
@@ -75,6 +80,8 @@ class TLSSession:
         """Feed ciphertext read from the peer; return the plaintext it completed
         (``b""`` when it held none yet).  Raises :class:`~gevwire.TLSHandshakeError`
         or :class:`~gevwire.TLSError`; check :meth:`outgoing` after every call."""
+        if self.failed:
+            return b""
         if data:
             self._incoming.write(data)
         if not self.handshake_done and not self._handshake():
@@ -95,7 +102,7 @@ class TLSSession:
         except ssl.SSLZeroReturnError:
             self.eof = True
         except ssl.SSLError as exc:
-            raise _error(TLSError, exc) from exc
+            raise self._failed(TLSError, exc) from exc
         if not chunks:
             return b""
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -107,7 +114,7 @@ class TLSSession:
         except ssl.SSLWantReadError:
             return False
         except ssl.SSLError as exc:
-            raise _error(TLSHandshakeError, exc) from exc
+            raise self._failed(TLSHandshakeError, exc) from exc
         self.handshake_done = True
         held = self._held
         if held is not None:
@@ -128,6 +135,8 @@ class TLSSession:
         Before the handshake is done the plaintext is held (and ``b""`` or handshake
         records returned); it leaves encrypted, in order, once the handshake ends.
         """
+        if self.failed or self.closed:
+            raise TLSError("SESSION_CLOSED", "the TLS session is closed or failed")
         if not self.handshake_done:
             if self._held is None:
                 self._held = []
@@ -137,18 +146,26 @@ class TLSSession:
         return self.outgoing()
 
     def _write(self, data: bytes) -> None:
+        if self.failed or self.closed:
+            raise TLSError("SESSION_CLOSED", "the TLS session is closed or failed")
         if not data:
             return
         try:
             self._obj.write(data)
-        except ssl.SSLError as exc:  # (after our close_notify, or a broken session)
-            raise _error(TLSError, exc) from exc
+        except ssl.SSLError as exc:
+            raise self._failed(TLSError, exc) from exc
+
+    def _failed(self, kind: type[TLSError], exc: ssl.SSLError) -> TLSError:
+        self.failed = True
+        return _error(kind, exc)
 
     def close(self) -> bytes:
         """Our ``close_notify`` (after the held plaintext, if the handshake is done),
-        or b"" when there is nothing to close cleanly: the handshake never ended."""
-        if not self.handshake_done:
+        or b"" when there is nothing to close cleanly: the handshake never ended, the
+        session failed, or it was closed already."""
+        if not self.handshake_done or self.failed or self.closed:
             return b""
+        self.closed = True
         try:
             self._obj.unwrap()
         except ssl.SSLWantReadError:

@@ -1,0 +1,272 @@
+"""TLS servers over real sockets: ``Server(ssl=...)`` against clients nobody here wrote
+(``openssl s_client``, Python's ``ssl``), on every backend (marked ``io``)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import LineCodec, Recorder, ServeFn, peer_closed, recv_exactly, wait_until
+from system_packages import require_program
+from tls_support import Certs, make_certs
+
+import gevwire
+from gevwire import TLSHandshakeError, TLSHandshakeTimeout
+
+pytestmark = [pytest.mark.io, pytest.mark.timeout(60)]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(Path(tmp_path_factory.mktemp("certs")))
+
+
+class TLSRecorder(Recorder):
+    """Records what TLS negotiated as ``on_connect`` saw it; closes after a ``bye`` line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[dict[str, Any]] = []
+
+    def on_connect(self, conn: gevwire.Connection) -> None:
+        self.seen.append({"alpn": conn.alpn_protocol, "sni": conn.server_hostname,
+                          "version": conn.tls_version, "cipher": conn.cipher,
+                          "cert": conn.peer_certificate})
+        super().on_connect(conn)
+
+    def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+        super().on_message(conn, frame)
+        if frame == b"bye":
+            conn.close()
+        return frame
+
+
+def tls_client(server: gevwire.Server, ctx: ssl.SSLContext,
+               hostname: str | None = "localhost") -> ssl.SSLSocket:
+    raw = socket.create_connection(server.address[:2], timeout=10)
+    return ctx.wrap_socket(raw, server_hostname=hostname)
+
+
+def s_client(server: gevwire.Server, certs: Certs, *args: str,
+             data: bytes = b"hello\nbye\n") -> subprocess.CompletedProcess[bytes]:
+    openssl = require_program("openssl", package="openssl")
+    cmd = [openssl, "s_client", "-connect", f"127.0.0.1:{server.port}", "-CAfile",
+           str(certs.ca_file), "-verify_return_error", "-servername", "localhost",
+           "-ign_eof", *args]
+    return subprocess.run(cmd, input=data, capture_output=True, timeout=20, check=False)
+
+
+# -- openssl s_client ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
+def test_openssl_s_client_handshake_alpn_and_echo(serve: ServeFn, certs: Certs,
+                                                  version: str) -> None:
+    handler = TLSRecorder()
+    server = serve(handler, codec=LineCodec(), ssl=certs.server_context(alpn=["echo", "h2"]))
+    result = s_client(server, certs, version, "-alpn", "echo")
+    out = result.stdout.decode(errors="replace")
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
+    assert "Verify return code: 0 (ok)" in out
+    assert "ALPN protocol: echo" in out
+    assert out.index("hello\n") < out.index("bye\n")  # echoed, in order
+    expected = "TLSv1.3" if version == "-tls1_3" else "TLSv1.2"
+    assert wait_until(lambda: handler.closed)
+    (seen,) = handler.seen
+    assert seen["version"] == expected and seen["alpn"] == "echo"
+    assert seen["sni"] == "localhost"
+    assert seen["cipher"] is not None and seen["cert"] is None
+    assert [f for _, f in handler.frames] == [b"hello", b"bye"]
+    assert server.stats()["errors"] == {}
+
+
+def test_openssl_s_client_mutual_tls(serve: ServeFn, certs: Certs) -> None:
+    handler = TLSRecorder()
+    server = serve(handler, codec=LineCodec(),
+                   ssl=certs.server_context(client_certs=ssl.CERT_REQUIRED))
+    result = s_client(server, certs, "-cert", str(certs.client_cert_file),
+                      "-key", str(certs.client_key_file))
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
+    assert b"bye\n" in result.stdout
+    assert wait_until(lambda: handler.seen)
+    cert = handler.seen[0]["cert"]
+    assert cert is not None
+    assert dict(item[0] for item in cert["subject"])["commonName"] == "test client"
+
+
+@pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
+def test_openssl_s_client_without_the_required_certificate_is_refused(
+        serve: ServeFn, certs: Certs, version: str) -> None:
+    handler = TLSRecorder()
+    server = serve(handler, codec=LineCodec(),
+                   ssl=certs.server_context(client_certs=ssl.CERT_REQUIRED))
+    result = s_client(server, certs, version)
+    assert b"hello\n" not in result.stdout  # nothing was served
+    err = (result.stdout + result.stderr).decode(errors="replace").lower()
+    assert "alert" in err and "certificate" in err, err[-2000:]
+    assert wait_until(lambda: server.stats()["errors"].get("TLSHandshakeError") == 1)
+    assert wait_until(lambda: server.connection_count == 0)
+    assert handler.seen == []  # on_connect never ran
+    (_, error), = handler.errors
+    assert isinstance(error, TLSHandshakeError)
+    assert error.reason in {"PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_REQUIRED"}
+
+
+# -- Python's ssl --------------------------------------------------------------------------
+
+
+def test_python_ssl_client_echo_large_and_pipelined(serve: ServeFn, certs: Certs) -> None:
+    handler = TLSRecorder()
+    server = serve(handler, codec=LineCodec(), ssl=certs.server_context())
+    with tls_client(server, certs.client_context()) as sock:
+        lines = [b"%06d-" % i + b"x" * (i * 37 % 3000) for i in range(400)]
+        data = b"".join(line + b"\n" for line in lines)
+        # (One thread: an SSLSocket must not read and write from two at once.  Less
+        # than the server's write_high_water, so it never has to wait for our reads.)
+        sock.sendall(data)
+        assert recv_exactly(sock, len(data)) == data
+        big = b"y" * (512 << 10) + b"\n"
+        sock.sendall(big)
+        assert recv_exactly(sock, len(big)) == big
+    stats = server.stats()
+    assert stats["frames_in"] == 401 and stats["errors"] == {}
+
+
+def test_close_sends_close_notify_after_the_replies(serve: ServeFn, certs: Certs) -> None:
+    handler = TLSRecorder()
+    server = serve(handler, codec=LineCodec(), ssl=certs.server_context())
+    with tls_client(server, certs.client_context()) as sock:
+        sock.sendall(b"one\ntwo\nbye\nnever\n")
+        assert recv_exactly(sock, 12) == b"one\ntwo\nbye\n"
+        # close_notify: Python's ssl reads it as a clean EOF (b""), not SSLEOFError.
+        assert sock.recv(100) == b""
+        sock.unwrap()  # our close_notify back: the server closes at once
+    assert wait_until(lambda: server.connection_count == 0, 5)
+    assert [f for _, f in handler.frames] == [b"one", b"two", b"bye"]
+
+
+def test_peer_close_notify_is_eof_and_replies_still_go_out(serve: ServeFn,
+                                                           certs: Certs) -> None:
+    handler = TLSRecorder()
+    server = serve(handler, codec=LineCodec(), ssl=certs.server_context())
+    sock = tls_client(server, certs.client_context())
+    sock.sendall(b"last\n")
+    assert recv_exactly(sock, 5) == b"last\n"
+    raw = sock.unwrap()  # close_notify, and the server's in answer
+    assert peer_closed(raw)
+    raw.close()
+    assert wait_until(lambda: handler.closed)
+    assert server.stats()["errors"] == {}
+
+
+def test_peer_that_drops_without_close_notify_is_an_eof(
+        serve: ServeFn, certs: Certs, caplog: pytest.LogCaptureFixture) -> None:
+    handler = TLSRecorder()
+    server = serve(handler, codec=LineCodec(), ssl=certs.server_context())
+    sock = tls_client(server, certs.client_context())
+    sock.sendall(b"x\n")
+    assert recv_exactly(sock, 2) == b"x\n"
+    with caplog.at_level("DEBUG", logger="gevwire"):
+        sock.close()  # (Python's SSLSocket.close sends no close_notify)
+        assert wait_until(lambda: handler.closed)
+    assert server.stats()["errors"] == {}
+    assert any("without close_notify" in r.getMessage() for r in caplog.records)
+
+
+def test_handshake_timeout_closes_and_counts(serve: ServeFn, certs: Certs) -> None:
+    handler = TLSRecorder()
+    server = serve(handler, ssl=certs.server_context(), ssl_handshake_timeout=0.3)
+    with socket.create_connection(server.address[:2], timeout=10) as idle:
+        start = time.monotonic()
+        assert peer_closed(idle, timeout=5)
+        assert 0.25 < time.monotonic() - start < 3
+    assert wait_until(lambda: server.stats()["errors"].get("TLSHandshakeTimeout") == 1)
+    (_, error), = handler.errors
+    assert isinstance(error, TLSHandshakeTimeout) and error.timeout == 0.3
+    assert handler.connected == [] and len(handler.closed) == 1
+
+
+def test_plain_connections_have_no_tls_attributes(serve: ServeFn) -> None:
+    handler = Recorder()
+    server = serve(handler)
+    with socket.create_connection(server.address[:2], timeout=10) as sock:
+        conn = handler.conn_for(sock)
+        assert (conn.alpn_protocol, conn.server_hostname, conn.peer_certificate,
+                conn.tls_version, conn.cipher) == (None, None, None, None, None)
+
+
+def test_idle_timeout_applies_to_tls_connections(serve: ServeFn, certs: Certs) -> None:
+    handler = TLSRecorder()
+    server = serve(handler, codec=LineCodec(), ssl=certs.server_context(), idle_timeout=0.3)
+    with tls_client(server, certs.client_context()) as sock:
+        sock.sendall(b"a\n")
+        assert recv_exactly(sock, 2) == b"a\n"
+        start = time.monotonic()
+        assert sock.recv(10) == b""  # close_notify when idle
+        assert time.monotonic() - start < 3
+    assert server.stats()["errors"].get("idle_timeout") == 1
+
+
+def test_frame_timeout_counts_plaintext_frames(serve: ServeFn, certs: Certs) -> None:
+    handler = TLSRecorder()
+    server = serve(handler, codec=LineCodec(), ssl=certs.server_context(), frame_timeout=0.3)
+    with tls_client(server, certs.client_context()) as sock:
+        sock.sendall(b"whole\npart")
+        assert recv_exactly(sock, 6) == b"whole\n"
+        assert sock.recv(10) == b""
+    assert wait_until(lambda: server.stats()["errors"].get("FrameTimeout") == 1)
+
+
+def test_send_from_another_thread_is_encrypted_in_order(serve: ServeFn,
+                                                       certs: Certs) -> None:
+    handler = TLSRecorder()
+    server = serve(handler, codec=LineCodec(), ssl=certs.server_context())
+    with tls_client(server, certs.client_context()) as sock:
+        sock.sendall(b"hi\n")
+        assert recv_exactly(sock, 3) == b"hi\n"
+        conn = handler.connected[0]
+        for i in range(500):
+            conn.send(b"%d" % i)
+        expected = b"".join(b"%d\n" % i for i in range(500))
+        assert recv_exactly(sock, len(expected)) == expected
+
+
+def test_tls_stats_in_prometheus_metrics(serve: ServeFn, certs: Certs) -> None:
+    pytest.importorskip("prometheus_client")
+    import urllib.request
+
+    server = serve(TLSRecorder(), ssl=certs.server_context(), metrics_address="127.0.0.1:0")
+    with socket.create_connection(server.address[:2], timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")  # plain HTTP to the TLS port
+        assert peer_closed(sock)
+    assert wait_until(lambda: server.stats()["errors"].get("TLSHandshakeError") == 1)
+    host, port = server.metrics_address  # type: ignore[misc]
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    assert 'gevwire_errors_total{kind="TLSHandshakeError"} 1.0' in text
+
+
+def test_proxy_header_is_read_before_the_client_hello(serve: ServeFn, certs: Certs) -> None:
+    handler = TLSRecorder()
+    server = serve(handler, codec=LineCodec(), ssl=certs.server_context(),
+                   proxy_protocol=True)
+    raw = socket.create_connection(server.address[:2], timeout=10)
+    raw.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 1833\r\n")
+    with certs.client_context().wrap_socket(raw, server_hostname="localhost") as sock:
+        sock.sendall(b"via proxy\n")
+        assert recv_exactly(sock, 10) == b"via proxy\n"
+        conn = handler.connected[0]
+        assert conn.peer_addr == ("203.0.113.7", 51000)
+        assert conn.tls_version == "TLSv1.3"
+
+
+def test_ssl_must_be_a_context() -> None:
+    with pytest.raises(TypeError):
+        gevwire.Server(Recorder(), ssl="cert.pem")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        gevwire.Server(Recorder(), ssl_handshake_timeout=0)
