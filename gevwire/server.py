@@ -446,6 +446,8 @@ class Server:
         handler: Any = None,
         codec: BaseCodec | None = None,
         timeout: float = 10.0,
+        ssl: ssl_module.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> Connection:
         """Open an outbound connection served by one of this server's loops.
 
@@ -454,6 +456,8 @@ class Server:
         server's connection limits, and the loop with the fewest connections; it counts
         in ``connections`` and is closed by :meth:`stop` like an accepted one.  Blocks
         for the TCP connect only (up to ``timeout``); raises ``OSError`` if it fails.
+        ``ssl`` / ``server_hostname``: dial over TLS, as :meth:`gevwire.Client.connect`
+        (the server's own ``ssl`` is for accepted connections and is not used here).
         """
         if self._state != "running" or not self._loops:
             raise RuntimeError("connect() needs a started server (in a worker, with workers)")
@@ -463,6 +467,7 @@ class Server:
             loop, address, handler if handler is not None else self.handler,
             codec if codec is not None else self.codec, self.options, timeout=timeout,
             on_closed=self._connection_closed, on_start=connections[loop].add,
+            ssl=ssl, server_hostname=server_hostname,
         )
 
     def _first_loop(self) -> EventLoop:

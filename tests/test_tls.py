@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -270,3 +271,86 @@ def test_ssl_must_be_a_context() -> None:
         gevwire.Server(Recorder(), ssl="cert.pem")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         gevwire.Server(Recorder(), ssl_handshake_timeout=0)
+
+
+# -- the client side ----------------------------------------------------------------------
+
+
+def test_client_connects_over_tls_with_sni_alpn_and_a_client_certificate(
+        serve: ServeFn, certs: Certs) -> None:
+    handler = TLSRecorder()
+    server = serve(handler, codec=LineCodec(), ssl=certs.server_context(
+        alpn=["line"], client_certs=ssl.CERT_REQUIRED))
+    ctx = certs.client_context(alpn=["line"], with_cert=True)
+    with gevwire.Client(codec=LineCodec()) as client:
+        conn = client.connect(f"127.0.0.1:{server.port}", ssl=ctx,
+                              server_hostname="localhost")
+        conn.send(b"sent before the handshake ended")
+        assert client.receive(conn) == b"sent before the handshake ended"
+        assert conn.tls_version == "TLSv1.3" and conn.alpn_protocol == "line"
+        assert conn.server_hostname == "localhost"
+        assert conn.peer_certificate is not None  # the server's, verified
+        for i in range(100):
+            conn.send(b"%d" % i)
+        assert [client.receive(conn) for _ in range(100)] == [b"%d" % i for i in range(100)]
+        assert handler.seen[0]["sni"] == "localhost"
+        assert handler.seen[0]["cert"] is not None
+        conn.close()
+        with pytest.raises(gevwire.ConnectionClosed):
+            client.receive(conn)
+    assert wait_until(lambda: server.connection_count == 0)
+    assert server.stats()["errors"] == {}
+
+
+def test_client_default_server_hostname_is_the_dialed_host(serve: ServeFn,
+                                                          certs: Certs) -> None:
+    server = serve(TLSRecorder(), codec=LineCodec(), ssl=certs.server_context())
+    with gevwire.Client(codec=LineCodec()) as client:
+        # The certificate holds 127.0.0.1 as an IP address: verified without a name.
+        conn = client.connect(f"127.0.0.1:{server.port}", ssl=certs.client_context())
+        conn.send(b"ip")
+        assert client.receive(conn) == b"ip"
+        assert conn.server_hostname == "127.0.0.1"
+
+
+def test_client_refuses_an_untrusted_server(serve: ServeFn, certs: Certs,
+                                            tmp_path: Path) -> None:
+    server = serve(TLSRecorder(), codec=LineCodec(), ssl=certs.server_context())
+    other = make_certs(tmp_path)  # a CA that did not sign the server's certificate
+
+    class Errors(gevwire.Handler):
+        def __init__(self) -> None:
+            self.errors: list[BaseException] = []
+            self.closed = threading.Event()
+
+        def on_error(self, conn: gevwire.Connection, error: BaseException) -> None:
+            self.errors.append(error)
+            conn.close()
+
+        def on_close(self, conn: gevwire.Connection) -> None:
+            self.closed.set()
+
+    handler = Errors()
+    with gevwire.Client(handler, codec=LineCodec()) as client:
+        client.connect(f"127.0.0.1:{server.port}", ssl=other.client_context(),
+                       server_hostname="localhost")
+        assert handler.closed.wait(10)
+    (error,) = handler.errors
+    assert isinstance(error, TLSHandshakeError)
+    assert error.reason == "CERTIFICATE_VERIFY_FAILED"
+
+
+def test_server_connect_dials_tls(serve: ServeFn, certs: Certs) -> None:
+    upstream = serve(TLSRecorder(), codec=LineCodec(), ssl=certs.server_context())
+    replies: list[bytes] = []
+
+    class Collect(gevwire.Handler):
+        def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+            replies.append(frame)
+
+    server = serve(Collect(), codec=LineCodec())
+    conn = server.connect(f"127.0.0.1:{upstream.port}", ssl=certs.client_context(),
+                          server_hostname="localhost")
+    conn.send(b"through server.connect")
+    assert wait_until(lambda: replies == [b"through server.connect"])
+    assert conn.tls_version == "TLSv1.3"
