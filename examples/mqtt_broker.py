@@ -86,6 +86,7 @@ from types import FrameType
 from typing import Any
 
 import gevwire
+from gevwire.cli import add_ssl_arguments, ssl_server_options
 from gevwire.codecs.mqtt import (
     SUBACK_FAILURE,
     ConnAck,
@@ -880,6 +881,7 @@ def main() -> None:
                         help="retained-tree nodes one SUBSCRIBE may visit looking up "
                              "retained messages; past it the rest are not sent")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    add_ssl_arguments(parser)  # --ssl-certfile, --ssl-keyfile ... (MQTT over TLS: 8883)
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
@@ -894,7 +896,7 @@ def main() -> None:
     except ValueError as exc:
         parser.error(str(exc))
     server = gevwire.Server(broker, address=f"{args.host}:{args.port}", loops=args.loops,
-                            codec=codec)
+                            codec=codec, **ssl_server_options(parser, args))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)

@@ -2,7 +2,8 @@
 
     python examples/websocket_echo.py --port 8765      # --port 0 picks a free port
 
-``GET /`` serves a small page whose script opens ``ws://<same host>/ws``, sends a text
+``GET /`` serves a small page whose script opens ``ws://<same host>/ws`` (``wss://`` when
+served over TLS with ``--ssl-certfile``), sends a text
 message (``?msg=...``, default ``hello``) and then a binary one, and shows what came
 back: ``<pre id="log">`` gets one line per step and ``document.title`` becomes
 ``echo: <text>`` once both echoes are in and the socket closed cleanly.  Any WebSocket
@@ -21,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 import gevwire
+from gevwire.cli import add_ssl_arguments, ssl_server_options
 from gevwire.codecs.websocket import (
     HttpRequest,
     HttpResponse,
@@ -43,7 +45,8 @@ const show = (line) => { out.textContent += line + "\\n"; };
 const text = new URLSearchParams(location.search).get("msg") || "hello";
 const bytes = new TextEncoder().encode("binary:" + text);
 let echoedText = null;
-const ws = new WebSocket("ws://" + location.host + "/ws");
+const scheme = location.protocol === "https:" ? "wss://" : "ws://";  // (TLS: --ssl-*)
+const ws = new WebSocket(scheme + location.host + "/ws");
 ws.binaryType = "arraybuffer";
 ws.onopen = () => { show("open"); ws.send(text); };
 ws.onmessage = (event) => {
@@ -100,6 +103,7 @@ def main() -> None:
     parser.add_argument("--loops", type=int, default=1)
     parser.add_argument("--max-message-size", type=int, default=1 << 20)
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    add_ssl_arguments(parser)  # --ssl-certfile, --ssl-keyfile ... (wss://, https://)
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
@@ -111,6 +115,7 @@ def main() -> None:
         address=f"{args.host}:{args.port}",
         loops=args.loops,
         codec=websocket(max_message_size=args.max_message_size),
+        **ssl_server_options(parser, args),
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "load_handler",
     "main",
     "ssl_context_from",
+    "ssl_server_options",
 ]
 
 log = logging.getLogger("gevwire")
@@ -202,6 +203,21 @@ def ssl_context_from(args: argparse.Namespace) -> ssl.SSLContext | None:
     if args.ssl_alpn:
         context.set_alpn_protocols([p.strip() for p in args.ssl_alpn.split(",") if p.strip()])
     return context
+
+
+def ssl_server_options(parser: argparse.ArgumentParser,
+                       args: argparse.Namespace) -> dict[str, Any]:
+    """``Server`` keyword arguments from the ``--ssl-*`` options (``{}`` without
+    ``--ssl-certfile``); a usage error on ``parser`` for options that cannot be used.
+    For programs with their own parser: ``add_ssl_arguments(parser)``, then
+    ``gevwire.Server(..., **ssl_server_options(parser, args))``."""
+    try:
+        context = ssl_context_from(args)
+    except CliError as exc:
+        parser.error(str(exc))
+    if context is None:
+        return {}
+    return {"ssl": context, "ssl_handshake_timeout": args.ssl_handshake_timeout}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
