@@ -1019,29 +1019,25 @@ class Connection:
             self._on_closed(self)
 
 
-class TLSConnection(Connection):
-    """A :class:`Connection` over TLS: ciphertext through a :class:`~gevwire.tls.TLSSession`
-    between the socket and the pipeline, so codecs and handlers see plaintext frames.
+# A mixin's base: Connection for the type checker, nothing at run time (the concrete
+# classes put the backend's connection class after the mixin).
+if TYPE_CHECKING:
+    _TLSBase = Connection
+else:
+    _TLSBase = object
 
-    Its own read path (a plain connection's is untouched: it never asks whether it is
-    TLS): each read is decrypted and the plaintext handed to ``FramePipeline.received``;
-    a partial frame is buffered as plaintext in the input ring.  Every write (replies,
-    ``send`` from any thread) is encrypted in ``_write``; the output ring holds
-    ciphertext, so the water marks and ``max_write_buffer`` count ciphertext (plaintext
-    plus 22 bytes per record of up to 16 KiB); replies gathered during a read count as
-    plaintext until they are encrypted.  ``read_buffer_length`` is plaintext.
 
-    ``on_connect`` runs once the handshake is done (after the PROXY header, when there is
-    one), so ``alpn_protocol``, ``server_hostname``, ``peer_certificate``, ``tls_version``
-    and ``cipher`` are known there.  A handshake not done within
-    ``ssl_handshake_timeout`` is a :class:`~gevwire.TLSHandshakeTimeout`; a failed one
-    a :class:`~gevwire.TLSHandshakeError` (for ``on_error``: counted, the alert sent,
-    the connection closed whatever the hook does).  A peer that closes without
-    ``close_notify`` is an EOF (logged at debug).  ``close()`` sends ``close_notify``
-    after the replies, then waits for the peer's up to ``ssl_shutdown_timeout``.
-    """
+class _TLSTransport(_TLSBase):
+    """What a TLS connection does on every backend: a :class:`~gevwire.tls.TLSSession`
+    between the backend's reads and writes and the pipeline (see :class:`TLSConnection`).
+    A mixin: the backend's connection class comes after it, and ``super()`` reaches its
+    raw ``_write``."""
 
-    __slots__ = ("_handshake_timer", "_tls")
+    if not TYPE_CHECKING:  # (the concrete classes hold _handshake_timer and _tls)
+        __slots__ = ()
+
+    _tls: TLSSession
+    _handshake_timer: TimerHandle | None
 
     def __init__(
         self,
@@ -1060,7 +1056,7 @@ class TLSConnection(Connection):
         super().__init__(loop, fd, peer_addr, handler, codec, options, on_closed)
 
     def __repr__(self) -> str:
-        return f"<TLSConnection fd={self._fd} peer={self.peer_addr!r} {self._state}>"
+        return f"<{type(self).__name__} fd={self._fd} peer={self.peer_addr!r} {self._state}>"
 
     @property
     def tls(self) -> TLSSession:
@@ -1094,7 +1090,7 @@ class TLSConnection(Connection):
         waits for its end."""
         tls = self._tls
         if tls.handshake_done:
-            Connection._connected(self)
+            super()._connected()
             return
         self._handshake_timer = self.loop.run_after(self._options.ssl_handshake_timeout,
                                                     self._check_handshake)
@@ -1104,7 +1100,7 @@ class TLSConnection(Connection):
             self._tls_failed(exc)
             return
         if hello:
-            Connection._write(self, hello)
+            self._send_cipher(hello)
         ring = self._input
         if ring._len and self._state < _FLUSHING:
             # Bytes after the PROXY header: the start of the ClientHello.
@@ -1122,35 +1118,12 @@ class TLSConnection(Connection):
             return
         alert = self._tls.outgoing()
         if alert:
-            Connection._write(self, alert)
+            self._send_cipher(alert)
         self._pipe.fail(error)
         if self._state < _FLUSHING:
             self._close_gracefully()
 
     # -- reading -----------------------------------------------------------------------
-
-    def _on_events(self, events: int) -> None:
-        if events & _READ_EVENTS:
-            if self._state >= _FLUSHING:
-                if events & (EV_HUP | EV_ERROR):  # closing, and the peer is gone too
-                    self._close_now()
-                    return
-            elif not self._holds:
-                loop = self.loop
-                try:
-                    received = read_bytes(self._fd, SPARE_SIZE)
-                except OSError as exc:
-                    self._read_error(exc)
-                    return
-                if received:
-                    loop.bytes_in += len(received)
-                    self._last_active = loop.now
-                    self._tls_received(received)
-                else:
-                    self._tls_eof()
-                    return
-        if events & EV_WRITE and self._state != _CLOSED:
-            self._handle_write()
 
     def _tls_received(self, data: bytes) -> None:
         """Ciphertext from the peer: decrypt, answer the handshake, frame the plaintext."""
@@ -1163,13 +1136,13 @@ class TLSConnection(Connection):
             return
         out = tls.outgoing()
         if out and self._state != _CLOSED:
-            Connection._write(self, out)
+            self._send_cipher(out)
         if not was_done and tls.handshake_done:
             if self._handshake_timer is not None:
                 self._handshake_timer.cancel()
                 self._handshake_timer = None
             if self._state < _FLUSHING:
-                Connection._connected(self)  # on_connect, with the session known
+                super()._connected()  # on_connect, with the session known
         if plain and self._state < _FLUSHING:
             reply = self._pipe.received(plain)
             if reply is not None:
@@ -1204,17 +1177,21 @@ class TLSConnection(Connection):
                 self._tls_failed(exc)
             return  # (else closed for writing: nothing more can be sent)
         if cipher:
-            Connection._write(self, cipher)
+            self._send_cipher(cipher)
 
     def _write_batch(self, data: bytes) -> None:
         """A read's joined replies: encrypted and written now (the plain path defers
         them to the end of the turn; here they are encrypted in one call anyway)."""
         self._write(data)
 
+    def _send_cipher(self, data: bytes) -> None:
+        """Write ciphertext: the backend's own ``_write``."""
+        super()._write(data)
+
     def _send_close_notify(self) -> None:
         notify = self._tls.close()
         if notify and self._state != _CLOSED:
-            Connection._write(self, notify)
+            self._send_cipher(notify)
 
     # -- closing -----------------------------------------------------------------------
 
@@ -1222,7 +1199,7 @@ class TLSConnection(Connection):
         """``shutdown_write``: close_notify after everything queued, then FIN."""
         if self._state == _WRITE_SHUTTING:
             self._send_close_notify()
-        Connection._shutdown_write_in_loop(self)
+        super()._shutdown_write_in_loop()
 
     def _close_gracefully(self) -> None:
         """Encrypt what is gathered, add close_notify behind it, then close as a plain
@@ -1232,7 +1209,65 @@ class TLSConnection(Connection):
             if gathered is not None:
                 self._write(gathered)
             self._send_close_notify()
-        Connection._close_gracefully(self)
+        super()._close_gracefully()
+
+    def _close_now(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        super()._close_now()
+
+
+class TLSConnection(_TLSTransport, Connection):
+    """A :class:`Connection` over TLS: ciphertext through a :class:`~gevwire.tls.TLSSession`
+    between the socket and the pipeline, so codecs and handlers see plaintext frames.
+
+    Its own read path (a plain connection's is untouched: it never asks whether it is
+    TLS): each read is decrypted and the plaintext handed to ``FramePipeline.received``;
+    a partial frame is buffered as plaintext in the input ring.  Every write (replies,
+    ``send`` from any thread) is encrypted in ``_write``; the output ring holds
+    ciphertext, so the water marks and ``max_write_buffer`` count ciphertext (plaintext
+    plus 22 bytes per record of up to 16 KiB); replies gathered during a read count as
+    plaintext until they are encrypted.  ``read_buffer_length`` is plaintext.
+
+    ``on_connect`` runs once the handshake is done (after the PROXY header, when there is
+    one), so ``alpn_protocol``, ``server_hostname``, ``peer_certificate``, ``tls_version``
+    and ``cipher`` are known there.  A handshake not done within
+    ``ssl_handshake_timeout`` is a :class:`~gevwire.TLSHandshakeTimeout`; a failed one
+    a :class:`~gevwire.TLSHandshakeError` (for ``on_error``: counted, the alert sent,
+    the connection closed whatever the hook does).  A peer that closes without
+    ``close_notify`` is an EOF (logged at debug).  ``close()`` sends ``close_notify``
+    after the replies, then waits for the peer's up to ``ssl_shutdown_timeout``.
+    """
+
+    __slots__ = ("_handshake_timer", "_tls")
+
+    # -- reading (readiness) -----------------------------------------------------------
+
+    def _on_events(self, events: int) -> None:
+        if events & _READ_EVENTS:
+            if self._state >= _FLUSHING:
+                if events & (EV_HUP | EV_ERROR):  # closing, and the peer is gone too
+                    self._close_now()
+                    return
+            elif not self._holds:
+                loop = self.loop
+                try:
+                    received = read_bytes(self._fd, SPARE_SIZE)
+                except OSError as exc:
+                    self._read_error(exc)
+                    return
+                if received:
+                    loop.bytes_in += len(received)
+                    self._last_active = loop.now
+                    self._tls_received(received)
+                else:
+                    self._tls_eof()
+                    return
+        if events & EV_WRITE and self._state != _CLOSED:
+            self._handle_write()
+
+    # -- closing (readiness) -----------------------------------------------------------
 
     def _finish_close(self) -> None:
         """Output (close_notify last) is written: wait for the peer's close_notify or
@@ -1240,7 +1275,7 @@ class TLSConnection(Connection):
         tls = self._tls
         timeout = self._options.ssl_shutdown_timeout
         if not tls.closed or tls.eof or tls.failed or not timeout:
-            Connection._finish_close(self)
+            super()._finish_close()
             return
         self._state = _LINGERING
         self._input.reset()
@@ -1272,9 +1307,3 @@ class TLSConnection(Connection):
             return
         if self._tls.eof:
             self._close_now()
-
-    def _close_now(self) -> None:
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-            self._handshake_timer = None
-        Connection._close_now(self)

@@ -21,7 +21,7 @@ import construct  # type: ignore[import-untyped]
 
 from gevwire._sys import close as sys_close
 from gevwire._sys import set_nodelay
-from gevwire._uring.connection import UringConnection
+from gevwire._uring.connection import UringConnection, UringTLSConnection
 from gevwire._uring.listener import UringListener
 from gevwire._uring.loop import UringLoop, uring_available
 from gevwire.address import parse_address
@@ -734,10 +734,11 @@ class Server:
             return
         conn_class: Any = Connection
         tls: dict[str, TLSSession] = {}
-        if self.ssl is not None:
-            conn_class = TLSConnection  # (on io_uring too: the readiness path on its epoll)
-        elif isinstance(loop, UringLoop) and not self.options.proxy_protocol:
-            conn_class = UringConnection  # PROXY headers: the readiness path on its epoll
+        if isinstance(loop, UringLoop) and not self.options.proxy_protocol:
+            conn_class = UringConnection if self.ssl is None else UringTLSConnection
+        elif self.ssl is not None:
+            conn_class = TLSConnection  # PROXY headers: the readiness path (on io_uring,
+            # on its epoll), then TLS
         try:
             if self.ssl is not None:
                 tls["tls"] = TLSSession(self.ssl, server_side=True)

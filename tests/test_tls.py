@@ -354,3 +354,26 @@ def test_server_connect_dials_tls(serve: ServeFn, certs: Certs) -> None:
     conn.send(b"through server.connect")
     assert wait_until(lambda: replies == [b"through server.connect"])
     assert conn.tls_version == "TLSv1.3"
+
+
+def test_each_backend_serves_tls_with_its_own_connection_class(serve: ServeFn,
+                                                               certs: Certs) -> None:
+    from gevwire._uring.loop import uring_available
+
+    backends = ["epoll"] + (["io_uring"] if uring_available()[0] else [])
+    for backend in backends:
+        for proxy in (False, True):
+            handler = TLSRecorder()
+            server = serve(handler, codec=LineCodec(), ssl=certs.server_context(),
+                           backend=backend, proxy_protocol=proxy)
+            raw = socket.create_connection(server.address[:2], timeout=10)
+            if proxy:
+                raw.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 1833\r\n")
+            with certs.client_context().wrap_socket(raw, server_hostname="localhost") as sock:
+                sock.sendall(b"which\n")
+                assert recv_exactly(sock, 6) == b"which\n"
+            name = type(handler.connected[0]).__name__
+            # io_uring's completions, except behind a PROXY header (read on its epoll)
+            want = "UringTLSConnection" if backend == "io_uring" and not proxy \
+                else "TLSConnection"
+            assert name == want, (backend, proxy, name)
