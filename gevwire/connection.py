@@ -1033,11 +1033,13 @@ class _TLSTransport(_TLSBase):
     A mixin: the backend's connection class comes after it, and ``super()`` reaches its
     raw ``_write``."""
 
-    if not TYPE_CHECKING:  # (the concrete classes hold _handshake_timer and _tls)
+    if not TYPE_CHECKING:  # (the concrete classes hold the slots)
         __slots__ = ()
 
     _tls: TLSSession
-    _handshake_timer: TimerHandle | None
+    # The handshake's deadline, then (with frame_timeout) a partial record's.
+    _tls_timer: TimerHandle | None
+    _record_since: float  # loop.now when the buffered partial record began (0.0: none)
 
     def __init__(
         self,
@@ -1052,7 +1054,9 @@ class _TLSTransport(_TLSBase):
         tls: TLSSession,
     ) -> None:
         self._tls = tls
-        self._handshake_timer: TimerHandle | None = None
+        self._tls_timer: TimerHandle | None = None
+        self._record_since = 0.0
+        tls.track_records = options.frame_timeout is not None
         super().__init__(loop, fd, peer_addr, handler, codec, options, on_closed)
 
     def __repr__(self) -> str:
@@ -1092,7 +1096,7 @@ class _TLSTransport(_TLSBase):
         if tls.handshake_done:
             super()._connected()
             return
-        self._handshake_timer = self.loop.run_after(self._options.ssl_handshake_timeout,
+        self._tls_timer = self.loop.run_after(self._options.ssl_handshake_timeout,
                                                     self._check_handshake)
         try:
             hello = tls.start()  # a client's ClientHello; a server's b""
@@ -1107,7 +1111,7 @@ class _TLSTransport(_TLSBase):
             self._tls_received(ring.read(ring._len))
 
     def _check_handshake(self) -> None:
-        self._handshake_timer = None
+        self._tls_timer = None
         if not self._tls.handshake_done and self._state < _FLUSHING:
             self._tls_failed(TLSHandshakeTimeout(self._options.ssl_handshake_timeout))
 
@@ -1138,9 +1142,9 @@ class _TLSTransport(_TLSBase):
         if out and self._state != _CLOSED:
             self._send_cipher(out)
         if not was_done and tls.handshake_done:
-            if self._handshake_timer is not None:
-                self._handshake_timer.cancel()
-                self._handshake_timer = None
+            if self._tls_timer is not None:
+                self._tls_timer.cancel()
+                self._tls_timer = None
             if self._state < _FLUSHING:
                 super()._connected()  # on_connect, with the session known
         if plain and self._state < _FLUSHING:
@@ -1149,6 +1153,34 @@ class _TLSTransport(_TLSBase):
                 self._write(reply)
         if tls.eof and self._state < _FLUSHING:
             self._on_eof()
+        elif self._options.frame_timeout is not None and tls.handshake_done:
+            self._track_partial_record(bool(plain))
+
+    def _track_partial_record(self, progress: bool) -> None:
+        """``frame_timeout`` for a partial TLS record: the plaintext ring cannot see a
+        record trickled a byte at a time (and each byte keeps the peer from looking
+        idle), so the time since the record began is kept here, on the TLS timer."""
+        if not self._tls.buffered or self._state >= _FLUSHING:
+            self._record_since = 0.0
+        elif progress or not self._record_since:
+            self._record_since = self.loop.now
+            if self._tls_timer is None:
+                timeout = self._options.frame_timeout
+                assert timeout is not None
+                self._tls_timer = self.loop.run_after(timeout, self._check_record_deadline)
+
+    def _check_record_deadline(self) -> None:
+        self._tls_timer = None
+        if self._state >= _FLUSHING or not self._record_since or not self._tls.buffered:
+            return
+        timeout = self._options.frame_timeout
+        assert timeout is not None
+        left = self._record_since + timeout - time.monotonic()
+        if left > 0 or self._read_paused or self._holds:  # (paused by us: not its fault)
+            self._tls_timer = self.loop.run_after(left if left > 0 else timeout,
+                                                  self._check_record_deadline)
+            return
+        self._pipe.fail(FrameTimeout(timeout, self._tls.buffered))
 
     def _on_eof(self) -> None:
         """The peer's end (close_notify or a bare EOF): replies, our close_notify, close."""
@@ -1212,9 +1244,9 @@ class _TLSTransport(_TLSBase):
         super()._close_gracefully()
 
     def _close_now(self) -> None:
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-            self._handshake_timer = None
+        if self._tls_timer is not None:
+            self._tls_timer.cancel()
+            self._tls_timer = None
         super()._close_now()
 
 
@@ -1240,7 +1272,7 @@ class TLSConnection(_TLSTransport, Connection):
     after the replies, then waits for the peer's up to ``ssl_shutdown_timeout``.
     """
 
-    __slots__ = ("_handshake_timer", "_tls")
+    __slots__ = ("_record_since", "_tls", "_tls_timer")
 
     # -- reading (readiness) -----------------------------------------------------------
 

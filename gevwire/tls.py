@@ -42,8 +42,8 @@ class TLSSession:
     ``server_hostname`` for SNI and host name checking.
     """
 
-    __slots__ = ("_held", "_incoming", "_obj", "_outgoing", "closed", "eof", "failed",
-                 "handshake_done")
+    __slots__ = ("_held", "_incoming", "_obj", "_outgoing", "_rec_have", "_rec_head",
+                 "_rec_need", "closed", "eof", "failed", "handshake_done", "track_records")
 
     def __init__(
         self,
@@ -67,6 +67,11 @@ class TLSSession:
         #: True once a :class:`~gevwire.TLSError` was raised: the session is unusable.
         self.failed = False
         self._held: list[bytes] | None = None  # plaintext sent before the handshake ended
+        #: Follow the record boundaries of what is received, for :attr:`buffered`.
+        self.track_records = False
+        self._rec_head = b""  # a record header's first bytes, while it is incomplete
+        self._rec_need = 0  # the current record's size, header included (0: at a boundary)
+        self._rec_have = 0  # of it, bytes received
 
     # -- ciphertext in -----------------------------------------------------------------
 
@@ -84,6 +89,8 @@ class TLSSession:
             return b""
         if data:
             self._incoming.write(data)
+            if self.track_records:
+                self._track(data)
         if not self.handshake_done and not self._handshake():
             return b""
         if self.eof:
@@ -121,6 +128,31 @@ class TLSSession:
             self._held = None
             self._write(b"".join(held))
         return True
+
+    def _track(self, data: bytes) -> None:
+        """Move the record boundary over ``data`` (a few steps per read: a record is up
+        to 16 KiB; OpenSSL keeps a partial record inside, where it cannot be asked)."""
+        pos, size = 0, len(data)
+        head, need, have = self._rec_head, self._rec_need, self._rec_have
+        while pos < size:
+            if not need:
+                take = min(5 - len(head), size - pos)
+                head += data[pos:pos + take]
+                pos += take
+                if len(head) == 5:
+                    need, have, head = 5 + (head[3] << 8 | head[4]), 5, b""
+                continue
+            take = min(need - have, size - pos)
+            have += take
+            pos += take
+            if have == need:
+                need = have = 0
+        self._rec_head, self._rec_need, self._rec_have = head, need, have
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of a record received only in part (with :attr:`track_records`; else 0)."""
+        return self._rec_have or len(self._rec_head)
 
     # -- ciphertext out ----------------------------------------------------------------
 

@@ -2621,3 +2621,42 @@ def test_tls_peer_that_never_reads_large_replies_pauses_then_hits_the_cap(
     assert server.stats()["errors"] == {"WriteBufferFull": 1}
     base.check(8 * MiB)
     assert gevwire_log.unexpected(WriteBufferFull) == []
+
+
+def test_tls_record_trickled_a_byte_at_a_time_meets_frame_timeout(
+    serve: ServeFn, gevwire_log: LogCapture, tls_certs: Any
+) -> None:
+    """A 16 KiB record trickled a byte every 20 ms: each byte would keep the peer from
+    being idle, and the plaintext ring never sees a partial frame, so the partial
+    *record* is what frame_timeout times.  (Then close_notify, and the wait for the
+    peer's, which the trickle does not send: ssl_shutdown_timeout ends it.)"""
+    handler = TLSEcho()
+    codec = gevwire.Codec(PREFIXED, max_frame_size=1 * MiB)
+    timeout = 0.5
+    server = serve(handler, codec=codec, ssl=tls_certs.server_context(),
+                   frame_timeout=timeout, ssl_shutdown_timeout=0.3)
+    control = TLSControl(server.address, tls_certs, codec).start()
+    base = Baseline(server)
+    tricklers = [tls_raw_client(server.address, tls_certs) for _ in range(10)]
+    records = [session.send(codec.encode(bytes(16 * KiB - 64))) for _, session in tricklers]
+    start = time.monotonic()
+    sent = 0
+    while time.monotonic() - start < 5 and open_count(server) > 1:
+        for (sock, _), record in zip(tricklers, records, strict=True):
+            try:
+                sock.send(record[sent:sent + 1])
+            except OSError:
+                pass
+        sent += 1
+        time.sleep(0.02)
+    elapsed = time.monotonic() - start
+    assert open_count(server) == 1, "a trickled record outlived frame_timeout"
+    assert timeout <= elapsed < timeout + 0.3 + 2, elapsed
+    assert sent < len(records[0])  # closed long before the record was whole
+    close_all([sock for sock, _ in tricklers])
+    del tricklers, records  # (their client contexts hold the system CA store: not ours)
+    gc.collect()
+    control.stop()
+    assert handler.errors["FrameTimeout"] == 10, handler.errors
+    base.check(8 * MiB)
+    assert gevwire_log.unexpected() == []

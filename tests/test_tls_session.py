@@ -216,3 +216,25 @@ def test_any_split_of_the_stream_gives_the_same_plaintext(
         got.append(server.receive(stream[pos:pos + step]))
         pos += step
     assert b"".join(got) == b"".join(messages)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(min_value=1, max_value=40000), min_size=1, max_size=4),
+       cut=st.integers(min_value=0, max_value=1 << 30))
+def test_buffered_is_the_part_of_a_record_received(
+        certs: Certs, sizes: list[int], cut: int) -> None:
+    server, client = pair(certs)
+    handshake(server, client)
+    server.track_records = True
+    stream = b"".join(client.send(b"x" * size) for size in sizes)
+    cut %= len(stream) + 1
+    got = server.receive(stream[:cut])
+    # Walk the records by hand: what is past the last whole record is buffered.
+    pos = 0
+    while pos + 5 <= cut and pos + 5 + int.from_bytes(stream[pos + 3:pos + 5], "big") <= cut:
+        pos += 5 + int.from_bytes(stream[pos + 3:pos + 5], "big")
+    assert server.buffered == cut - pos
+    got += server.receive(stream[cut:])
+    assert server.buffered == 0
+    assert got == b"x" * sum(sizes)

@@ -380,7 +380,7 @@ class UringTLSConnection(_TLSTransport, UringConnection):
     sent as :class:`UringConnection` sends (one SEND in flight, the rest gathered).
     Limits count as on epoll (see :class:`~gevwire.connection.TLSConnection`)."""
 
-    __slots__ = ("_handshake_timer", "_tls")
+    __slots__ = ("_record_since", "_tls", "_tls_timer")
 
     _view_reads = False  # the pipeline gets plaintext bytes, not views of a buffer
 
