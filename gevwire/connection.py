@@ -1274,6 +1274,8 @@ class TLSConnection(_TLSTransport, Connection):
 
     __slots__ = ("_record_since", "_tls", "_tls_timer")
 
+    _send_cipher = Connection._write  # (the mixin's super() call, bound once: a level less)
+
     # -- reading (readiness) -----------------------------------------------------------
 
     def _on_events(self, events: int) -> None:

@@ -30,8 +30,9 @@ from gevwire.errors import TLSError, TLSHandshakeError
 
 __all__ = ["TLSSession"]
 
-#: Plaintext taken from the session per ``read`` call (one record holds at most 16 KiB).
-_READ_SIZE = 256 << 10
+#: Plaintext asked for per ``read`` call: one record's most (OpenSSL returns one record's
+#: plaintext per call; a larger size would only allocate more for each).
+_READ_SIZE = 16 << 10
 
 
 class TLSSession:
@@ -42,7 +43,7 @@ class TLSSession:
     ``server_hostname`` for SNI and host name checking.
     """
 
-    __slots__ = ("_held", "_incoming", "_obj", "_outgoing", "_rec_have", "_rec_head",
+    __slots__ = ("_held", "_incoming", "_obj", "_outgoing", "_ready", "_rec_have", "_rec_head",
                  "_rec_need", "closed", "eof", "failed", "handshake_done", "track_records")
 
     def __init__(
@@ -66,6 +67,7 @@ class TLSSession:
         self.closed = False
         #: True once a :class:`~gevwire.TLSError` was raised: the session is unusable.
         self.failed = False
+        self._ready = False  # handshake done, neither closed nor failed: send's fast path
         self._held: list[bytes] | None = None  # plaintext sent before the handshake ended
         #: Follow the record boundaries of what is received, for :attr:`buffered`.
         self.track_records = False
@@ -95,15 +97,18 @@ class TLSSession:
             return b""
         if self.eof:
             return b""
-        read = self._obj.read
+        obj = self._obj
+        incoming = self._incoming
         chunks: list[bytes] = []
         try:
             while True:
-                chunk = read(_READ_SIZE)
+                chunk = obj.read(_READ_SIZE)
                 if not chunk:  # (the standard library's SSLObject: close_notify)
                     self.eof = True
                     break
                 chunks.append(chunk)
+                if not incoming.pending and not obj.pending():
+                    break  # all read: asking again would raise SSLWantReadError (~1 µs)
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
@@ -123,6 +128,7 @@ class TLSSession:
         except ssl.SSLError as exc:
             raise self._failed(TLSHandshakeError, exc) from exc
         self.handshake_done = True
+        self._ready = not (self.closed or self.failed)
         held = self._held
         if held is not None:
             self._held = None
@@ -167,6 +173,12 @@ class TLSSession:
         Before the handshake is done the plaintext is held (and ``b""`` or handshake
         records returned); it leaves encrypted, in order, once the handshake ends.
         """
+        if self._ready and data:  # (the common case, kept short)
+            try:
+                self._obj.write(data)
+            except ssl.SSLError as exc:
+                raise self._failed(TLSError, exc) from exc
+            return self._outgoing.read()
         if self.failed or self.closed:
             raise TLSError("SESSION_CLOSED", "the TLS session is closed or failed")
         if not self.handshake_done:
@@ -189,6 +201,7 @@ class TLSSession:
 
     def _failed(self, kind: type[TLSError], exc: ssl.SSLError) -> TLSError:
         self.failed = True
+        self._ready = False
         return _error(kind, exc)
 
     def close(self) -> bytes:
@@ -198,6 +211,7 @@ class TLSSession:
         if not self.handshake_done or self.failed or self.closed:
             return b""
         self.closed = True
+        self._ready = False
         try:
             self._obj.unwrap()
         except ssl.SSLWantReadError:

@@ -383,6 +383,7 @@ class UringTLSConnection(_TLSTransport, UringConnection):
     __slots__ = ("_record_since", "_tls", "_tls_timer")
 
     _view_reads = False  # the pipeline gets plaintext bytes, not views of a buffer
+    _send_cipher = UringConnection._write  # (the mixin's super() call, bound once)
 
     def _on_recv(self, res: int, flags: int) -> None:
         """Completion of the multishot RECV: ciphertext in."""
