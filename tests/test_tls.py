@@ -377,3 +377,26 @@ def test_each_backend_serves_tls_with_its_own_connection_class(serve: ServeFn,
             want = "UringTLSConnection" if backend == "io_uring" and not proxy \
                 else "TLSConnection"
             assert name == want, (backend, proxy, name)
+
+
+def test_haproxy_send_proxy_v2_in_front_of_a_tls_listener(serve: ServeFn,
+                                                          certs: Certs) -> None:
+    """HAProxy in TCP mode passes TLS through, with a PROXY v2 header before it: the
+    header is read first, then the client's handshake, and on_connect sees both."""
+    from conftest_haproxy import run_haproxy
+
+    handler = TLSRecorder()
+    server = serve(handler, codec=LineCodec(), proxy_protocol=True,
+                   ssl=certs.server_context(alpn=["line"]))
+    with run_haproxy(server.port, "send-proxy-v2") as proxy:
+        for i in range(3):
+            raw = socket.create_connection((proxy.host, proxy.port), timeout=10)
+            ctx = certs.client_context(alpn=["line"])
+            with ctx.wrap_socket(raw, server_hostname="localhost") as sock:
+                sock.sendall(b"through haproxy %d\n" % i)
+                assert recv_exactly(sock, 18) == b"through haproxy %d\n" % i
+                conn = handler.connected[i]
+                assert conn.peer_addr[:2] == sock.getsockname()[:2]  # the real client
+                assert conn.proxy_info is not None and conn.proxy_info.version == 2
+                assert (conn.tls_version, conn.alpn_protocol) == ("TLSv1.3", "line")
+    assert server.stats()["errors"] == {}
