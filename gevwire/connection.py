@@ -1191,6 +1191,7 @@ class _TLSTransport(_TLSBase):
         """The socket's EOF: after close_notify a clean end; without it, still an EOF."""
         if not self._tls.eof:
             log.debug("%r: EOF without close_notify", self)
+            self._tls.eof = True  # (its close_notify cannot come now: not waited for)
         if not self._tls.handshake_done:
             self._close_now()  # left during the handshake: nobody to answer
         else:

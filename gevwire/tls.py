@@ -61,7 +61,8 @@ class TLSSession:
                                      server_hostname=server_hostname)
         #: True once the handshake has completed.
         self.handshake_done = False
-        #: True once the peer sent ``close_notify`` (a clean end of its stream).
+        #: True once the peer's stream ended: its ``close_notify`` (a clean end), or the
+        #: transport's EOF, which the transport may set here (then nothing is read after).
         self.eof = False
         #: True once :meth:`close` made our ``close_notify``: nothing more can be sent.
         self.closed = False
