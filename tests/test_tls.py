@@ -17,6 +17,7 @@ from system_packages import require_program
 from tls_support import Certs, make_certs
 
 import gevwire
+import gevwire.connection
 from gevwire import TLSHandshakeError, TLSHandshakeTimeout
 
 pytestmark = [pytest.mark.io, pytest.mark.timeout(60)]
@@ -399,4 +400,27 @@ def test_haproxy_send_proxy_v2_in_front_of_a_tls_listener(serve: ServeFn,
                 assert conn.peer_addr[:2] == sock.getsockname()[:2]  # the real client
                 assert conn.proxy_info is not None and conn.proxy_info.version == 2
                 assert (conn.tls_version, conn.alpn_protocol) == ("TLSv1.3", "line")
+    assert server.stats()["errors"] == {}
+
+
+def test_shutdown_write_sends_close_notify_and_reading_goes_on(serve: ServeFn,
+                                                               certs: Certs) -> None:
+    class HalfClose(TLSRecorder):
+        def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+            self.frames.append((conn, frame))
+            if frame == b"half":
+                conn.shutdown_write()
+                return b"last reply"
+            return None
+
+    handler = HalfClose()
+    server = serve(handler, codec=LineCodec(), ssl=certs.server_context())
+    with tls_client(server, certs.client_context()) as sock:
+        sock.sendall(b"half\n")
+        assert recv_exactly(sock, 11) == b"last reply\n"
+        assert sock.recv(10) == b""  # close_notify: the server's writing half is done
+        sock.sendall(b"still read\n")  # (TLS 1.3: our half is still open)
+        assert wait_until(lambda: [f for _, f in handler.frames] == [b"half", b"still read"])
+        assert handler.connected[0].state == gevwire.connection.ConnState.WRITE_SHUT
+    assert wait_until(lambda: server.connection_count == 0)
     assert server.stats()["errors"] == {}
