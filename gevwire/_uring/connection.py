@@ -406,6 +406,8 @@ class UringTLSConnection(_TLSTransport, UringConnection):
                     self._held.append(data)
                 else:
                     self._tls_received(data)
+                    if self._pipe.stopped:  # close() asked: the peer is still sending
+                        self._discarded = True
             elif state == _LINGERING and self._tls.closed:
                 self._shutdown_received(data)
             else:
