@@ -1120,6 +1120,8 @@ class _TLSTransport(_TLSBase):
         stream cannot go on, whatever the hook decided)."""
         if self._state == _CLOSED:
             return
+        failures = self.loop.tls_failures
+        failures[error.reason] = failures.get(error.reason, 0) + 1
         alert = self._tls.outgoing()
         if alert:
             self._send_cipher(alert)

@@ -126,6 +126,8 @@ class EventLoop:
         self.frames_out = 0
         self.connections_closed = 0
         self.errors: dict[str, int] = {}
+        #: TLS failures by OpenSSL's reason (``TLSError.reason``), beside ``errors``.
+        self.tls_failures: dict[str, int] = {}
         try:
             #: How the loop waits for I/O (``backend(loop)``; default: the poller).
             self.backend: LoopBackend = (ReadinessBackend(self) if backend is None

@@ -486,7 +486,9 @@ class Server:
         (over ``max_connections``), ``accept_backoffs`` (times accepting paused for lack
         of fds), ``frames_in`` / ``frames_out``, ``bytes_in`` /
         ``bytes_out``, ``errors`` (count by kind: exception class name, or
-        ``idle_timeout``), ``loop_turns``, ``loop_busy_seconds`` (time spent handling
+        ``idle_timeout``), ``tls_failures`` (the TLS ones again, by OpenSSL's reason:
+        ``HTTP_REQUEST``, ``HANDSHAKE_TIMEOUT``, ``CERTIFICATE_VERIFY_FAILED`` ...),
+        ``loop_turns``, ``loop_busy_seconds`` (time spent handling
         rather than waiting), and the same per loop under ``loops``.  With
         ``max_buffered_bytes``, also ``buffered_bytes`` (the last sample),
         ``budget_pauses`` and ``budget_closes`` (connections paused and closed by it).
@@ -510,9 +512,12 @@ class Server:
                 "busy_seconds": loop.busy_time,
             })
         errors: dict[str, int] = {}
+        tls_failures: dict[str, int] = {}
         for loop in self._loops:
             for kind, count in list(loop.errors.items()):
                 errors[kind] = errors.get(kind, 0) + count
+            for reason, count in list(loop.tls_failures.items()):
+                tls_failures[reason] = tls_failures.get(reason, 0) + count
         return {
             "connections_open": self.connection_count,
             "connections_total": self._accepted,
@@ -523,6 +528,7 @@ class Server:
             "bytes_in": sum(d["bytes_in"] for d in per_loop),
             "bytes_out": sum(d["bytes_out"] for d in per_loop),
             "errors": errors,
+            "tls_failures": tls_failures,
             "loop_turns": sum(d["turns"] for d in per_loop),
             "loop_busy_seconds": sum(d["busy_seconds"] for d in per_loop),
             "loops": per_loop,

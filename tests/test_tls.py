@@ -188,6 +188,7 @@ def test_handshake_timeout_closes_and_counts(serve: ServeFn, certs: Certs) -> No
         assert peer_closed(idle, timeout=5)
         assert 0.25 < time.monotonic() - start < 3
     assert wait_until(lambda: server.stats()["errors"].get("TLSHandshakeTimeout") == 1)
+    assert server.stats()["tls_failures"] == {"HANDSHAKE_TIMEOUT": 1}
     (_, error), = handler.errors
     assert isinstance(error, TLSHandshakeTimeout) and error.timeout == 0.3
     assert handler.connected == [] and len(handler.closed) == 1
@@ -251,6 +252,8 @@ def test_tls_stats_in_prometheus_metrics(serve: ServeFn, certs: Certs) -> None:
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as page:
         text = page.read().decode()
     assert 'gevwire_errors_total{kind="TLSHandshakeError"} 1.0' in text
+    assert 'gevwire_tls_failures_total{reason="HTTP_REQUEST"} 1.0' in text
+    assert server.stats()["tls_failures"] == {"HTTP_REQUEST": 1}
 
 
 def test_proxy_header_is_read_before_the_client_hello(serve: ServeFn, certs: Certs) -> None:
