@@ -1122,6 +1122,12 @@ class _TLSTransport(_TLSBase):
             return
         failures = self.loop.tls_failures
         failures[error.reason] = failures.get(error.reason, 0) + 1
+        # Its traceback (and its cause's, the ssl.SSLError) would keep the session's
+        # frames, and so OpenSSL's state, alive for as long as a handler keeps the
+        # error; OpenSSL's reason and message are in the error itself.
+        error.__traceback__ = None
+        if error.__cause__ is not None:
+            error.__cause__.__traceback__ = None
         alert = self._tls.outgoing()
         if alert:
             self._send_cipher(alert)
@@ -1251,6 +1257,9 @@ class _TLSTransport(_TLSBase):
             self._tls_timer.cancel()
             self._tls_timer = None
         super()._close_now()
+        # After on_close (which may read what was negotiated: it stays readable).
+        # Connections are freed by the cyclic GC; OpenSSL's state must not wait for it.
+        self._tls.release()
 
 
 class TLSConnection(_TLSTransport, Connection):

@@ -24,7 +24,7 @@ OpenSSL made for the peer, if any, is still in :meth:`TLSSession.outgoing`.
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import Any, Literal, overload
 
 from gevwire.errors import TLSError, TLSHandshakeError
 
@@ -57,8 +57,9 @@ class TLSSession:
             _record_sni(context)
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self._obj = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
-                                     server_hostname=server_hostname)
+        self._obj: ssl.SSLObject | _Released = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=server_side,
+            server_hostname=server_hostname)
         #: True once the handshake has completed.
         self.handshake_done = False
         #: True once the peer's stream ended: its ``close_notify`` (a clean end), or the
@@ -88,15 +89,13 @@ class TLSSession:
         """Feed ciphertext read from the peer; return the plaintext it completed
         (``b""`` when it held none yet).  Raises :class:`~gevwire.TLSHandshakeError`
         or :class:`~gevwire.TLSError`; check :meth:`outgoing` after every call."""
-        if self.failed:
+        if self.failed or self.eof:  # (after the peer's end nothing is read)
             return b""
         if data:
             self._incoming.write(data)
             if self.track_records:
                 self._track(data)
         if not self.handshake_done and not self._handshake():
-            return b""
-        if self.eof:
             return b""
         obj = self._obj
         incoming = self._incoming
@@ -221,6 +220,21 @@ class TLSSession:
             pass  # the session is broken: there is no clean end to send
         return self.outgoing()
 
+    def release(self) -> None:
+        """Free OpenSSL's state for this connection (it is closed): what was negotiated
+        stays readable, nothing more can be sent or received.
+
+        A connection object may live on until the cyclic garbage collector finds it;
+        OpenSSL's part (~20 KiB) should not wait for that: a peer failing handshakes
+        by the thousand would otherwise hold megabytes until a full collection."""
+        obj = self._obj
+        if isinstance(obj, _Released):
+            return
+        self._obj = _Released(obj, self.handshake_done)
+        self._ready = False
+        self.closed = True
+        self.eof = True
+
     # -- what was negotiated -----------------------------------------------------------
 
     @property
@@ -245,7 +259,10 @@ class TLSSession:
         ``CERT_OPTIONAL``), or None."""
         if not self.handshake_done:
             return None
-        cert = self._obj.getpeercert()
+        try:
+            cert = self._obj.getpeercert()
+        except ValueError:  # (OpenSSL's state after a failure)
+            return None
         return cert or None
 
     @property
@@ -253,7 +270,10 @@ class TLSSession:
         """The peer's certificate in DER form (present even when not verified), or None."""
         if not self.handshake_done:
             return None
-        return self._obj.getpeercert(binary_form=True)
+        try:
+            return self._obj.getpeercert(binary_form=True)
+        except ValueError:
+            return None
 
     @property
     def tls_version(self) -> str | None:
@@ -298,3 +318,53 @@ def _record_sni(context: ssl.SSLContext) -> None:
     again at the next session)."""
     if not isinstance(context.sni_callback, _RecordSNI):
         context.sni_callback = _RecordSNI(context.sni_callback)
+
+
+class _Released:
+    """What a released session keeps of its ``SSLObject``: the negotiated values.  Any
+    I/O on it is an ``ssl.SSLError`` (a :class:`~gevwire.TLSError` to the caller)."""
+
+    __slots__ = ("_alpn", "_cert", "_cert_der", "_cipher", "_gevwire_sni", "_version",
+                 "server_hostname", "server_side")
+
+    def __init__(self, obj: ssl.SSLObject, handshake_done: bool) -> None:
+        self.server_side = obj.server_side
+        self.server_hostname = obj.server_hostname
+        self._gevwire_sni: str | None = getattr(obj, "_gevwire_sni", None)
+        self._alpn = self._version = self._cipher = self._cert = self._cert_der = None
+        if not handshake_done:
+            return
+        try:  # (a session that failed after its handshake may refuse some of these)
+            self._alpn = obj.selected_alpn_protocol()
+            self._version = obj.version()
+            self._cipher = obj.cipher()
+            self._cert = obj.getpeercert()
+            self._cert_der = obj.getpeercert(binary_form=True)
+        except (ValueError, ssl.SSLError):
+            pass
+
+    def selected_alpn_protocol(self) -> str | None:
+        return self._alpn
+
+    def version(self) -> str | None:
+        return self._version
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        return self._cipher
+
+    @overload
+    def getpeercert(self, binary_form: Literal[False] = ...) -> Any: ...
+
+    @overload
+    def getpeercert(self, binary_form: Literal[True]) -> bytes | None: ...
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        return self._cert_der if binary_form else self._cert
+
+    def pending(self) -> int:
+        return 0
+
+    def _closed(self, *args: Any) -> Any:
+        raise ssl.SSLError("the TLS session was released (its connection is closed)")
+
+    read = write = do_handshake = unwrap = _closed

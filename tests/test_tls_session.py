@@ -238,3 +238,30 @@ def test_buffered_is_the_part_of_a_record_received(
     got += server.receive(stream[cut:])
     assert server.buffered == 0
     assert got == b"x" * sum(sizes)
+
+
+def test_release_frees_openssl_but_keeps_what_was_negotiated(certs: Certs) -> None:
+    server, client = pair(certs, server_ctx=certs.server_context(
+        alpn=["x"], client_certs=ssl.CERT_REQUIRED), client_ctx=certs.client_context(
+        alpn=["x"], with_cert=True))
+    handshake(server, client)
+    before = (server.alpn_protocol, server.server_hostname, server.peer_certificate,
+              server.peer_certificate_der, server.tls_version, server.cipher)
+    server.release()
+    server.release()  # (idempotent)
+    after = (server.alpn_protocol, server.server_hostname, server.peer_certificate,
+             server.peer_certificate_der, server.tls_version, server.cipher)
+    assert after == before and before[0] == "x" and before[2] is not None
+    assert server.closed and server.eof
+    assert server.receive(client.send(b"late")) == b""
+    with pytest.raises(TLSError):
+        server.send(b"late")
+    assert server.close() == b""
+    assert not any(isinstance(v, ssl.SSLObject) for v in (server._obj,))
+
+
+def test_release_before_the_handshake(certs: Certs) -> None:
+    server = TLSSession(certs.server_context(), server_side=True)
+    server.release()
+    assert (server.tls_version, server.cipher, server.peer_certificate) == (None, None, None)
+    assert server.receive(b"\x16\x03\x01") == b""
