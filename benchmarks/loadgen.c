@@ -35,6 +35,13 @@
  * falls outside the sample.
  *
  * The whole run is bounded by alarm(): setup-timeout + W + T + 30 s.
+ *
+ * --tls (a binary built with -DLOADGEN_TLS, linked with -lssl -lcrypto): every
+ * connection does a TLS handshake (OpenSSL's defaults: TLS 1.3, AES-GCM; the server's
+ * certificate is not verified) before its first message, and messages go through
+ * SSL_write / SSL_read (SSL_read is repeated until it wants more, so nothing waits
+ * inside OpenSSL while epoll sleeps).  The handshakes are part of setup, outside the
+ * measured window.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -55,6 +62,10 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef LOADGEN_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 
 #define POOL_SPAN (1u << 20) /* number of distinct message start offsets */
 #define RBUF_SIZE (256 * 1024)
@@ -64,7 +75,7 @@
 #define DRAIN_SECONDS 3.0
 #define SYNC_WAIT_MS 10000
 
-enum { ST_IDLE, ST_CONNECTING, ST_ACTIVE };
+enum { ST_IDLE, ST_CONNECTING, ST_HANDSHAKE, ST_ACTIVE };
 enum { PH_SETUP, PH_WARMUP, PH_MEASURE, PH_DRAIN };
 
 typedef struct {
@@ -75,6 +86,9 @@ typedef struct {
     size_t tx_pos;    /* bytes of tx_seq already sent (of wire_size) */
     uint64_t rx_seq;  /* message being received */
     size_t rx_pos;    /* bytes of rx_seq already received and verified (of wire_size) */
+#ifdef LOADGEN_TLS
+    SSL *ssl;         /* with --tls */
+#endif
 } conn_t;
 
 static conn_t *conns;
@@ -103,6 +117,11 @@ static uint64_t measured = 0;
 static uint64_t errors = 0;
 static double t_start = 0.0, t_end = 0.0;
 static struct sockaddr_in addr;
+static int use_tls = 0;
+#ifdef LOADGEN_TLS
+static SSL_CTX *tls_ctx;
+static unsigned char *txbuf; /* one SSL_write's messages, gathered */
+#endif
 
 static double now_s(void) {
     struct timespec ts;
@@ -173,6 +192,33 @@ static void open_more(void) {
     while (opened < nconns && opened - ready < SETUP_WINDOW) open_conn(opened);
 }
 
+#ifdef LOADGEN_TLS
+static const char *tls_error(void) {
+    unsigned long e = ERR_get_error();
+    return e ? ERR_error_string(e, NULL) : strerror(errno);
+}
+
+/* SSL_write of the gathered iovecs; -1 with errno EAGAIN when OpenSSL must wait. */
+static ssize_t tls_writev(conn_t *c, const struct iovec *iov, int cnt) {
+    size_t off = 0;
+    for (int i = 0; i < cnt; i++) {
+        memcpy(txbuf + off, iov[i].iov_base, iov[i].iov_len);
+        off += iov[i].iov_len;
+    }
+    ERR_clear_error();
+    int r = SSL_write(c->ssl, txbuf, (int)off);
+    if (r > 0) return r;
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+        errno = EAGAIN;
+        return -1;
+    }
+    fatal("SSL_write (conn %d): %s", (int)(c - conns), tls_error());
+}
+
+static void do_handshake(conn_t *c);
+#endif
+
 /* Send as much as allowed: up to `pipeline` messages in flight, or only the rest of a
  * partially sent message once stopping. */
 static void pump(conn_t *c) {
@@ -202,7 +248,11 @@ static void pump(conn_t *c) {
             }
             total += wire_size - skip;
         }
+#ifdef LOADGEN_TLS
+        ssize_t n = use_tls ? tls_writev(c, iov, cnt) : writev(c->fd, iov, cnt);
+#else
         ssize_t n = writev(c->fd, iov, cnt);
+#endif
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -231,19 +281,10 @@ static void pump(conn_t *c) {
     set_events(c, EPOLLIN);
 }
 
-static void on_readable(conn_t *c) {
+/* Verify `n` received bytes; returns the messages they completed. */
+static int consume(conn_t *c, const unsigned char *p, size_t n) {
     int ci = (int)(c - conns);
-    ssize_t n;
-    for (;;) {
-        n = read(c->fd, rbuf, RBUF_SIZE);
-        if (n >= 0) break;
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-        fatal("read (conn %d): %s", ci, strerror(errno));
-    }
-    if (n == 0) fatal("conn %d: server closed the connection", ci);
-    const unsigned char *p = rbuf;
-    size_t left = (size_t)n;
+    size_t left = n;
     int completed = 0;
     while (left > 0) {
         size_t avail;
@@ -284,6 +325,40 @@ static void on_readable(conn_t *c) {
             if (c->rx_seq == 1) ready++;
         }
     }
+    return completed;
+}
+
+static void on_readable(conn_t *c) {
+    int ci = (int)(c - conns);
+    int completed = 0;
+#ifdef LOADGEN_TLS
+    if (use_tls) {
+        for (;;) { /* until OpenSSL wants more: nothing may wait inside it */
+            ERR_clear_error();
+            int r = SSL_read(c->ssl, rbuf, RBUF_SIZE);
+            if (r > 0) {
+                completed += consume(c, rbuf, (size_t)r);
+                continue;
+            }
+            int e = SSL_get_error(c->ssl, r);
+            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) break;
+            if (e == SSL_ERROR_ZERO_RETURN) fatal("conn %d: server closed the connection", ci);
+            fatal("SSL_read (conn %d): %s", ci, tls_error());
+        }
+    } else
+#endif
+    {
+        ssize_t n;
+        for (;;) {
+            n = read(c->fd, rbuf, RBUF_SIZE);
+            if (n >= 0) break;
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+            fatal("read (conn %d): %s", ci, strerror(errno));
+        }
+        if (n == 0) fatal("conn %d: server closed the connection", ci);
+        completed = consume(c, rbuf, (size_t)n);
+    }
     if (completed) {
         if (phase == PH_MEASURE) measured += (uint64_t)completed;
         pump(c);
@@ -296,9 +371,35 @@ static void on_connected(conn_t *c) {
     socklen_t len = sizeof err;
     if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
     if (err) fatal("connect (conn %d): %s", (int)(c - conns), strerror(err));
+#ifdef LOADGEN_TLS
+    if (use_tls) {
+        c->ssl = SSL_new(tls_ctx);
+        if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) fatal("SSL_new: %s", tls_error());
+        SSL_set_connect_state(c->ssl);
+        c->state = ST_HANDSHAKE;
+        do_handshake(c);
+        return;
+    }
+#endif
     c->state = ST_ACTIVE;
     pump(c);
 }
+
+#ifdef LOADGEN_TLS
+static void do_handshake(conn_t *c) {
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        c->state = ST_ACTIVE;
+        pump(c);
+        return;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) set_events(c, EPOLLIN);
+    else if (e == SSL_ERROR_WANT_WRITE) set_events(c, EPOLLIN | EPOLLOUT);
+    else fatal("TLS handshake (conn %d): %s", (int)(c - conns), tls_error());
+}
+#endif
 
 static int all_drained(void) {
     for (int i = 0; i < nconns; i++) {
@@ -312,7 +413,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: loadgen --host H --port N --conns C --size S --seconds T\n"
             "               [--warmup W] [--pipeline P] [--setup-timeout X] [--sync]\n"
-            "               [--length-prefix]\n");
+            "               [--length-prefix] [--tls]\n");
     exit(2);
 }
 
@@ -323,7 +424,7 @@ static void parse_args(int argc, char **argv) {
         {"seconds", required_argument, 0, 't'},  {"warmup", required_argument, 0, 'w'},
         {"pipeline", required_argument, 0, 'P'}, {"setup-timeout", required_argument, 0, 'x'},
         {"sync", no_argument, 0, 'y'},           {"length-prefix", no_argument, 0, 'L'},
-        {0, 0, 0, 0},
+        {"tls", no_argument, 0, 'T'},            {0, 0, 0, 0},
     };
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -338,6 +439,7 @@ static void parse_args(int argc, char **argv) {
         case 'x': setup_timeout = atof(optarg); break;
         case 'y': sync_mode = 1; break;
         case 'L': length_prefix = 1; break;
+        case 'T': use_tls = 1; break;
         default: usage();
         }
     }
@@ -399,6 +501,21 @@ int main(int argc, char **argv) {
         x ^= x >> 7;
         x ^= x << 17;
         memcpy(pool + i, &x, 8);
+    }
+
+    if (use_tls) {
+#ifdef LOADGEN_TLS
+        tls_ctx = SSL_CTX_new(TLS_client_method());
+        if (!tls_ctx) fatal("SSL_CTX_new: %s", tls_error());
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+        SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                                      SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        txbuf = malloc((size_t)MAX_IOV * wire_size);
+        if (!txbuf) fatal("out of memory");
+#else
+        fatal("--tls: this loadgen was built without OpenSSL (cc -DLOADGEN_TLS ... -lssl "
+              "-lcrypto)");
+#endif
     }
 
     epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -474,6 +591,12 @@ int main(int argc, char **argv) {
                 on_connected(c);
                 continue;
             }
+#ifdef LOADGEN_TLS
+            if (c->state == ST_HANDSHAKE) {
+                do_handshake(c);
+                continue;
+            }
+#endif
             if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable(c);
             if (ev & EPOLLOUT) pump(c);
         }

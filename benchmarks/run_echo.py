@@ -1,6 +1,13 @@
 #!/usr/bin/env python3
 """Echo benchmark: gevwire against asyncio, uvloop and a minimal ctypes epoll loop.
 
+``--tls`` benchmarks echo over TLS 1.3 (OpenSSL's default suite, AES-256-GCM, with a
+throwaway ECDSA P-256 certificate made by ``openssl req``): gevwire's ``examples/echo.py
+--ssl-certfile ...`` on both backends against the asyncio ``Protocol`` echo server with
+``ssl=`` on asyncio and on uvloop; the load generator is ``bin/loadgen-tls`` (the same
+source built with ``-DLOADGEN_TLS``, linked to OpenSSL), handshakes done before the
+measured window.
+
 ``--framed`` benchmarks length-prefixed echo instead: every message is a 4-byte big-endian
 length + payload (``loadgen --length-prefix``, 8 messages in flight per connection by
 default), served by gevwire's ``examples/framed_echo.py`` (a ``Codec(Prefixed(Int32ub,
@@ -23,6 +30,7 @@ divided by the round trips the load generator completed and verified in the wind
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -30,6 +38,7 @@ import platform
 import selectors
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -44,6 +53,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 LOADGEN_SRC = BENCH_DIR / "loadgen.c"
 LOADGEN_BIN = BENCH_DIR / "bin" / "loadgen"
+LOADGEN_TLS_BIN = BENCH_DIR / "bin" / "loadgen-tls"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HOST = "127.0.0.1"
 SETUP_TIMEOUT = 30.0
@@ -70,6 +80,15 @@ FRAMED_SCENARIOS: tuple[Scenario, ...] = (
     Scenario("50x1KiB", 50, 1024),
 )
 FRAMED_PIPELINE = 8
+
+# --tls: raw echo over TLS.
+TLS_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("50x64B", 50, 64),
+    Scenario("50x1KiB", 50, 1024),
+    Scenario("50x4KiB", 50, 4096),
+)
+#: The certificate and key --tls servers use (made in main).
+TLS_FILES: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -193,6 +212,38 @@ FRAMED_SERVERS: tuple[Server, ...] = (
     ),
 )
 
+def _tls_args() -> list[str]:
+    return ["--ssl-certfile", TLS_FILES["cert"], "--ssl-keyfile", TLS_FILES["key"]]
+
+
+TLS_SERVERS: tuple[Server, ...] = (
+    Server(
+        "gevwire",
+        lambda port: _with_backend("epoll", [
+            sys.executable, "examples/echo.py", "--port", str(port), "--loops", "1",
+            *_tls_args()]),
+        _example_missing("echo.py"),
+    ),
+    Server(
+        "gevwire-uring",
+        lambda port: _with_backend("io_uring", [
+            sys.executable, "examples/echo.py", "--port", str(port), "--loops", "1",
+            *_tls_args()]),
+        _uring_missing,
+    ),
+    Server(
+        "asyncio",
+        lambda port: [sys.executable, str(BENCH_DIR / "servers" / "asyncio_echo.py"),
+                      "--port", str(port), *_tls_args()],
+        _always,
+    ),
+    Server(
+        "uvloop",
+        lambda port: [sys.executable, str(BENCH_DIR / "servers" / "asyncio_echo.py"),
+                      "--port", str(port), "--uvloop", *_tls_args()],
+        _uvloop_missing,
+    ),
+)
 
 
 def awaiting_servers(mode: str) -> tuple[Server, ...]:
@@ -251,13 +302,18 @@ class BenchError(Exception):
     """A single run failed; the message says why."""
 
 
-def build_loadgen() -> None:
-    """Compile loadgen.c with ``cc -O2`` if the binary is missing or older than the source."""
-    if LOADGEN_BIN.exists() and LOADGEN_BIN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+def build_loadgen(tls: bool = False) -> None:
+    """Compile loadgen.c with ``cc -O2`` if the binary is missing or older than the source
+    (``tls``: ``bin/loadgen-tls``, with ``-DLOADGEN_TLS`` and OpenSSL)."""
+    binary = LOADGEN_TLS_BIN if tls else LOADGEN_BIN
+    if binary.exists() and binary.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
         return
-    LOADGEN_BIN.parent.mkdir(parents=True, exist_ok=True)
+    binary.parent.mkdir(parents=True, exist_ok=True)
     cc = os.environ.get("CC", "cc")
-    cmd = [cc, "-O2", "-Wall", "-o", str(LOADGEN_BIN), str(LOADGEN_SRC)]
+    cmd = [cc, "-O2", "-Wall", "-o", str(binary), str(LOADGEN_SRC)]
+    if tls:
+        cmd[3:3] = ["-DLOADGEN_TLS"]
+        cmd += ["-lssl", "-lcrypto"]
     print("building:", " ".join(cmd), file=sys.stderr)
     subprocess.run(cmd, check=True, timeout=120)
 
@@ -291,15 +347,33 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.
     raise BenchError(f"server did not accept on port {port} within {timeout:.0f} s")
 
 
-def warm_server(port: int, size: int = 1024, timeout: float = 5.0, framed: bool = False) -> None:
+def make_tls_files(directory: str) -> None:
+    """A throwaway ECDSA P-256 certificate for localhost (``openssl req``) in TLS_FILES."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-subj", "/CN=localhost", "-days", "1"], check=True, timeout=60,
+                   capture_output=True)
+    TLS_FILES.update(cert=cert, key=key)
+
+
+def warm_server(port: int, size: int = 1024, timeout: float = 5.0, framed: bool = False,
+                tls: bool = False) -> None:
     """One connect / echo / close, so per-process first-use costs are paid up front.
 
     ``framed``: the message is one length-prefixed frame (4-byte big-endian length).
+    ``tls``: over TLS (the certificate is not checked).
     """
     payload = bytes(range(256)) * (size // 256)
     if framed:
         payload = len(payload).to_bytes(4, "big") + payload
-    with socket.create_connection((HOST, port), timeout=timeout) as s:
+    with contextlib.ExitStack() as stack:
+        s = stack.enter_context(socket.create_connection((HOST, port), timeout=timeout))
+        if tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            s = stack.enter_context(ctx.wrap_socket(s))
         s.sendall(payload)
         got = bytearray()
         while len(got) < len(payload):
@@ -405,9 +479,10 @@ def run_one(
                 stderr=subprocess.STDOUT,
             )
             wait_for_port(port, server_proc)
-            warm_server(port, framed=args.framed)
+            warm_server(port, framed=args.framed, tls=args.tls)
             cmd = [
-                "taskset", "-c", str(args.client_cpu), str(LOADGEN_BIN),
+                "taskset", "-c", str(args.client_cpu),
+                str(LOADGEN_TLS_BIN if args.tls else LOADGEN_BIN),
                 "--host", HOST, "--port", str(port),
                 "--conns", str(scenario.conns), "--size", str(scenario.size),
                 "--seconds", str(args.seconds), "--warmup", str(args.warmup),
@@ -416,6 +491,8 @@ def run_one(
             ]  # fmt: skip
             if args.framed:
                 cmd.append("--length-prefix")
+            if args.tls:
+                cmd.append("--tls")
             loadgen = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
@@ -575,6 +652,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "Protocol servers that create a task per frame (implies --framed)",
     )
     p.add_argument(
+        "--tls",
+        action="store_true",
+        help="echo over TLS 1.3 (bin/loadgen-tls) against TLS servers",
+    )
+    p.add_argument(
         "--pipeline",
         type=int,
         help=f"messages in flight per conn (1; {FRAMED_PIPELINE} with --framed)",
@@ -596,6 +678,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.pipeline = FRAMED_PIPELINE if args.framed else 1
     if args.seconds <= 0 or args.warmup < 0 or args.rounds < 1 or args.pipeline < 1:
         p.error("--seconds and --rounds/--pipeline must be positive, --warmup >= 0")
+    if args.tls and args.framed:
+        p.error("--tls with --framed or --awaiting: one at a time")
     if args.server_cpu == args.client_cpu:
         p.error("--server-cpu and --client-cpu must differ")
     return args
@@ -610,18 +694,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ncpu = os.cpu_count() or 1
     if max(args.server_cpu, args.client_cpu) >= ncpu or min(args.server_cpu, args.client_cpu) < 0:
         raise SystemExit(f"need cores {args.server_cpu} and {args.client_cpu}; have {ncpu}")
-    scenarios = select(args.scenarios, FRAMED_SCENARIOS if args.framed else SCENARIOS, "scenario")
-    if args.awaiting:
-        candidates: Sequence[Server] = awaiting_servers(args.awaiting)
+    scenario_set = TLS_SCENARIOS if args.tls else FRAMED_SCENARIOS if args.framed else SCENARIOS
+    scenarios = select(args.scenarios, scenario_set, "scenario")
+    if args.tls:
+        candidates: Sequence[Server] = TLS_SERVERS
+    elif args.awaiting:
+        candidates = awaiting_servers(args.awaiting)
     else:
         candidates = FRAMED_SERVERS if args.framed else SERVERS
     servers = available_servers(args.servers, candidates)
-    build_loadgen()
+    build_loadgen(tls=args.tls)
+    tls_dir = tempfile.TemporaryDirectory(prefix="gevwire-bench-tls-")
+    if args.tls:
+        make_tls_files(tls_dir.name)
     # Keep this process (it sleeps, then samples /proc) off the server's core.
     os.sched_setaffinity(0, {args.client_cpu})
 
     total = len(scenarios) * args.rounds * len(servers)
-    mode = "length-prefixed echo" if args.framed else "raw echo"
+    mode = ("TLS echo" if args.tls else "length-prefixed echo" if args.framed
+            else "raw echo")
     if args.awaiting:
         mode += f", every reply awaiting ({args.awaiting})"
     print(
@@ -672,6 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "pipeline": args.pipeline,
                 "framed": args.framed,
                 "awaiting": args.awaiting,
+                "tls": args.tls,
                 "server_cpu": args.server_cpu,
                 "client_cpu": args.client_cpu,
             },

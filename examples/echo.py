@@ -12,6 +12,7 @@ import signal
 from typing import Any
 
 import gevwire
+from gevwire.cli import add_ssl_arguments, ssl_server_options
 
 
 class Echo(gevwire.Handler):
@@ -29,12 +30,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="processes, each with its own SO_REUSEPORT listener")
     parser.add_argument("--reuse-port", action="store_true")
+    add_ssl_arguments(parser)  # --ssl-certfile, --ssl-keyfile ... (as uvicorn's)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(message)s")
 
     server = gevwire.Server(
         Echo(), address=f"{args.host}:{args.port}", loops=args.loops, workers=args.workers,
-        reuse_port=args.reuse_port,
+        reuse_port=args.reuse_port, **ssl_server_options(parser, args),
     )
 
     def on_signal(signum: int, frame: Any) -> None:

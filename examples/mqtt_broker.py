@@ -133,6 +133,7 @@ from types import FrameType
 from typing import Any
 
 import gevwire
+from gevwire.cli import add_ssl_arguments, ssl_server_options
 from gevwire.codecs.mqtt import (
     NO_LOCAL,
     RETAIN_AS_PUBLISHED,
@@ -1487,6 +1488,7 @@ def main() -> None:
     parser.add_argument("--sys-interval", type=float, default=SYS_INTERVAL,
                         help="seconds between publications of $SYS/broker/ (0: none)")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    add_ssl_arguments(parser)  # --ssl-certfile, --ssl-keyfile ... (MQTT over TLS: 8883)
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
@@ -1505,7 +1507,8 @@ def main() -> None:
     except ValueError as exc:
         parser.error(str(exc))
     server = gevwire.Server(broker, address=f"{args.host}:{args.port}", loops=args.loops,
-                            codec=codec, on_start=broker.start)
+                            codec=codec, on_start=broker.start,
+                            **ssl_server_options(parser, args))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)

@@ -60,6 +60,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 import gevwire
+from gevwire.cli import add_ssl_arguments, ssl_server_options
 from gevwire.codecs.resp import (
     NULL_ARRAY,
     NULL_BULK,
@@ -1265,6 +1266,7 @@ def main() -> None:
                         help="the glob matching work one KEYS or CONFIG GET may do, in "
                              "steps (200000: ~40 ms)")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    add_ssl_arguments(parser)  # --ssl-certfile, --ssl-keyfile ... (redis-cli --tls)
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
@@ -1277,7 +1279,8 @@ def main() -> None:
                        max_config_patterns=args.max_config_patterns,
                        max_glob_steps=args.max_glob_steps)
     server = gevwire.Server(RedisHandler(store), address=f"{args.host}:{args.port}",
-                            loops=args.loops, codec=redis_codec(args.max_bulk_length))
+                            loops=args.loops, codec=redis_codec(args.max_bulk_length),
+                            **ssl_server_options(parser, args))
     server.run_every(0.1, store.expire_due)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

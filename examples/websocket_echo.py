@@ -2,7 +2,8 @@
 
     python examples/websocket_echo.py --port 8765      # --port 0 picks a free port
 
-``GET /`` serves a small page whose script opens ``ws://<same host>/ws``, sends a text
+``GET /`` serves a small page whose script opens ``ws://<same host>/ws`` (``wss://`` when
+served over TLS with ``--ssl-certfile``), sends a text
 message (``?msg=...``, default ``hello``) and then a binary one, and shows what came
 back: ``<pre id="log">`` gets one line per step (the first names the extensions the
 browser agreed to: ``open (permessage-deflate)``) and ``document.title`` becomes
@@ -26,6 +27,7 @@ from types import FrameType
 from typing import Any
 
 import gevwire
+from gevwire.cli import add_ssl_arguments, ssl_server_options
 from gevwire.codecs.websocket import (
     HttpRequest,
     HttpResponse,
@@ -48,7 +50,8 @@ const show = (line) => { out.textContent += line + "\\n"; };
 const text = new URLSearchParams(location.search).get("msg") || "hello";
 const bytes = new TextEncoder().encode("binary:" + text);
 let echoedText = null;
-const ws = new WebSocket("ws://" + location.host + "/ws");
+const scheme = location.protocol === "https:" ? "wss://" : "ws://";  // (TLS: --ssl-*)
+const ws = new WebSocket(scheme + location.host + "/ws");
 ws.binaryType = "arraybuffer";
 ws.onopen = () => {
   show("open" + (ws.extensions ? " (" + ws.extensions + ")" : ""));
@@ -110,6 +113,7 @@ def main() -> None:
     parser.add_argument("--no-compression", action="store_true",
                         help="refuse permessage-deflate offers")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    add_ssl_arguments(parser)  # --ssl-certfile, --ssl-keyfile ... (wss://, https://)
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
@@ -122,6 +126,7 @@ def main() -> None:
         loops=args.loops,
         codec=websocket(max_message_size=args.max_message_size,
                         compression=not args.no_compression),
+        **ssl_server_options(parser, args),
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -6,12 +6,14 @@
     python fuzz/soak.py --minutes 60 --targets resp --good 4 --hostile 8
 
 Each target is an example's handler and codec (``examples/echo.py``,
-``examples/framed_echo.py``, ``examples/redis_server.py``) served by a child process of
+``examples/framed_echo.py``, ``examples/redis_server.py``, and ``tls``: the echo served
+over TLS with a throwaway certificate from ``openssl req``) served by a child process of
 its own (``soak.py --serve NAME``), with the limits a deployment facing the internet
 sets (``idle_timeout``, ``frame_timeout``, a ``max_write_buffer``).  Good clients send
 pipelined requests and check every reply byte for byte; hostile clients cycle through
 garbage, oversized length headers, slowloris trickles, RST in the middle of a frame, and
-peers that send but never read.
+peers that send but never read (against ``tls`` they speak no TLS at all: garbage for a
+ClientHello, handshakes trickled or never finished, RST mid-handshake).
 
 The report gives, per target: requests served to the good clients, the server's frames
 and errors by kind (``stats()``), and its RSS and open fds at the start and at the end
@@ -30,9 +32,11 @@ import os
 import random
 import select
 import socket
+import ssl
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -103,11 +107,31 @@ def resp_target() -> tuple[Any, Any, Callable[[Any], None]]:
     return module.RedisHandler(store), codec, setup
 
 
+def _tls_context() -> ssl.SSLContext:
+    """A server context with a throwaway ECDSA certificate (``openssl req``)."""
+    with tempfile.TemporaryDirectory(prefix="gevwire-soak-") as tmp:
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out",
+                        cert, "-subj", "/CN=localhost", "-days", "1"], check=True,
+                       capture_output=True, timeout=60)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+    return context
+
+
 TARGET_BUILDERS: dict[str, Callable[[], tuple[Any, Any, Callable[[Any], None]]]] = {
     "echo": _echo_target,
     "framed": _framed_target,
     "resp": resp_target,
+    "tls": _echo_target,
 }
+#: More Server options per target: TLS, its handshake bounded like a frame.
+TARGET_OPTIONS: dict[str, Callable[[], dict[str, Any]]] = {
+    "tls": lambda: {"ssl": _tls_context(), "ssl_handshake_timeout": FRAME_TIMEOUT},
+}
+#: The targets good clients reach over TLS (the certificate is not checked).
+TLS_TARGETS = frozenset({"tls"})
 
 
 class _ErrorLog(logging.Handler):
@@ -153,6 +177,7 @@ def serve(name: str) -> int:
     logging.getLogger().addHandler(errors)
     try:
         handler, codec, setup = TARGET_BUILDERS[name]()
+        options = TARGET_OPTIONS.get(name, dict)()
     except Exception as exc:  # the hook could not build it: say why, do not fail others
         print(json.dumps({"unavailable": f"{type(exc).__name__}: {exc}"}), flush=True)
         return 0
@@ -160,7 +185,8 @@ def serve(name: str) -> int:
 
     server = gevwire.Server(handler, address="127.0.0.1:0", codec=codec,
                             idle_timeout=IDLE_TIMEOUT, frame_timeout=FRAME_TIMEOUT,
-                            max_write_buffer=MAX_WRITE_BUFFER, close_timeout=2.0)
+                            max_write_buffer=MAX_WRITE_BUFFER, close_timeout=2.0,
+                            **options)
     server.start()
     setup(server)
 
@@ -304,7 +330,8 @@ class RespProtocol(Protocol):
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "echo": EchoProtocol(), "framed": FramedProtocol(), "resp": RespProtocol()}
+    "echo": EchoProtocol(), "framed": FramedProtocol(), "resp": RespProtocol(),
+    "tls": EchoProtocol()}
 
 
 # -- clients -------------------------------------------------------------------------------
@@ -380,9 +407,15 @@ def good_client(name: str, address: tuple[str, int], client: int, tally: Tally,
     protocol = PROTOCOLS[name]
     rng = random.Random(client)
     n = 0
+    tls: ssl.SSLContext | None = None
+    if name in TLS_TARGETS:
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
     while not stop.is_set():
         try:
-            with _connect(address) as sock:
+            raw = _connect(address)
+            with raw if tls is None else tls.wrap_socket(raw) as sock:
                 for _ in range(500):
                     if stop.is_set():
                         return

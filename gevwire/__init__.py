@@ -17,6 +17,9 @@ from gevwire.errors import (
     MemoryBudgetExceeded,
     ProxyHeaderTimeout,
     RoutingError,
+    TLSError,
+    TLSHandshakeError,
+    TLSHandshakeTimeout,
     WriteBufferFull,
 )
 from gevwire.handler import Handler, blocking
@@ -25,6 +28,7 @@ from gevwire.ringbuffer import BufferPool, RingBuffer
 from gevwire.router import Router
 from gevwire.server import Server
 from gevwire.timers import TimerHandle
+from gevwire.tls import TLSSession
 from gevwire.waiting import Offloader
 
 __all__ = [
@@ -53,6 +57,10 @@ __all__ = [
     "Router",
     "RoutingError",
     "Server",
+    "TLSError",
+    "TLSHandshakeError",
+    "TLSHandshakeTimeout",
+    "TLSSession",
     "TimerHandle",
     "WriteBufferFull",
     "blocking",

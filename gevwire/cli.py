@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from types import FrameType
@@ -22,7 +23,16 @@ from gevwire import __version__
 from gevwire.codec import BaseCodec, RawCodec
 from gevwire.server import Server
 
-__all__ = ["BUILTIN_CODECS", "CliError", "load_codec", "load_handler", "main"]
+__all__ = [
+    "BUILTIN_CODECS",
+    "CliError",
+    "add_ssl_arguments",
+    "load_codec",
+    "load_handler",
+    "main",
+    "ssl_context_from",
+    "ssl_server_options",
+]
 
 log = logging.getLogger("gevwire")
 
@@ -126,6 +136,90 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+_CERT_REQS = {"0": ssl.CERT_NONE, "none": ssl.CERT_NONE, "1": ssl.CERT_OPTIONAL,
+              "optional": ssl.CERT_OPTIONAL, "2": ssl.CERT_REQUIRED,
+              "required": ssl.CERT_REQUIRED}
+
+
+def _cert_reqs(text: str) -> ssl.VerifyMode:
+    try:
+        return _CERT_REQS[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: 0 / none, 1 / optional or 2 / required") from None
+
+
+def add_ssl_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add uvicorn's TLS options (``--ssl-certfile``, ``--ssl-keyfile``,
+    ``--ssl-keyfile-password``, ``--ssl-ca-certs``, ``--ssl-cert-reqs``,
+    ``--ssl-ciphers``) and ``--ssl-alpn``, ``--ssl-handshake-timeout`` to ``parser``;
+    :func:`ssl_context_from` makes the context.  The examples take the same flags."""
+    group = parser.add_argument_group("TLS (serve TLS when --ssl-certfile is given)")
+    group.add_argument("--ssl-certfile", metavar="PEM",
+                       help="the server's certificate chain (and key, if in one file)")
+    group.add_argument("--ssl-keyfile", metavar="PEM", help="the server's private key")
+    group.add_argument("--ssl-keyfile-password", metavar="PASSWORD",
+                       help="the private key's password")
+    group.add_argument("--ssl-ca-certs", metavar="PEM",
+                       help="CA certificates client certificates are verified against")
+    group.add_argument("--ssl-cert-reqs", type=_cert_reqs, default=ssl.CERT_NONE,
+                       metavar="0|1|2",
+                       help="client certificates: 0 none (default), 1 optional, "
+                            "2 required (mutual TLS; needs --ssl-ca-certs)")
+    group.add_argument("--ssl-ciphers", metavar="LIST",
+                       help="OpenSSL cipher list for TLS 1.2 (default: OpenSSL's)")
+    group.add_argument("--ssl-alpn", metavar="PROTOCOLS",
+                       help="ALPN protocols to offer, comma-separated (e.g. mqtt)")
+    group.add_argument("--ssl-handshake-timeout", type=_positive_float, default=10.0,
+                       metavar="SECONDS",
+                       help="close a peer whose TLS handshake is not done by then "
+                            "(default: %(default)s)")
+
+
+def ssl_context_from(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server context the ``--ssl-*`` options describe, or None without
+    ``--ssl-certfile``.  Raises :class:`CliError` for options that cannot be used."""
+    if not args.ssl_certfile:
+        for option in ("ssl_keyfile", "ssl_ca_certs", "ssl_ciphers", "ssl_alpn"):
+            if getattr(args, option):
+                raise CliError(f"--{option.replace('_', '-')} needs --ssl-certfile")
+        if args.ssl_cert_reqs != ssl.CERT_NONE:
+            raise CliError("--ssl-cert-reqs needs --ssl-certfile")
+        return None
+    if args.ssl_cert_reqs != ssl.CERT_NONE and not args.ssl_ca_certs:
+        raise CliError("--ssl-cert-reqs 1 or 2 needs --ssl-ca-certs (the CA that signs "
+                       "client certificates)")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.ssl_certfile, args.ssl_keyfile,
+                                args.ssl_keyfile_password)
+        if args.ssl_ca_certs:
+            context.load_verify_locations(args.ssl_ca_certs)
+        if args.ssl_ciphers:
+            context.set_ciphers(args.ssl_ciphers)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"cannot load the TLS certificate or key: {exc}") from exc
+    context.verify_mode = args.ssl_cert_reqs
+    if args.ssl_alpn:
+        context.set_alpn_protocols([p.strip() for p in args.ssl_alpn.split(",") if p.strip()])
+    return context
+
+
+def ssl_server_options(parser: argparse.ArgumentParser,
+                       args: argparse.Namespace) -> dict[str, Any]:
+    """``Server`` keyword arguments from the ``--ssl-*`` options (``{}`` without
+    ``--ssl-certfile``); a usage error on ``parser`` for options that cannot be used.
+    For programs with their own parser: ``add_ssl_arguments(parser)``, then
+    ``gevwire.Server(..., **ssl_server_options(parser, args))``."""
+    try:
+        context = ssl_context_from(args)
+    except CliError as exc:
+        parser.error(str(exc))
+    if context is None:
+        return {}
+    return {"ssl": context, "ssl_handshake_timeout": args.ssl_handshake_timeout}
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The ``python -m gevwire`` parser and its ``run`` sub-parser."""
     parser = argparse.ArgumentParser(
@@ -195,6 +289,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                      help="(default: %(default)s)")
     run.add_argument("--app-dir", default=".",
                      help="put this directory first on sys.path (default: the current one)")
+    add_ssl_arguments(run)
     _environment_defaults(run)
     return parser, run
 
@@ -233,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler = load_handler(args.handler)
         codec = load_codec(args.codec)
+        context = ssl_context_from(args)
     except CliError as exc:
         run_parser.error(str(exc))  # exits with status 2
     try:
@@ -254,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             proxy_timeout=args.proxy_timeout,
             max_pending_per_connection=args.max_pending_per_connection,
             handler_timeout=args.handler_timeout,
+            ssl=context,
+            ssl_handshake_timeout=args.ssl_handshake_timeout,
         )
     except (ValueError, TypeError, RuntimeError) as exc:
         run_parser.error(str(exc))

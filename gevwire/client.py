@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import socket
+import ssl as ssl_module
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -18,10 +19,11 @@ from typing import Any
 from gevwire._sys import set_nodelay
 from gevwire.address import parse_address
 from gevwire.codec import BaseCodec, RawCodec
-from gevwire.connection import Connection, ConnectionOptions
+from gevwire.connection import Connection, ConnectionOptions, TLSConnection
 from gevwire.errors import ConnectionClosed
 from gevwire.handler import Handler
 from gevwire.loop import EventLoop
+from gevwire.tls import TLSSession
 
 __all__ = ["Client", "open_connection"]
 
@@ -52,19 +54,38 @@ def open_connection(
     timeout: float = 10.0,
     on_closed: Callable[[Connection], None] | None = None,
     on_start: Callable[[Connection], None] | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> Connection:
     """Connect to ``address`` and run the connection on ``loop``.
 
     Blocks for the connect only (up to ``timeout``); ``on_connect`` then runs on the
     loop.  The connection can be used (``send``) at once: what is sent before the loop
     has registered it is queued behind the registration.
+
+    ``ssl``: speak TLS with this context (``ssl.create_default_context()`` verifies the
+    server against the system's CAs); ``server_hostname`` is sent as SNI and checked
+    against the certificate (default: the host of ``address``).  ``on_connect`` runs once
+    the handshake is done; what is sent before is encrypted and sent after it.
     """
+    tls: TLSSession | None = None
+    if ssl is not None:
+        if not isinstance(ssl, ssl_module.SSLContext):
+            raise TypeError(f"ssl must be an ssl.SSLContext, not {ssl!r}")
+        if server_hostname is None:
+            family, target = parse_address(address)
+            if family != socket.AF_UNIX:
+                server_hostname = str(target[0])
+        # Before the connect: a context that cannot be used (check_hostname without a
+        # host name) fails here, with no socket to clean up.
+        tls = TLSSession(ssl, server_side=False, server_hostname=server_hostname)
     sock, tcp = _dial(address, timeout)
     peer = sock.getpeername()
     fd = sock.detach()
     if tcp and options.tcp_nodelay:
         set_nodelay(fd)
-    conn = Connection(loop, fd, peer, handler, codec, options, on_closed)
+    conn = (Connection(loop, fd, peer, handler, codec, options, on_closed) if tls is None
+            else TLSConnection(loop, fd, peer, handler, codec, options, on_closed, tls=tls))
 
     def start() -> None:
         if on_start is not None:
@@ -137,8 +158,14 @@ class Client:
         handler: Any = None,
         codec: BaseCodec | None = None,
         timeout: float = 10.0,
+        ssl: ssl_module.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> Connection:
-        """Connect to ``address`` (``host:port``, ``[v6]:port``, ``unix:/path``)."""
+        """Connect to ``address`` (``host:port``, ``[v6]:port``, ``unix:/path``); with
+        ``ssl``, over TLS (``server_hostname``: SNI and the name the certificate must
+        hold; default the host of ``address``).  A TLS connection's ``on_connect`` (and
+        its first frames) come once the handshake is done; a failed handshake closes it
+        (:meth:`receive` then raises :class:`ConnectionClosed`)."""
         self._ensure_running()
         inbox_handler = handler if handler is not None else self.handler
         conn = open_connection(
@@ -150,6 +177,8 @@ class Client:
             timeout=timeout,
             on_closed=self._connections.discard,
             on_start=self._connections.add,
+            ssl=ssl,
+            server_hostname=server_hostname,
         )
         if isinstance(inbox_handler, _Inbox) and not isinstance(conn.context, queue.Queue):
             conn.context = queue.Queue()  # ready before the loop runs on_connect

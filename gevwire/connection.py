@@ -51,6 +51,8 @@ from gevwire.errors import (
     FrameError,
     FrameTimeout,
     ProxyHeaderTimeout,
+    TLSError,
+    TLSHandshakeTimeout,
     WriteBufferFull,
 )
 from gevwire.handler import handler_waits
@@ -58,6 +60,7 @@ from gevwire.loop import SPARE_SIZE
 from gevwire.pipeline import LARGE_RING, FramePipeline
 from gevwire.proxy_protocol import ProxyHeaderDecoder, ProxyInfo
 from gevwire.ringbuffer import RingBuffer
+from gevwire.tls import TLSSession
 from gevwire.waiting import DEFAULT_MAX_PENDING, Offloader, WaitingPipeline
 
 if TYPE_CHECKING:
@@ -66,7 +69,7 @@ if TYPE_CHECKING:
     from gevwire.loop import EventLoop
     from gevwire.timers import TimerHandle
 
-__all__ = ["ConnState", "Connection", "ConnectionOptions"]
+__all__ = ["ConnState", "Connection", "ConnectionOptions", "TLSConnection"]
 
 log = logging.getLogger("gevwire")
 
@@ -161,6 +164,8 @@ class ConnectionOptions:
     handler_timeout: float | None = None
     ordered_replies: bool = True
     offloader: Offloader | None = None
+    ssl_handshake_timeout: float = 10.0
+    ssl_shutdown_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.write_low_water <= self.write_high_water <= self.max_write_buffer:
@@ -181,6 +186,10 @@ class ConnectionOptions:
             raise ValueError("max_pending_per_connection must be at least 1")
         if self.handler_timeout is not None and self.handler_timeout <= 0:
             raise ValueError("handler_timeout must be positive (or None for no limit)")
+        if self.ssl_handshake_timeout <= 0:
+            raise ValueError("ssl_handshake_timeout must be positive")
+        if self.ssl_shutdown_timeout < 0:
+            raise ValueError("ssl_shutdown_timeout must be >= 0")
 
 
 class Connection:
@@ -466,6 +475,35 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection fd={self._fd} peer={self.peer_addr!r} {self._state}>"
+
+    # What TLS negotiated (see TLSConnection): None on a plain connection.
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """The protocol ALPN chose (TLS), else None."""
+        return None
+
+    @property
+    def server_hostname(self) -> str | None:
+        """The SNI host name: the one the client sent (TLS, server side), the one dialed
+        (TLS, client side); else None."""
+        return None
+
+    @property
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The peer's verified certificate as ``getpeercert()`` gives it (mutual TLS),
+        else None."""
+        return None
+
+    @property
+    def tls_version(self) -> str | None:
+        """``"TLSv1.3"``, ``"TLSv1.2"`` ... (TLS, once the handshake is done), else None."""
+        return None
+
+    @property
+    def cipher(self) -> tuple[str, str, int] | None:
+        """``(name, protocol, secret bits)`` of the TLS cipher, else None."""
+        return None
 
     # -- loop side ---------------------------------------------------------------------
 
@@ -1099,3 +1137,348 @@ class Connection:
 def _settle_future(future: Any, ok: bool) -> None:
     if not future.done():
         future.set_result(ok)
+
+
+# A mixin's base: Connection for the type checker, nothing at run time (the concrete
+# classes put the backend's connection class after the mixin).
+if TYPE_CHECKING:
+    _TLSBase = Connection
+else:
+    _TLSBase = object
+
+
+class _TLSTransport(_TLSBase):
+    """What a TLS connection does on every backend: a :class:`~gevwire.tls.TLSSession`
+    between the backend's reads and writes and the pipeline (see :class:`TLSConnection`).
+    A mixin: the backend's connection class comes after it, and ``super()`` reaches its
+    raw ``_write``."""
+
+    if not TYPE_CHECKING:  # (the concrete classes hold the slots)
+        __slots__ = ()
+
+    _tls: TLSSession
+    # The handshake's deadline, then (with frame_timeout) a partial record's.
+    _tls_timer: TimerHandle | None
+    _record_since: float  # loop.now when the buffered partial record began (0.0: none)
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        fd: int,
+        peer_addr: Any,
+        handler: Any,
+        codec: BaseCodec,
+        options: ConnectionOptions,
+        on_closed: Callable[[Connection], None] | None = None,
+        *,
+        tls: TLSSession,
+    ) -> None:
+        self._tls = tls
+        self._tls_timer: TimerHandle | None = None
+        self._record_since = 0.0
+        tls.track_records = options.frame_timeout is not None
+        super().__init__(loop, fd, peer_addr, handler, codec, options, on_closed)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} fd={self._fd} peer={self.peer_addr!r} {self._state}>"
+
+    @property
+    def tls(self) -> TLSSession:
+        """The TLS session (what was negotiated; see :class:`~gevwire.tls.TLSSession`)."""
+        return self._tls
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        return self._tls.alpn_protocol
+
+    @property
+    def server_hostname(self) -> str | None:
+        return self._tls.server_hostname
+
+    @property
+    def peer_certificate(self) -> dict[str, Any] | None:
+        return self._tls.peer_certificate
+
+    @property
+    def tls_version(self) -> str | None:
+        return self._tls.tls_version
+
+    @property
+    def cipher(self) -> tuple[str, str, int] | None:
+        return self._tls.cipher
+
+    # -- handshake ---------------------------------------------------------------------
+
+    def _connected(self) -> None:
+        """Registered (and past the PROXY header): start the handshake; ``on_connect``
+        waits for its end."""
+        tls = self._tls
+        if tls.handshake_done:
+            super()._connected()
+            return
+        self._tls_timer = self.loop.run_after(self._options.ssl_handshake_timeout,
+                                                    self._check_handshake)
+        try:
+            hello = tls.start()  # a client's ClientHello; a server's b""
+        except TLSError as exc:
+            self._tls_failed(exc)
+            return
+        if hello:
+            self._send_cipher(hello)
+        ring = self._input
+        if ring._len and self._state < _FLUSHING:
+            # Bytes after the PROXY header: the start of the ClientHello.
+            self._tls_received(ring.read(ring._len))
+
+    def _check_handshake(self) -> None:
+        self._tls_timer = None
+        if not self._tls.handshake_done and self._state < _FLUSHING:
+            self._tls_failed(TLSHandshakeTimeout(self._options.ssl_handshake_timeout))
+
+    def _tls_failed(self, error: TLSError) -> None:
+        """The session failed: send OpenSSL's alert, tell ``on_error``, and close (the
+        stream cannot go on, whatever the hook decided)."""
+        if self._state == _CLOSED:
+            return
+        failures = self.loop.tls_failures
+        failures[error.reason] = failures.get(error.reason, 0) + 1
+        # Its traceback (and its cause's, the ssl.SSLError) would keep the session's
+        # frames, and so OpenSSL's state, alive for as long as a handler keeps the
+        # error; OpenSSL's reason and message are in the error itself.
+        error.__traceback__ = None
+        if error.__cause__ is not None:
+            error.__cause__.__traceback__ = None
+        alert = self._tls.outgoing()
+        if alert:
+            self._send_cipher(alert)
+        self._pipe.fail(error)
+        if self._state < _FLUSHING:
+            self._close_gracefully()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _tls_received(self, data: bytes) -> None:
+        """Ciphertext from the peer: decrypt, answer the handshake, frame the plaintext."""
+        tls = self._tls
+        was_done = tls.handshake_done
+        try:
+            plain = tls.receive(data)
+        except TLSError as exc:
+            self._tls_failed(exc)
+            return
+        out = tls.outgoing()
+        if out and self._state != _CLOSED:
+            self._send_cipher(out)
+        if not was_done and tls.handshake_done:
+            if self._tls_timer is not None:
+                self._tls_timer.cancel()
+                self._tls_timer = None
+            if self._state < _FLUSHING:
+                super()._connected()  # on_connect, with the session known
+        if plain and self._state < _FLUSHING:
+            reply = self._pipe.received(plain)
+            if reply is not None:
+                self._write(reply)
+        if tls.eof and self._state < _FLUSHING:
+            self._on_eof()
+        elif self._options.frame_timeout is not None and tls.handshake_done:
+            self._track_partial_record(bool(plain))
+
+    def _track_partial_record(self, progress: bool) -> None:
+        """``frame_timeout`` for a partial TLS record: the plaintext ring cannot see a
+        record trickled a byte at a time (and each byte keeps the peer from looking
+        idle), so the time since the record began is kept here, on the TLS timer."""
+        if not self._tls.buffered or self._state >= _FLUSHING:
+            self._record_since = 0.0
+        elif progress or not self._record_since:
+            self._record_since = self.loop.now
+            if self._tls_timer is None:
+                timeout = self._options.frame_timeout
+                assert timeout is not None
+                self._tls_timer = self.loop.run_after(timeout, self._check_record_deadline)
+
+    def _check_record_deadline(self) -> None:
+        self._tls_timer = None
+        if self._state >= _FLUSHING or not self._record_since or not self._tls.buffered:
+            return
+        timeout = self._options.frame_timeout
+        assert timeout is not None
+        left = self._record_since + timeout - time.monotonic()
+        if left > 0 or self._read_paused or self._holds:  # (paused by us: not its fault)
+            self._tls_timer = self.loop.run_after(left if left > 0 else timeout,
+                                                  self._check_record_deadline)
+            return
+        self._pipe.fail(FrameTimeout(timeout, self._tls.buffered))
+
+    def _on_eof(self) -> None:
+        """The peer's end (close_notify or a bare EOF): replies, our close_notify, close."""
+        if self._state < _FLUSHING:
+            self._close_gracefully()
+
+    def _tls_eof(self) -> None:
+        """The socket's EOF: after close_notify a clean end; without it, still an EOF."""
+        if not self._tls.eof:
+            log.debug("%r: EOF without close_notify", self)
+            self._tls.eof = True  # (its close_notify cannot come now: not waited for)
+        if not self._tls.handshake_done:
+            self._close_now()  # left during the handshake: nobody to answer
+        else:
+            self._on_eof()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        """Encrypt plaintext and write the ciphertext (loop thread only)."""
+        if self._state == _CLOSED:
+            return
+        try:
+            cipher = self._tls.send(data)
+        except TLSError as exc:
+            if self._tls.failed and not self._pipe.stopped:
+                self._tls_failed(exc)
+            return  # (else closed for writing: nothing more can be sent)
+        if cipher:
+            self._send_cipher(cipher)
+
+    def _write_batch(self, data: bytes) -> None:
+        """A read's joined replies: encrypted and written now (the plain path defers
+        them to the end of the turn; here they are encrypted in one call anyway)."""
+        self._write(data)
+
+    def _send_cipher(self, data: bytes) -> None:
+        """Write ciphertext: the backend's own ``_write``."""
+        super()._write(data)
+
+    def _send_close_notify(self) -> None:
+        notify = self._tls.close()
+        if notify and self._state != _CLOSED:
+            self._send_cipher(notify)
+
+    # -- closing -----------------------------------------------------------------------
+
+    def _shutdown_write_in_loop(self) -> None:
+        """``shutdown_write``: close_notify after everything queued, then FIN."""
+        if self._state == _WRITE_SHUTTING:
+            self._send_close_notify()
+        super()._shutdown_write_in_loop()
+
+    def _close_gracefully(self) -> None:
+        """Encrypt what is gathered, add close_notify behind it, then close as a plain
+        connection does (its output drained within ``close_timeout``).  With frames in
+        flight (a handler that waits), close_notify waits for their replies."""
+        if self._state < _FLUSHING:
+            gathered = self._pipe.take_pending()
+            if gathered is not None:
+                self._write(gathered)
+            if not self._pipe.in_flight:
+                self._send_close_notify()
+        super()._close_gracefully()
+
+    def _work_done(self) -> None:
+        """The frames a graceful close waited for have ended: close_notify after their
+        replies, then close as a plain connection does."""
+        if self._state == _FLUSHING:
+            self._send_close_notify()
+        super()._work_done()
+
+    def _close_now(self) -> None:
+        if self._tls_timer is not None:
+            self._tls_timer.cancel()
+            self._tls_timer = None
+        super()._close_now()
+        # After on_close (which may read what was negotiated: it stays readable).
+        # Connections are freed by the cyclic GC; OpenSSL's state must not wait for it.
+        self._tls.release()
+
+
+class TLSConnection(_TLSTransport, Connection):
+    """A :class:`Connection` over TLS: ciphertext through a :class:`~gevwire.tls.TLSSession`
+    between the socket and the pipeline, so codecs and handlers see plaintext frames.
+
+    Its own read path (a plain connection's is untouched: it never asks whether it is
+    TLS): each read is decrypted and the plaintext handed to ``FramePipeline.received``;
+    a partial frame is buffered as plaintext in the input ring.  Every write (replies,
+    ``send`` from any thread) is encrypted in ``_write``; the output ring holds
+    ciphertext, so the water marks and ``max_write_buffer`` count ciphertext (plaintext
+    plus 22 bytes per record of up to 16 KiB); replies gathered during a read count as
+    plaintext until they are encrypted.  ``read_buffer_length`` is plaintext.
+
+    ``on_connect`` runs once the handshake is done (after the PROXY header, when there is
+    one), so ``alpn_protocol``, ``server_hostname``, ``peer_certificate``, ``tls_version``
+    and ``cipher`` are known there.  A handshake not done within
+    ``ssl_handshake_timeout`` is a :class:`~gevwire.TLSHandshakeTimeout`; a failed one
+    a :class:`~gevwire.TLSHandshakeError` (for ``on_error``: counted, the alert sent,
+    the connection closed whatever the hook does).  A peer that closes without
+    ``close_notify`` is an EOF (logged at debug).  ``close()`` sends ``close_notify``
+    after the replies, then waits for the peer's up to ``ssl_shutdown_timeout``.
+    """
+
+    __slots__ = ("_record_since", "_tls", "_tls_timer")
+
+    _send_cipher = Connection._write  # (the mixin's super() call, bound once: a level less)
+
+    # -- reading (readiness) -----------------------------------------------------------
+
+    def _on_events(self, events: int) -> None:
+        if events & _READ_EVENTS:
+            if self._state >= _FLUSHING:
+                if events & (EV_HUP | EV_ERROR):  # closing, and the peer is gone too
+                    self._close_now()
+                    return
+            elif not self._holds:
+                loop = self.loop
+                try:
+                    received = read_bytes(self._fd, SPARE_SIZE)
+                except OSError as exc:
+                    self._read_error(exc)
+                    return
+                if received:
+                    loop.bytes_in += len(received)
+                    self._last_active = loop.now
+                    self._tls_received(received)
+                else:
+                    self._tls_eof()
+                    return
+        if events & EV_WRITE and self._state != _CLOSED:
+            self._handle_write()
+
+    # -- closing (readiness) -----------------------------------------------------------
+
+    def _finish_close(self) -> None:
+        """Output (close_notify last) is written: wait for the peer's close_notify or
+        EOF up to ``ssl_shutdown_timeout``, discarding what it still sends."""
+        tls = self._tls
+        timeout = self._options.ssl_shutdown_timeout
+        if not tls.closed or tls.eof or tls.failed or not timeout:
+            super()._finish_close()
+            return
+        self._state = _LINGERING
+        self._input.reset()
+        self._do_shutdown_write()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._close_timer = self.loop.run_after(timeout, self._close_now)
+        self.loop.replace_callback(self._token, self._on_shutdown_events)
+        self._set_events(EV_READ)
+
+    def _on_shutdown_events(self, events: int) -> None:
+        """Waiting for the peer's close_notify: its records are read and dropped."""
+        if self._state == _CLOSED:
+            return
+        try:
+            data = read_bytes(self._fd, SPARE_SIZE)
+        except OSError as exc:
+            err = exc.errno
+            if err != EAGAIN and err != EINTR and err != _EWOULDBLOCK:
+                self._close_now()
+            return
+        if not data:
+            self._close_now()
+            return
+        try:
+            self._tls.receive(data)
+        except TLSError:
+            self._close_now()
+            return
+        if self._tls.eof:
+            self._close_now()

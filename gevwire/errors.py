@@ -13,6 +13,9 @@ __all__ = [
     "MemoryBudgetExceeded",
     "ProxyHeaderTimeout",
     "RoutingError",
+    "TLSError",
+    "TLSHandshakeError",
+    "TLSHandshakeTimeout",
     "WriteBufferFull",
 ]
 
@@ -104,3 +107,30 @@ class DecoderContractError(GevwireError, RuntimeError):
 
 class RoutingError(GevwireError):
     """A frame reached a :class:`~gevwire.Router` with no handler for its kind."""
+
+
+class TLSError(GevwireError):
+    """TLS failed on a connection: a bad record, MAC or alert from the peer after the
+    handshake.  ``reason`` is OpenSSL's (``"DECRYPTION_FAILED_OR_BAD_RECORD_MAC"`` ...);
+    the connection is closed (the stream cannot be trusted past it)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"TLS {reason}" + (f" ({detail})" if detail and detail != reason
+                                            else ""))
+        self.reason = reason
+
+
+class TLSHandshakeError(TLSError):
+    """The TLS handshake failed: the peer is no TLS client (``"WRONG_VERSION_NUMBER"``,
+    ``"HTTP_REQUEST"`` for plain HTTP), offers no version or cipher we accept, or a
+    certificate failed verification (``"CERTIFICATE_VERIFY_FAILED"``,
+    ``"PEER_DID_NOT_RETURN_A_CERTIFICATE"``)."""
+
+
+class TLSHandshakeTimeout(TLSHandshakeError):
+    """The TLS handshake was not done within ``ssl_handshake_timeout`` of the connect."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__("HANDSHAKE_TIMEOUT", f"not done after {timeout:g}s; "
+                                              "ssl_handshake_timeout")
+        self.timeout = timeout

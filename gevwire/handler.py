@@ -8,7 +8,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from gevwire._typing import FrameT
-from gevwire.errors import FrameError, HandlerTimeout, MemoryBudgetExceeded, WriteBufferFull
+from gevwire.errors import (
+    FrameError,
+    HandlerTimeout,
+    MemoryBudgetExceeded,
+    TLSError,
+    WriteBufferFull,
+)
 
 if TYPE_CHECKING:
     from gevwire.connection import Connection
@@ -19,7 +25,7 @@ log = logging.getLogger("gevwire")
 
 # Closes the peer brought about (and handler timeouts): a warning line each, no
 # traceback (it would show only where the waiting was cut).
-_PEER_ERRORS = (FrameError, WriteBufferFull, MemoryBudgetExceeded, HandlerTimeout)
+_PEER_ERRORS = (FrameError, WriteBufferFull, MemoryBudgetExceeded, TLSError, HandlerTimeout)
 
 
 class Handler(Generic[FrameT]):

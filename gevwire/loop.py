@@ -131,6 +131,8 @@ class EventLoop:
         self.frames_waiting = 0
         self.frames_offloaded = 0
         self.offload_wait = 0.0
+        #: TLS failures by OpenSSL's reason (``TLSError.reason``), beside ``errors``.
+        self.tls_failures: dict[str, int] = {}
         try:
             #: How the loop waits for I/O (``backend(loop)``; default: the poller).
             self.backend: LoopBackend = (ReadinessBackend(self) if backend is None

@@ -67,6 +67,11 @@ class StatsCollector:
         for kind, count in sorted(s["errors"].items()):
             errors.add_metric([kind], count)
         yield errors
+        tls = CounterMetricFamily(f"{p}_tls_failures", "TLS failures by OpenSSL's reason",
+                                  labels=["reason"])
+        for reason, count in sorted(s.get("tls_failures", {}).items()):
+            tls.add_metric([reason], count)
+        yield tls
         if "buffered_bytes" in s:  # Server(max_buffered_bytes=...)
             yield GaugeMetricFamily(f"{p}_buffered_bytes",
                                     "Bytes held by connection buffers (last sample)",

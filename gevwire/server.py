@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import ssl as ssl_module
 import stat
 import threading
 import time
@@ -22,20 +23,21 @@ import construct  # type: ignore[import-untyped]
 
 from gevwire._sys import close as sys_close
 from gevwire._sys import set_nodelay
-from gevwire._uring.connection import UringConnection
+from gevwire._uring.connection import UringConnection, UringTLSConnection
 from gevwire._uring.listener import UringListener
 from gevwire._uring.loop import UringLoop, uring_available
 from gevwire.address import parse_address
 from gevwire.budget import MemoryBudget
 from gevwire.client import open_connection
 from gevwire.codec import BaseCodec, Codec, RawCodec
-from gevwire.connection import Connection, ConnectionOptions
+from gevwire.connection import Connection, ConnectionOptions, TLSConnection
 from gevwire.handler import handler_waits
 from gevwire.listener import Listener
 from gevwire.loop import EventLoop
 from gevwire.metrics import MetricsServer
 from gevwire.router import Router
 from gevwire.timers import TimerHandle
+from gevwire.tls import TLSSession
 from gevwire.waiting import CANCEL_GRACE, DEFAULT_MAX_PENDING, Offloader, default_offloader
 from gevwire.workers import Supervisor, WorkerControl, check_workers_supported, reserve_port
 
@@ -130,6 +132,19 @@ class Server:
     not complete ``proxy_timeout`` seconds after the connect (default 10) is a
     :class:`~gevwire.ProxyHeaderTimeout` for ``on_error``.
 
+    ``ssl=ssl.SSLContext`` serves TLS (a context made with
+    ``ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)`` and ``load_cert_chain``;
+    its ALPN protocols, ``sni_callback`` and client-certificate verification apply):
+    handlers and codecs see plaintext, ``on_connect`` runs once the handshake is done
+    (after the PROXY header, if any), and ``conn.alpn_protocol``, ``server_hostname``,
+    ``peer_certificate``, ``tls_version``, ``cipher`` say what was negotiated.  A
+    handshake not done within ``ssl_handshake_timeout`` seconds (default 10) is a
+    :class:`~gevwire.TLSHandshakeTimeout`, a failed one a
+    :class:`~gevwire.TLSHandshakeError` (both counted in ``stats()["errors"]`` by class
+    name, and the connection closed); ``close()`` sends ``close_notify`` after the
+    replies and waits up to ``ssl_shutdown_timeout`` (default 10) for the peer's.  See
+    :class:`~gevwire.connection.TLSConnection` for what the buffer limits count.
+
     ``workers=N`` (Linux, macOS, BSD) forks N processes, each a whole server with its own
     ``SO_REUSEPORT`` listener on the same port and ``loops`` loops; the kernel spreads
     connections over them, and this process only supervises (see
@@ -189,6 +204,9 @@ class Server:
         load_balance: str | Callable[[list[EventLoop], Any], int] = "round_robin",
         proxy_protocol: bool = False,
         proxy_timeout: float = 10.0,
+        ssl: ssl_module.SSLContext | None = None,
+        ssl_handshake_timeout: float = 10.0,
+        ssl_shutdown_timeout: float = 10.0,
         workers: int = 1,
         worker_timeout: float | None = 30.0,
         metrics_address: str | None = None,
@@ -233,7 +251,13 @@ class Server:
             ordered_replies=ordered_replies,
             offloader=(Offloader(asyncio_loop, executor)
                        if asyncio_loop is not None or executor is not None else None),
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
+        if ssl is not None and not isinstance(ssl, ssl_module.SSLContext):
+            raise TypeError(f"ssl must be an ssl.SSLContext, not {ssl!r}")
+        #: The TLS context every accepted connection is served with (None: plain TCP).
+        self.ssl = ssl
         self.max_connections = max_connections
         if max_buffered_bytes is None:
             if buffered_hard_limit is not None:
@@ -452,6 +476,8 @@ class Server:
         handler: Any = None,
         codec: BaseCodec | None = None,
         timeout: float = 10.0,
+        ssl: ssl_module.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> Connection:
         """Open an outbound connection served by one of this server's loops.
 
@@ -460,6 +486,8 @@ class Server:
         server's connection limits, and the loop with the fewest connections; it counts
         in ``connections`` and is closed by :meth:`stop` like an accepted one.  Blocks
         for the TCP connect only (up to ``timeout``); raises ``OSError`` if it fails.
+        ``ssl`` / ``server_hostname``: dial over TLS, as :meth:`gevwire.Client.connect`
+        (the server's own ``ssl`` is for accepted connections and is not used here).
         """
         if self._state != "running" or not self._loops:
             raise RuntimeError("connect() needs a started server (in a worker, with workers)")
@@ -469,6 +497,7 @@ class Server:
             loop, address, handler if handler is not None else self.handler,
             codec if codec is not None else self.codec, self.options, timeout=timeout,
             on_closed=self._connection_closed, on_start=connections[loop].add,
+            ssl=ssl, server_hostname=server_hostname,
         )
 
     def _first_loop(self) -> EventLoop:
@@ -487,11 +516,12 @@ class Server:
         (over ``max_connections``), ``accept_backoffs`` (times accepting paused for lack
         of fds), ``frames_in`` / ``frames_out``, ``bytes_in`` /
         ``bytes_out``, ``errors`` (count by kind: exception class name, or
-        ``idle_timeout``), ``loop_turns``, ``loop_busy_seconds`` (time spent handling
-        rather than waiting), ``frames_waiting`` (frames whose ``async`` or blocking
-        handler runs now), ``frames_offloaded`` (so handed off in all) and
-        ``offload_wait_seconds`` (the time those that ended took), and the same per
-        loop under ``loops``.  With
+        ``idle_timeout``), ``tls_failures`` (the TLS ones again, by OpenSSL's reason:
+        ``HTTP_REQUEST``, ``HANDSHAKE_TIMEOUT``, ``CERTIFICATE_VERIFY_FAILED`` ...),
+        ``loop_turns``, ``loop_busy_seconds`` (time spent handling rather than
+        waiting), ``frames_waiting`` (frames whose ``async`` or blocking handler runs
+        now), ``frames_offloaded`` (so handed off in all) and ``offload_wait_seconds``
+        (the time those that ended took), and the same per loop under ``loops``.  With
         ``max_buffered_bytes``, also ``buffered_bytes`` (the last sample),
         ``budget_pauses`` and ``budget_closes`` (connections paused and closed by it).
 
@@ -517,9 +547,12 @@ class Server:
                 "offload_wait_seconds": loop.offload_wait,
             })
         errors: dict[str, int] = {}
+        tls_failures: dict[str, int] = {}
         for loop in self._loops:
             for kind, count in list(loop.errors.items()):
                 errors[kind] = errors.get(kind, 0) + count
+            for reason, count in list(loop.tls_failures.items()):
+                tls_failures[reason] = tls_failures.get(reason, 0) + count
         return {
             "connections_open": self.connection_count,
             "connections_total": self._accepted,
@@ -530,6 +563,7 @@ class Server:
             "bytes_in": sum(d["bytes_in"] for d in per_loop),
             "bytes_out": sum(d["bytes_out"] for d in per_loop),
             "errors": errors,
+            "tls_failures": tls_failures,
             "loop_turns": sum(d["turns"] for d in per_loop),
             "loop_busy_seconds": sum(d["busy_seconds"] for d in per_loop),
             "frames_waiting": sum(d["frames_waiting"] for d in per_loop),
@@ -743,11 +777,17 @@ class Server:
             loop.connections_closed += 1
             return
         conn_class: Any = Connection
+        tls: dict[str, TLSSession] = {}
         if isinstance(loop, UringLoop) and not self.options.proxy_protocol:
-            conn_class = UringConnection  # PROXY headers: the readiness path on its epoll
+            conn_class = UringConnection if self.ssl is None else UringTLSConnection
+        elif self.ssl is not None:
+            conn_class = TLSConnection  # PROXY headers: the readiness path (on io_uring,
+            # on its epoll), then TLS
         try:
+            if self.ssl is not None:
+                tls["tls"] = TLSSession(self.ssl, server_side=True)
             conn = conn_class(loop, fd, peer, self.handler, self.codec, self.options,
-                              self._connection_closed)
+                              self._connection_closed, **tls)
         except Exception as exc:  # (a codec whose decoder() fails, say): refused, counted
             sys_close(fd)
             loop.connections_closed += 1

@@ -18,7 +18,8 @@ REDIS_EXAMPLE = SOAK.parent.parent / "examples" / "redis_server.py"
 #: What hostile peers may cause on a server: frame errors (RESP's are subclasses with
 #: names of their own), deadlines, the output cap.  Anything else is a finding.
 EXPECTED_ERRORS = {"FrameError", "FrameTooLarge", "FrameTimeout", "idle_timeout",
-                   "WriteBufferFull", "RespProtocolError", "RespTooLarge"}
+                   "WriteBufferFull", "RespProtocolError", "RespTooLarge",
+                   "TLSHandshakeError", "TLSHandshakeTimeout", "TLSError"}  # (target tls)
 
 
 def soak(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], str]:

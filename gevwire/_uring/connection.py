@@ -45,14 +45,15 @@ from gevwire.connection import (
     _LINGERING,
     _WRITE_SHUTTING,
     Connection,
+    _TLSTransport,
 )
-from gevwire.errors import WriteBufferFull
+from gevwire.errors import TLSError, WriteBufferFull
 
 if TYPE_CHECKING:
 
     from gevwire._uring.loop import UringLoop
 
-__all__ = ["UringConnection"]
+__all__ = ["UringConnection", "UringTLSConnection"]
 
 log = logging.getLogger("gevwire")
 
@@ -375,3 +376,97 @@ class UringConnection(Connection):
     def _forget(self) -> None:
         """No completion can come any more: drop the ``user_data`` routes."""
         self.loop.forget_target(self._token)
+
+
+class UringTLSConnection(_TLSTransport, UringConnection):
+    """A TLS connection served by io_uring completions: each RECV completion's
+    ciphertext is copied out of its provided buffer (the buffer goes back at once),
+    decrypted, and the plaintext handed to the pipeline; replies are encrypted, then
+    sent as :class:`UringConnection` sends (one SEND in flight, the rest gathered).
+    Limits count as on epoll (see :class:`~gevwire.connection.TLSConnection`)."""
+
+    __slots__ = ("_record_since", "_tls", "_tls_timer")
+
+    _view_reads = False  # the pipeline gets plaintext bytes, not views of a buffer
+    _send_cipher = UringConnection._write  # (the mixin's super() call, bound once)
+
+    def _on_recv(self, res: int, flags: int) -> None:
+        """Completion of the multishot RECV: ciphertext in."""
+        if not flags & CQE_F_MORE:
+            self._recv_armed = False
+        if res > 0:
+            bufs = self.loop.buffers
+            bid = flags >> 16
+            start = bid * bufs.size
+            data = bytes(bufs.view[start: start + res])
+            bufs.put(bid)
+            state = self._state
+            if state < _FLUSHING:
+                loop = self.loop
+                loop.bytes_in += res
+                self._last_active = loop.now
+                if not self._events & EV_READ or self._held:
+                    if self._held is None:  # paused: decrypted when reading resumes
+                        self._held = deque()
+                    self._held.append(data)
+                else:
+                    self._tls_received(data)
+                    if self._pipe.stopped:  # close() asked: the peer is still sending
+                        self._discarded = True
+            elif state == _LINGERING and self._tls.closed:
+                self._shutdown_received(data)
+            else:
+                self._discarded = True
+        elif res == 0:
+            if self._state == _LINGERING:
+                self._close_now()
+            elif self._held:
+                self._held.append(b"")
+            elif self._state < _FLUSHING:
+                self._tls_eof()
+        elif res != -_ECANCELED and res != -_ENOBUFS and (
+                self._state < _FLUSHING or self._state == _LINGERING):
+            log.debug("%r: recv failed: %s", self, errno.errorcode.get(-res, res))
+            self._close_now()
+        if not self._recv_armed:
+            self._recv_ended()
+
+    _on_input = _on_recv  # (the loop routes RECV completions to _on_input)
+
+    def _feed_held(self) -> None:
+        held = self._held
+        while held and self._state < _FLUSHING and self._events & EV_READ:
+            chunk = held.popleft()
+            if not chunk:
+                self._tls_eof()
+                return
+            self._tls_received(chunk)
+
+    def _finish_close(self) -> None:
+        """Our close_notify is written: wait up to ``ssl_shutdown_timeout`` for the
+        peer's (or its EOF), as the epoll TLSConnection does, on the RECV."""
+        tls = self._tls
+        timeout = self._options.ssl_shutdown_timeout
+        if not tls.closed or tls.eof or tls.failed or not timeout:
+            UringConnection._finish_close(self)
+            return
+        self._state = _LINGERING
+        self._input.reset()
+        self._held = None
+        self._do_shutdown_write()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._close_timer = self.loop.run_after(timeout, self._close_now)
+        if not self._recv_armed:
+            self.loop.ring.recv_multishot(self._fd, self.loop.buffers.group, self._token)
+            self._recv_armed = True
+
+    def _shutdown_received(self, data: bytes) -> None:
+        """While waiting for the peer's close_notify: its records are dropped."""
+        try:
+            self._tls.receive(data)
+        except TLSError:
+            self._close_now()
+            return
+        if self._tls.eof:
+            self._close_now()
