@@ -220,4 +220,4 @@ def test_chromium_loads_the_page_over_https_and_echoes_over_wss(certs: Certs) ->
                 pass
             proc.wait(15)
     assert title == f"echo: {message}", f"page log: {shown!r}"
-    assert shown is not None and shown.splitlines()[0] == "open"
+    assert shown is not None and shown.splitlines()[0] == "open (permessage-deflate)"
