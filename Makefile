@@ -27,14 +27,15 @@ lint: $(STAMP)
 # Test modules that serve sockets are marked ``io`` and run a second time on io_uring
 # ("auto": it falls back to epoll, and says so in pytest's header, where the kernel
 # refuses io_uring); tests/conftest.py fails a test that serves without the mark.
+# The public conformance suites (Autobahn, Paho's; minutes each) run in the first pass only.
 test: $(STAMP) lint
 	$(PY) -m pytest -q
-	$(PY) -m pytest -q --backend=auto -m io
+	$(PY) -m pytest -q --backend=auto -m "io and not conformance"
 	@$(MAKE) --no-print-directory other-pythons
 
 # The suite once (epoll) on $(PYTHON) in $(VENV): what other-pythons runs per version.
 test-once: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not conformance"
 
 other-pythons:
 	@main=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from example_process import example_server
 
-pytestmark = [pytest.mark.io, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.io, pytest.mark.conformance, pytest.mark.timeout(900)]
 
 VENV = Path(os.environ.get("GEVWIRE_AUTOBAHN_VENV",
                            Path.home() / ".cache" / "gevwire-autobahn"))

@@ -885,6 +885,7 @@ def paho_interop_suite() -> Path:
     return suite
 
 
+@pytest.mark.conformance
 @pytest.mark.timeout(400)
 def test_paho_interoperability_suite_mqtt5() -> None:
     """Every scenario of Paho's MQTT 5.0 interoperability suite passes against the
