@@ -772,7 +772,6 @@ class Connection:
 
     def _write(self, data: bytes) -> None:
         """Write now, buffering what the socket does not take (loop thread only)."""
-        self._last_active = self.loop.now  # (the idle deadline: a write is activity)
         if self._deferred is not None:
             self._write_deferred()  # first: bytes go out in the order they were sent
             if self._state == _CLOSED:
@@ -1006,8 +1005,12 @@ class Connection:
             return
         timeout = self._options.idle_timeout
         assert timeout is not None
-        left = self._last_active + timeout - time.monotonic()
-        if self._pipe.in_flight:  # waiting for its handler's work is not idle
+        pipe = self._pipe
+        # Waiting for a handler's work, or its reply just now, is not idle (the
+        # pipeline stamps when work ends: no stamp on the write paths).
+        last_active = max(self._last_active, pipe.work_ended)
+        left = last_active + timeout - time.monotonic()
+        if pipe.in_flight:
             self._last_active = self.loop.now
             left = timeout
         if left > 0:

@@ -170,6 +170,8 @@ class FramePipeline:
 
     #: Frames whose handler has not ended (only a pipeline whose handler waits has any).
     in_flight = 0
+    #: ``counters.now`` when the last of those ended (idle deadlines count from it).
+    work_ended = 0.0
 
     # Per connection this holds state and the objects it calls, never bound methods:
     # each would cost 64 bytes per connection, and the methods are found per read.

@@ -355,6 +355,7 @@ class WaitingPipeline(FramePipeline):
         "_queued_bytes",
         "_timeout",
         "in_flight",
+        "work_ended",
     )
 
     def __init__(self, *args: Any, offloader: Offloader | None = None,
@@ -378,6 +379,7 @@ class WaitingPipeline(FramePipeline):
         self._holding = False  # reading is held for the backlog
         #: Frames (and an ``async`` ``on_connect``) whose work has not ended.
         self.in_flight = 0
+        self.work_ended = 0.0
         self._cancelling = 0  # cancelled coroutines still unwinding after a close
         self._closed = False
         on_message = self.handler.on_message
@@ -541,6 +543,7 @@ class WaitingPipeline(FramePipeline):
         work.done = True
         self.in_flight -= 1
         loop = self._loop
+        self.work_ended = loop.now
         if work.data is None:  # a frame's (see _offload)
             loop.frames_waiting -= 1
             loop.offload_wait += loop.now - work.started

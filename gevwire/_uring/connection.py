@@ -183,7 +183,6 @@ class UringConnection(Connection):
 
     def _write(self, data: bytes) -> None:
         """Send now, or gather behind the SEND in flight (loop thread only)."""
-        self._last_active = self.loop.now  # (the idle deadline: a write is activity)
         if type(data) is not bytes:
             data = bytes(data)
         if self._sending is not None or self._output._len:
