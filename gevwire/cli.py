@@ -129,6 +129,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -152,7 +159,8 @@ def _cert_reqs(text: str) -> ssl.VerifyMode:
 def add_ssl_arguments(parser: argparse.ArgumentParser) -> None:
     """Add uvicorn's TLS options (``--ssl-certfile``, ``--ssl-keyfile``,
     ``--ssl-keyfile-password``, ``--ssl-ca-certs``, ``--ssl-cert-reqs``,
-    ``--ssl-ciphers``) and ``--ssl-alpn``, ``--ssl-handshake-timeout`` to ``parser``;
+    ``--ssl-ciphers``) and ``--ssl-alpn``, ``--ssl-handshake-timeout``,
+    ``--ssl-shutdown-timeout`` to ``parser``;
     :func:`ssl_context_from` makes the context.  The examples take the same flags."""
     group = parser.add_argument_group("TLS (serve TLS when --ssl-certfile is given)")
     group.add_argument("--ssl-certfile", metavar="PEM",
@@ -174,6 +182,10 @@ def add_ssl_arguments(parser: argparse.ArgumentParser) -> None:
                        metavar="SECONDS",
                        help="close a peer whose TLS handshake is not done by then "
                             "(default: %(default)s)")
+    group.add_argument("--ssl-shutdown-timeout", type=_non_negative_float, default=10.0,
+                       metavar="SECONDS",
+                       help="after our close_notify, wait this long for the peer's "
+                            "(0: not at all; default: %(default)s)")
 
 
 def ssl_context_from(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -217,7 +229,8 @@ def ssl_server_options(parser: argparse.ArgumentParser,
         parser.error(str(exc))
     if context is None:
         return {}
-    return {"ssl": context, "ssl_handshake_timeout": args.ssl_handshake_timeout}
+    return {"ssl": context, "ssl_handshake_timeout": args.ssl_handshake_timeout,
+            "ssl_shutdown_timeout": args.ssl_shutdown_timeout}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -352,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             handler_timeout=args.handler_timeout,
             ssl=context,
             ssl_handshake_timeout=args.ssl_handshake_timeout,
+            ssl_shutdown_timeout=args.ssl_shutdown_timeout,
         )
     except (ValueError, TypeError, RuntimeError) as exc:
         run_parser.error(str(exc))

@@ -11,7 +11,7 @@ import pytest
 from test_workers import ServerProcess
 from tls_support import Certs, make_certs
 
-from gevwire.cli import CliError, build_parser, main, ssl_context_from
+from gevwire.cli import CliError, build_parser, main, ssl_context_from, ssl_server_options
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.io]
 
@@ -77,6 +77,11 @@ def test_ssl_context_from_the_flags(certs: Certs) -> None:
                                  "--ssl-cert-reqs", "optional", "--ssl-alpn", "mqtt, h2"))
     assert ctx is not None and ctx.verify_mode == ssl.CERT_OPTIONAL
     assert _args("--ssl-handshake-timeout", "2.5").ssl_handshake_timeout == 2.5
+    assert _args("--ssl-shutdown-timeout", "0").ssl_shutdown_timeout == 0.0
+    options = ssl_server_options(build_parser()[1], _args(
+        "--ssl-certfile", str(certs.server_cert_file), "--ssl-keyfile",
+        str(certs.server_key_file), "--ssl-shutdown-timeout", "1.5"))
+    assert options["ssl_shutdown_timeout"] == 1.5  # what the examples pass to Server
 
 
 @pytest.mark.parametrize(("argv", "message"), [
