@@ -169,16 +169,11 @@ def test_chromium_loads_the_page_over_https_and_echoes_over_wss(certs: Certs) ->
     example's page over https:// and the page's script talks to it over wss://."""
     import base64
     import hashlib
-    import json
     import os
-    import signal
-    import tempfile
-    import urllib.request
 
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
-    from test_websocket_example import BROWSER_TIMEOUT, DevTools, _devtools_port
-    from websockets.sync.client import connect
+    from test_websocket_example import load_echo_page
 
     chromium = require_program("chromium", package="chromium")
     cert = x509.load_pem_x509_certificate(certs.server.cert_chain_pems[0].bytes())
@@ -186,38 +181,9 @@ def test_chromium_loads_the_page_over_https_and_echoes_over_wss(certs: Certs) ->
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
     pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
     message = f"tls-{os.getpid()}"
-    with tls_example("websocket_echo.py", certs) as port, \
-            tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile, \
-            tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--no-first-run", "--remote-debugging-address=127.0.0.1",
-             "--remote-debugging-port=0", f"--user-data-dir={profile}",
-             f"--ignore-certificate-errors-spki-list={pin}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        try:
-            devtools_port = _devtools_port(profile, proc, log)
-            with urllib.request.urlopen(f"http://127.0.0.1:{devtools_port}/json/list",
-                                        timeout=10) as listing:
-                targets = json.load(listing)
-            page = next(t for t in targets if t["type"] == "page")
-            with connect(page["webSocketDebuggerUrl"], open_timeout=10, max_size=None,
-                         ping_interval=None, proxy=None) as ws:
-                tab = DevTools(ws)
-                tab.call("Page.navigate", url=f"https://localhost:{port}/?msg={message}")
-                deadline = time.monotonic() + BROWSER_TIMEOUT
-                title = shown = None
-                while time.monotonic() < deadline:
-                    title = tab.evaluate("document.title")
-                    shown = tab.evaluate("document.getElementById('log')?.textContent")
-                    if title == f"echo: {message}":
-                        break
-                    time.sleep(0.1)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(15)
+    with tls_example("websocket_echo.py", certs) as port:
+        title, shown = load_echo_page(
+            chromium, f"https://localhost:{port}/?msg={message}", message,
+            f"--ignore-certificate-errors-spki-list={pin}")
     assert title == f"echo: {message}", f"page log: {shown!r}"
     assert shown is not None and shown.splitlines()[0] == "open (permessage-deflate)"

@@ -296,16 +296,13 @@ def _devtools_port(profile: str, proc: subprocess.Popen[bytes], log: Any) -> int
                          f"{proc.poll()}):\n{log.read().decode(errors='replace')[-3000:]}")
 
 
-@pytest.mark.timeout(1000)  # the first run installs the Debian package
-def test_chromium_page_connects_sends_and_shows_the_echo(port: int) -> None:
-    """The page's script opens a WebSocket to the example, sends a text and a binary
-    message, checks both echoes and closes; the DOM is read back over DevTools (polled
-    in real time: ``--dump-dom --virtual-time-budget`` can dump before the echo arrives
-    on a loaded machine)."""
-    from system_packages import require_program
+def load_echo_page(chromium: str, url: str, message: str,
+                   *flags: str) -> tuple[str | None, str | None]:
+    """Load the example's page at ``url`` in headless Chromium (with ``flags``) and
+    wait until its title says ``message`` was echoed; the title and the page's log.
 
-    chromium = require_program("chromium", package="chromium")
-    message = f"gevwire-{os.getpid()}"
+    The DOM is read back over DevTools, polled in real time (``--dump-dom
+    --virtual-time-budget`` can dump before the echo arrives on a loaded machine)."""
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile, \
             tempfile.TemporaryFile() as log:
         # Its own process group: the browser's helper processes are stopped with it
@@ -313,8 +310,10 @@ def test_chromium_page_connects_sends_and_shows_the_echo(port: int) -> None:
         proc = subprocess.Popen(
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--no-first-run", "--remote-debugging-address=127.0.0.1",
-             "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
+             "--remote-debugging-port=0", f"--user-data-dir={profile}", *flags,
+             "about:blank"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        title = shown = None
         try:
             devtools_port = _devtools_port(profile, proc, log)
             with urllib.request.urlopen(f"http://127.0.0.1:{devtools_port}/json/list",
@@ -324,9 +323,8 @@ def test_chromium_page_connects_sends_and_shows_the_echo(port: int) -> None:
             with connect(page["webSocketDebuggerUrl"], open_timeout=10, max_size=None,
                          ping_interval=None, proxy=None) as ws:
                 tab = DevTools(ws)
-                tab.call("Page.navigate", url=f"http://127.0.0.1:{port}/?msg={message}")
+                tab.call("Page.navigate", url=url)
                 deadline = time.monotonic() + BROWSER_TIMEOUT
-                title = shown = None
                 while time.monotonic() < deadline:
                     title = tab.evaluate("document.title")
                     shown = tab.evaluate("document.getElementById('log')?.textContent")
@@ -339,6 +337,21 @@ def test_chromium_page_connects_sends_and_shows_the_echo(port: int) -> None:
             except ProcessLookupError:
                 pass
             proc.wait(15)
+    return title, shown
+
+
+@pytest.mark.timeout(1000)  # the first run installs the Debian package
+def test_chromium_page_connects_sends_and_shows_the_echo(port: int) -> None:
+    """The page's script opens a WebSocket to the example, sends a text and a binary
+    message, checks both echoes and closes; the DOM is read back over DevTools (polled
+    in real time: ``--dump-dom --virtual-time-budget`` can dump before the echo arrives
+    on a loaded machine)."""
+    from system_packages import require_program
+
+    chromium = require_program("chromium", package="chromium")
+    message = f"gevwire-{os.getpid()}"
+    title, shown = load_echo_page(chromium, f"http://127.0.0.1:{port}/?msg={message}",
+                                  message)
     assert title == f"echo: {message}", f"page log: {shown!r}"
     assert shown is not None and shown.splitlines() == [
         "open (permessage-deflate)", f"text: {message}",
