@@ -1609,10 +1609,14 @@ def test_the_memory_budget_closes_the_largest_holders_past_its_hard_mark(
     # Held storage never ran far past the hard mark: resident growth stays under it plus
     # what one loop turn reads before the check (a read per connection: READ_MAX into
     # its ring, plus the spare buffer), and some slack.  Without the budget: +48 MiB.
+    # (On io_uring, plus the provided-buffer ring the kernel receives into, resident by
+    # design: Baseline.check allows it too.)
     one_turn = len(socks) * (READ_MAX + 64 * KiB)
-    assert peak < hard + one_turn + 4 * MiB, f"peak RSS growth {peak / MiB:.1f} MiB"
+    assert peak < hard + one_turn + 4 * MiB + base.loop_buffers, (
+        f"peak RSS growth {peak / MiB:.1f} MiB")
     close_all(socks)
     control.stop()
+    del partial, senders  # the test's own 2 MiB is not the server's to give back
     assert wait_until(lambda: open_count(server) == 0, 10)
     assert server.stats()["buffered_bytes"] == 0  # every ring gave its storage back
     base.check(4 * MiB)
