@@ -667,14 +667,15 @@ class Connection:
         ring = self._input
         loop = self.loop
         a1, l1, a2, l2 = ring.write_regions()
+        spare = SPARE_SIZE
         if l1 + l2 > READ_MAX:  # a ring sized for a large frame: take it in steps, so
             if l1 >= READ_MAX:  # one turn's reads stay bounded (the memory budget's
                 l1, l2 = READ_MAX, 0  # checks run between turns) and other
             else:  # connections are not kept waiting
                 l2 = READ_MAX - l1
+            spare = 0  # (the ring has room past the step: no bytes to copy over)
         iov = loop.iovecs
-        iov.formats[3].pack_into(iov.buffer, 0, a1, l1, a2, l2, loop.spare_address,
-                                 SPARE_SIZE)
+        iov.formats[3].pack_into(iov.buffer, 0, a1, l1, a2, l2, loop.spare_address, spare)
         n = raw_readv(self._fd, iov.ptr, 3)
         if n > 0:
             loop.bytes_in += n
@@ -809,7 +810,7 @@ class Connection:
         if self._output._len + len(data) - n > self._options.max_write_buffer:
             self._over_cap(self._output._len + len(data) - n)
             return
-        self._output.write(memoryview(data)[n:])
+        self._output.write_from(data, n)  # (a large rest by reference)
         self._set_events(self._events | EV_WRITE)
         self._check_high_water()
 

@@ -444,7 +444,13 @@ class FramePipeline:
                 if size > self._max_output:
                     self._over_cap(size)
                     return
-            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            if len(pending) == 1:
+                data = pending[0]
+            elif gathered + self.gathered > _JOIN_MAX:
+                self._write_parts(self._transport._write_batch)
+                return
+            else:
+                data = b"".join(pending)
             pending.clear()
             self._transport._write_batch(data if type(data) is bytes else bytes(data))
 
@@ -493,9 +499,33 @@ class FramePipeline:
         pending = self.pending
         if not pending:
             return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        if len(pending) > 1:
+            self._write_parts(self._transport._write)
+            return
+        data = pending[0]
         pending.clear()
         self._transport._write(data if type(data) is bytes else bytes(data))
+
+    def _write_parts(self, write: Callable[[bytes], None]) -> None:
+        """Write what is gathered with ``write``: runs of small parts joined, a part
+        over ``_JOIN_MAX`` (a large payload after its frame header) by itself, never
+        copied into a joined one."""
+        pending = self.pending
+        parts = pending.copy()
+        pending.clear()
+        run: list[bytes] = []
+        for part in parts:
+            if len(part) <= _JOIN_MAX:
+                run.append(part)
+                continue
+            if run:
+                write(b"".join(run))
+                run.clear()
+            if self.stopped:
+                return
+            write(part if type(part) is bytes else bytes(part))
+        if run and not self.stopped:
+            write(b"".join(run))
 
     def connected(self) -> None:
         """Run ``on_connect`` under the error policy."""
@@ -583,6 +613,9 @@ ANNOUNCED_FROM = 1 << 16
 LARGE_RING = 1 << 20
 
 _NO_PENDING: list[bytes] = []  # never appended to: see FramePipeline.pending
+#: Gathered replies are joined into one write up to this size; a larger part (a big
+#: payload a codec appended after its header) is written by itself, not copied.
+_JOIN_MAX = 1 << 18
 _UNBOUNDED = 1 << 62  # max_output when there is none (an int: compared per reply)
 
 

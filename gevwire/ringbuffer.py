@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeAlias
 
-from gevwire._sys import address_of
+from gevwire._sys import address_of, bytes_data_address
 
 __all__ = ["BufferPool", "RingBuffer"]
 
@@ -27,8 +27,9 @@ _PAGE = mmap.PAGESIZE
 COMPACT_MAX = 8192
 
 #: A ring's storage: a ``bytearray``, or (past the pool's ``max_buffer``) anonymous
-#: memory the kernel backs page by page as bytes reach it.
-Storage: TypeAlias = bytearray | mmap.mmap
+#: memory the kernel backs page by page as bytes reach it, or the ``bytes`` of a large
+#: reply held by reference (see ``RingBuffer.write_from``).
+Storage: TypeAlias = bytearray | mmap.mmap | bytes
 
 
 class BufferPool:
@@ -234,6 +235,8 @@ class RingBuffer:
             return 0
         if self._len + n > self._cap:
             self.reserve(n)
+        elif type(self._buf) is bytes:  # a reply held by reference: never written into
+            self._move_to(max(self._min, 1 << (self._len + n - 1).bit_length()))
         elif (self._r and self._r + self._len + n > self._cap
               and self._len <= self._compact_max and self._r + self._len <= self._cap):
             self._compact()  # rather than wrap
@@ -251,6 +254,30 @@ class RingBuffer:
         self._len += n
         return n
 
+    def write_from(self, data: bytes, start: int) -> None:
+        """Append ``data[start:]`` (the unsent rest of a reply).
+
+        Held by reference, not copied, when the ring is empty, ``data`` is ``bytes``
+        (immutable) and longer than the pool keeps (``max_buffer``): a 16 MiB reply
+        the socket took 2 MiB of leaves 14 MiB that need no copy and no fresh pages.
+        The next write (or ``write_regions``) first moves the readable bytes into
+        storage of the ring's own.
+        """
+        n = len(data)
+        if (self._len or type(data) is not bytes or n <= self._pool.max_buffer
+                or start >= n):
+            self.write(memoryview(data)[start:])
+            return
+        pool = self._pool
+        pool.in_use += n  # (given back, and dropped for its size, on release)
+        if pool.in_use > pool.alarm and pool.on_alarm is not None:
+            pool.on_alarm()
+        self._buf = data
+        self._view = memoryview(data)[start:]
+        self._addr = bytes_data_address(data) + start
+        self._cap = self._len = n - start
+        self._r = 0
+
     def write_regions(self) -> tuple[int, int, int, int]:
         """The free space as ``(address, size, address, size)`` for ``readv``.
 
@@ -262,6 +289,10 @@ class RingBuffer:
         free = cap - self._len
         if not free:
             return 0, 0, 0, 0
+        if type(self._buf) is bytes:  # held by reference: the kernel must not write it
+            self._move_to(max(self._min, 1 << (self._len - 1).bit_length() + 1))
+            cap = self._cap
+            free = cap - self._len
         if self._r and self._len <= self._compact_max and self._r + self._len <= cap:
             self._compact()
             return self._addr + self._len, free, 0, 0

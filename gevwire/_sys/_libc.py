@@ -93,6 +93,12 @@ def check(result: int, what: str = "") -> int:
     return result
 
 
+def bytes_data_address(data: bytes) -> int:
+    """Return the address of a ``bytes`` object's data: valid while ``data`` lives, for
+    the kernel to read from (never write through it)."""
+    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+
+
 def address_of(buffer: bytearray | mmap.mmap) -> int:
     """Return the address of ``buffer``'s storage (a ``bytearray`` or a writable map).
 

@@ -191,7 +191,7 @@ class UringConnection(Connection):
             if size > self._options.max_write_buffer:
                 self._over_cap(size)  # before the ring grows past the cap
                 return
-            self._output.write(data)
+            self._output.write_from(data, 0)  # (a large reply by reference)
             self._check_high_water()
             return
         if self._state == _CLOSED:
