@@ -205,3 +205,21 @@ def test_on_writable_changed_follows_the_water_marks(
     peer.sendall(b"small\n")  # below the mark: no change
     assert recv_exactly(peer, 6) == b"SMALL\n"
     assert changes == [False, True]
+
+
+def test_a_large_reply_waits_for_the_socket_by_reference_not_copied(
+    pair: tuple[Lines, Connection, socket.socket],
+) -> None:
+    """The 8 MiB the socket does not take at once (epoll: the rest of a short write;
+    io_uring: a reply behind the SEND in flight) stays in the reply's own bytes; a later
+    reply is buffered after it, and the peer gets both, in order."""
+    _, conn, peer = pair
+    uring = isinstance(conn, UringConnection)
+    peer.sendall(b"big\nbig\n" if uring else b"big\n")
+    assert wait_until(lambda: conn._output.length > 0)
+    held = conn._output._buf
+    assert type(held) is bytes and held.startswith(b"zzzz") and held.endswith(b"z\n")
+    peer.sendall(b"ping\n")
+    big = b"z" * (8 << 20) + b"\n"
+    assert recv_exactly(peer, len(big) * (2 if uring else 1) + 5) == (
+        big * (2 if uring else 1) + b"PING\n")

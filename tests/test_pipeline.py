@@ -18,7 +18,7 @@ from gevwire.codecs import length_field, line
 from gevwire.codecs.mqtt import MqttCodec, Publish
 from gevwire.codecs.resp import RespCodec
 from gevwire.codecs.websocket import Opcode, WebSocketCodec
-from gevwire.pipeline import Counters, FramePipeline
+from gevwire.pipeline import _JOIN_MAX, Counters, FramePipeline
 from gevwire.ringbuffer import BufferPool, RingBuffer
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.io]
@@ -423,3 +423,34 @@ def test_decoders_announce_nothing_before_the_header_or_past_their_limit() -> No
     ring.write(struct.pack(">I", 9 << 20))  # over max_frame_size: decode() raises
     assert decoder.announced_length(ring) == 0
     assert line(max_length=64).decoder().announced_length(ring) == 0  # no header
+
+
+class Header(Upper):
+    """``big`` replies with a small header, a payload over the join limit and a trailer
+    (parts, as a codec's ``encode_into`` appends a large payload after its header)."""
+
+    payload = b"p" * (_JOIN_MAX + 1)
+
+    def on_message(self, conn: Any, frame: Any) -> Any:
+        self.frames.append(frame)
+        return [b"<", self.payload, b">"] if frame == b"big" else bytes(frame)
+
+
+@pytest.mark.parametrize("high_water", [64 << 10, 1 << 30])
+def test_a_large_part_is_written_by_itself_never_copied_into_a_join(high_water: int) -> None:
+    """Past the high water mark the gathered parts are flushed in the middle of the read
+    (``write``); under it they leave at its end (``batch``): either way the small runs
+    are joined and the large payload goes out as the very object the codec gave."""
+    handler = Header()
+    pipeline, wire, _ = make(handler, Parts(), high_water=high_water)
+    assert pipeline.received(b"a\nbig\nb\n") is None
+    writes = [data for kind, data in wire.calls if kind in ("write", "batch")]
+    assert writes in ([b"a<", handler.payload, b">", b"b"], [b"a<", handler.payload, b">b"])
+    assert writes[1] is handler.payload
+    assert wire.sent == b"a<" + handler.payload + b">b"
+
+
+def test_replies_under_the_join_limit_still_leave_as_one_write() -> None:
+    pipeline, wire, _ = make(Big(), Parts(), high_water=1 << 30)
+    assert pipeline.received(b"a\nbig\n") is None
+    assert wire.calls == [("batch", b"a" + b"v" * 102_400)]

@@ -787,3 +787,59 @@ def test_a_pool_counts_the_storage_its_rings_hold_and_alarms_past_a_mark() -> No
     assert pool.in_use == 4096
     rings[1].reset()
     assert pool.in_use == 0  # kept for reuse or dropped: given back either way
+
+
+# -- write_from: the unsent rest of a large reply, by reference ---------------------------
+
+
+def test_write_from_holds_a_large_bytes_rest_by_reference_until_the_next_write() -> None:
+    pool = BufferPool(max_buffer=4096)
+    ring = RingBuffer(64, pool)
+    reply = bytes(range(256)) * 64  # 16 KiB, over the pool's max_buffer
+    ring.write_from(reply, 1000)
+    assert ring._buf is reply  # not copied
+    assert ring.length == len(reply) - 1000 and ring.free == 0
+    assert pool.in_use == len(reply)
+    assert region_bytes(*ring.read_regions()) == reply[1000:]  # writev reads it in place
+    ring.retrieve(5000)
+    assert ring.to_bytes() == reply[6000:]
+    ring.write(b"after")  # moved into storage of its own first, then appended
+    assert ring._buf is not reply and type(ring._buf) is not bytes
+    assert ring.to_bytes() == reply[6000:] + b"after"
+    ring.retrieve_all()
+    assert pool.in_use == 0 and pool.retained() == 0  # the reply is not kept for reuse
+
+
+def test_write_from_releases_the_reference_when_the_rest_is_consumed() -> None:
+    pool = BufferPool(max_buffer=4096)
+    ring = RingBuffer(64, pool)
+    reply = b"r" * 10_000
+    ring.write_from(reply, 0)
+    assert ring.read(10_000) == reply
+    assert ring._buf is None and ring.capacity == 0 and pool.in_use == 0
+
+
+@pytest.mark.parametrize("case", ["small", "bytearray", "not-empty"])
+def test_write_from_copies_when_a_reference_would_not_do(case: str) -> None:
+    pool = BufferPool(max_buffer=4096)
+    ring = RingBuffer(64, pool)
+    data: bytes | bytearray = b"s" * 100 if case == "small" else b"L" * 10_000
+    if case == "bytearray":
+        data = bytearray(data)  # mutable: the caller could change it after
+    if case == "not-empty":
+        ring.write(b"first")
+    ring.write_from(data, 10)  # type: ignore[arg-type]
+    assert ring._buf is not data
+    assert ring.to_bytes() == (b"first" if case == "not-empty" else b"") + bytes(data[10:])
+
+
+def test_write_regions_never_hands_out_a_held_reply() -> None:
+    ring = RingBuffer(64, BufferPool(max_buffer=4096))
+    reply = b"q" * 10_000
+    ring.write_from(reply, 0)
+    ring.retrieve(100)  # free space now lies before the held bytes
+    a1, l1, _, _ = ring.write_regions()
+    assert ring._buf is not reply and l1 > 0
+    ctypes.memmove(a1, b"new", 3)
+    ring.commit(3)
+    assert ring.to_bytes() == reply[100:] + b"new" and reply == b"q" * 10_000

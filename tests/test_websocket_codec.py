@@ -505,19 +505,28 @@ def test_partial_frames_unmasked_as_they_come_give_the_same_events(
     chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     ring = data.draw(st.sampled_from([16, 64, 4096]))
     block = data.draw(st.sampled_from([4, 8, 1 << 16]))
+    c_loop = data.draw(st.booleans())  # websockets' C loop, or the pure-Python one
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ws, "_PROGRESS_FROM", 1)
         patch.setattr(ws, "_MASK_BLOCK", block)
+        patch.setattr(ws, "_C_MASK_CHUNK", block)
+        if not c_loop:
+            patch.setattr(ws, "_c_apply_mask", None)
         events, errors = cut(b"", [c for c in chunks if c], ring=ring)
     assert not errors
     assert events[1:] == expected
     assert all(type(a) is type(b) for a, b in zip(events[1:], expected, strict=True))
 
 
-@pytest.mark.parametrize("size", [1, 5, (1 << 16) - 1, 1 << 16, (1 << 16) + 3, 200_003])
-def test_block_unmasking_equals_a_byte_loop(size: int) -> None:
+@pytest.mark.parametrize("c_loop", [True, False], ids=["c", "python"])
+@pytest.mark.parametrize("size", [1, 5, (1 << 16) - 1, 1 << 16, (1 << 16) + 3, 200_003,
+                                  (1 << 18) + 7])
+def test_block_unmasking_equals_a_byte_loop(
+        size: int, c_loop: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     import gevwire.codecs.websocket as ws  # type: ignore[import-not-found,unused-ignore]
 
+    if not c_loop:
+        monkeypatch.setattr(ws, "_c_apply_mask", None)
     data = bytes(range(251)) * (size // 251 + 1)
     data = data[:size]
     key = b"\x01\x80\x33\xfe"
@@ -526,6 +535,56 @@ def test_block_unmasking_equals_a_byte_loop(size: int) -> None:
     buffer = bytearray(data)
     ws._unmask_in_place(memoryview(buffer), key, ws._mask_int(key, ws._MASK_BLOCK))
     assert buffer == expected
+
+
+def test_the_c_unmasking_loop_is_used_when_websockets_is_installed() -> None:
+    """The ``websocket`` extra (installed with the tests) brings the C loop: without
+    it a 16 MiB payload unmasks 6x slower, so its absence must not go unnoticed."""
+    from websockets.speedups import apply_mask
+
+    import gevwire.codecs.websocket as ws  # type: ignore[import-not-found,unused-ignore]
+
+    assert ws._c_apply_mask is apply_mask
+
+
+@PROPERTY
+@given(data=st.binary(max_size=64) | st.text(max_size=16).map(str.encode),
+       cuts=st.lists(st.integers(0, 64), max_size=8))
+def test_utf8_checked_piece_by_piece_agrees_with_a_whole_decode(
+        data: bytes, cuts: list[int]) -> None:
+    """However a text payload is split (a character cut anywhere, pieces as views), the
+    piece-by-piece check fails exactly when decoding the whole would."""
+    import gevwire.codecs.websocket as ws  # type: ignore[import-not-found,unused-ignore]
+
+    try:
+        data.decode()
+        valid = True
+    except UnicodeDecodeError:
+        valid = False
+    bounds = sorted({min(cut, len(data)) for cut in cuts})
+    check = ws._Utf8Check()
+    view = memoryview(data)
+    try:
+        for a, b in zip([0, *bounds], [*bounds, len(data)], strict=True):
+            check.decode(view[a:b], False)
+        check.decode(b"", True)
+        checked = True
+    except UnicodeDecodeError:
+        checked = False
+    assert checked == valid
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 0xFFFF, 0x10000, 1 << 20])
+@pytest.mark.parametrize("kind", [str, bytes])
+def test_encode_into_appends_the_frame_encode_makes_a_large_payload_by_reference(
+        size: int, kind: type) -> None:
+    codec = websocket()
+    message = "é" * (size // 2) if kind is str else bytes(size)
+    parts: list[bytes] = []
+    n = codec.encode_into(parts, message)
+    assert b"".join(parts) == codec.encode(message) and n == len(b"".join(parts))
+    if kind is bytes and size >= 0x10000:
+        assert len(parts) == 2 and parts[1] is message  # the header, then the payload
 
 
 def test_unmasking_a_large_payload_is_linear_not_a_byte_loop() -> None:
