@@ -71,7 +71,8 @@ class MemoryBudget:
         """Give ``loop`` a counting pool; ``connections()`` lists its connections (called
         on the loop's thread).  Before the loop runs, once per loop."""
         # Free buffers kept for reuse are not counted: keep few (an eighth of the soft
-        # mark over the loops, at most the default pool's 16 MiB).
+        # mark over the loops, at most the default pool's 16 MiB), and no large maps
+        # (no on_keep: they go back at once, so what is counted is what stays resident).
         pool = BufferPool(max_bytes=min(16 << 20, self.soft // 8))
         self._pools.append(pool)
         name = loop.name

@@ -33,6 +33,23 @@ SPARE_SIZE = 65536
 
 _WAKER_TOKEN = 0
 
+#: The loop running in this thread (``.loop``), if any.
+_running_here = threading.local()
+
+
+def _keep_for_a_while(pool: BufferPool) -> bool:
+    """``BufferPool.on_keep``: a large map given back on a loop thread is kept, and that
+    loop's timer drops it ``keep_seconds`` later unless a large frame took it again;
+    given back elsewhere (no loop to time it), it is dropped."""
+    loop: EventLoop | None = getattr(_running_here, "loop", None)
+    if loop is None or loop._stopping:
+        return False
+    loop.run_after(pool.keep_seconds, pool.expire)
+    return True
+
+
+DEFAULT_POOL.on_keep = _keep_for_a_while
+
 
 class LoopBackend(Protocol):
     """How an :class:`EventLoop` waits for I/O and hands out what came (loop thread)."""
@@ -243,6 +260,7 @@ class EventLoop:
             raise RuntimeError(f"{self.name} is closed")
         self.thread_id = threading.get_ident()
         self._running = True
+        _running_here.loop = self
         backend = self.backend
         wait = backend.wait
         dispatch = backend.dispatch
@@ -274,6 +292,7 @@ class EventLoop:
             try:
                 backend.finish()
             finally:
+                _running_here.loop = None
                 self._running = False
                 self._stopping = False
 
@@ -336,6 +355,7 @@ class EventLoop:
             raise RuntimeError("cannot close a running loop")
         if not self._closed:
             self._closed = True
+            self.pool.expire(everything=True)  # (this loop's timers will not drop them)
             try:
                 self.backend.close()
             finally:

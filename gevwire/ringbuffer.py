@@ -12,6 +12,7 @@ from __future__ import annotations
 import mmap
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeAlias
 
@@ -36,23 +37,40 @@ class BufferPool:
     """Reusable byte buffers (with their addresses), bounded in total size.
 
     At most ``max_per_size`` buffers of one size and ``max_bytes`` in all are kept;
-    buffers over ``max_buffer`` are never kept, and are anonymous memory maps rather than
-    bytearrays: a ``bytearray`` is zeroed (every page of it made resident) when it
-    is made, a map only gets pages where bytes are written, so a large frame's storage
-    costs the bytes received so far, not the capacity reserved for it.  Safe to share
-    between threads.
+    buffers over ``max_buffer`` are anonymous memory maps rather than bytearrays: a
+    ``bytearray`` is zeroed (every page of it made resident) when it is made, a map only
+    gets pages where bytes are written, so a large frame's storage costs the bytes
+    received so far, not the capacity reserved for it.  Safe to share between threads.
+
+    Large maps given back are kept for ``keep_seconds`` (up to ``keep_large`` bytes in
+    all), for the next large frame: each fresh page costs a page fault, and a 16 MiB
+    frame in fresh storage cost 4,096 of them, more CPU than the rest of its echo
+    (measured).  A map is kept only when :attr:`on_keep` arranges for :meth:`expire` to
+    run ``keep_seconds`` later (an event loop's pool: the loop's timer); otherwise it is
+    dropped at once.
     """
 
-    __slots__ = ("_free", "_lock", "_max_buffer", "_max_bytes", "_max_per_size", "_retained",
-                 "alarm", "in_use", "on_alarm")
+    __slots__ = ("_free", "_kept", "_kept_bytes", "_lock", "_max_buffer", "_max_bytes",
+                 "_max_per_size", "_retained", "alarm", "in_use", "keep_large", "keep_seconds",
+                 "on_alarm", "on_keep")
 
     def __init__(self, *, max_per_size: int = 64, max_buffer: int = 1 << 20,
-                 max_bytes: int = 16 << 20) -> None:
+                 max_bytes: int = 16 << 20, keep_large: int = 64 << 20,
+                 keep_seconds: float = 1.0) -> None:
         self._free: dict[int, list[tuple[Storage, int]]] = {}
         self._max_per_size = max_per_size
         self._max_buffer = max_buffer
         self._max_bytes = max_bytes
         self._retained = 0
+        #: Large maps kept for reuse, oldest first: (when given back, map, address).
+        self._kept: list[tuple[float, Storage, int]] = []
+        self._kept_bytes = 0
+        self.keep_large = keep_large
+        self.keep_seconds = keep_seconds
+        #: ``on_keep(pool)`` when a large map is given back: True if it has arranged
+        #: for ``pool.expire()`` to run ``keep_seconds`` from now (then the map is
+        #: kept), False to have it dropped.
+        self.on_keep: Callable[[BufferPool], bool] | None = None
         self._lock = threading.Lock()
         #: Bytes taken and not given back: the storage rings on this pool hold (exact
         #: for a pool used by one thread, as an event loop's; approximate if shared).
@@ -73,6 +91,10 @@ class BufferPool:
         if self.in_use > self.alarm and self.on_alarm is not None:
             self.on_alarm()
         if capacity > self._max_buffer:
+            if self._kept:
+                found = self._take_kept(capacity)
+                if found is not None:
+                    return found
             large = mmap.mmap(-1, capacity)
             return large, address_of(large)
         free = self._free.get(capacity)
@@ -89,6 +111,9 @@ class BufferPool:
         capacity = len(buffer)
         self.in_use -= capacity
         if capacity > self._max_buffer:
+            if (type(buffer) is mmap.mmap and capacity <= self.keep_large
+                    and self.on_keep is not None and self.on_keep(self)):
+                self._keep(buffer, address)
             return
         with self._lock:
             free = self._free.setdefault(capacity, [])
@@ -97,8 +122,41 @@ class BufferPool:
                 self._retained += capacity
 
     def retained(self) -> int:
-        """Bytes held for reuse."""
-        return self._retained
+        """Bytes held for reuse (large maps kept included)."""
+        return self._retained + self._kept_bytes
+
+    def expire(self, *, everything: bool = False) -> None:
+        """Drop the large maps kept ``keep_seconds`` or longer (``everything``: all)."""
+        if not self._kept:
+            return
+        cutoff = time.monotonic() - self.keep_seconds * 0.999  # (a timer may fire early)
+        with self._lock:
+            while self._kept and (everything or self._kept[0][0] <= cutoff):
+                self._kept_bytes -= len(self._kept.pop(0)[1])
+
+    def _keep(self, buffer: Storage, address: int) -> None:
+        with self._lock:
+            self._kept.append((time.monotonic(), buffer, address))
+            self._kept_bytes += len(buffer)
+            while self._kept_bytes > self.keep_large:  # the oldest go first
+                self._kept_bytes -= len(self._kept.pop(0)[1])
+
+    def _take_kept(self, capacity: int) -> tuple[Storage, int] | None:
+        """The smallest kept map that holds ``capacity`` bytes and is at most twice
+        that, taken out (counted in use at its own size), or None."""
+        with self._lock:
+            best = -1
+            for i, (_, buffer, _) in enumerate(self._kept):
+                size = len(buffer)
+                if capacity <= size <= 2 * capacity and (
+                        best < 0 or size < len(self._kept[best][1])):
+                    best = i
+            if best < 0:
+                return None
+            _, buffer, address = self._kept.pop(best)
+            self._kept_bytes -= len(buffer)
+        self.in_use += len(buffer) - capacity
+        return buffer, address
 
 
 DEFAULT_POOL = BufferPool()
@@ -196,6 +254,7 @@ class RingBuffer:
         """Put the readable bytes at the start of new storage of ``capacity`` bytes and
         give the old storage back (growing, shrinking, or unwrapping a frame)."""
         buffer, address = self._pool.take(capacity)
+        capacity = len(buffer)  # (a kept map may be larger than asked)
         if self._len:
             first, second = self.peek_all()
             n1 = len(first)

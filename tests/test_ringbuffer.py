@@ -843,3 +843,74 @@ def test_write_regions_never_hands_out_a_held_reply() -> None:
     ctypes.memmove(a1, b"new", 3)
     ring.commit(3)
     assert ring.to_bytes() == reply[100:] + b"new" and reply == b"q" * 10_000
+
+
+# -- large maps kept for the next large frame --------------------------------------------
+
+
+def keeping_pool(**kwargs: object) -> tuple[BufferPool, list[BufferPool]]:
+    """A pool whose ``on_keep`` agrees (as a loop does) and records each call."""
+    pool = BufferPool(max_buffer=4096, **kwargs)  # type: ignore[arg-type]
+    calls: list[BufferPool] = []
+    pool.on_keep = lambda p: calls.append(p) is None
+    return pool, calls
+
+
+def test_a_large_map_given_back_is_kept_and_taken_again_for_a_large_frame() -> None:
+    pool, calls = keeping_pool()
+    ring = RingBuffer(64, pool)
+    ring.reserve(1 << 20, exact=True)
+    storage = ring._buf
+    assert type(storage) is mmap.mmap
+    ring.write(b"x" * 100)
+    ring.retrieve_all()  # the frame was cut: its storage goes back, and is kept
+    assert calls == [pool] and pool.retained() == 1 << 20 and pool.in_use == 0
+    other = RingBuffer(64, pool)
+    other.reserve((1 << 20) - 5000, exact=True)  # a frame of about the same size
+    assert other._buf is storage and other.capacity == 1 << 20  # no fresh pages
+    assert pool.retained() == 0 and pool.in_use == 1 << 20
+    other.retrieve_all()
+    assert pool.in_use == 0
+
+
+def test_a_kept_map_is_not_taken_for_a_frame_of_under_half_its_size() -> None:
+    pool, _ = keeping_pool()
+    ring = RingBuffer(64, pool)
+    ring.reserve(1 << 20, exact=True)
+    ring.write(b"x")
+    ring.retrieve_all()
+    small = RingBuffer(64, pool)
+    small.reserve(300_000, exact=True)
+    assert small._buf is not None and len(small._buf) < 1 << 20
+    assert pool.retained() == 1 << 20  # still kept, for a frame it suits
+
+
+def test_kept_maps_expire_after_keep_seconds_and_stay_under_keep_large() -> None:
+    pool, _ = keeping_pool(keep_large=3 << 20, keep_seconds=0.05)
+    rings = [RingBuffer(64, pool) for _ in range(4)]
+    for ring in rings:  # four frames at once: four maps
+        ring.reserve(1 << 20, exact=True)
+        ring.write(b"x")
+    for ring in rings:  # 4 MiB given back in all: the oldest goes past keep_large
+        ring.retrieve_all()
+    assert pool.retained() == 3 << 20
+    pool.expire()  # not yet: kept less than keep_seconds ago
+    assert pool.retained() == 3 << 20
+    threading.Event().wait(0.06)
+    pool.expire()
+    assert pool.retained() == 0
+
+
+@pytest.mark.parametrize("case", ["no on_keep", "on_keep refuses", "over keep_large"])
+def test_a_large_map_is_dropped_when_nothing_would_expire_it(case: str) -> None:
+    pool = BufferPool(max_buffer=4096, keep_large=(1 << 19) if case == "over keep_large"
+                      else 64 << 20)
+    if case == "on_keep refuses":
+        pool.on_keep = lambda p: False
+    elif case == "over keep_large":
+        pool.on_keep = lambda p: True
+    ring = RingBuffer(64, pool)
+    ring.reserve(1 << 20, exact=True)
+    ring.write(b"x")
+    ring.retrieve_all()
+    assert pool.retained() == 0 and pool.in_use == 0

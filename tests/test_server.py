@@ -7,6 +7,7 @@ import random
 import re
 import select
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -1186,3 +1187,32 @@ def test_a_reset_peer_closes_the_connection_on_the_fast_path(
     assert not handler.errors
     other.sendall(b"still here")
     assert recv_exactly(other, 10) == b"still here"
+
+
+class EchoPayload(gevwire.Handler):
+    def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
+        return frame
+
+
+def test_a_large_frames_storage_is_kept_for_the_next_one_then_dropped(
+    serve: ServeFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 2 MiB storage of a large frame goes back to the pool and is kept: the next
+    large frame is read into the same pages (no page faults); the loop's timer drops it
+    ``keep_seconds`` after its last use."""
+    from gevwire.ringbuffer import DEFAULT_POOL
+
+    monkeypatch.setattr(DEFAULT_POOL, "keep_seconds", 0.3)
+    codec = gevwire.Codec(c.Prefixed(c.Int32ub, c.GreedyBytes), max_frame_size=8 << 20)
+    server = serve(EchoPayload(), codec=codec)
+    frame = struct.pack(">I", 2 << 20) + random.Random(3).randbytes(2 << 20)
+    before = DEFAULT_POOL.retained()
+    with socket.create_connection(server.address[:2], timeout=10) as sock:
+        for _ in range(3):
+            sock.sendall(frame)
+            assert recv_exactly(sock, len(frame)) == frame
+            assert wait_until(lambda: DEFAULT_POOL.retained() - before >= 2 << 20, 2)
+        # (Small buffers the pool keeps, for the rings' first bytes, are well under.)
+        assert wait_until(lambda: DEFAULT_POOL.retained() - before < 1 << 20, 5)
+        sock.sendall(frame)  # and a frame after that is served as ever
+        assert recv_exactly(sock, len(frame)) == frame
