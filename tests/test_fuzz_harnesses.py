@@ -291,8 +291,8 @@ class PerFragmentUtf8:
     text: on whole reads only a fragmented message shows it ("expected"), split reads
     show it on any multi-byte character ("differs")."""
 
-    def decode(self, data: bytes, final: bool = False) -> str:
-        return data.decode()
+    def decode(self, data: bytes | memoryview, final: bool = False) -> str:
+        return bytes(data).decode()
 
 
 def test_the_websocket_target_sends_fragmented_messages_and_closes(
@@ -301,7 +301,7 @@ def test_the_websocket_target_sends_fragmented_messages_and_closes(
 
     target = registry()["websocket"]
     assert isinstance(target, CodecTarget)
-    monkeypatch.setattr(ws, "_Utf8Decoder", PerFragmentUtf8)
+    monkeypatch.setattr(ws, "_Utf8Check", PerFragmentUtf8)
     result = run_hypothesis(target, seconds=60, max_examples=3000, seed=0, database=None,
                             regressions=None)
     assert result.failure is not None, result.summary()
