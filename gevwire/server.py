@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import functools
@@ -259,12 +260,14 @@ class Server:
         #: The TLS context every accepted connection is served with (None: plain TCP).
         self.ssl = ssl
         self.max_connections = max_connections
+        # The budget's limits, checked here; each process's loops get a budget of their own
+        # made from them (see _InProcess).
         if max_buffered_bytes is None:
             if buffered_hard_limit is not None:
                 raise ValueError("buffered_hard_limit needs max_buffered_bytes")
-            self._budget: MemoryBudget | None = None
+            self._budget_limits: MemoryBudget | None = None
         else:
-            self._budget = MemoryBudget(max_buffered_bytes, buffered_hard_limit)
+            self._budget_limits = MemoryBudget(max_buffered_bytes, buffered_hard_limit)
         self._balance = load_balance
         self._family, self._bind_address = parse_address(address)
         if workers > 1:
@@ -274,10 +277,6 @@ class Server:
                                  "workers > 1 each worker makes its own")
             if self._family == socket.AF_UNIX:
                 raise ValueError("workers > 1 needs a TCP address (SO_REUSEPORT)")
-        self._workers = workers
-        self._worker_timeout = worker_timeout
-        self._pings: dict[str, list[bool]] = {}  # a worker's heartbeat: see _loops_answer
-        self._accept_errors: set[str] = set()  # causes already logged (see _add_connection)
         self._on_start = on_start
         #: The I/O backend in use: ``"epoll"`` or ``"io_uring"``.
         self.backend = _resolve_backend(backend)
@@ -290,33 +289,18 @@ class Server:
                 raise RuntimeError("metrics_address needs prometheus_client: "
                                    "pip install 'gevwire[metrics]'")
             self._metrics_bind = (metrics_bind[0], metrics_bind[1])
-        self._metrics: MetricsServer | None = None
-        self._supervisor: Supervisor | None = None
-        self._worker_address: Any = None  # the reserved address the workers bind
         self._loop_count = loops
-        self._reuse_port = reuse_port
         self._backlog = backlog
-        self._sock: socket.socket | None = None
-        self._listener: Listener | UringListener | None = None
-        self._loops: list[EventLoop] = []
-        self._accept_loop: EventLoop
-        self._connections: dict[EventLoop, set[Connection]] = {}
-        self._assigned: list[int] = []
-        if workers == 1:
-            # Loops exist from the start, so timers can be scheduled before start().  With
-            # workers, each worker makes its own after fork (a parent's poller and waker
-            # would be shared by every child).
-            self._init_loops()
-        self._threads: list[threading.Thread] = []
-        self._next_loop = 0
-        # Written by the accept thread only; closes are counted per loop (loop.connections_
-        # closed), so no counter has two writers.
-        self._accepted = 0
-        self._refused = 0
-        self._nodelay = False
-        self._state = "new"  # new → running → stopping → stopped
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
+        # How this server runs, chosen once: the public methods below delegate to it.
+        # With workers, the parent supervises and each forked worker's copy of this
+        # object is served by an _InProcess of its own (see _WorkerProcesses).
+        self._runner: _Runner
+        if workers > 1:
+            self._runner = _WorkerProcesses(self, workers, worker_timeout)
+        else:
+            # Loops exist from the start, so timers can be scheduled before start().
+            self._runner = _InProcess(self, self._bind_address, reuse_port=reuse_port,
+                                      metrics_bind=self._metrics_bind)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -326,47 +310,7 @@ class Server:
         With ``workers``: fork them, return once every one is accepting, and supervise
         them from a background thread.
         """
-        if self._workers > 1:
-            self._make_supervisor().start()
-            return self
-        with self._lock:
-            if self._state != "new":
-                raise RuntimeError(f"server is {self._state}; a server starts once")
-            self._state = "running"
-        try:
-            if handler_waits(self.handler):  # started now, not by the first frame
-                (self.options.offloader or default_offloader()).start()
-            self._sock = self._bind()
-            self._nodelay = self.options.tcp_nodelay and self._family != socket.AF_UNIX
-            all_loops = self._all_loops()
-            if isinstance(self._accept_loop, UringLoop):
-                self._listener = UringListener(self._accept_loop, self._sock, self._on_accept)
-            else:
-                self._listener = Listener(self._accept_loop, self._sock, self._on_accept)
-            ready = [threading.Event() for _ in all_loops]
-            self._accept_loop.call_soon(self._listener.start)
-            for loop, event in zip(all_loops, ready, strict=True):
-                loop.call_soon(event.set)
-                thread = threading.Thread(target=self._run_loop, args=(loop,), name=loop.name,
-                                          daemon=True)
-                self._threads.append(thread)
-                thread.start()
-            for event in ready:
-                if not event.wait(10):
-                    raise RuntimeError("event loop did not start")
-            if self._metrics_bind is not None:
-                self._metrics = MetricsServer(self.stats, *self._metrics_bind)
-                log.info("gevwire metrics on http://%s:%d/metrics", *self._metrics.address)
-        except BaseException:
-            self.stop()
-            raise
-        log.info("gevwire listening on %s with %d loop(s)", self.address, self._loop_count)
-        if self._on_start is not None:
-            try:
-                self._on_start(self)
-            except BaseException:
-                self.stop()
-                raise
+        self._runner.start()
         return self
 
     def run(self) -> None:
@@ -379,32 +323,7 @@ class Server:
         ``workers``, a server not yet started supervises them in the calling thread
         (then this process has no other thread when it forks a restart).
         """
-        if self._workers > 1:
-            supervisor = self._make_supervisor() if self._state == "new" else self._supervisor
-            if supervisor is not None:
-                supervisor.run()
-            return
-        if self._state == "new":
-            self.start()
-        signalled: list[int] = []
-        previous: dict[signal.Signals, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            def on_signal(signum: int, frame: FrameType | None) -> None:
-                signalled.append(signum)  # (the stop itself runs below, not in a handler)
-
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
-                    previous[signum] = signal.signal(signum, on_signal)
-        try:
-            while not self._stopped.wait(0.1):
-                if signalled:
-                    log.info("%s: stopping", signal.Signals(signalled[0]).name)
-                    self.stop()
-        except KeyboardInterrupt:
-            self.stop()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        self._runner.run()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, flush and close every connection, and join the loop threads.
@@ -415,28 +334,11 @@ class Server:
         worker still running ``timeout`` + 1 s later ends (its own timer; the supervisor
         kills it a second later still).
         """
-        if self._workers > 1:
-            with self._lock:
-                if self._state == "new":
-                    self._state = "stopped"
-                    self._stopped.set()
-            if self._supervisor is not None:
-                self._supervisor.stop(timeout)
-            return
-        with self._lock:
-            if self._state in ("stopping", "stopped"):
-                return
-            self._state = "stopping"
-        if any(loop.in_loop_thread() for loop in self._all_loops()):
-            threading.Thread(target=self._shutdown, args=(timeout,), daemon=True).start()
-        else:
-            self._shutdown(timeout)
+        self._runner.stop(timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped; False on timeout."""
-        if self._supervisor is not None:
-            return self._supervisor.wait(timeout)
-        return self._stopped.wait(timeout)
+        return self._runner.wait(timeout)
 
     def __enter__(self) -> Server:
         return self.start()
@@ -449,8 +351,6 @@ class Server:
     ) -> None:
         self.stop()
 
-    # -- information -------------------------------------------------------------------
-
     # -- timers ------------------------------------------------------------------------
 
     def run_after(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
@@ -459,13 +359,13 @@ class Server:
         Callable from any thread, before or after :meth:`start`; ``cancel()`` the handle
         to stop it.  Per-connection timers: ``conn.loop.run_after``.
         """
-        return self._first_loop().run_after(delay, callback, *args)
+        return self._runner.first_loop().run_after(delay, callback, *args)
 
     def run_every(
         self, interval: float, callback: Callable[..., Any], *args: Any
     ) -> TimerHandle:
         """Call ``callback(*args)`` every ``interval`` seconds on the first I/O loop."""
-        return self._first_loop().run_every(interval, callback, *args)
+        return self._runner.first_loop().run_every(interval, callback, *args)
 
     # -- outbound connections ----------------------------------------------------------
 
@@ -489,23 +389,11 @@ class Server:
         ``ssl`` / ``server_hostname``: dial over TLS, as :meth:`gevwire.Client.connect`
         (the server's own ``ssl`` is for accepted connections and is not used here).
         """
-        if self._state != "running" or not self._loops:
-            raise RuntimeError("connect() needs a started server (in a worker, with workers)")
-        connections = self._connections
-        loop = min(self._loops, key=lambda candidate: len(connections[candidate]))
-        return open_connection(
-            loop, address, handler if handler is not None else self.handler,
-            codec if codec is not None else self.codec, self.options, timeout=timeout,
-            on_closed=self._connection_closed, on_start=connections[loop].add,
-            ssl=ssl, server_hostname=server_hostname,
+        return self._runner.dial(
+            address, handler if handler is not None else self.handler,
+            codec if codec is not None else self.codec, timeout=timeout, ssl=ssl,
+            server_hostname=server_hostname,
         )
-
-    def _first_loop(self) -> EventLoop:
-        if not self._loops:
-            raise RuntimeError("with workers > 1 the loops live in the worker processes; "
-                               "schedule timers there (Server(on_start=...) or "
-                               "conn.loop.run_after)")
-        return self._loops[0]
 
     # -- information -------------------------------------------------------------------
 
@@ -529,8 +417,253 @@ class Server:
         [...]}`` (live worker pids; restarts per worker slot).  Traffic is counted in
         each worker, by its own ``stats()``.
         """
-        if self._supervisor is not None:
-            return self._supervisor.stats()
+        return self._runner.stats()
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where ``/metrics`` is served (the bound port), or None without metrics."""
+        return self._runner.metrics_address
+
+    @property
+    def address(self) -> Any:
+        """The bound address: ``(host, port)`` for IPv4, ``(host, port, flow, scope)``
+        for IPv6 (so port 0 shows the port the kernel chose), the path for Unix.  With
+        ``workers``: the reserved address every worker listens on."""
+        return self._runner.address
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        return int(self.address[1])
+
+    @property
+    def loops(self) -> list[EventLoop]:
+        """The I/O loops."""
+        return self._runner.loops()
+
+    @property
+    def connection_count(self) -> int:
+        """Connections open now."""
+        return self._runner.connection_count()
+
+    def connections(self) -> list[Connection]:
+        """A snapshot of the open connections (safe from any thread)."""
+        return self._runner.connections()
+
+
+# -- how a server runs -------------------------------------------------------------------
+
+
+class _Runner(abc.ABC):
+    """How a :class:`Server` runs: what its lifecycle and information calls delegate to.
+
+    ``Server.__init__`` picks one: :class:`_InProcess` (loops and threads in this
+    process) or :class:`_WorkerProcesses` (a supervisor of forked workers, each served
+    by an ``_InProcess`` of its own).  Either starts once: new → running (→ stopping)
+    → stopped.
+    """
+
+    def __init__(self) -> None:
+        self._state = "new"
+        self._lock = threading.RLock()  # (re-entered by _begin and _end in _supervise)
+        self._stopped = threading.Event()
+
+    def _begin(self) -> None:
+        """new → running; ``RuntimeError`` if it was started (or stopped) before."""
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError(f"server is {self._state_now()}; a server starts once")
+            self._state = "running"
+
+    def _state_now(self) -> str:
+        return self._state
+
+    def _end(self) -> None:
+        with self._lock:
+            self._state = "stopped"
+        self._stopped.set()
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Serve, and return once serving (see :meth:`Server.start`)."""
+
+    @abc.abstractmethod
+    def run(self) -> None:
+        """Start if new, and block until stopped (see :meth:`Server.run`)."""
+
+    @abc.abstractmethod
+    def stop(self, timeout: float) -> None:
+        """Stop serving (see :meth:`Server.stop`)."""
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until stopped; False on timeout."""
+        return self._stopped.wait(timeout)
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """See :meth:`Server.stats`."""
+
+    @abc.abstractmethod
+    def first_loop(self) -> EventLoop:
+        """The loop that runs the server's timers."""
+
+    def _bound_address(self) -> Any:
+        """The address served, or None before it is bound."""
+        return None
+
+    @property
+    def address(self) -> Any:
+        address = self._bound_address()
+        if address is None:
+            raise RuntimeError("server is not listening")
+        return address
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return None
+
+    def loops(self) -> list[EventLoop]:
+        return []
+
+    def connection_count(self) -> int:
+        return 0
+
+    def connections(self) -> list[Connection]:
+        return []
+
+    def dial(self, address: str, handler: Any, codec: BaseCodec, *, timeout: float,
+             ssl: ssl_module.SSLContext | None, server_hostname: str | None) -> Connection:
+        """An outbound connection on a loop of this process (see :meth:`Server.connect`)."""
+        raise RuntimeError("connect() needs a started server (in a worker, with workers)")
+
+
+class _InProcess(_Runner):
+    """A server of this process: a listener on ``address`` and the server's loops, each
+    in a thread (without workers; and in each worker, for the reserved port)."""
+
+    def __init__(self, server: Server, address: Any, *, reuse_port: bool,
+                 metrics_bind: tuple[str, int] | None) -> None:
+        super().__init__()
+        self._server = server
+        self._bind_address = address
+        self._reuse_port = reuse_port
+        self._metrics_bind = metrics_bind
+        self._metrics: MetricsServer | None = None
+        self._sock: socket.socket | None = None
+        self._listener: Listener | UringListener | None = None
+        count = server._loop_count
+        loop_class = UringLoop if server.backend == "io_uring" else EventLoop
+        self._loops: list[EventLoop] = [loop_class(f"gevwire-loop-{i}") for i in range(count)]
+        self._accept_loop = self._loops[0] if count == 1 else loop_class("gevwire-accept")
+        self._connections: dict[EventLoop, set[Connection]] = {lp: set() for lp in self._loops}
+        self._assigned = [0] * count
+        limits = server._budget_limits
+        self._budget: MemoryBudget | None = None
+        if limits is not None:  # this process's, for these loops
+            budget = self._budget = MemoryBudget(limits.soft, limits.hard,
+                                                 interval=limits.interval)
+            for loop in self._loops:
+                budget.attach(loop, functools.partial(self._connections_of, loop))
+        self._threads: list[threading.Thread] = []
+        self._next_loop = 0
+        # Written by the accept thread only; closes are counted per loop (loop.connections_
+        # closed), so no counter has two writers.
+        self._accepted = 0
+        self._refused = 0
+        self._nodelay = False
+        self._pings: dict[str, list[bool]] = {}  # a worker's heartbeat: see loops_answer
+        self._accept_errors: set[str] = set()  # causes already logged (see _add_connection)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._begin()
+        server = self._server
+        try:
+            if handler_waits(server.handler):  # started now, not by the first frame
+                (server.options.offloader or default_offloader()).start()
+            self._sock = self._bind()
+            self._nodelay = server.options.tcp_nodelay and server._family != socket.AF_UNIX
+            all_loops = self._all_loops()
+            if isinstance(self._accept_loop, UringLoop):
+                self._listener = UringListener(self._accept_loop, self._sock, self._on_accept)
+            else:
+                self._listener = Listener(self._accept_loop, self._sock, self._on_accept)
+            ready = [threading.Event() for _ in all_loops]
+            self._accept_loop.call_soon(self._listener.start)
+            for loop, event in zip(all_loops, ready, strict=True):
+                loop.call_soon(event.set)
+                thread = threading.Thread(target=self._run_loop, args=(loop,), name=loop.name,
+                                          daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            for event in ready:
+                if not event.wait(10):
+                    raise RuntimeError("event loop did not start")
+            if self._metrics_bind is not None:
+                self._metrics = MetricsServer(self.stats, *self._metrics_bind)
+                log.info("gevwire metrics on http://%s:%d/metrics", *self._metrics.address)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("gevwire listening on %s with %d loop(s)", self.address, len(self._loops))
+        if server._on_start is not None:
+            try:
+                server._on_start(server)
+            except BaseException:
+                self.stop()
+                raise
+
+    def run(self) -> None:
+        if self._state == "new":
+            self.start()
+        signalled: list[int] = []
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            def on_signal(signum: int, frame: FrameType | None) -> None:
+                signalled.append(signum)  # (the stop itself runs below, not in a handler)
+
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+                    previous[signum] = signal.signal(signum, on_signal)
+        try:
+            while not self._stopped.wait(0.1):
+                if signalled:
+                    log.info("%s: stopping", signal.Signals(signalled[0]).name)
+                    self.stop()
+        except KeyboardInterrupt:
+            self.stop()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            if self._state in ("stopping", "stopped"):
+                return
+            self._state = "stopping"
+        if any(loop.in_loop_thread() for loop in self._all_loops()):
+            threading.Thread(target=self._shutdown, args=(timeout,), daemon=True).start()
+        else:
+            self._shutdown(timeout)
+
+    def loops_answer(self) -> bool:
+        """True if every loop ran the task posted to it at the previous call (a loop
+        stuck in a handler has not): a worker's heartbeat.  Posts the next tasks."""
+        answered = True
+        pings = self._pings
+        for loop in self._all_loops():
+            box = pings.get(loop.name)
+            if box is not None and not box[0]:
+                answered = False  # still pending: not posted again
+                continue
+            box = pings[loop.name] = [False]
+            loop.call_soon(box.__setitem__, 0, True)
+        return answered
+
+    # -- information -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
         per_loop = []
         for loop in self._loops:
             per_loop.append({
@@ -554,7 +687,7 @@ class Server:
             for reason, count in list(loop.tls_failures.items()):
                 tls_failures[reason] = tls_failures.get(reason, 0) + count
         return {
-            "connections_open": self.connection_count,
+            "connections_open": self.connection_count(),
             "connections_total": self._accepted,
             "connections_refused": self._refused,
             "accept_backoffs": self._listener.backoffs if self._listener is not None else 0,
@@ -582,130 +715,58 @@ class Server:
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
-        """Where ``/metrics`` is served (the bound port), or None without metrics."""
         return self._metrics.address if self._metrics is not None else None
 
-    @property
-    def address(self) -> Any:
-        """The bound address: ``(host, port)`` for IPv4, ``(host, port, flow, scope)``
-        for IPv6 (so port 0 shows the port the kernel chose), the path for Unix.  With
-        ``workers``: the reserved address every worker listens on."""
-        if self._supervisor is not None:
-            return self._supervisor.address
-        if self._sock is None:
-            raise RuntimeError("server is not listening")
-        return self._sock.getsockname()
+    def _bound_address(self) -> Any:
+        return self._sock.getsockname() if self._sock is not None else None
 
-    @property
-    def port(self) -> int:
-        """The bound TCP port."""
-        return int(self.address[1])
+    def first_loop(self) -> EventLoop:
+        return self._loops[0]
 
-    @property
     def loops(self) -> list[EventLoop]:
-        """The I/O loops."""
         return list(self._loops)
 
-    @property
     def connection_count(self) -> int:
-        """Connections open now."""
         return sum(len(conns) for conns in self._connections.values())
 
     def connections(self) -> list[Connection]:
-        """A snapshot of the open connections (safe from any thread)."""
         out: list[Connection] = []
         for conns in list(self._connections.values()):
             out.extend(list(conns))
         return out
 
-    # -- internals ---------------------------------------------------------------------
+    def dial(self, address: str, handler: Any, codec: BaseCodec, *, timeout: float,
+             ssl: ssl_module.SSLContext | None, server_hostname: str | None) -> Connection:
+        if self._state != "running":
+            return super().dial(address, handler, codec, timeout=timeout, ssl=ssl,
+                                server_hostname=server_hostname)
+        connections = self._connections
+        loop = min(self._loops, key=lambda candidate: len(connections[candidate]))
+        return open_connection(
+            loop, address, handler, codec, self._server.options, timeout=timeout,
+            on_closed=self._connection_closed, on_start=connections[loop].add,
+            ssl=ssl, server_hostname=server_hostname,
+        )
 
-    def _init_loops(self) -> None:
-        count = self._loop_count
-        loop_class = UringLoop if self.backend == "io_uring" else EventLoop
-        self._loops = [loop_class(f"gevwire-loop-{i}") for i in range(count)]
-        self._accept_loop = self._loops[0] if count == 1 else loop_class("gevwire-accept")
-        self._connections = {lp: set() for lp in self._loops}
-        self._assigned = [0] * count
-        budget = self._budget
-        if budget is not None:  # fresh for these loops (a worker's, after fork)
-            budget = self._budget = MemoryBudget(budget.soft, budget.hard,
-                                                 interval=budget.interval)
-            for loop in self._loops:
-                budget.attach(loop, functools.partial(self._connections_of, loop))
+    # -- internals ---------------------------------------------------------------------
 
     def _connections_of(self, loop: EventLoop) -> list[Connection]:
         return list(self._connections[loop])
 
-    def _make_supervisor(self) -> Supervisor:
-        """Reserve the port and make the supervisor of the workers (parent only)."""
-        with self._lock:
-            if self._state != "new":
-                raise RuntimeError(f"server is {self._state}; a server starts once")
-            self._state = "running"
-        try:
-            reservation = reserve_port(self._family, self._bind_address)
-        except BaseException:
-            with self._lock:
-                self._state = "stopped"
-            self._stopped.set()
-            raise
-        self._worker_address = reservation.getsockname()
-        self._supervisor = Supervisor(self._run_worker, self._workers, reservation=reservation,
-                                      worker_timeout=self._worker_timeout)
-        log.info("gevwire starting %d workers of %d loop(s) on %s", self._workers,
-                 self._loop_count, self._worker_address)
-        return self._supervisor
-
-    def _run_worker(self, control: WorkerControl) -> None:
-        """A worker process, just forked: this copy of the server becomes a one-process
-        server on the reserved port, serves until told to stop, then stops gracefully."""
-        self._workers = 1
-        self._supervisor = None
-        self._reuse_port = True
-        self._bind_address = self._worker_address
-        if self._metrics_bind is not None and self._metrics_bind[1]:
-            host, port = self._metrics_bind
-            self._metrics_bind = (host, port + control.index)
-        self._state = "new"
-        # Fresh, in case another thread of the parent held them at the fork.
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._init_loops()
-        self.start()
-        control.ready()
-        # The stop is bounded by the deadline wait_for_stop arms when it returns: a loop
-        # stuck in a handler cannot keep this process alive past it.
-        self.stop(control.wait_for_stop(self._loops_answer))
-        self.wait()
-
-    def _loops_answer(self) -> bool:
-        """True if every loop ran the task posted to it at the previous call (a loop
-        stuck in a handler has not): a worker's heartbeat.  Posts the next tasks."""
-        answered = True
-        pings = self._pings
-        for loop in self._all_loops():
-            box = pings.get(loop.name)
-            if box is not None and not box[0]:
-                answered = False  # still pending: not posted again
-                continue
-            box = pings[loop.name] = [False]
-            loop.call_soon(box.__setitem__, 0, True)
-        return answered
-
     def _bind(self) -> socket.socket:
-        if self._family == socket.AF_UNIX:
+        family = self._server._family
+        if family == socket.AF_UNIX:
             _remove_stale_unix_socket(self._bind_address)
-        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            if self._family != socket.AF_UNIX:
+            if family != socket.AF_UNIX:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self._reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if self._family == socket.AF_INET6:
+            if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.bind(self._bind_address)
-            sock.listen(self._backlog)
+            sock.listen(self._server._backlog)
             sock.setblocking(False)
         except BaseException:
             sock.close()
@@ -731,9 +792,10 @@ class Server:
         keeps draining so that clients arriving once capacity frees up are not stuck
         behind a queue of refused ones.
         """
-        if self.max_connections is not None:
+        limit = self._server.max_connections
+        if limit is not None:
             closed = sum(loop.connections_closed for loop in self._loops)
-            if self._accepted - closed >= self.max_connections:
+            if self._accepted - closed >= limit:
                 self._refused += 1
                 sys_close(fd)
                 return
@@ -753,7 +815,7 @@ class Server:
         count = len(self._loops)
         if count == 1:
             return 0
-        balance = self._balance
+        balance = self._server._balance
         if balance == "round_robin":
             index = self._next_loop
             self._next_loop = (index + 1) % count
@@ -766,7 +828,7 @@ class Server:
             host = peer[0] if isinstance(peer, tuple) else peer
             return zlib.crc32(str(host).encode()) % count
         assert callable(balance)
-        index = balance(self.loops, peer)
+        index = balance(self.loops(), peer)
         if not isinstance(index, int) or not 0 <= index < count:
             raise ValueError(f"load_balance returned {index!r}, not a loop index")
         return index
@@ -776,17 +838,18 @@ class Server:
             sys_close(fd)
             loop.connections_closed += 1
             return
+        server = self._server
         conn_class: Any = Connection
         tls: dict[str, TLSSession] = {}
-        if isinstance(loop, UringLoop) and not self.options.proxy_protocol:
-            conn_class = UringConnection if self.ssl is None else UringTLSConnection
-        elif self.ssl is not None:
+        if isinstance(loop, UringLoop) and not server.options.proxy_protocol:
+            conn_class = UringConnection if server.ssl is None else UringTLSConnection
+        elif server.ssl is not None:
             conn_class = TLSConnection  # PROXY headers: the readiness path (on io_uring,
             # on its epoll), then TLS
         try:
-            if self.ssl is not None:
-                tls["tls"] = TLSSession(self.ssl, server_side=True)
-            conn = conn_class(loop, fd, peer, self.handler, self.codec, self.options,
+            if server.ssl is not None:
+                tls["tls"] = TLSSession(server.ssl, server_side=True)
+            conn = conn_class(loop, fd, peer, server.handler, server.codec, server.options,
                               self._connection_closed, **tls)
         except Exception as exc:  # (a codec whose decoder() fails, say): refused, counted
             sys_close(fd)
@@ -827,7 +890,7 @@ class Server:
             if loop.running:
                 loop.call_soon(self._close_all, loop, False)
         deadline = time.monotonic() + timeout
-        while self.connection_count and time.monotonic() < deadline:
+        while self.connection_count() and time.monotonic() < deadline:
             time.sleep(0.005)
         for loop in self._loops:
             if loop.running:
@@ -835,7 +898,7 @@ class Server:
         # Closed connections whose cancelled coroutines still unwind run on_close when
         # they have ended (at most CANCEL_GRACE later): the loops run until then.
         deadline = time.monotonic() + CANCEL_GRACE + 0.5
-        while self.connection_count and time.monotonic() < deadline:
+        while self.connection_count() and time.monotonic() < deadline:
             time.sleep(0.005)
         loops = self._all_loops()
         for loop in loops:
@@ -849,11 +912,9 @@ class Server:
                 for conn in list(self._connections.get(loop, ())):
                     conn._close_now()
                 loop.close()
-        if self._family == socket.AF_UNIX and self._sock is not None:
+        if self._server._family == socket.AF_UNIX and self._sock is not None:
             _remove_stale_unix_socket(self._bind_address)
-        with self._lock:
-            self._state = "stopped"
-        self._stopped.set()
+        self._end()
 
     def _close_all(self, loop: EventLoop, now: bool) -> None:
         for conn in list(self._connections[loop]):
@@ -861,3 +922,93 @@ class Server:
                 conn._close_now()
             else:
                 conn._close_gracefully()
+
+
+class _WorkerProcesses(_Runner):
+    """A server of ``count`` forked worker processes (``workers=N``): this process
+    reserves the port and supervises (:class:`~gevwire.workers.Supervisor`); no loop
+    runs here.  Each worker serves through an :class:`_InProcess` made after the fork."""
+
+    def __init__(self, server: Server, count: int, worker_timeout: float | None) -> None:
+        super().__init__()
+        self._server = server
+        self._count = count
+        self._worker_timeout = worker_timeout
+        self._supervisor: Supervisor | None = None
+        self._address: Any = None  # the reserved address the workers bind
+
+    def _supervise(self) -> Supervisor:
+        """Reserve the port and make the supervisor of the workers."""
+        server = self._server
+        # Under the lock: a stop() from another thread finds the server either not
+        # started or with its supervisor, never in between (and so never missed).
+        with self._lock:
+            self._begin()
+            try:
+                reservation = reserve_port(server._family, server._bind_address)
+            except BaseException:
+                self._end()
+                raise
+            self._address = reservation.getsockname()
+            self._supervisor = Supervisor(self._serve_in_worker, self._count,
+                                          reservation=reservation,
+                                          worker_timeout=self._worker_timeout)
+        log.info("gevwire starting %d workers of %d loop(s) on %s", self._count,
+                 server._loop_count, self._address)
+        return self._supervisor
+
+    def _serve_in_worker(self, control: WorkerControl) -> None:
+        """A worker process, just forked: this copy of the server is served by loops of
+        its own on the reserved port until told to stop, then stops gracefully.  (Made
+        here, after the fork: a parent's poller, waker, lock or event would be shared
+        with the child, or held by a thread the fork did not copy.)"""
+        server = self._server
+        metrics_bind = server._metrics_bind
+        if metrics_bind is not None and metrics_bind[1]:
+            metrics_bind = (metrics_bind[0], metrics_bind[1] + control.index)
+        runner = _InProcess(server, self._address, reuse_port=True, metrics_bind=metrics_bind)
+        server._runner = runner  # what on_start and the handlers see in this process
+        runner.start()
+        control.ready()
+        # The stop is bounded by the deadline wait_for_stop arms when it returns: a loop
+        # stuck in a handler cannot keep this process alive past it.
+        runner.stop(control.wait_for_stop(runner.loops_answer))
+        runner.wait(None)
+
+    def start(self) -> None:
+        self._supervise().start()
+
+    def run(self) -> None:
+        with self._lock:  # (a stop() that comes first leaves nothing to run)
+            supervisor = self._supervise() if self._state == "new" else self._supervisor
+        if supervisor is not None:
+            supervisor.run()
+
+    def stop(self, timeout: float) -> None:
+        with self._lock:
+            if self._state == "new":  # never started: nothing to stop
+                self._state = "stopped"
+                self._stopped.set()
+        if self._supervisor is not None:
+            self._supervisor.stop(timeout)
+
+    def wait(self, timeout: float | None) -> bool:
+        if self._supervisor is not None:
+            return self._supervisor.wait(timeout)
+        return super().wait(timeout)
+
+    def _state_now(self) -> str:
+        return "stopped" if self.wait(0) else self._state
+
+    def stats(self) -> dict[str, Any]:
+        if self._supervisor is not None:
+            return self._supervisor.stats()
+        return {"workers": self._count, "pids": [], "restarts": [0] * self._count}
+
+    def _bound_address(self) -> Any:
+        return self._address
+
+    def first_loop(self) -> EventLoop:
+        raise RuntimeError("with workers > 1 the loops live in the worker processes; "
+                           "schedule timers there (Server(on_start=...) or "
+                           "conn.loop.run_after)")

@@ -1671,8 +1671,7 @@ def test_the_memory_budget_pauses_the_largest_and_resumes_it_below_the_low_mark(
         assert server.stats()["budget_pauses"] == 0  # 2.5 MiB: under the soft mark
         second.sendall(small[: 1 * MiB])  # 2.5 + 2 MiB reserved: over it
         assert wait_until(lambda: server.stats()["budget_pauses"] == 1, 10)
-        paused = [conn for loop in server.loops for conn in server._connections[loop]
-                  if conn._budget_paused]
+        paused = [conn for conn in server.connections() if conn._budget_paused]
         assert len(paused) == 1 and paused[0].peer_addr == first.getsockname()
         second.sendall(small[1 * MiB:])  # whole: echoed, its storage given back
         assert recv_exactly(second, len(small)) == small

@@ -22,7 +22,7 @@ import pytest
 from conftest import recv_until_eof, wait_until
 
 import gevwire
-from gevwire.workers import Supervisor, WorkerControl
+from gevwire.workers import Supervisor, WorkerControl, reserve_port
 
 pytestmark = [
     pytest.mark.io,
@@ -320,6 +320,104 @@ def test_workers_validation() -> None:
     assert server.wait(0)
     with pytest.raises(RuntimeError):
         server.start()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_public_lifecycle_is_one_path_for_any_number_of_workers(workers: int) -> None:
+    """``Server`` delegates to one runner chosen in ``__init__`` (loops here, or the
+    supervisor of forked workers): the same sequence of public calls behaves alike,
+    only ``stats()`` and where the loops live differ, as documented."""
+    server = gevwire.Server(WhoAmI(), address="127.0.0.1:0", workers=workers)
+    with pytest.raises(RuntimeError, match="not listening"):
+        server.address  # noqa: B018
+    with pytest.raises(RuntimeError, match="needs a started server"):
+        server.connect("127.0.0.1:9")
+    assert server.connections() == [] and server.connection_count == 0
+    assert server.metrics_address is None and not server.wait(0)
+    if workers == 1:
+        server.run_after(60, print).cancel()  # the loops exist before start()
+        assert len(server.loops) == 1
+    else:
+        with pytest.raises(RuntimeError, match="loops live in the worker processes"):
+            server.run_after(60, print)
+        assert server.loops == []
+        assert server.stats() == {"workers": 2, "pids": [], "restarts": [0, 0]}
+    try:
+        assert server.start() is server
+        with pytest.raises(RuntimeError, match="server is running; a server starts once"):
+            server.start()
+        pid, ppid = ask(server.address)
+        stats = server.stats()
+        if workers == 1:
+            assert (pid, ppid) == (os.getpid(), os.getppid())
+            assert stats["connections_total"] == 1 and len(stats["loops"]) == 1
+            dialed = server.connect(f"127.0.0.1:{server.port}")
+            assert wait_until(lambda: dialed in server.connections(), 5)
+        else:
+            assert ppid == os.getpid() and pid in stats["pids"] and len(stats["pids"]) == 2
+            with pytest.raises(RuntimeError, match="needs a started server"):
+                server.connect(f"127.0.0.1:{server.port}")  # no loop in this process
+    finally:
+        server.stop()
+    assert server.wait(5)
+    assert server.connection_count == 0
+    if workers == 2:
+        assert server.stats()["pids"] == [] and server.address[1] == server.port
+    with pytest.raises(RuntimeError, match="server is stopped; a server starts once"):
+        server.start()
+    server.stop()  # again: nothing left to do
+    server.run()  # stopped: returns at once
+    assert server.wait(0)
+
+
+def _answers(server: gevwire.Server) -> bool:
+    try:
+        ask(server.address)
+    except (OSError, RuntimeError):  # not bound yet, or not accepting yet
+        return False
+    return True
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_in_a_thread_serves_until_stop_for_any_number_of_workers(workers: int) -> None:
+    server = gevwire.Server(WhoAmI(), address="127.0.0.1:0", workers=workers)
+    running = threading.Thread(target=server.run, daemon=True)
+    running.start()
+    try:
+        assert wait_until(lambda: _answers(server), 15)
+        assert running.is_alive()
+    finally:
+        server.stop()
+        running.join(15)
+    assert not running.is_alive() and server.wait(0)
+
+
+def test_a_stop_while_workers_are_being_made_is_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop() from another thread while ``run()`` reserves the port still stops the
+    server (the supervisor is made under the lock stop() takes), rather than finding
+    it neither new nor supervised and leaving ``run()`` to serve on."""
+    reserving = threading.Event()
+
+    def slow_reserve_port(*args: Any) -> socket.socket:
+        reserving.set()
+        time.sleep(0.3)  # the window a stop() must not fall through
+        return reserve_port(*args)
+
+    monkeypatch.setattr("gevwire.server.reserve_port", slow_reserve_port)
+    server = gevwire.Server(WhoAmI(), address="127.0.0.1:0", workers=2)
+    running = threading.Thread(target=server.run, daemon=True)
+    running.start()
+    try:
+        assert reserving.wait(10)
+        server.stop()
+        running.join(10)
+        assert not running.is_alive(), "run() went on serving after stop()"
+        assert server.wait(0) and server.stats()["pids"] == []
+    finally:
+        server.stop()
+        running.join(10)
 
 
 def test_platform_without_fork_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
