@@ -4,8 +4,9 @@
 
     .venv/bin/python benchmarks/ws_large_echo.py [--rounds 8] [--size 16777216]
 
-Each server runs in its own process (``taskset`` pins it to CPU 0 where available, the
-client to CPU 1); the client is ``websockets``' synchronous one without compression.
+Each server runs in its own process (``taskset`` pins both to CPU 0 where available,
+the client to CPU 1); the client is ``websockets``' synchronous one without compression,
+and the servers take turns, echo by echo.
 Prints per server and kind (text, binary) the median round trip, the server's CPU
 time and page faults per echo (from ``/proc``: wall times are noisy on a shared
 machine), and the ratios.
@@ -79,31 +80,45 @@ def minor_faults(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
-def measure(port: int, size: int, rounds: int, pid: int
-            ) -> dict[str, tuple[float, float, float]]:
-    """``{kind: (median round trip, server CPU per echo, page faults per echo)}``,
-    times in seconds."""
+def measure(ports: dict[str, int], pids: dict[str, int], size: int, rounds: int
+            ) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """``{server: {kind: (median round trip, server CPU per echo, page faults per
+    echo)}}``, times in seconds.  The servers take turns echo by echo (which goes first
+    alternates), so a noisy neighbour slows both alike."""
     from websockets.sync.client import connect
 
     text = "*" * size
     data = bytes(range(256)) * (size // 256)
-    result = {}
-    with connect(f"ws://127.0.0.1:{port}/ws", max_size=None, compression=None,
-                 ping_interval=None, open_timeout=10, close_timeout=10) as ws:
-        for name, message in (("text", text), ("binary", data)):
-            ws.send(message)  # warm-up: buffers grown, pages faulted in
-            assert ws.recv(timeout=60) == message
-            times = []
-            cpu = cpu_seconds(pid)
-            faults = minor_faults(pid)
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                ws.send(message)
-                echoed = ws.recv(timeout=60)
-                times.append(time.perf_counter() - t0)
-                assert len(echoed) == size
-            result[name] = (statistics.median(times), (cpu_seconds(pid) - cpu) / rounds,
-                            (minor_faults(pid) - faults) / rounds)
+    names = list(ports)
+    result: dict[str, dict[str, tuple[float, float, float]]] = {name: {} for name in names}
+    clients = {name: connect(f"ws://127.0.0.1:{ports[name]}/ws", max_size=None,
+                             compression=None, ping_interval=None, open_timeout=10,
+                             close_timeout=10)
+               for name in names}
+    try:
+        for kind, message in (("text", text), ("binary", data)):
+            for ws in clients.values():
+                ws.send(message)  # warm-up: buffers grown, pages faulted in
+                assert ws.recv(timeout=60) == message
+            times: dict[str, list[float]] = {name: [] for name in names}
+            cpu = {name: cpu_seconds(pids[name]) for name in names}
+            faults = {name: minor_faults(pids[name]) for name in names}
+            for i in range(rounds):
+                for name in names if i % 2 == 0 else names[::-1]:
+                    ws = clients[name]
+                    t0 = time.perf_counter()
+                    ws.send(message)
+                    echoed = ws.recv(timeout=60)
+                    times[name].append(time.perf_counter() - t0)
+                    assert len(echoed) == size
+            for name in names:
+                result[name][kind] = (
+                    statistics.median(times[name]),
+                    (cpu_seconds(pids[name]) - cpu[name]) / rounds,
+                    (minor_faults(pids[name]) - faults[name]) / rounds)
+    finally:
+        for ws in clients.values():
+            ws.close()
     return result
 
 
@@ -119,12 +134,15 @@ def main() -> None:
     pinned = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
     if pinned:
         os.sched_setaffinity(0, {1})
-    results = {}
-    for kind in ("gevwire", "websockets"):
-        proc, port = start(kind, "0" if pinned else None)
-        try:
-            results[kind] = measure(port, args.size, args.rounds, proc.pid)
-        finally:
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    ports: dict[str, int] = {}
+    try:
+        for kind in ("gevwire", "websockets"):
+            procs[kind], ports[kind] = start(kind, "0" if pinned else None)
+        results = measure(ports, {kind: proc.pid for kind, proc in procs.items()},
+                          args.size, args.rounds)
+    finally:
+        for proc in procs.values():
             proc.terminate()
             proc.wait(10)
     print(f"{args.size} bytes: median round trip of {args.rounds} (ms), server CPU per "
