@@ -1261,7 +1261,7 @@ class _TLSTransport(_TLSBase):
 
     # -- reading -----------------------------------------------------------------------
 
-    def _tls_received(self, data: bytes) -> None:
+    def _tls_received(self, data: bytes | memoryview) -> None:
         """Ciphertext from the peer: decrypt, answer the handshake, frame the plaintext."""
         tls = self._tls
         was_done = tls.handshake_done

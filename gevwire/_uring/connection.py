@@ -379,10 +379,11 @@ class UringConnection(Connection):
 
 class UringTLSConnection(_TLSTransport, UringConnection):
     """A TLS connection served by io_uring completions: each RECV completion's
-    ciphertext is copied out of its provided buffer (the buffer goes back at once),
-    decrypted, and the plaintext handed to the pipeline; replies are encrypted, then
-    sent as :class:`UringConnection` sends (one SEND in flight, the rest gathered).
-    Limits count as on epoll (see :class:`~gevwire.connection.TLSConnection`)."""
+    ciphertext goes from its provided buffer into the session's MemoryBIO (the buffer
+    goes back at once), is decrypted, and the plaintext handed to the pipeline; replies
+    are encrypted, then sent as :class:`UringConnection` sends (one SEND in flight,
+    the rest gathered).  Limits count as on epoll (see
+    :class:`~gevwire.connection.TLSConnection`)."""
 
     __slots__ = ("_record_since", "_tls", "_tls_timer")
 
@@ -397,25 +398,29 @@ class UringTLSConnection(_TLSTransport, UringConnection):
             bufs = self.loop.buffers
             bid = flags >> 16
             start = bid * bufs.size
-            data = bytes(bufs.view[start: start + res])
-            bufs.put(bid)
-            state = self._state
-            if state < _FLUSHING:
-                loop = self.loop
-                loop.bytes_in += res
-                self._last_active = loop.now
-                if not self._events & EV_READ or self._held:
-                    if self._held is None:  # paused: decrypted when reading resumes
-                        self._held = deque()
-                    self._held.append(data)
+            # The session copies the ciphertext into its MemoryBIO: it gets the view of
+            # the provided buffer, which goes back once that is done (no bytes between).
+            view = bufs.view[start: start + res]
+            try:
+                state = self._state
+                if state < _FLUSHING:
+                    loop = self.loop
+                    loop.bytes_in += res
+                    self._last_active = loop.now
+                    if not self._events & EV_READ or self._held:
+                        if self._held is None:  # paused: decrypted when reading resumes
+                            self._held = deque()
+                        self._held.append(bytes(view))
+                    else:
+                        self._tls_received(view)
+                        if self._pipe.stopped:  # close() asked: the peer is still sending
+                            self._discarded = True
+                elif state == _LINGERING and self._tls.closed:
+                    self._shutdown_received(view)
                 else:
-                    self._tls_received(data)
-                    if self._pipe.stopped:  # close() asked: the peer is still sending
-                        self._discarded = True
-            elif state == _LINGERING and self._tls.closed:
-                self._shutdown_received(data)
-            else:
-                self._discarded = True
+                    self._discarded = True
+            finally:
+                bufs.put(bid)
         elif res == 0:
             if self._state == _LINGERING:
                 self._close_now()
@@ -460,7 +465,7 @@ class UringTLSConnection(_TLSTransport, UringConnection):
             self.loop.ring.recv_multishot(self._fd, self.loop.buffers.group, self._token)
             self._recv_armed = True
 
-    def _shutdown_received(self, data: bytes) -> None:
+    def _shutdown_received(self, data: bytes | memoryview) -> None:
         """While waiting for the peer's close_notify: its records are dropped."""
         try:
             self._tls.receive(data)
