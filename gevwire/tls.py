@@ -43,9 +43,8 @@ class TLSSession:
     ``server_hostname`` for SNI and host name checking.
     """
 
-    __slots__ = ("_held", "_incoming", "_obj", "_outgoing", "_raw", "_ready", "_rec_have",
-                 "_rec_head", "_rec_need", "closed", "eof", "failed", "handshake_done",
-                 "track_records")
+    __slots__ = ("_held", "_incoming", "_obj", "_outgoing", "_ready", "_rec_have", "_rec_head",
+                 "_rec_need", "closed", "eof", "failed", "handshake_done", "track_records")
 
     def __init__(
         self,
@@ -61,9 +60,6 @@ class TLSSession:
         self._obj: ssl.SSLObject | _Released = context.wrap_bio(
             self._incoming, self._outgoing, server_side=server_side,
             server_hostname=server_hostname)
-        # The C object under the SSLObject, for the per-message read and write: the
-        # stdlib's wrapper methods only delegate to it, a Python call level each.
-        self._raw: Any = getattr(self._obj, "_sslobj", self._obj)
         #: True once the handshake has completed.
         self.handshake_done = False
         #: True once the peer's stream ended: its ``close_notify`` (a clean end), or the
@@ -89,9 +85,8 @@ class TLSSession:
         self._handshake()
         return self.outgoing()
 
-    def receive(self, data: bytes | memoryview) -> bytes:
-        """Feed ciphertext read from the peer (copied in: a view may be reused after);
-        return the plaintext it completed
+    def receive(self, data: bytes) -> bytes:
+        """Feed ciphertext read from the peer; return the plaintext it completed
         (``b""`` when it held none yet).  Raises :class:`~gevwire.TLSHandshakeError`
         or :class:`~gevwire.TLSError`; check :meth:`outgoing` after every call."""
         if self.failed or self.eof:  # (after the peer's end nothing is read)
@@ -102,7 +97,7 @@ class TLSSession:
                 self._track(data)
         if not self.handshake_done and not self._handshake():
             return b""
-        obj = self._raw
+        obj = self._obj
         incoming = self._incoming
         chunks: list[bytes] = []
         try:
@@ -140,7 +135,7 @@ class TLSSession:
             self._write(b"".join(held))
         return True
 
-    def _track(self, data: bytes | memoryview) -> None:
+    def _track(self, data: bytes) -> None:
         """Move the record boundary over ``data`` (a few steps per read: a record is up
         to 16 KiB; OpenSSL keeps a partial record inside, where it cannot be asked)."""
         pos, size = 0, len(data)
@@ -180,7 +175,7 @@ class TLSSession:
         """
         if self._ready and data:  # (the common case, kept short)
             try:
-                self._raw.write(data)
+                self._obj.write(data)
             except ssl.SSLError as exc:
                 raise self._failed(TLSError, exc) from exc
             return self._outgoing.read()
@@ -235,7 +230,7 @@ class TLSSession:
         obj = self._obj
         if isinstance(obj, _Released):
             return
-        self._obj = self._raw = _Released(obj, self.handshake_done)
+        self._obj = _Released(obj, self.handshake_done)
         self._ready = False
         self.closed = True
         self.eof = True
