@@ -85,8 +85,9 @@ class TLSSession:
         self._handshake()
         return self.outgoing()
 
-    def receive(self, data: bytes) -> bytes:
-        """Feed ciphertext read from the peer; return the plaintext it completed
+    def receive(self, data: bytes | memoryview) -> bytes:
+        """Feed ciphertext read from the peer (copied in: a view may be reused after);
+        return the plaintext it completed
         (``b""`` when it held none yet).  Raises :class:`~gevwire.TLSHandshakeError`
         or :class:`~gevwire.TLSError`; check :meth:`outgoing` after every call."""
         if self.failed or self.eof:  # (after the peer's end nothing is read)
@@ -135,7 +136,7 @@ class TLSSession:
             self._write(b"".join(held))
         return True
 
-    def _track(self, data: bytes) -> None:
+    def _track(self, data: bytes | memoryview) -> None:
         """Move the record boundary over ``data`` (a few steps per read: a record is up
         to 16 KiB; OpenSSL keeps a partial record inside, where it cannot be asked)."""
         pos, size = 0, len(data)
