@@ -337,6 +337,18 @@ class RingBuffer:
         self._cap = self._len = n - start
         self._r = 0
 
+    def take_held(self) -> tuple[bytes, int] | None:
+        """If the readable bytes are the rest of a reply held by reference
+        (:meth:`write_from`): empty the ring and return ``(reply, offset of the rest)``
+        for the caller to send from it directly; else None."""
+        data = self._buf
+        if type(data) is not bytes or not self._len:
+            return None
+        start = self._addr - bytes_data_address(data) + self._r
+        self._len = 0
+        self._release()
+        return data, start
+
     def write_regions(self) -> tuple[int, int, int, int]:
         """The free space as ``(address, size, address, size)`` for ``readv``.
 

@@ -810,6 +810,20 @@ def test_write_from_holds_a_large_bytes_rest_by_reference_until_the_next_write()
     assert pool.in_use == 0 and pool.retained() == 0  # the reply is not kept for reuse
 
 
+def test_take_held_hands_over_a_held_reply_and_where_its_rest_starts() -> None:
+    pool = BufferPool(max_buffer=4096)
+    ring = RingBuffer(64, pool)
+    assert ring.take_held() is None  # empty
+    reply = bytes(range(256)) * 64
+    ring.write_from(reply, 1000)
+    ring.retrieve(24)
+    data, start = ring.take_held()  # type: ignore[misc]
+    assert data is reply and start == 1024
+    assert ring.length == 0 and ring._buf is None and pool.in_use == 0
+    ring.write(b"own storage")
+    assert ring.take_held() is None and ring.to_bytes() == b"own storage"
+
+
 def test_write_from_releases_the_reference_when_the_rest_is_consumed() -> None:
     pool = BufferPool(max_buffer=4096)
     ring = RingBuffer(64, pool)

@@ -90,7 +90,7 @@ class UringConnection(Connection):
     @property
     def write_buffer_length(self) -> int:
         """Bytes waiting to be written to the socket (in flight included)."""
-        inflight = len(self._sending) - self._sent if self._sending is not None else 0
+        inflight = self._in_flight()
         return self._output._len + sum(len(d) for d in self._pipe.pending) + inflight
 
     # -- loop side ---------------------------------------------------------------------
@@ -214,8 +214,18 @@ class UringConnection(Connection):
         self._write(data)
 
     def _send_output(self) -> None:
-        """Start a SEND of (up to 1 MiB of) the output ring."""
+        """Start a SEND of (up to 1 MiB of) the output ring, or of all of a reply the
+        ring held by reference, from the reply itself."""
         output = self._output
+        held = output.take_held()
+        if held is not None:
+            data, start = held
+            self._sending = data
+            self._sent = start
+            self.loop.bytes_out += len(data) - start
+            self.loop.ring.send(self._fd, bytes_address(data) + start, len(data) - start,
+                                self._send_ud)
+            return
         data = output.read(min(output._len, _MAX_SEND))
         self._sending = data
         self._sent = 0
@@ -234,7 +244,7 @@ class UringConnection(Connection):
             if self._output._len:
                 self._send_output()
                 if self._read_paused:
-                    self._maybe_resume(len(self._sending or b""))
+                    self._maybe_resume(self._in_flight())
             elif (self._events != EV_READ or self._read_paused
                   or self._state == _WRITE_SHUTTING):
                 self._on_drained()
@@ -276,7 +286,7 @@ class UringConnection(Connection):
         if output._len:
             self._send_output()
             if self._read_paused:
-                self._maybe_resume(len(self._sending or b""))
+                self._maybe_resume(self._in_flight())
             return
         self._on_drained()
 
@@ -319,6 +329,11 @@ class UringConnection(Connection):
             ), abort=True)
         elif size > options.write_high_water and not self._read_paused:
             self._pause_for_output()
+
+    def _in_flight(self) -> int:
+        """Bytes of the SEND in flight not yet sent."""
+        sending = self._sending
+        return len(sending) - self._sent if sending is not None else 0
 
     def _maybe_resume(self, inflight: int) -> None:
         """After a SEND completion while input is paused: resume once unsent output is
