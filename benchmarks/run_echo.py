@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -96,6 +96,9 @@ class Server:
     name: str
     command: Callable[[int], list[str]]
     available: Callable[[], str | None]  # None when available, else why it is skipped
+    #: The checkout it runs from (its working directory and PYTHONPATH): this one, or
+    #: with --base-tree the tree of the code before a change, for an A/B in one run.
+    tree: Path = REPO_DIR
 
 
 def _always() -> str | None:
@@ -464,7 +467,8 @@ def run_one(
 ) -> RunResult:
     port = free_port()
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(server.tree), env.get("PYTHONPATH", "")) if p)
     res = RunResult(scenario.name, server.name, round_no, ok=False)
     server_proc: subprocess.Popen[bytes] | None = None
     loadgen: subprocess.Popen[bytes] | None = None
@@ -472,7 +476,7 @@ def run_one(
         try:
             server_proc = subprocess.Popen(
                 ["taskset", "-c", str(args.server_cpu), *server.command(port)],
-                cwd=REPO_DIR,
+                cwd=server.tree,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=server_log,
@@ -667,6 +671,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         + "; with --framed: " + ", ".join(s.name for s in FRAMED_SCENARIOS),
     )
     p.add_argument("--servers", help="comma list of: " + ", ".join(s.name for s in SERVERS))
+    p.add_argument(
+        "--base-tree",
+        type=Path,
+        help="a checkout of the code before a change (git worktree add --detach DIR REV): "
+        "each gevwire server also runs from it, as NAME@base, in the same interleaved "
+        "rounds",
+    )
     p.add_argument("--server-cpu", type=int, default=0, help="core for the server (0)")
     p.add_argument("--client-cpu", type=int, default=1, help="core for the load generator (1)")
     p.add_argument("--json", type=Path, help="write raw runs and medians to this file")
@@ -703,6 +714,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         candidates = FRAMED_SERVERS if args.framed else SERVERS
     servers = available_servers(args.servers, candidates)
+    if args.base_tree is not None:
+        base = args.base_tree.resolve()
+        if not (base / "gevwire" / "__init__.py").is_file():
+            raise SystemExit(f"--base-tree {base}: not a gevwire checkout")
+        servers += [replace(srv, name=f"{srv.name}@base", tree=base)
+                    for srv in servers if srv.name.startswith("gevwire")]
     build_loadgen(tls=args.tls)
     tls_dir = tempfile.TemporaryDirectory(prefix="gevwire-bench-tls-")
     if args.tls:
