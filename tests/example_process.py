@@ -67,6 +67,14 @@ def read_listening_port(proc: subprocess.Popen[bytes], log: IO[bytes]) -> int:
     )
 
 
+def _interactive_sigint() -> None:
+    """(In the child, before exec.)  SIGINT at its default, as an interactive shell
+    leaves it: a test suite started in the background (``make test &``) inherits
+    SIGINT ignored, and a server honours that (``Server.run`` only takes over signals
+    left at their defaults), so a SIGINT test would wait for nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def example_server(script: str, *extra: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """Run ``examples/<script> --port 0 *extra``; yield the process and its port; always
@@ -79,6 +87,7 @@ def example_server(script: str, *extra: str) -> Iterator[tuple[subprocess.Popen[
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,
+            preexec_fn=_interactive_sigint,
         )
         try:
             yield proc, read_listening_port(proc, log)
