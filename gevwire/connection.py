@@ -1,50 +1,38 @@
-"""``Connection``: one accepted socket's read → frame → dispatch → write path.
+"""``Connection``: one socket's connection, the same on every backend.
 
-Foreign calls per echoed message on the fast path: one ``read`` (into the loop's spare
-buffer, because the connection's input ring is empty) and one ``write``; ``epoll_wait``
-is shared by every connection that was ready in the turn.  Frames are cut from the spare
-buffer directly; only an incomplete tail is copied into the connection's ring.
+A connection keeps its states (:class:`ConnState`), its timers (idle, frame, close,
+PROXY header), the output water marks and the reasons reading is held, sends from
+other threads, and its :class:`~gevwire.pipeline.FramePipeline` (read → frames →
+handler → replies, sans I/O).  How its bytes move is one small object per connection,
+its backend's: ``ReadinessIO`` (``gevwire._socket_io``: epoll / kqueue readiness,
+``read`` / ``write``) or ``UringIO`` (``gevwire._uring``: io_uring completions), each
+with a TLS variant that decrypts what it reads for :class:`TLSConnection`.
 
-Output is written first and buffered only for what the socket did not take; the output
-ring then drains on ``EV_WRITE``.  Water marks on the output ring pause and resume
-reading from the peer (so a peer that sends but never reads cannot make us buffer
-without bound), and a hard cap closes the connection.
+Water marks on unsent output pause and resume reading from the peer (so a peer that
+sends but never reads cannot make us buffer without bound), and a hard cap closes the
+connection.
 """
 
 from __future__ import annotations
 
-import enum
-import errno
 import logging
-import socket
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gevwire._sys import (
-    EAGAIN,
-    EINTR,
-    EV_ERROR,
-    EV_HUP,
-    EV_RDHUP,
-    EV_READ,
-    EV_WRITE,
-    get_errno,
-    peer_closed,
-    raw_read,
-    raw_readv,
-    raw_writev,
-    read_bytes,
-    write_bytes,
+from gevwire._connstate import (
+    _CLOSED,
+    _FLUSHING,
+    _LINGERING,
+    _OPEN,
+    _STATE_LOCK,
+    _WRITE_SHUT,
+    _WRITE_SHUTTING,
+    ConnState,
 )
-from gevwire._sys import (
-    close as sys_close,
-)
-from gevwire._sys import (
-    shutdown as sys_shutdown,
-)
+from gevwire._socket_io import READ_MAX, ReadinessIO, SocketIO
 from gevwire.codec import BaseCodec
 from gevwire.errors import (
     ConnectionClosed,
@@ -56,8 +44,7 @@ from gevwire.errors import (
     WriteBufferFull,
 )
 from gevwire.handler import handler_waits
-from gevwire.loop import SPARE_SIZE
-from gevwire.pipeline import LARGE_RING, FramePipeline
+from gevwire.pipeline import FramePipeline
 from gevwire.proxy_protocol import ProxyHeaderDecoder, ProxyInfo
 from gevwire.ringbuffer import RingBuffer
 from gevwire.tls import TLSSession
@@ -69,54 +56,13 @@ if TYPE_CHECKING:
     from gevwire.loop import EventLoop
     from gevwire.timers import TimerHandle
 
-__all__ = ["ConnState", "Connection", "ConnectionOptions", "TLSConnection"]
+__all__ = ["READ_MAX", "ConnState", "Connection", "ConnectionOptions", "TLSConnection"]
 
 log = logging.getLogger("gevwire")
 
-_EWOULDBLOCK = errno.EWOULDBLOCK
 # Why reading is held (Connection._holds): the server's memory budget, the application.
 _BUDGET, _APPLICATION, _WAITING = 1, 2, 4
-#: Most bytes one ``readv`` puts in a connection's input ring (plus the spare buffer).
-READ_MAX = 256 << 10
-_READ_EVENTS = EV_READ | EV_ERROR | EV_HUP | EV_RDHUP
 _XSEND_LOCK = threading.Lock()
-
-
-class ConnState(enum.IntEnum):
-    """Where a connection is in its life (``conn.state``), in the order it goes.
-
-    Each state may go to any later one, never back; only a connection's loop thread
-    moves it, except ``shutdown_write`` from another thread (OPEN → WRITE_SHUTTING,
-    under a lock that every move out of OPEN takes).  Reading from the peer goes on
-    up to WRITE_SHUT; ``send`` works only while OPEN.
-    """
-
-    #: Reading and writing.
-    OPEN = 0
-    #: ``shutdown_write()`` was asked: FIN once every queued byte is written.
-    WRITE_SHUTTING = 1
-    #: FIN sent; reading goes on until the peer's EOF.
-    WRITE_SHUT = 2
-    #: Closing: reading stopped, unsent output draining (at most ``close_timeout``).
-    FLUSHING = 3
-    #: FIN sent after the last reply while the peer was still sending: its bytes are
-    #: discarded until its EOF (at most ``linger_timeout``), so no RST destroys replies.
-    LINGERING = 4
-    #: The fd is closed and ``on_close`` has run.
-    CLOSED = 5
-
-    def __str__(self) -> str:
-        return self.name.lower().replace("_", "-")
-
-
-_OPEN = ConnState.OPEN
-_WRITE_SHUTTING = ConnState.WRITE_SHUTTING
-_WRITE_SHUT = ConnState.WRITE_SHUT
-_FLUSHING = ConnState.FLUSHING
-_LINGERING = ConnState.LINGERING
-_CLOSED = ConnState.CLOSED
-# Taken by every move out of OPEN: shutdown_write() may make one from any thread.
-_STATE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,23 +149,19 @@ class Connection:
     __slots__ = (
         "__weakref__",
         "_close_timer",
-        "_deferred",
-        "_events",
-        "_fd",
         "_frame_timer",
         "_holds",
         "_idle_timer",
         "_input",
+        "_io",
         "_last_active",
         "_on_closed",
         "_options",
-        "_output",
         "_pipe",
         "_proxy",
         "_read_paused",
         "_sent_waiters",
         "_state",
-        "_token",
         "_values",
         "_xsend",
         "_xsend_bytes",
@@ -230,9 +172,6 @@ class Connection:
         "proxy_info",
     )
 
-    #: Reads arrive as views of a reused buffer (completion backends), not ``bytes``.
-    _view_reads = False
-
     def __init__(
         self,
         loop: EventLoop,
@@ -242,42 +181,41 @@ class Connection:
         codec: BaseCodec,
         options: ConnectionOptions,
         on_closed: Callable[[Connection], None] | None = None,
+        *,
+        io: type[SocketIO] = ReadinessIO,
     ) -> None:
+        """``io``: the backend's I/O class (``ReadinessIO`` for epoll / kqueue, and on
+        io_uring loops for connections read by readiness; ``UringIO`` otherwise)."""
         self.loop = loop
         self.peer_addr = peer_addr
         #: Free for the application: anything it wants to keep with the connection.
         self.context: Any = None
         self._values: dict[str, Any] | None = None  # made by the first set() or values
-        self._fd = fd
         self._options = options
         self._on_closed = on_closed
         # Framing, dispatch, reply gathering and the error policy: the one pipeline
-        # every transport drives, this connection being its transport (it moves the
-        # bytes and keeps the close states).
+        # every transport drives, this connection being its transport (it keeps the
+        # close states; its I/O object moves the bytes).
+        self._io: SocketIO = io(self, loop, fd)
+        view_reads = io.view_reads
         pool = loop.pool
         if handler_waits(handler):  # (coroutines or blocking calls: see gevwire.waiting)
             pipe: FramePipeline = WaitingPipeline(
-                self, handler, codec, self, loop, view_reads=self._view_reads,
+                self, handler, codec, self, loop, view_reads=view_reads,
                 high_water=options.write_high_water, max_output=options.max_write_buffer,
                 frame_timeout=options.frame_timeout, input_ring=RingBuffer(pool=pool),
                 offloader=options.offloader, max_pending=options.max_pending_per_connection,
                 handler_timeout=options.handler_timeout, ordered=options.ordered_replies)
         else:
             pipe = FramePipeline(
-                self, handler, codec, self, loop, view_reads=self._view_reads,
+                self, handler, codec, self, loop, view_reads=view_reads,
                 high_water=options.write_high_water, max_output=options.max_write_buffer,
                 frame_timeout=options.frame_timeout, input_ring=RingBuffer(pool=pool))
         self._pipe = pipe
         self._input: RingBuffer = pipe.input
-        self._output = RingBuffer(pool=pool)
-        # A read's joined replies, written when the loop turn's events are handled (see
-        # _write_batch); None when there are none.
-        self._deferred: bytes | None = None
         self._state = _OPEN
         self._read_paused = False  # by output backpressure
         self._holds = 0  # reading held by the memory budget (_BUDGET) or the application
-        self._events = EV_READ
-        self._token = -1
         # Sends from other threads, made by the first (an idle connection holds none:
         # an empty deque is 600 bytes, more than the rest of a connection's state).
         self._xsend: deque[bytes] | None = None
@@ -292,17 +230,13 @@ class Connection:
         self._last_active = 0.0
         # when_sent callbacks waiting for the output to drain (None: none waits).
         self._sent_waiters: list[Callable[[bool], Any]] | None = None
-        self._init_io()
-
-    def _init_io(self) -> None:
-        """Set up the backend's own I/O state (a completion backend's requests)."""
 
     # -- public API --------------------------------------------------------------------
 
     @property
     def fd(self) -> int:
         """The socket's fd (-1 once closed)."""
-        return self._fd
+        return self._io._fd
 
     @property
     def connected(self) -> bool:
@@ -322,8 +256,7 @@ class Connection:
     @property
     def write_buffer_length(self) -> int:
         """Bytes waiting to be written to the socket."""
-        deferred = len(self._deferred) if self._deferred is not None else 0
-        return self._output._len + sum(len(d) for d in self._pipe.pending) + deferred
+        return self._io.unsent() + sum(len(d) for d in self._pipe.pending)
 
     def get(self, key: str, default: Any = None) -> Any:
         """A value stored with :meth:`set` (gev's ``Get``)."""
@@ -373,14 +306,14 @@ class Connection:
                 # Written with the read's replies; early only past the hard cap (the
                 # ring's check then closes), so a handler's send then shutdown_write
                 # stay together.
-                if pipe.gather(data) + self._output._len > self._options.max_write_buffer:
+                if pipe.gather(data) + self._io._output._len > self._options.max_write_buffer:
                     pipe.flush_gathered()
             else:
                 self._write(data)
         else:
             queued = self._xsend_bytes + len(data)
             limit = self._options.max_write_buffer
-            if queued + self._output._len > limit:
+            if queued + self._io._output._len > limit:
                 # A producer thread outrunning the peer: without this, sends queued
                 # between two loop turns would take memory without bound.
                 self._refuse_send(WriteBufferFull(
@@ -474,7 +407,7 @@ class Connection:
         return bool(self._holds & _APPLICATION)
 
     def __repr__(self) -> str:
-        return f"<Connection fd={self._fd} peer={self.peer_addr!r} {self._state}>"
+        return f"<{type(self).__name__} fd={self._io._fd} peer={self.peer_addr!r} {self._state}>"
 
     # What TLS negotiated (see TLSConnection): None on a plain connection.
 
@@ -518,41 +451,33 @@ class Connection:
             # Read the PROXY header first (its own callback, so the hot path pays
             # nothing for it); on_connect runs once peer_addr is the real client's.
             self._proxy = ProxyHeaderDecoder()
-            self._token = self.loop.register(self._fd, self._on_proxy_events, EV_READ)
+            self._io.start(proxy=True)
             # The header's deadline, on the frame timer (frames come after the header).
             self._frame_timer = self.loop.run_after(self._options.proxy_timeout,
                                                     self._check_proxy_deadline)
             return
-        self._token = self.loop.register(self._fd, self._on_events, EV_READ)
+        self._io.start()
         self._connected()
 
-    def _on_proxy_events(self, events: int) -> None:
-        if events & _READ_EVENTS and self._state < _FLUSHING and self._proxy is not None:
-            if self._fill_ring() <= 0:
-                return
-            try:
-                info = self._proxy.decode(self._input)
-            except FrameError as exc:
-                self._pipe.fail(exc)
-                return
-            if info is None:
-                return
-            self._proxy = None
-            if self._frame_timer is not None:
-                self._frame_timer.cancel()
-                self._frame_timer = None
-            self.proxy_info = info
-            if info.source is not None:
-                self.peer_addr = info.source
-            self.loop.replace_callback(self._token, self._on_events)
-            self._connected()
-            if self._input._len and self._state < _FLUSHING:
-                self._pipe.cut_ring()
-        elif events & (EV_HUP | EV_ERROR) and self._state >= _FLUSHING:
-            self._close_now()
-            return
-        if events & EV_WRITE and self._state != _CLOSED:
-            self._handle_write()
+    def _proxy_header_read(self) -> bool:
+        """Bytes came while the PROXY header is awaited: True once it is whole (the
+        bytes after it stay in the input ring)."""
+        assert self._proxy is not None
+        try:
+            info = self._proxy.decode(self._input)
+        except FrameError as exc:
+            self._pipe.fail(exc)
+            return False
+        if info is None:
+            return False
+        self._proxy = None
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
+        self.proxy_info = info
+        if info.source is not None:
+            self.peer_addr = info.source
+        return True
 
     def _check_proxy_deadline(self) -> None:
         """PROXY timer: the header is overdue (idle_timeout cannot tell: a trickle of
@@ -572,146 +497,23 @@ class Connection:
         is still sending, so half-close (it sees our FIN after our last reply), discard
         its bytes until its EOF, and close then or after ``linger_timeout``.
         """
-        if not self._linger_read() or not self._options.linger_timeout:
+        if not self._io.peer_still_sending() or not self._options.linger_timeout:
             self._close_now()
             return
+        self._start_lingering(self._options.linger_timeout)
+        self._io.linger()
+
+    def _start_lingering(self, timeout: float) -> None:
+        """Into LINGERING: nothing more is framed, FIN is sent, ``timeout`` bounds it."""
         self._state = _LINGERING
         self._input.reset()  # nothing more is framed: give the storage back now
-        self._do_shutdown_write()  # (again, if shutdown_write came first: harmless)
+        self._io.shutdown_write()  # (again, if shutdown_write came first: harmless)
         if self._close_timer is not None:
             self._close_timer.cancel()
-        self._close_timer = self.loop.run_after(self._options.linger_timeout, self._close_now)
-        self.loop.replace_callback(self._token, self._on_linger_events)
-        self._set_events(EV_READ)
-
-    def _linger_read(self) -> bool:
-        """Discard what the peer has sent; True if it is still sending: bytes came (or
-        we already linger) and neither EOF nor an error did."""
-        loop = self.loop
-        got = self._state == _LINGERING
-        for _ in range(16):  # bounded per event: a fast sender cannot hold the loop
-            n = raw_read(self._fd, loop.spare_ptr, SPARE_SIZE)
-            if n > 0:
-                got = True
-                continue
-            if n == 0:
-                return False
-            err = get_errno()
-            return got and (err == EAGAIN or err == EINTR or err == _EWOULDBLOCK)
-        return True
-
-    def _on_linger_events(self, events: int) -> None:
-        if self._state == _CLOSED:
-            return
-        if events & (EV_HUP | EV_ERROR) or not self._linger_read():
-            self._close_now()
+        self._close_timer = self.loop.run_after(timeout, self._close_now)
 
     def _connected(self) -> None:
         self._pipe.connected()
-
-    def _on_events(self, events: int) -> None:
-        # The echo fast path is inlined here and in FramePipeline.received: each Python
-        # call level costs ~0.1 µs, a sixth of a foreign call (measured in benchmarks/).
-        if events & _READ_EVENTS:
-            if self._state >= _FLUSHING:
-                if events & (EV_HUP | EV_ERROR):  # closing, and the peer is gone too
-                    self._close_now()
-                    return
-            elif self._input._len == 0:
-                loop = self.loop
-                try:
-                    # Into a new bytes (os.read): cheaper than ctypes plus a copy out of
-                    # a buffer, and the decoder may keep slices of it (see _sys).
-                    received = read_bytes(self._fd, SPARE_SIZE)
-                except OSError as exc:
-                    self._read_error(exc)
-                    return
-                n = len(received)
-                if n:
-                    loop.bytes_in += n
-                    self._last_active = loop.now
-                    # Cut, dispatch and answer (the pipeline); a read that was one frame
-                    # returns its reply, written here without another call level.
-                    data = self._pipe.received(received)
-                    if data is not None:
-                        if self._output._len or self._deferred is not None:
-                            self._write(data)
-                        elif self._state != _CLOSED:
-                            try:
-                                written = write_bytes(self._fd, data)
-                            except OSError as exc:
-                                self._write_error(data, exc)
-                            else:
-                                if written == len(data):
-                                    loop.bytes_out += written
-                                else:
-                                    self._write_rest(data, written)
-                else:
-                    self._on_eof()
-                    return
-            else:
-                self._read_into_ring()
-        if events & EV_WRITE and self._state != _CLOSED:
-            self._handle_write()
-
-    def _read_into_ring(self) -> None:
-        """Read while a partial frame is buffered: into the ring's free space + spare."""
-        if self._holds:  # (paused in this turn, after epoll reported the fd)
-            return
-        if self._fill_ring() > 0:
-            self._pipe.cut_ring()
-
-    def _fill_ring(self) -> int:
-        """``readv`` into the input ring (plus spare); returns bytes read, or <= 0 after
-        handling EOF or an error."""
-        ring = self._input
-        loop = self.loop
-        a1, l1, a2, l2 = ring.write_regions()
-        spare = SPARE_SIZE
-        if l1 + l2 > READ_MAX:  # a ring sized for a large frame: take it in steps, so
-            if l1 >= READ_MAX:  # one turn's reads stay bounded (the memory budget's
-                l1, l2 = READ_MAX, 0  # checks run between turns) and other
-            else:  # connections are not kept waiting
-                l2 = READ_MAX - l1
-            spare = 0  # (the ring has room past the step: no bytes to copy over)
-        iov = loop.iovecs
-        iov.formats[3].pack_into(iov.buffer, 0, a1, l1, a2, l2, loop.spare_address, spare)
-        n = raw_readv(self._fd, iov.ptr, 3)
-        if n > 0:
-            loop.bytes_in += n
-            self._last_active = loop.now
-            room = l1 + l2
-            if n <= room:
-                ring.commit(n)
-            else:
-                ring.commit(room)
-                if ring._cap > LARGE_RING:
-                    # Sized by a frame's header, and that frame is whole now: cut it
-                    # before the bytes after it go in (else the ring would double,
-                    # copying the frame, for them).  Handlers do not read: the spare
-                    # buffer is not reused meanwhile.
-                    self._pipe.cut_ring()
-                ring.write(loop.spare_view[: n - room])
-        elif n == 0:
-            self._on_eof()
-        else:
-            self._read_failed()
-        return int(n)
-
-    def _read_failed(self) -> None:
-        err = get_errno()
-        if err == EAGAIN or err == EINTR or err == _EWOULDBLOCK:
-            return
-        log.debug("%r: read failed: %s", self, errno.errorcode.get(err, err))
-        self._close_now()
-
-    def _read_error(self, exc: OSError) -> None:
-        """A ``read_bytes`` that raised: nothing to read yet, or the connection is gone."""
-        err = exc.errno
-        if err == EAGAIN or err == EINTR or err == _EWOULDBLOCK:
-            return
-        log.debug("%r: read failed: %s", self, exc)
-        self._close_now()
 
     def _partial_frame_started(self) -> None:
         """Arm the frame deadline (once per partial frame, not per read)."""
@@ -737,133 +539,34 @@ class Connection:
             return
         self._pipe.fail(FrameTimeout(timeout, self._input._len))
 
-    def _write_batch(self, data: bytes) -> None:
-        """Write a read's joined replies (the pipeline's ``write_batch``)."""
-        if self._output._len or self._deferred is not None:
-            if self._state != _CLOSED:
-                self._write(data)
-        elif self._state != _CLOSED:
-            # Written once the turn's events are handled: the replies of every
-            # connection served in a turn then go out back to back, and the peers
-            # they wake find the next ones already written (redis-benchmark -P 16:
-            # 0.84 -> 0.28 us of kernel time per request, measured).
-            self._deferred = data
-            self.loop.after_events.append(self._write_deferred)
-
-    def _write_deferred(self) -> None:
-        """Write the replies _write_batch deferred to the end of the turn."""
-        data = self._deferred
-        if data is not None:
-            self._deferred = None
-            if self._state == _CLOSED:
-                return
-            if self._output._len:  # (not expected: a write flushes _deferred first)
-                self._write(data)
-                return
-            # _write, inlined: one Python call less per read.
-            try:
-                n = write_bytes(self._fd, data)
-            except OSError as exc:
-                self._write_error(data, exc)
-                return
-            if n == len(data):
-                self.loop.bytes_out += n
-            else:
-                self._write_rest(data, n)
-
-    def _write(self, data: bytes) -> None:
-        """Write now, buffering what the socket does not take (loop thread only)."""
-        if self._deferred is not None:
-            self._write_deferred()  # first: bytes go out in the order they were sent
-            if self._state == _CLOSED:
-                return
-        output = self._output
-        if output._len:
-            if output._len + len(data) > self._options.max_write_buffer:
-                self._over_cap(output._len + len(data))  # before the ring grows past it
-                return
-            output.write(data)
-            self._check_high_water()
-            return
-        try:
-            n = write_bytes(self._fd, data)
-        except OSError as exc:
-            self._write_error(data, exc)
-            return
-        if n == len(data):
-            self.loop.bytes_out += n
-        else:
-            self._write_rest(data, n)
-
-    def _write_error(self, data: bytes, exc: OSError) -> None:
-        """A ``write_bytes`` of ``data`` that raised: buffer it all, or close."""
-        err = exc.errno
-        if err != EAGAIN and err != EINTR and err != _EWOULDBLOCK:
-            log.debug("%r: write failed: %s", self, exc)
-            self._close_now()
-            return
-        self._write_rest(data, 0)
-
-    def _write_rest(self, data: bytes, n: int) -> None:
-        """Buffer what a write of ``data`` did not take (``n`` of its bytes went out)."""
-        self.loop.bytes_out += n
-        if self._output._len + len(data) - n > self._options.max_write_buffer:
-            self._over_cap(self._output._len + len(data) - n)
-            return
-        self._output.write_from(data, n)  # (a large rest by reference)
-        self._set_events(self._events | EV_WRITE)
-        self._check_high_water()
-
-    def _handle_write(self) -> None:
-        output = self._output
-        if output._len:
-            a1, l1, a2, l2 = output.read_regions()
-            iov = self.loop.iovecs
-            if l2:
-                iov.formats[2].pack_into(iov.buffer, 0, a1, l1, a2, l2)
-                n = raw_writev(self._fd, iov.ptr, 2)
-            else:
-                iov.formats[1].pack_into(iov.buffer, 0, a1, l1)
-                n = raw_writev(self._fd, iov.ptr, 1)
-            if n < 0:
-                err = get_errno()
-                if err == EAGAIN or err == EINTR or err == _EWOULDBLOCK:
-                    return
-                log.debug("%r: writev failed: %s", self, errno.errorcode.get(err, err))
-                self._close_now()
-                return
-            output.retrieve(n)
-            self.loop.bytes_out += n
-            self._last_active = self.loop.now
-            if output._len:
-                if self._read_paused and output._len <= self._options.write_low_water:
-                    self._resume_reading()
-                return
-        self._on_drained()
-
     def _on_drained(self) -> None:
-        """The output ring is empty: stop watching writability, finish pending closes."""
-        events = self._events & ~EV_WRITE
+        """Every byte handed over has been written (the I/O object calls this): resume
+        reading paused by backpressure, call the ``when_sent`` waiters, finish a
+        ``shutdown_write`` or a graceful close."""
         resumed = self._read_paused
         if resumed:
             self._read_paused = False
             if self._state < _FLUSHING and not self._holds:
-                events |= EV_READ
-        self._set_events(events)
+                self._io.set_reading(True)
         if resumed:
             self._writable_changed(True)
         if self._sent_waiters is not None:
             self._notify_sent(True)
         if self._state == _WRITE_SHUTTING:
             self._state = _WRITE_SHUT
-            self._do_shutdown_write()
+            self._io.shutdown_write()
         elif self._state == _FLUSHING and not self._pipe.in_flight:
             self._finish_close()
 
-    def _set_events(self, events: int) -> None:
-        if events != self._events and self._state != _CLOSED:
-            self._events = events
-            self.loop.modify(self._fd, self._token, events)
+    # -- the pipeline's transport side (writes go to the I/O object) ------------------
+
+    def _write(self, data: bytes) -> None:
+        """Write ``data``, buffering what the socket does not take (loop thread)."""
+        self._io.write(data)
+
+    def _write_batch(self, data: bytes) -> None:
+        """A read's joined replies (a readiness backend writes them at the turn's end)."""
+        self._io.write_batch(data)
 
     def _refuse_send(self, error: WriteBufferFull) -> None:
         """A ``send`` past the cap: drop it and close this connection (its ``on_error``
@@ -883,7 +586,8 @@ class Connection:
         ), abort=True)
 
     def _check_high_water(self) -> None:
-        size = self._output._len
+        """Unsent output grew: past the cap close, past the high water mark pause."""
+        size = self._io.queued()
         options = self._options
         if size > options.max_write_buffer:
             self._over_cap(size)
@@ -893,13 +597,13 @@ class Connection:
     def _pause_for_output(self) -> None:
         """Unsent output passed the high water mark: stop reading, tell the handler."""
         self._read_paused = True
-        self._set_events(self._events & ~EV_READ)
+        self._io.set_reading(False)
         self._writable_changed(False)
 
     def _resume_reading(self) -> None:
         self._read_paused = False
         if self._state < _FLUSHING and not self._holds:
-            self._set_events(self._events | EV_READ)
+            self._io.set_reading(True)
         self._writable_changed(True)
 
     def _writable_changed(self, writable: bool) -> None:
@@ -915,7 +619,7 @@ class Connection:
 
     def _buffered_bytes(self) -> int:
         """Storage held by this connection's input and output rings."""
-        return self._input._cap + self._output._cap
+        return self._input._cap + self._io.storage()
 
     @property
     def _budget_paused(self) -> bool:
@@ -930,18 +634,18 @@ class Connection:
     def _hold(self, why: int) -> None:
         """Stop reading for ``why`` (loop thread)."""
         self._holds |= why
-        self._set_events(self._events & ~EV_READ)
+        self._io.set_reading(False)
 
     def _unhold(self, why: int) -> None:
         """Read again, unless another hold or output backpressure remains (loop thread)."""
         self._holds &= ~why
         if not self._holds and self._state < _FLUSHING and not self._read_paused:
-            self._set_events(self._events | EV_READ)
+            self._io.set_reading(True)
 
     def _gone_while_paused(self) -> bool:
         """Paused by the budget, nothing is read: whether the peer went away must be
         asked (closed here if it did)."""
-        if self._state != _CLOSED and peer_closed(self._fd):
+        if self._state != _CLOSED and self._io.peer_closed():
             self._close_now()
             return True
         return False
@@ -972,11 +676,11 @@ class Connection:
             if self._sent_waiters is None:
                 self._sent_waiters = []
             self._sent_waiters.append(callback)
-            self._set_events(self._events | EV_WRITE)  # its drain calls the waiters
+            self._io.flush()  # its drain calls the waiters
 
     def _has_unsent_bytes(self) -> bool:
         """True while bytes handed to this connection have not all left the process."""
-        return bool(self._output._len or self._pipe.pending or self._deferred is not None)
+        return bool(self._io.has_unsent() or self._pipe.pending)
 
     def _notify_sent(self, ok: bool) -> None:
         """The output drained (``ok``) or the connection closed: the waiters' turn."""
@@ -1028,8 +732,7 @@ class Connection:
     def _has_unsent(self) -> bool:
         """True while output is buffered, gathered, or (completion backends) in flight,
         or while frames are in flight (their replies are still to come)."""
-        return bool(self._output._len or self._pipe.pending or self._deferred is not None
-                    or self._pipe.in_flight)
+        return bool(self._io.has_unsent() or self._pipe.pending or self._pipe.in_flight)
 
     # -- the waiting pipeline's transport side (see gevwire.waiting) -------------------
 
@@ -1054,13 +757,7 @@ class Connection:
     def _shutdown_write_in_loop(self) -> None:
         if self._state == _WRITE_SHUTTING and not self._has_unsent():
             self._state = _WRITE_SHUT
-            self._do_shutdown_write()
-
-    def _do_shutdown_write(self) -> None:
-        try:
-            sys_shutdown(self._fd, socket.SHUT_WR)
-        except OSError as exc:
-            log.debug("%r: shutdown failed: %s", self, exc)
+            self._io.shutdown_write()
 
     def _refuses_sends(self) -> bool:
         """True once close or shutdown_write was asked for (``send`` raises)."""
@@ -1075,30 +772,9 @@ class Connection:
         if not self._has_unsent():
             self._finish_close()
             return
-        if self._deferred is not None:
-            self._output.write(self._deferred)  # before what is gathered: it came first
-            self._deferred = None
-        gathered = self._pipe.take_pending()
-        if gathered is not None:
-            self._output.write(gathered)
-        self._set_events(EV_WRITE)  # after the write: a completion backend sends on it
+        self._io.flush_for_close(self._pipe.take_pending())
         timeout = self._options.close_timeout
         self._close_timer = self.loop.run_after(timeout, self._close_now)
-
-    def _release_fd(self, fd: int) -> None:
-        """Stop watching ``fd`` and close it (the backend's part of closing)."""
-        try:
-            self.loop.unregister(fd, self._token)
-        except OSError as exc:
-            log.debug("%r: unregister failed: %s", self, exc)
-        self._close_fd(fd)
-
-    def _close_fd(self, fd: int) -> None:
-        """``close(2)``, errors logged: the one place every backend closes a socket."""
-        try:
-            sys_close(fd)
-        except OSError as exc:
-            log.debug("close(%d) failed: %s", fd, exc)
 
     def _close_now(self) -> None:
         with _STATE_LOCK:
@@ -1106,7 +782,6 @@ class Connection:
                 return
             self._state = _CLOSED
         self._pipe.stopped = True
-        fd, self._fd = self._fd, -1
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
@@ -1116,10 +791,8 @@ class Connection:
         if self._frame_timer is not None:
             self._frame_timer.cancel()
             self._frame_timer = None
-        self._release_fd(fd)
+        self._io.release()  # (the fd closed, unsent output dropped)
         closed = self._pipe.release()
-        self._output.reset()
-        self._deferred = None
         if self._xsend is not None:
             self._xsend.clear()
         if self._sent_waiters is not None:
@@ -1143,27 +816,30 @@ def _settle_future(future: Any, ok: bool) -> None:
         future.set_result(ok)
 
 
-# A mixin's base: Connection for the type checker, nothing at run time (the concrete
-# classes put the backend's connection class after the mixin).
-if TYPE_CHECKING:
-    _TLSBase = Connection
-else:
-    _TLSBase = object
+class TLSConnection(Connection):
+    """A :class:`Connection` over TLS: ciphertext through a :class:`~gevwire.tls.TLSSession`
+    between the socket and the pipeline, so codecs and handlers see plaintext frames.
 
+    Its I/O object is its backend's TLS variant (a plain connection's read path is
+    untouched: it never asks whether it is TLS): each read is handed to
+    :meth:`_tls_received`, decrypted, and the plaintext to ``FramePipeline.received``;
+    a partial frame is buffered as plaintext in the input ring.  Every write (replies,
+    ``send`` from any thread) is encrypted in ``_write``; the output ring holds
+    ciphertext, so the water marks and ``max_write_buffer`` count ciphertext (plaintext
+    plus 22 bytes per record of up to 16 KiB); replies gathered during a read count as
+    plaintext until they are encrypted.  ``read_buffer_length`` is plaintext.
 
-class _TLSTransport(_TLSBase):
-    """What a TLS connection does on every backend: a :class:`~gevwire.tls.TLSSession`
-    between the backend's reads and writes and the pipeline (see :class:`TLSConnection`).
-    A mixin: the backend's connection class comes after it, and ``super()`` reaches its
-    raw ``_write``."""
+    ``on_connect`` runs once the handshake is done (after the PROXY header, when there is
+    one), so ``alpn_protocol``, ``server_hostname``, ``peer_certificate``, ``tls_version``
+    and ``cipher`` are known there.  A handshake not done within
+    ``ssl_handshake_timeout`` is a :class:`~gevwire.TLSHandshakeTimeout`; a failed one
+    a :class:`~gevwire.TLSHandshakeError` (for ``on_error``: counted, the alert sent,
+    the connection closed whatever the hook does).  A peer that closes without
+    ``close_notify`` is an EOF (logged at debug).  ``close()`` sends ``close_notify``
+    after the replies, then waits for the peer's up to ``ssl_shutdown_timeout``.
+    """
 
-    if not TYPE_CHECKING:  # (the concrete classes hold the slots)
-        __slots__ = ()
-
-    _tls: TLSSession
-    # The handshake's deadline, then (with frame_timeout) a partial record's.
-    _tls_timer: TimerHandle | None
-    _record_since: float  # loop.now when the buffered partial record began (0.0: none)
+    __slots__ = ("_record_since", "_tls", "_tls_timer")
 
     def __init__(
         self,
@@ -1175,16 +851,18 @@ class _TLSTransport(_TLSBase):
         options: ConnectionOptions,
         on_closed: Callable[[Connection], None] | None = None,
         *,
+        io: type[SocketIO] = ReadinessIO,
         tls: TLSSession,
     ) -> None:
+        """``io``: the backend's I/O class, as for :class:`Connection` (its TLS variant
+        is used); ``tls``: the session, made for this connection."""
         self._tls = tls
+        # The handshake's deadline, then (with frame_timeout) a partial record's.
         self._tls_timer: TimerHandle | None = None
-        self._record_since = 0.0
+        self._record_since = 0.0  # loop.now when the buffered partial record began
         tls.track_records = options.frame_timeout is not None
-        super().__init__(loop, fd, peer_addr, handler, codec, options, on_closed)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} fd={self._fd} peer={self.peer_addr!r} {self._state}>"
+        super().__init__(loop, fd, peer_addr, handler, codec, options, on_closed,
+                         io=io.tls_io)
 
     @property
     def tls(self) -> TLSSession:
@@ -1228,7 +906,7 @@ class _TLSTransport(_TLSBase):
             self._tls_failed(exc)
             return
         if hello:
-            self._send_cipher(hello)
+            self._io.write(hello)
         ring = self._input
         if ring._len and self._state < _FLUSHING:
             # Bytes after the PROXY header: the start of the ClientHello.
@@ -1254,7 +932,7 @@ class _TLSTransport(_TLSBase):
             error.__cause__.__traceback__ = None
         alert = self._tls.outgoing()
         if alert:
-            self._send_cipher(alert)
+            self._io.write(alert)
         self._pipe.fail(error)
         if self._state < _FLUSHING:
             self._close_gracefully()
@@ -1272,7 +950,7 @@ class _TLSTransport(_TLSBase):
             return
         out = tls.outgoing()
         if out and self._state != _CLOSED:
-            self._send_cipher(out)
+            self._io.write(out)
         if not was_done and tls.handshake_done:
             if self._tls_timer is not None:
                 self._tls_timer.cancel()
@@ -1342,21 +1020,17 @@ class _TLSTransport(_TLSBase):
                 self._tls_failed(exc)
             return  # (else closed for writing: nothing more can be sent)
         if cipher:
-            self._send_cipher(cipher)
+            self._io.write(cipher)
 
     def _write_batch(self, data: bytes) -> None:
         """A read's joined replies: encrypted and written now (the plain path defers
         them to the end of the turn; here they are encrypted in one call anyway)."""
         self._write(data)
 
-    def _send_cipher(self, data: bytes) -> None:
-        """Write ciphertext: the backend's own ``_write``."""
-        super()._write(data)
-
     def _send_close_notify(self) -> None:
         notify = self._tls.close()
         if notify and self._state != _CLOSED:
-            self._send_cipher(notify)
+            self._io.write(notify)
 
     # -- closing -----------------------------------------------------------------------
 
@@ -1394,60 +1068,6 @@ class _TLSTransport(_TLSBase):
         # Connections are freed by the cyclic GC; OpenSSL's state must not wait for it.
         self._tls.release()
 
-
-class TLSConnection(_TLSTransport, Connection):
-    """A :class:`Connection` over TLS: ciphertext through a :class:`~gevwire.tls.TLSSession`
-    between the socket and the pipeline, so codecs and handlers see plaintext frames.
-
-    Its own read path (a plain connection's is untouched: it never asks whether it is
-    TLS): each read is decrypted and the plaintext handed to ``FramePipeline.received``;
-    a partial frame is buffered as plaintext in the input ring.  Every write (replies,
-    ``send`` from any thread) is encrypted in ``_write``; the output ring holds
-    ciphertext, so the water marks and ``max_write_buffer`` count ciphertext (plaintext
-    plus 22 bytes per record of up to 16 KiB); replies gathered during a read count as
-    plaintext until they are encrypted.  ``read_buffer_length`` is plaintext.
-
-    ``on_connect`` runs once the handshake is done (after the PROXY header, when there is
-    one), so ``alpn_protocol``, ``server_hostname``, ``peer_certificate``, ``tls_version``
-    and ``cipher`` are known there.  A handshake not done within
-    ``ssl_handshake_timeout`` is a :class:`~gevwire.TLSHandshakeTimeout`; a failed one
-    a :class:`~gevwire.TLSHandshakeError` (for ``on_error``: counted, the alert sent,
-    the connection closed whatever the hook does).  A peer that closes without
-    ``close_notify`` is an EOF (logged at debug).  ``close()`` sends ``close_notify``
-    after the replies, then waits for the peer's up to ``ssl_shutdown_timeout``.
-    """
-
-    __slots__ = ("_record_since", "_tls", "_tls_timer")
-
-    _send_cipher = Connection._write  # (the mixin's super() call, bound once: a level less)
-
-    # -- reading (readiness) -----------------------------------------------------------
-
-    def _on_events(self, events: int) -> None:
-        if events & _READ_EVENTS:
-            if self._state >= _FLUSHING:
-                if events & (EV_HUP | EV_ERROR):  # closing, and the peer is gone too
-                    self._close_now()
-                    return
-            elif not self._holds:
-                loop = self.loop
-                try:
-                    received = read_bytes(self._fd, SPARE_SIZE)
-                except OSError as exc:
-                    self._read_error(exc)
-                    return
-                if received:
-                    loop.bytes_in += len(received)
-                    self._last_active = loop.now
-                    self._tls_received(received)
-                else:
-                    self._tls_eof()
-                    return
-        if events & EV_WRITE and self._state != _CLOSED:
-            self._handle_write()
-
-    # -- closing (readiness) -----------------------------------------------------------
-
     def _finish_close(self) -> None:
         """Output (close_notify last) is written: wait for the peer's close_notify or
         EOF up to ``ssl_shutdown_timeout``, discarding what it still sends."""
@@ -1456,29 +1076,12 @@ class TLSConnection(_TLSTransport, Connection):
         if not tls.closed or tls.eof or tls.failed or not timeout:
             super()._finish_close()
             return
-        self._state = _LINGERING
-        self._input.reset()
-        self._do_shutdown_write()
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-        self._close_timer = self.loop.run_after(timeout, self._close_now)
-        self.loop.replace_callback(self._token, self._on_shutdown_events)
-        self._set_events(EV_READ)
+        self._start_lingering(timeout)
+        self._io.await_close_notify()
 
-    def _on_shutdown_events(self, events: int) -> None:
-        """Waiting for the peer's close_notify: its records are read and dropped."""
-        if self._state == _CLOSED:
-            return
-        try:
-            data = read_bytes(self._fd, SPARE_SIZE)
-        except OSError as exc:
-            err = exc.errno
-            if err != EAGAIN and err != EINTR and err != _EWOULDBLOCK:
-                self._close_now()
-            return
-        if not data:
-            self._close_now()
-            return
+    def _shutdown_received(self, data: bytes | memoryview) -> None:
+        """While waiting for the peer's close_notify: its records are dropped; the
+        close_notify (or a broken record) closes."""
         try:
             self._tls.receive(data)
         except TLSError:

@@ -22,9 +22,10 @@ from typing import Any
 
 import construct  # type: ignore[import-untyped]
 
+from gevwire._socket_io import ReadinessIO
 from gevwire._sys import close as sys_close
 from gevwire._sys import set_nodelay
-from gevwire._uring.connection import UringConnection, UringTLSConnection
+from gevwire._uring.connection import UringIO
 from gevwire._uring.listener import UringListener
 from gevwire._uring.loop import UringLoop, uring_available
 from gevwire.address import parse_address
@@ -839,18 +840,17 @@ class _InProcess(_Runner):
             loop.connections_closed += 1
             return
         server = self._server
-        conn_class: Any = Connection
-        tls: dict[str, TLSSession] = {}
-        if isinstance(loop, UringLoop) and not server.options.proxy_protocol:
-            conn_class = UringConnection if server.ssl is None else UringTLSConnection
-        elif server.ssl is not None:
-            conn_class = TLSConnection  # PROXY headers: the readiness path (on io_uring,
-            # on its epoll), then TLS
+        # PROXY headers are read by readiness (on io_uring, on the loop's epoll).
+        io: Any = UringIO if isinstance(loop, UringLoop) and not server.options.proxy_protocol \
+            else ReadinessIO
         try:
-            if server.ssl is not None:
-                tls["tls"] = TLSSession(server.ssl, server_side=True)
-            conn = conn_class(loop, fd, peer, server.handler, server.codec, server.options,
-                              self._connection_closed, **tls)
+            if server.ssl is None:
+                conn = Connection(loop, fd, peer, server.handler, server.codec,
+                                  server.options, self._connection_closed, io=io)
+            else:
+                conn = TLSConnection(loop, fd, peer, server.handler, server.codec,
+                                     server.options, self._connection_closed, io=io,
+                                     tls=TLSSession(server.ssl, server_side=True))
         except Exception as exc:  # (a codec whose decoder() fails, say): refused, counted
             sys_close(fd)
             loop.connections_closed += 1

@@ -12,7 +12,8 @@ from conftest import recv_exactly, wait_until
 
 import gevwire
 from gevwire import ConnectionClosed
-from gevwire._uring import UringConnection, UringLoop, uring_available
+from gevwire._socket_io import ReadinessIO, SocketIO
+from gevwire._uring import UringIO, UringLoop, uring_available
 from gevwire.codecs import line
 from gevwire.connection import Connection, ConnectionOptions, ConnState
 from gevwire.loop import EventLoop
@@ -54,12 +55,12 @@ class Lines(gevwire.Handler):
 def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Lines, Connection, socket.socket]]:
     """A started connection on a running loop of each backend, and the peer's socket."""
     loop: EventLoop
-    conn_class: type[Connection] = Connection
+    io: type[SocketIO] = ReadinessIO
     if request.param == "io_uring":
         ok, reason = uring_available()
         if not ok:
             pytest.skip(f"io_uring unavailable: {reason}")
-        loop, conn_class = UringLoop("test-connection"), UringConnection
+        loop, io = UringLoop("test-connection"), UringIO
     else:
         loop = EventLoop("test-connection")
     thread = threading.Thread(target=loop.run, daemon=True)
@@ -68,8 +69,8 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Lines, Connection, so
     ours.setblocking(False)
     peer.settimeout(10)
     handler = Lines()
-    conn = conn_class(loop, ours.detach(), "pair", handler, line(),
-                      ConnectionOptions(linger_timeout=5.0, max_write_buffer=64 << 20))
+    conn = Connection(loop, ours.detach(), "pair", handler, line(),
+                      ConnectionOptions(linger_timeout=5.0, max_write_buffer=64 << 20), io=io)
     loop.call_soon(conn.start)
     assert wait_until(lambda: handler.conn is conn)
     yield handler, conn, peer
@@ -214,10 +215,10 @@ def test_a_large_reply_waits_for_the_socket_by_reference_not_copied(
     io_uring: a reply behind the SEND in flight) stays in the reply's own bytes; a later
     reply is buffered after it, and the peer gets both, in order."""
     _, conn, peer = pair
-    uring = isinstance(conn, UringConnection)
+    uring = isinstance(conn._io, UringIO)
     peer.sendall(b"big\nbig\n" if uring else b"big\n")
-    assert wait_until(lambda: conn._output.length > 0)
-    held = conn._output._buf
+    assert wait_until(lambda: conn._io._output.length > 0)
+    held = conn._io._output._buf
     assert type(held) is bytes and held.startswith(b"zzzz") and held.endswith(b"z\n")
     peer.sendall(b"ping\n")
     big = b"z" * (8 << 20) + b"\n"

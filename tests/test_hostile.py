@@ -54,6 +54,7 @@ from conftest import (
 )
 
 import gevwire
+import gevwire._socket_io
 import gevwire.connection
 from gevwire import ConnectionClosed, FrameError, FrameTimeout, FrameTooLarge, WriteBufferFull
 from gevwire import codecs as gcodecs
@@ -1076,7 +1077,7 @@ def test_sixteen_threads_send_and_close_while_peers_disconnect(
     conn_refs: list[gevwire.Connection] = []  # keep ids unique: no object is freed
     # Every close(2) of a connection's fd, by the socket's inode: a second close of the
     # same socket, or a close of an fd that is no longer open, is caught here.
-    real_close = gevwire.connection.sys_close
+    real_close = gevwire._socket_io.sys_close
     closed_inodes: Counter[int] = Counter()
     bad_closes: list[str] = []
 
@@ -1090,7 +1091,7 @@ def test_sixteen_threads_send_and_close_while_peers_disconnect(
             closed_inodes[inode] += 1
         real_close(fd)
 
-    monkeypatch.setattr(gevwire.connection, "sys_close", tracked_close)
+    monkeypatch.setattr(gevwire._socket_io, "sys_close", tracked_close)
     logging.getLogger("gevwire").setLevel(logging.DEBUG)  # "close failed" is DEBUG
     codec = gcodecs.line(max_length=1 * MiB)
     server = serve(Racy(), codec=codec, loops=2, write_high_water=64 * KiB,

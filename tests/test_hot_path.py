@@ -19,7 +19,7 @@ import pytest
 from conftest import recv_exactly
 
 import gevwire
-from gevwire import connection as connection_module
+from gevwire import _socket_io as connection_module
 from gevwire._sys import _epoll
 
 pytestmark = pytest.mark.io

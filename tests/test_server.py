@@ -1161,7 +1161,7 @@ def test_a_readable_event_with_nothing_to_read_changes_nothing(
     done = threading.Event()
 
     def spurious() -> None:
-        conn._on_events(gevwire._sys.EV_READ)  # nothing to read: EAGAIN
+        conn._io._on_events(gevwire._sys.EV_READ)  # nothing to read: EAGAIN
         done.set()
 
     conn.loop.call_soon(spurious)

@@ -376,10 +376,11 @@ def test_each_backend_serves_tls_with_its_own_connection_class(serve: ServeFn,
             with certs.client_context().wrap_socket(raw, server_hostname="localhost") as sock:
                 sock.sendall(b"which\n")
                 assert recv_exactly(sock, 6) == b"which\n"
-            name = type(handler.connected[0]).__name__
+            conn = handler.connected[0]
+            name = type(conn).__name__, type(conn._io).__name__
             # io_uring's completions, except behind a PROXY header (read on its epoll)
-            want = "UringTLSConnection" if backend == "io_uring" and not proxy \
-                else "TLSConnection"
+            want = ("TLSConnection",
+                    "UringTLSIO" if backend == "io_uring" and not proxy else "ReadinessTLSIO")
             assert name == want, (backend, proxy, name)
 
 

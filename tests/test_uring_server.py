@@ -19,9 +19,9 @@ import pytest
 from conftest import Recorder, recv_exactly, wait_until
 
 import gevwire
-from gevwire import connection as connection_module
+from gevwire import _socket_io as connection_module
 from gevwire._sys import EV_READ, _uring
-from gevwire._uring.connection import UringConnection
+from gevwire._uring.connection import UringIO
 from gevwire._uring.loop import UringLoop
 
 AVAILABLE, REASON = _uring.availability()
@@ -236,10 +236,10 @@ def test_abort_with_a_send_in_flight_cancels_it() -> None:
         client.connect(server.address[:2])
         assert wait_until(lambda: handler.conn is not None)
         conn = handler.conn
-        assert isinstance(conn, UringConnection)
+        assert isinstance(conn._io, UringIO)
         big = b"z" * (8 << 20)
         conn.send(big)  # the socket cannot take it all: the SEND stays in flight
-        assert wait_until(lambda: conn._sending is not None)
+        assert wait_until(lambda: conn._io._sending is not None)
         conn.abort()
         assert wait_until(lambda: server.connection_count == 0)
         assert wait_until(lambda: loop.targets == baseline - 1 or loop.targets == baseline)

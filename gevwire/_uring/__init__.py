@@ -6,8 +6,8 @@ buffers); this package is the backend built on it.  Servers pick it with
 refuses io_uring).
 """
 
-from gevwire._uring.connection import UringConnection
+from gevwire._uring.connection import UringIO
 from gevwire._uring.listener import UringListener
 from gevwire._uring.loop import UringLoop, uring_available
 
-__all__ = ["UringConnection", "UringListener", "UringLoop", "uring_available"]
+__all__ = ["UringIO", "UringListener", "UringLoop", "uring_available"]

@@ -1,8 +1,8 @@
-"""``UringConnection``: a :class:`~gevwire.connection.Connection` whose I/O is io_uring
-completions on a :class:`~gevwire._uring.loop.UringLoop`.
+"""``UringIO``: a :class:`~gevwire.connection.Connection`'s I/O as io_uring completions
+on a :class:`~gevwire._uring.loop.UringLoop` (``UringTLSIO`` for a TLS connection).
 
-Only the I/O differs; framing, dispatch, output buffering, water marks, idle and frame
-timers, half-close and close are :class:`Connection`'s own code.
+Only the I/O is here; framing, dispatch, water marks, idle and frame timers,
+half-close and close are the connection's own code, the same on every backend.
 
 * Input: one multishot RECV per connection into the loop's provided-buffer ring.  A
   completion names the buffer that holds the bytes; frames are cut from it as the epoll
@@ -21,6 +21,9 @@ timers, half-close and close are :class:`Connection`'s own code.
   then ``close(2)``.  The in-flight requests keep the socket itself open until they
   end; their completions still reach this object (its ``user_data`` is never reused),
   which recycles their buffers and then forgets its ``user_data``.
+
+The loop routes completions to this object (a ``CompletionTarget``), not to the
+connection: its RECV's to ``_on_input``, its SEND's to ``_on_output``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
+from gevwire._connstate import _CLOSED, _FLUSHING, _LINGERING, _WRITE_SHUTTING
+from gevwire._socket_io import SocketIO
 from gevwire._sys import EV_READ, EV_WRITE
 from gevwire._sys._uring import (
     BYTES_OFFSET,
@@ -39,21 +44,12 @@ from gevwire._sys._uring import (
     SQE_HEAD,
     bytes_address,
 )
-from gevwire.connection import (
-    _CLOSED,
-    _FLUSHING,
-    _LINGERING,
-    _WRITE_SHUTTING,
-    Connection,
-    _TLSTransport,
-)
-from gevwire.errors import TLSError, WriteBufferFull
 
 if TYPE_CHECKING:
-
     from gevwire._uring.loop import UringLoop
+    from gevwire.connection import Connection, TLSConnection
 
-__all__ = ["UringConnection", "UringTLSConnection"]
+__all__ = ["UringIO", "UringTLSIO"]
 
 log = logging.getLogger("gevwire")
 
@@ -62,20 +58,23 @@ _ENOBUFS = errno.ENOBUFS
 _MAX_SEND = 1 << 20  # bytes handed to one SEND from the output ring (counted as unsent)
 
 
-class UringConnection(Connection):
-    """A connection served by io_uring completions (see the module docstring)."""
+class UringIO(SocketIO):
+    """A connection's I/O by io_uring completions (see the module docstring)."""
 
-    __slots__ = ("_discarded", "_held", "_recv_armed", "_send_ud", "_sending", "_sent")
+    __slots__ = ("_discarded", "_events", "_held", "_recv_armed", "_send_ud", "_sending",
+                 "_sent")
 
-    _view_reads = True
+    view_reads = True
     loop: UringLoop  # (narrowed: its ring and provided buffers are used directly)
 
-    def _init_io(self) -> None:
-        """The requests' state: RECV and SEND ``user_data``, the SEND in flight."""
-        loop = self.loop
+    def __init__(self, conn: Connection, loop: UringLoop, fd: int) -> None:
+        super().__init__(conn, loop, fd)
         # The RECV's user_data is the token (as an epoll connection's registration).
         self._token = ud = loop.add_target(self)
         self._send_ud = ud + 1
+        # EV_READ: reading is wanted; EV_WRITE: the output is to be drained and the
+        # connection told (graceful close, when_sent, shutdown_write).
+        self._events = EV_READ
         self._recv_armed = False
         self._sending: bytes | None = None  # the bytes a SEND in flight points into
         self._sent = 0  # of them, bytes already taken by the socket
@@ -84,41 +83,85 @@ class UringConnection(Connection):
         # (made by the first such completion: an empty deque is 600 bytes per connection)
         self._held: deque[bytes] | None = None
         # Bytes came after close() was asked for: the peer is still sending, so the
-        # close lingers (the RECV takes them from the socket, where _linger_read looks).
+        # close lingers (the RECV takes them from the socket, where peer_still_sending
+        # looks).
         self._discarded = False
 
-    @property
-    def write_buffer_length(self) -> int:
-        """Bytes waiting to be written to the socket (in flight included)."""
-        inflight = self._in_flight()
-        return self._output._len + sum(len(d) for d in self._pipe.pending) + inflight
+    # -- the connection's side ---------------------------------------------------------
 
-    # -- loop side ---------------------------------------------------------------------
+    def start(self, proxy: bool = False) -> None:
+        """Arm the multishot RECV (a PROXY header is read by readiness: not here)."""
+        assert not proxy, "PROXY headers are read by ReadinessIO"
+        self._arm_recv()
 
-    def start(self) -> None:
-        """Arm the RECV and call ``on_connect`` (loop thread only)."""
-        loop = self.loop
-        self._last_active = loop.now
-        if self._options.idle_timeout:
-            self._idle_timer = loop.run_after(self._options.idle_timeout, self._check_idle)
+    def set_reading(self, on: bool) -> None:
+        events = self._events
+        self._set_events(events | EV_READ if on else events & ~EV_READ)
+
+    def unsent(self) -> int:
+        """Bytes handed over and not yet sent (the SEND in flight included)."""
+        return self._output._len + self._in_flight()
+
+    def queued(self) -> int:
+        return self._output._len + self._in_flight()
+
+    def has_unsent(self) -> bool:
+        return bool(self._output._len or self._sending is not None)
+
+    def flush(self) -> None:
+        self._set_events(self._events | EV_WRITE)
+
+    def flush_for_close(self, gathered: bytes | None) -> None:
+        """Closing: cancel the RECV, send what is gathered after what is queued."""
+        if gathered is not None:
+            self._output.write(gathered)
+        self._set_events(EV_WRITE)  # after the write: it starts the SEND
+
+    def peer_still_sending(self) -> bool:
+        # (first: it reads what the socket holds, whatever the RECV took)
+        return super().peer_still_sending() or self._discarded
+
+    def linger(self) -> None:
+        """The RECV's data completions are discarded (a TLS connection's go to its
+        ``_shutdown_received``) and its EOF closes."""
+        self._held = None
+        if not self._recv_armed:
+            self._arm_recv()
+
+    def release(self) -> None:
+        """Cancel what is in flight (by ``user_data``), then close the fd."""
+        ring = self.loop.ring
+        self._held = None
+        if self._recv_armed:
+            ring.cancel(self._token, 0)
+        if self._sending is not None:
+            ring.cancel(self._send_ud, 0)
+        self._close_fd()
+        self._output.reset()
+        if not self._recv_armed and self._sending is None:
+            self._forget()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _arm_recv(self) -> None:
         self.loop.ring.recv_multishot(self._fd, self.loop.buffers.group, self._token)
         self._recv_armed = True
-        self._connected()
 
     def _on_recv(self, res: int, flags: int) -> None:
         """Completion of the multishot RECV."""
         if not flags & CQE_F_MORE:
             self._recv_armed = False
+        conn = self._conn
         if res > 0:
             bufs = self.loop.buffers
             bid = flags >> 16
             try:
-                if self._state < _FLUSHING:
+                if conn._state < _FLUSHING:
                     start = bid * bufs.size
                     view = bufs.view[start: start + res]
                     loop = self.loop
                     loop.bytes_in += res
-                    self._last_active = loop.now
+                    conn._last_active = loop.now
                     if not self._events & EV_READ or self._held:
                         # Paused while this was already received: keep it, frame it
                         # when reading resumes.
@@ -128,16 +171,16 @@ class UringConnection(Connection):
                     else:
                         # Cut, dispatch and answer (the pipeline), as on epoll; a read
                         # that was one frame returns its reply, sent here.
-                        data = self._pipe.received(view)
+                        data = conn._pipe.received(view)
                         if data is not None:
                             if self._sending is not None or self._output._len:
-                                self._write(data)
-                            elif self._state != _CLOSED:  # _write's SEND, inlined
+                                self.write(data)
+                            elif conn._state != _CLOSED:  # write's SEND, inlined
                                 self._sending = data
                                 self._sent = 0
                                 size = len(data)
                                 loop.bytes_out += size
-                                ring = self.loop.ring
+                                ring = loop.ring
                                 if ring.pending >= ring.sq_entries:
                                     ring.submit()
                                 tail = ring.sq_tail
@@ -147,7 +190,7 @@ class UringConnection(Connection):
                                     MSG_NOSIGNAL, self._send_ud)
                                 ring.sq_tail = (tail + 1) & 0xFFFFFFFF
                                 ring.pending += 1
-                        elif self._pipe.stopped:
+                        elif conn._pipe.stopped:
                             self._discarded = True
                 else:
                     self._discarded = True
@@ -156,45 +199,67 @@ class UringConnection(Connection):
                 if not self._recv_armed:
                     self._recv_ended()
         elif res == 0:
-            if self._state == _LINGERING:
-                self._close_now()  # the peer's EOF ends the lingering close
+            if conn._state == _LINGERING:
+                conn._close_now()  # the peer's EOF ends the lingering close
             elif self._held:  # (not None: it holds bytes)
                 self._held.append(b"")  # EOF, after the held bytes
-            elif self._state < _FLUSHING:
-                self._on_eof()
+            elif conn._state < _FLUSHING:
+                conn._on_eof()
             self._recv_ended()
         else:
             if res != -_ECANCELED and res != -_ENOBUFS and (
-                    self._state < _FLUSHING or self._state == _LINGERING):
-                log.debug("%r: recv failed: %s", self, errno.errorcode.get(-res, res))
-                self._close_now()
+                    conn._state < _FLUSHING or conn._state == _LINGERING):
+                log.debug("%r: recv failed: %s", conn, errno.errorcode.get(-res, res))
+                conn._close_now()
             self._recv_ended()
 
     def _recv_ended(self) -> None:
         """The multishot RECV is over: re-arm it if reading is wanted, else maybe forget."""
         if self._recv_armed:
             return
-        if ((self._state < _FLUSHING and self._events & EV_READ)
-                or self._state == _LINGERING):
-            self.loop.ring.recv_multishot(self._fd, self.loop.buffers.group, self._token)
-            self._recv_armed = True
-        elif self._state == _CLOSED and self._sending is None:
+        state = self._conn._state
+        if (state < _FLUSHING and self._events & EV_READ) or state == _LINGERING:
+            self._arm_recv()
+        elif state == _CLOSED and self._sending is None:
             self._forget()
 
-    def _write(self, data: bytes) -> None:
-        """Send now, or gather behind the SEND in flight (loop thread only)."""
+    def _feed_held(self) -> None:
+        """Reading resumed: what came while it was paused, one completion at a time
+        (reading may pause again in between)."""
+        held = self._held
+        conn = self._conn
+        while held and conn._state < _FLUSHING and self._events & EV_READ:
+            chunk = held.popleft()
+            if not chunk:
+                self._held_eof()
+                return
+            self._held_received(chunk)
+
+    def _held_received(self, chunk: bytes) -> None:
+        conn = self._conn
+        conn._input.write(chunk)
+        conn._pipe.cut_ring()
+
+    def _held_eof(self) -> None:
+        self._conn._on_eof()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Send now, or gather behind the SEND in flight."""
         if type(data) is not bytes:
             data = bytes(data)
         if self._sending is not None or self._output._len:
+            conn = self._conn
             inflight = len(self._sending) - self._sent if self._sending is not None else 0
             size = self._output._len + inflight + len(data)
-            if size > self._options.max_write_buffer:
-                self._over_cap(size)  # before the ring grows past the cap
+            if size > conn._options.max_write_buffer:
+                conn._over_cap(size)  # before the ring grows past the cap
                 return
             self._output.write_from(data, 0)  # (a large reply by reference)
-            self._check_high_water()
+            conn._check_high_water()
             return
-        if self._state == _CLOSED:
+        if self._conn._state == _CLOSED:
             return
         self._sending = data
         self._sent = 0
@@ -209,9 +274,9 @@ class UringConnection(Connection):
         ring.sq_tail = (tail + 1) & 0xFFFFFFFF
         ring.pending += 1
 
-    def _write_batch(self, data: bytes) -> None:
+    def write_batch(self, data: bytes) -> None:
         """A read's joined replies: sent (or gathered behind the SEND in flight) now."""
-        self._write(data)
+        self.write(data)
 
     def _send_output(self) -> None:
         """Start a SEND of (up to 1 MiB of) the output ring, or of all of a reply the
@@ -237,33 +302,34 @@ class UringConnection(Connection):
         data = self._sending
         if data is None:
             return
-        if res > 0 and self._state < _FLUSHING and self._sent + res == len(data):
+        conn = self._conn
+        if res > 0 and conn._state < _FLUSHING and self._sent + res == len(data):
             # The common case, kept short: all of it went out.
             self._sending = None
-            self._last_active = self.loop.now
+            conn._last_active = self.loop.now
             if self._output._len:
                 self._send_output()
-                if self._read_paused:
+                if conn._read_paused:
                     self._maybe_resume(self._in_flight())
-            elif (self._events != EV_READ or self._read_paused
-                  or self._state == _WRITE_SHUTTING):
-                self._on_drained()
+            elif (self._events != EV_READ or conn._read_paused
+                  or conn._state == _WRITE_SHUTTING):
+                self._drained()
             return
         loop = self.loop
         if res < 0:
             self._sending = None
             loop.bytes_out -= len(data) - self._sent
-            if self._state != _CLOSED:
+            if conn._state != _CLOSED:
                 if res != -_ECANCELED:
-                    log.debug("%r: send failed: %s", self, errno.errorcode.get(-res, res))
-                self._close_now()
+                    log.debug("%r: send failed: %s", conn, errno.errorcode.get(-res, res))
+                conn._close_now()
             elif not self._recv_armed:
                 self._forget()
             return
         sent = self._sent + res
         if sent < len(data):
             loop.bytes_out -= len(data) - sent  # added back if the rest is resubmitted
-        if self._state == _CLOSED:
+        if conn._state == _CLOSED:
             self._sending = None
             if not self._recv_armed:
                 self._forget()
@@ -271,64 +337,46 @@ class UringConnection(Connection):
         if sent < len(data):  # a short send: the rest, from where it stopped
             self._sent = sent
             loop.bytes_out += len(data) - sent
-            self.loop.ring.send(self._fd, bytes_address(data) + sent, len(data) - sent,
-                            self._send_ud)
-            if self._read_paused:
+            loop.ring.send(self._fd, bytes_address(data) + sent, len(data) - sent,
+                           self._send_ud)
+            if conn._read_paused:
                 self._maybe_resume(len(data) - sent)
-            elif len(data) - sent > self._options.write_high_water:
+            elif len(data) - sent > conn._options.write_high_water:
                 # The socket refused bytes of a large SEND: the peer is slow, as epoll
                 # sees it when a write falls short (reading pauses, the handler hears).
-                self._check_high_water()
+                conn._check_high_water()
             return
         self._sending = None
-        self._last_active = loop.now
-        output = self._output
-        if output._len:
+        conn._last_active = loop.now
+        if self._output._len:
             self._send_output()
-            if self._read_paused:
+            if conn._read_paused:
                 self._maybe_resume(self._in_flight())
             return
-        self._on_drained()
+        self._drained()
+
+    def _drained(self) -> None:
+        """Everything is sent: no more drain wanted; the connection's part."""
+        self._events &= ~EV_WRITE
+        self._conn._on_drained()
 
     def _set_events(self, events: int) -> None:
         """Readiness interest, translated: EV_READ arms / cancels the RECV, EV_WRITE
         starts sending the output ring."""
         old = self._events
-        if events == old or self._state == _CLOSED:
+        if events == old or self._conn._state == _CLOSED:
             return
         self._events = events
         if events & EV_READ:
             if not old & EV_READ:
                 if not self._recv_armed:
-                    self.loop.ring.recv_multishot(self._fd, self.loop.buffers.group, self._token)
-                    self._recv_armed = True
+                    self._arm_recv()
                 if self._held:  # received while paused: frame it next turn
                     self.loop.call_soon(self._feed_held)
         elif old & EV_READ and self._recv_armed:
             self.loop.ring.cancel(self._token, 0)
         if events & EV_WRITE and self._sending is None and self._output._len:
             self._send_output()
-
-    def _feed_held(self) -> None:
-        held = self._held
-        while held and self._state < _FLUSHING and self._events & EV_READ:
-            chunk = held.popleft()
-            if not chunk:
-                self._on_eof()
-                return
-            self._input.write(chunk)
-            self._pipe.cut_ring()
-
-    def _check_high_water(self) -> None:
-        inflight = len(self._sending) - self._sent if self._sending is not None else 0
-        size = self._output._len + inflight
-        options = self._options
-        if size > options.max_write_buffer:
-            self._pipe.fail(WriteBufferFull(
-                f"{size} unsent bytes exceed max_write_buffer={options.max_write_buffer}"
-            ), abort=True)
-        elif size > options.write_high_water and not self._read_paused:
-            self._pause_for_output()
 
     def _in_flight(self) -> int:
         """Bytes of the SEND in flight not yet sent."""
@@ -344,44 +392,9 @@ class UringConnection(Connection):
         completion shows the socket took bytes, and undoes such a pause.  With the
         socket full no completion comes, and the pause holds (bounded: high water plus
         one completion's reply)."""
-        if self._output._len + inflight <= self._options.write_high_water:
-            self._resume_reading()
-
-    def _finish_close(self) -> None:
-        """As :meth:`Connection._finish_close`; while lingering, the RECV's data
-        completions are discarded and its EOF closes."""
-        if not (self._linger_read() or self._discarded) or not self._options.linger_timeout:
-            self._close_now()
-            return
-        self._state = _LINGERING
-        self._input.reset()
-        self._held = None
-        self._do_shutdown_write()  # (again, if shutdown_write came first: harmless)
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-        self._close_timer = self.loop.run_after(self._options.linger_timeout, self._close_now)
-        if not self._recv_armed:
-            self.loop.ring.recv_multishot(self._fd, self.loop.buffers.group, self._token)
-            self._recv_armed = True
-
-    def _has_unsent_bytes(self) -> bool:
-        return bool(self._output._len or self._pipe.pending or self._sending is not None)
-
-    def _has_unsent(self) -> bool:
-        return bool(self._output._len or self._pipe.pending or self._sending is not None
-                    or self._pipe.in_flight)
-
-    def _release_fd(self, fd: int) -> None:
-        """Cancel what is in flight (by ``user_data``), then close the fd."""
-        ring = self.loop.ring
-        self._held = None
-        if self._recv_armed:
-            ring.cancel(self._token, 0)
-        if self._sending is not None:
-            ring.cancel(self._send_ud, 0)
-        self._close_fd(fd)
-        if not self._recv_armed and self._sending is None:
-            self._forget()
+        conn = self._conn
+        if self._output._len + inflight <= conn._options.write_high_water:
+            conn._resume_reading()
 
     # The loop's completion routes (CompletionTarget): the RECV's and the SEND's.
     _on_input = _on_recv
@@ -392,23 +405,23 @@ class UringConnection(Connection):
         self.loop.forget_target(self._token)
 
 
-class UringTLSConnection(_TLSTransport, UringConnection):
-    """A TLS connection served by io_uring completions: each RECV completion's
-    ciphertext goes from its provided buffer into the session's MemoryBIO (the buffer
-    goes back at once), is decrypted, and the plaintext handed to the pipeline; replies
-    are encrypted, then sent as :class:`UringConnection` sends (one SEND in flight,
-    the rest gathered).  Limits count as on epoll (see
-    :class:`~gevwire.connection.TLSConnection`)."""
+class UringTLSIO(UringIO):
+    """:class:`UringIO` for a TLS connection: each RECV completion's ciphertext goes
+    from its provided buffer into the session's MemoryBIO (the buffer goes back at
+    once), is decrypted, and the plaintext handed to the pipeline; writes are
+    ciphertext, sent as :class:`UringIO` sends (one SEND in flight, the rest
+    gathered)."""
 
-    __slots__ = ("_record_since", "_tls", "_tls_timer")
+    __slots__ = ()
 
-    _view_reads = False  # the pipeline gets plaintext bytes, not views of a buffer
-    _send_cipher = UringConnection._write  # (the mixin's super() call, bound once)
+    view_reads = False  # the pipeline gets plaintext bytes, not views of a buffer
+    _conn: TLSConnection
 
     def _on_recv(self, res: int, flags: int) -> None:
         """Completion of the multishot RECV: ciphertext in."""
         if not flags & CQE_F_MORE:
             self._recv_armed = False
+        conn = self._conn
         if res > 0:
             bufs = self.loop.buffers
             bid = flags >> 16
@@ -417,75 +430,46 @@ class UringTLSConnection(_TLSTransport, UringConnection):
             # the provided buffer, which goes back once that is done (no bytes between).
             view = bufs.view[start: start + res]
             try:
-                state = self._state
+                state = conn._state
                 if state < _FLUSHING:
                     loop = self.loop
                     loop.bytes_in += res
-                    self._last_active = loop.now
+                    conn._last_active = loop.now
                     if not self._events & EV_READ or self._held:
                         if self._held is None:  # paused: decrypted when reading resumes
                             self._held = deque()
                         self._held.append(bytes(view))
                     else:
-                        self._tls_received(view)
-                        if self._pipe.stopped:  # close() asked: the peer is still sending
+                        conn._tls_received(view)
+                        if conn._pipe.stopped:  # close() asked: the peer is still sending
                             self._discarded = True
-                elif state == _LINGERING and self._tls.closed:
-                    self._shutdown_received(view)
+                elif state == _LINGERING and conn._tls.closed:
+                    conn._shutdown_received(view)
                 else:
                     self._discarded = True
             finally:
                 bufs.put(bid)
         elif res == 0:
-            if self._state == _LINGERING:
-                self._close_now()
+            if conn._state == _LINGERING:
+                conn._close_now()
             elif self._held:
                 self._held.append(b"")
-            elif self._state < _FLUSHING:
-                self._tls_eof()
+            elif conn._state < _FLUSHING:
+                conn._tls_eof()
         elif res != -_ECANCELED and res != -_ENOBUFS and (
-                self._state < _FLUSHING or self._state == _LINGERING):
-            log.debug("%r: recv failed: %s", self, errno.errorcode.get(-res, res))
-            self._close_now()
+                conn._state < _FLUSHING or conn._state == _LINGERING):
+            log.debug("%r: recv failed: %s", conn, errno.errorcode.get(-res, res))
+            conn._close_now()
         if not self._recv_armed:
             self._recv_ended()
 
     _on_input = _on_recv  # (the loop routes RECV completions to _on_input)
 
-    def _feed_held(self) -> None:
-        held = self._held
-        while held and self._state < _FLUSHING and self._events & EV_READ:
-            chunk = held.popleft()
-            if not chunk:
-                self._tls_eof()
-                return
-            self._tls_received(chunk)
+    def _held_received(self, chunk: bytes) -> None:
+        self._conn._tls_received(chunk)
 
-    def _finish_close(self) -> None:
-        """Our close_notify is written: wait up to ``ssl_shutdown_timeout`` for the
-        peer's (or its EOF), as the epoll TLSConnection does, on the RECV."""
-        tls = self._tls
-        timeout = self._options.ssl_shutdown_timeout
-        if not tls.closed or tls.eof or tls.failed or not timeout:
-            UringConnection._finish_close(self)
-            return
-        self._state = _LINGERING
-        self._input.reset()
-        self._held = None
-        self._do_shutdown_write()
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-        self._close_timer = self.loop.run_after(timeout, self._close_now)
-        if not self._recv_armed:
-            self.loop.ring.recv_multishot(self._fd, self.loop.buffers.group, self._token)
-            self._recv_armed = True
+    def _held_eof(self) -> None:
+        self._conn._tls_eof()
 
-    def _shutdown_received(self, data: bytes | memoryview) -> None:
-        """While waiting for the peer's close_notify: its records are dropped."""
-        try:
-            self._tls.receive(data)
-        except TLSError:
-            self._close_now()
-            return
-        if self._tls.eof:
-            self._close_now()
+
+UringIO.tls_io = UringTLSIO
