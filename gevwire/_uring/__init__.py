@@ -1,4 +1,4 @@
-"""The io_uring backend: a completion-driven loop, its connections and its listener.
+"""The io_uring backend: a completion-driven loop, its connections' I/O and its listener.
 
 ``gevwire._sys._uring`` holds the ring itself (mmap'd queues, SQE packing, provided
 buffers); this package is the backend built on it.  Servers pick it with
