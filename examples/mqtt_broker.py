@@ -12,10 +12,11 @@ What it does, by packet:
   takes over (the first is closed; an MQTT 5.0 one is told DISCONNECT 0x8E). Sessions:
   3.1.1's ``clean_session=0`` keeps the session for ever; MQTT 5.0's Session Expiry
   Interval keeps it that many seconds after its connection ends (0: not at all;
-  0xFFFFFFFF: for ever; a DISCONNECT may change it), Clean Start drops an old one. A
-  session keeps its subscriptions and unacknowledged QoS 1 and 2 messages (queued while
-  the client is away, sent on reconnect, with DUP if sent before, and PUBREL again for a
-  QoS 2 message the client had PUBREC'd; CONNACK's session-present flag says so).
+  0xFFFFFFFF: for ever; a DISCONNECT may change it), Clean Start drops an old one; in
+  both, at most ``max_session_expiry`` seconds (below). A session keeps its
+  subscriptions and unacknowledged QoS 1 and 2 messages (queued while the client is
+  away, sent on reconnect, with DUP if sent before, and PUBREL again for a QoS 2 message
+  the client had PUBREC'd; CONNACK's session-present flag says so).
   CONNACK to an MQTT 5.0 client announces the broker's Receive Maximum
   (``receive_maximum``), Topic Alias Maximum (``topic_alias_maximum``), Maximum Packet
   Size (the codec's), and a Server Keep Alive where the client asked for more than
@@ -68,6 +69,20 @@ What it does, by packet:
   queued QoS 1 ones: the spec orders messages of one topic *and QoS* only), and are
   bounded by the server's write buffer cap, which closes a client that does not read;
   QoS 0 messages for an absent client are dropped.
+- Sessions, bounded (a client connecting with ever new client ids would otherwise grow
+  the broker without end): a session outlives its connection at most
+  ``max_session_expiry`` seconds (86,400, as mosquitto's
+  ``persistent_client_expiration``; 0xFFFFFFFF: no limit), to which a longer Session
+  Expiry Interval, in CONNECT or DISCONNECT, and 3.1.1's ``clean_session=0`` are
+  lowered; an MQTT 5.0 client is told the value used in CONNACK's Session Expiry
+  Interval.  At most ``max_sessions`` (10,000) sessions that outlive their connection
+  (an expiry over 0 after that cap) are stored, of connected clients or not: a CONNECT
+  that would add one more gets CONNACK 0x97 quota exceeded (3.1 and 3.1.1: 3 server
+  unavailable) and is closed (counted; logged at most every 10 s).  A client that has
+  such a session reconnects or takes it over as ever, no session is dropped to make
+  room, and a clean session (gone with its connection) is never refused.  A session is
+  dropped when its expiry ends, by a timer; one whose expiry ended while that timer is
+  late is dropped before a CONNECT is refused.
 - Topic depth: a topic filter or topic name of more than ``max_topic_levels`` levels
   (200; mosquitto's ``TOPIC_HIERARCHY_LIMIT`` counts 200 separators, so 201 levels) is
   refused, because every level costs a tree node: such a filter gets return code 0x80 in
@@ -110,6 +125,7 @@ subscribers on other loops through ``conn.send``, which is thread-safe.
     python examples/mqtt_broker.py --max-inflight 20 --max-queued 1000 --max-topic-levels 200
     python examples/mqtt_broker.py --max-subscription-levels 20000 --max-retained-visits 100000
     python examples/mqtt_broker.py --receive-maximum 100 --topic-alias-maximum 10 --sys-interval 10
+    python examples/mqtt_broker.py --max-session-expiry 86400 --max-sessions 10000
     mosquitto_sub -p 1883 -t 'sensors/#' -v &
     mosquitto_pub -p 1883 -t sensors/kitchen -m 21.5 -V mqttv5 -D publish user-property k v
 
@@ -193,8 +209,16 @@ DROP_LOG_INTERVAL = 10.0
 #: A connection that sends no CONNECT within this many seconds is closed.
 CONNECT_TIMEOUT = 10.0
 PROTOCOLS = {("MQTT", 4), ("MQIsdp", 3), ("MQTT", 5)}
-#: A Session Expiry Interval that never ends (and 3.1.1's ``clean_session=0``).
+#: A Session Expiry Interval that never ends (what 3.1.1's ``clean_session=0`` asks for).
 NEVER = 0xFFFF_FFFF
+#: Seconds a session outlives its connection, at most (mosquitto's
+#: ``persistent_client_expiration``): a longer Session Expiry Interval, and 3.1.1's
+#: ``clean_session=0`` (for ever), is lowered to it.  :data:`NEVER`: no limit.
+MAX_SESSION_EXPIRY = 86_400
+#: Sessions stored at once (those that outlive their connection), of connected clients
+#: or not: a CONNECT that would add one more is refused.  Each costs a few KiB, and up
+#: to its queue of messages.
+MAX_SESSIONS = 10_000
 #: The MQTT 5.0 properties of a PUBLISH that travel with it to subscribers (its Message
 #: Expiry Interval travels too, as what is left of it).
 FORWARDED = frozenset({"payload_format_indicator", "content_type", "response_topic",
@@ -238,6 +262,7 @@ class Session:
     __slots__ = (
         "client",
         "client_id",
+        "deadline",
         "drop_logged",
         "dropped",
         "expiry",
@@ -266,6 +291,9 @@ class Session:
         self.levels = 0  # topic levels of its subscriptions, summed (tree nodes it may hold)
         self.generation = 0  # one more per connection attached: what timers check
         self.pending_will: Will | None = None  # waiting for its Will Delay Interval
+        # Monotonic time its expiry ends, while no client is attached (None: attached, or
+        # kept for ever).
+        self.deadline: float | None = None
 
     def next_packet_id(self) -> int:
         """1..65535, cycling, skipping ids still in flight."""
@@ -305,6 +333,7 @@ class Client:
         "alias_max_out",
         "aliases_in",
         "aliases_out",
+        "asked_expiry",
         "conn",
         "disconnected",
         "keep_alive",
@@ -331,6 +360,8 @@ class Client:
         props = packet.properties or {}
         self.max_packet: int | None = props.get("maximum_packet_size")
         self.alias_max_out: int = props.get("topic_alias_maximum", 0)
+        # The Session Expiry Interval its CONNECT asked for (MQTT 5.0), before the cap.
+        self.asked_expiry: int = props.get("session_expiry_interval", 0)
         self.aliases_in: dict[int, str] = {}  # the client's topic aliases
         self.aliases_out: dict[str, int] = {}  # ours, for topics sent to it
 
@@ -708,8 +739,11 @@ class Broker(gevwire.Router):
     SUBSCRIBE may visit looking up retained messages (the rest are not sent);
     ``receive_maximum`` / ``topic_alias_maximum``: what the broker takes from an MQTT
     5.0 client (QoS 2 messages awaiting PUBREL, topic aliases); ``max_keep_alive``: the
-    longest keep-alive an MQTT 5.0 client is granted; ``sys_interval``: seconds
-    between publications of ``$SYS/broker/`` (0: none), from :meth:`start`.
+    longest keep-alive an MQTT 5.0 client is granted; ``max_session_expiry``: the
+    longest a session outlives its connection, in seconds (:data:`NEVER`: no limit);
+    ``max_sessions``: the sessions that outlive their connection stored at once (a
+    CONNECT that would add one more is refused); ``sys_interval``: seconds between
+    publications of ``$SYS/broker/`` (0: none), from :meth:`start`.
     """
 
     def __init__(self, codec: MqttCodec, *, max_inflight: int = MAX_INFLIGHT,
@@ -720,6 +754,8 @@ class Broker(gevwire.Router):
                  receive_maximum: int = RECEIVE_MAXIMUM,
                  topic_alias_maximum: int = TOPIC_ALIAS_MAXIMUM,
                  max_keep_alive: int = MAX_KEEP_ALIVE,
+                 max_session_expiry: int = MAX_SESSION_EXPIRY,
+                 max_sessions: int = MAX_SESSIONS,
                  sys_interval: float = SYS_INTERVAL) -> None:
         if not 1 <= max_inflight <= 0xFFFF:
             raise ValueError("max_inflight must be in 1..65535 (packet identifiers)")
@@ -737,6 +773,10 @@ class Broker(gevwire.Router):
             raise ValueError("topic_alias_maximum must be in 0..65535")
         if not 1 <= max_keep_alive <= 0xFFFF:
             raise ValueError("max_keep_alive must be in 1..65535")
+        if not 0 <= max_session_expiry <= NEVER:
+            raise ValueError(f"max_session_expiry must be in 0..{NEVER} ({NEVER}: no limit)")
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be >= 1")
         if sys_interval < 0:
             raise ValueError("sys_interval must be >= 0 (0: no $SYS tree)")
         super().__init__(key="type")
@@ -749,6 +789,8 @@ class Broker(gevwire.Router):
         self.receive_maximum = receive_maximum
         self.topic_alias_maximum = topic_alias_maximum
         self.max_keep_alive = max_keep_alive
+        self.max_session_expiry = max_session_expiry
+        self.max_sessions = max_sessions
         self.sys_interval = sys_interval
         # Reentrant: a send on the loop thread may close a connection (its write buffer
         # overflowed), which runs on_close, which takes the lock again.
@@ -762,6 +804,11 @@ class Broker(gevwire.Router):
         self.received = 0  # PUBLISH packets from clients
         self.sent = 0  # PUBLISH packets to clients
         self.connected = 0  # clients connected now
+        self.stored = 0  # sessions that outlive their connection (expiry > 0)
+        self.refused_sessions = 0  # CONNECTs refused: max_sessions were stored
+        self._refusal_logged = -DROP_LOG_INTERVAL  # monotonic time of the last warning
+        # No absent session's deadline is earlier (a bound, made exact by each sweep).
+        self._next_deadline = math.inf
         self.subscription_count = 0
         self.started = time.monotonic()
         # SUBSCRIBEs whose retained messages were cut short: by the client's window and
@@ -877,6 +924,8 @@ class Broker(gevwire.Router):
                 if not session.expiry:
                     self._drop_session(session)
                 elif session.expiry != NEVER:
+                    session.deadline = time.monotonic() + session.expiry
+                    self._next_deadline = min(self._next_deadline, session.deadline)
                     conn.loop.run_after(session.expiry, self._expire, session,
                                         session.generation)
 
@@ -904,6 +953,46 @@ class Broker(gevwire.Router):
                 log.info("%s: session expired", session.client_id)
                 self._drop_session(session)
 
+    def _sweep_expired(self) -> None:
+        """Drop the absent sessions whose expiry has passed but whose timer has not run
+        yet (it runs on the loop of the session's last connection, which may be busy),
+        so that they never refuse a new one.  Walks the sessions only once the earliest
+        deadline has passed: at most once per deadline, not per CONNECT refused."""
+        now = time.monotonic()
+        if now < self._next_deadline:
+            return
+        earliest = math.inf
+        for session in list(self.sessions.values()):
+            deadline = session.deadline
+            if deadline is None or session.client is not None:
+                continue
+            if deadline <= now:
+                log.info("%s: session expired", session.client_id)
+                self._drop_session(session)
+            elif deadline < earliest:
+                earliest = deadline
+        self._next_deadline = earliest
+
+    def _refuse_session(self, conn: gevwire.Connection, v5: bool) -> ConnAck:
+        """A CONNECT that would store one session more than ``max_sessions``: refused
+        (MQTT 5.0: 0x97 quota exceeded; 3.1.1: 3 server unavailable) and closed;
+        counted, and logged at most every 10 s."""
+        self.refused_sessions += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= DROP_LOG_INTERVAL:
+            self._refusal_logged = now
+            log.warning("%r: max_sessions (%d) stored: CONNECT of a new session refused "
+                        "(%d so far)", conn, self.max_sessions, self.refused_sessions)
+        conn.close()
+        return ConnAck(0x97, properties={}) if v5 else ConnAck(3)
+
+    def _set_expiry(self, session: Session, expiry: int) -> None:
+        """Set a stored session's expiry, counting the sessions that outlive their
+        connection (``stored``, what ``max_sessions`` bounds)."""
+        if self.sessions.get(session.client_id) is session:
+            self.stored += (expiry > 0) - (session.expiry > 0)
+        session.expiry = expiry
+
     def _drop_session(self, session: Session) -> None:
         will = session.pending_will
         if will is not None:  # the session ends before the will delay: publish it now
@@ -917,6 +1006,8 @@ class Broker(gevwire.Router):
         session.queue.clear()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
+            if session.expiry:
+                self.stored -= 1
 
     def _check_keep_alive(self, client: Client) -> None:
         """Keep-alive timer: close a client silent for 1.5x keep-alive (spec 3.1.2.10)."""
@@ -977,9 +1068,10 @@ class Broker(gevwire.Router):
             client_id = f"auto-{uuid.uuid4().hex}"
             assigned = v5
         if v5:
-            expiry = props.get("session_expiry_interval", 0)
+            requested = props.get("session_expiry_interval", 0)
         else:
-            expiry = 0 if packet.clean_session else NEVER
+            requested = 0 if packet.clean_session else NEVER
+        expiry = min(requested, self.max_session_expiry)
         keep_alive = packet.keep_alive
         connack_props: dict[str, Any] | None = None
         window = self.max_inflight
@@ -992,12 +1084,19 @@ class Broker(gevwire.Router):
             }
             if assigned:
                 connack_props["assigned_client_identifier"] = client_id
+            if expiry < requested:  # the server's own value, told (3.2.2.3.2)
+                connack_props["session_expiry_interval"] = expiry
             if self.max_keep_alive < MAX_KEEP_ALIVE and \
                     (keep_alive == 0 or keep_alive > self.max_keep_alive):
                 keep_alive = self.max_keep_alive
                 connack_props["server_keep_alive"] = keep_alive
         with self.lock:
             session = self.sessions.get(client_id)
+            if expiry and (session is None or not session.expiry) and \
+                    self.stored >= self.max_sessions:  # one more would be stored
+                self._sweep_expired()  # (expired ones first)
+                if self.stored >= self.max_sessions:
+                    return self._refuse_session(conn, v5)
             if session is not None and session.client is not None:
                 log.info("%s connected again: closing its previous connection", client_id)
                 old = session.client
@@ -1013,10 +1112,11 @@ class Broker(gevwire.Router):
                 session = None
             present = session is not None
             if session is None:
-                session = Session(client_id, expiry)
+                session = Session(client_id, 0)
                 self.sessions[client_id] = session
-            session.expiry = expiry
+            self._set_expiry(session, expiry)
             session.generation += 1  # the timers of its last connection are void
+            session.deadline = None
             session.pending_will = None  # resumed within the will delay: no will
             client = Client(conn, session, packet, keep_alive, window)
             # Each alias holds a topic for the connection's life: ours are bounded too.
@@ -1289,13 +1389,13 @@ class Broker(gevwire.Router):
         if client.v5:
             interval = (packet.properties or {}).get("session_expiry_interval")
             if interval is not None:
-                if not client.session.expiry and interval:
+                if not client.asked_expiry and interval:
                     # From 0 to more on DISCONNECT: a protocol error (3.14.2.2.2).
                     self._disconnect(client, 0x82, "session expiry set from 0 on "
                                                    "DISCONNECT")
                     return
                 with self.lock:
-                    client.session.expiry = interval
+                    self._set_expiry(client.session, min(interval, self.max_session_expiry))
         client.disconnected = packet.reason_code != 0x04  # 0x04: send my will
         conn.close()
 
@@ -1485,6 +1585,13 @@ def main() -> None:
                         help="MQTT 5.0: topic aliases a client may set (0..65535)")
     parser.add_argument("--max-keep-alive", type=int, default=MAX_KEEP_ALIVE,
                         help="MQTT 5.0: the longest keep-alive granted, in seconds")
+    parser.add_argument("--max-session-expiry", type=int, default=MAX_SESSION_EXPIRY,
+                        help="seconds a session outlives its connection, at most: a longer "
+                             f"Session Expiry Interval is lowered to it ({NEVER}: no limit)")
+    parser.add_argument("--max-sessions", type=int, default=MAX_SESSIONS,
+                        help="sessions that outlive their connection stored at once, of "
+                             "connected clients or not; a CONNECT that would add one more "
+                             "is refused")
     parser.add_argument("--sys-interval", type=float, default=SYS_INTERVAL,
                         help="seconds between publications of $SYS/broker/ (0: none)")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
@@ -1503,6 +1610,8 @@ def main() -> None:
                         receive_maximum=args.receive_maximum,
                         topic_alias_maximum=args.topic_alias_maximum,
                         max_keep_alive=args.max_keep_alive,
+                        max_session_expiry=args.max_session_expiry,
+                        max_sessions=args.max_sessions,
                         sys_interval=args.sys_interval)
     except ValueError as exc:
         parser.error(str(exc))
@@ -1521,9 +1630,10 @@ def main() -> None:
     print(f"listening on {host}:{port}", flush=True)
     server.run()
     log.info("stopped with %d sessions, %d retained messages, %d messages dropped, "
-             "%d SUBSCRIBEs' retained messages cut short", len(broker.sessions),
-             len(broker.retained), broker.dropped,
-             broker.retained_cut_by_queue + broker.retained_cut_by_visits)
+             "%d SUBSCRIBEs' retained messages cut short, %d CONNECTs refused at "
+             "max_sessions", len(broker.sessions), len(broker.retained), broker.dropped,
+             broker.retained_cut_by_queue + broker.retained_cut_by_visits,
+             broker.refused_sessions)
 
 
 if __name__ == "__main__":

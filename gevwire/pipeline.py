@@ -439,20 +439,13 @@ class FramePipeline:
         self.dispatching = False
         counters.frames_out += replies
         if pending:
-            if gathered + self.gathered > self._max_output:  # (a bound: the exact
-                size = sum(map(len, pending))  # sum only when it might be over)
+            size = gathered + self.gathered  # (a bound: the exact sum is taken only
+            if size > self._max_output:  # when it might be over)
+                size = sum(map(len, pending))
                 if size > self._max_output:
                     self._over_cap(size)
                     return
-            if len(pending) == 1:
-                data = pending[0]
-            elif gathered + self.gathered > _JOIN_MAX:
-                self._write_parts(self._transport._write_batch)
-                return
-            else:
-                data = b"".join(pending)
-            pending.clear()
-            self._transport._write_batch(data if type(data) is bytes else bytes(data))
+            self._write_gathered(size, self._transport._write_batch)
 
     def gather(self, data: bytes) -> int:
         """A handler's ``send`` during dispatch: queue ``data`` with the read's replies;
@@ -475,8 +468,8 @@ class FramePipeline:
         size = sum(map(len, self.pending))  # (rare: past the high water mark)
         if size > self._max_output:
             self._over_cap(size)
-        else:
-            self._flush_pending()
+        elif self.pending:
+            self._write_gathered(size, self._transport._write)
 
     def take_pending(self) -> bytes | None:
         """Remove and return what is gathered (the connection is closing), or None."""
@@ -496,15 +489,26 @@ class FramePipeline:
             f"replies of {size} bytes exceed max_write_buffer={self._max_output}"), abort=True)
 
     def _flush_pending(self) -> None:
+        """Write what is gathered now (outside a read's dispatch)."""
         pending = self.pending
-        if not pending:
+        if pending:
+            self._write_gathered(sum(map(len, pending)), self._transport._write)
+
+    def _write_gathered(self, size: int, write: Callable[[bytes], None]) -> None:
+        """Write what is gathered (``size`` bytes, or a bound over them) with ``write``:
+        one part as it is; several as one join and one write while ``size`` is at most
+        ``_JOIN_MAX`` (no part can be over it); else by :meth:`_write_parts`, which
+        keeps a large part out of the joins."""
+        pending = self.pending
+        if len(pending) == 1:
+            data = pending[0]
+        elif size > _JOIN_MAX:
+            self._write_parts(write)
             return
-        if len(pending) > 1:
-            self._write_parts(self._transport._write)
-            return
-        data = pending[0]
+        else:
+            data = b"".join(pending)
         pending.clear()
-        self._transport._write(data if type(data) is bytes else bytes(data))
+        write(data if type(data) is bytes else bytes(data))
 
     def _write_parts(self, write: Callable[[bytes], None]) -> None:
         """Write what is gathered with ``write``: runs of small parts joined, a part

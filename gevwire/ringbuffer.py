@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TypeAlias
 
-from gevwire._sys import address_of, bytes_data_address
+from gevwire._sys import BYTES_OFFSET, address_of, bytes_address
 
 __all__ = ["BufferPool", "RingBuffer"]
 
@@ -324,7 +324,7 @@ class RingBuffer:
         """
         n = len(data)
         if (self._len or type(data) is not bytes or n <= self._pool.max_buffer
-                or start >= n):
+                or start >= n or BYTES_OFFSET < 0):
             self.write(memoryview(data)[start:])
             return
         pool = self._pool
@@ -333,7 +333,7 @@ class RingBuffer:
             pool.on_alarm()
         self._buf = data
         self._view = memoryview(data)[start:]
-        self._addr = bytes_data_address(data) + start
+        self._addr = bytes_address(data) + start
         self._cap = self._len = n - start
         self._r = 0
 
@@ -344,7 +344,7 @@ class RingBuffer:
         data = self._buf
         if type(data) is not bytes or not self._len:
             return None
-        start = self._addr - bytes_data_address(data) + self._r
+        start = self._addr - bytes_address(data) + self._r
         self._len = 0
         self._release()
         return data, start

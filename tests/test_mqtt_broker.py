@@ -763,7 +763,9 @@ def test_max_retained_visits_is_checked_and_set_from_the_command_line() -> None:
 def test_limits_out_of_range_are_refused_on_the_command_line() -> None:
     for option, value in (("--max-inflight", "0"), ("--max-inflight", "65536"),
                           ("--max-queued", "-1"), ("--max-topic-levels", "0"),
-                          ("--max-retained-visits", "-1")):
+                          ("--max-retained-visits", "-1"), ("--max-sessions", "0"),
+                          ("--max-session-expiry", "-1"),
+                          ("--max-session-expiry", "4294967296")):
         done = subprocess.run([sys.executable, str(EXAMPLES / "mqtt_broker.py"), "--port",
                                "0", option, value], env=example_env(), capture_output=True,
                               text=True, timeout=WAIT + STOP_TIMEOUT)

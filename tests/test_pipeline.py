@@ -454,3 +454,47 @@ def test_replies_under_the_join_limit_still_leave_as_one_write() -> None:
     pipeline, wire, _ = make(Big(), Parts(), high_water=1 << 30)
     assert pipeline.received(b"a\nbig\n") is None
     assert wire.calls == [("batch", b"a" + b"v" * 102_400)]
+
+
+class Pieces(Upper):
+    """Each reply in three parts, ``<`` body ``>``; the body of ``big`` is over the join
+    limit."""
+
+    big = b"p" * (_JOIN_MAX + 1)
+
+    def on_message(self, conn: Any, frame: Any) -> Any:
+        return [b"<", self.big if frame == b"big" else bytes(frame) * 4, b">"]
+
+
+def spy_on_write_parts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the calls of ``FramePipeline._write_parts`` (the split, per-part path)."""
+    calls: list[int] = []
+    original = FramePipeline._write_parts
+
+    def spy(self: FramePipeline, write: Any) -> None:
+        calls.append(len(self.pending))
+        original(self, write)
+
+    monkeypatch.setattr(FramePipeline, "_write_parts", spy)
+    return calls
+
+
+def test_a_flush_in_the_middle_of_a_read_joins_small_parts_into_one_write(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    split = spy_on_write_parts(monkeypatch)
+    pipeline, wire, _ = make(Pieces(), Parts(), high_water=8)  # each reply is past it
+    assert pipeline.received(b"abc\nxy\n") is None
+    assert wire.calls == [("write", b"<abcabcabcabc>"), ("write", b"<xyxyxyxy>")]
+    assert split == []  # one join, one write: the per-part path is not taken
+
+
+def test_a_flush_in_the_middle_of_a_read_writes_a_large_part_unjoined(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    split = spy_on_write_parts(monkeypatch)
+    pipeline, wire, _ = make(Pieces(), Parts(), high_water=8)
+    assert pipeline.received(b"ab\nbig\n") is None
+    assert [kind for kind, _ in wire.calls] == ["write"] * 4
+    writes = [data for _, data in wire.calls]
+    assert writes[:2] + writes[3:] == [b"<abababab>", b"<", b">"]
+    assert writes[2] is Pieces.big  # the payload itself, never copied into a join
+    assert split == [3]

@@ -833,8 +833,11 @@ def test_write_from_releases_the_reference_when_the_rest_is_consumed() -> None:
     assert ring._buf is None and ring.capacity == 0 and pool.in_use == 0
 
 
-@pytest.mark.parametrize("case", ["small", "bytearray", "not-empty"])
-def test_write_from_copies_when_a_reference_would_not_do(case: str) -> None:
+@pytest.mark.parametrize("case", ["small", "bytearray", "not-empty", "no-bytes-offset"])
+def test_write_from_copies_when_a_reference_would_not_do(
+        case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if case == "no-bytes-offset":  # an interpreter without bytes at a fixed offset
+        monkeypatch.setattr("gevwire.ringbuffer.BYTES_OFFSET", -1)
     pool = BufferPool(max_buffer=4096)
     ring = RingBuffer(64, pool)
     data: bytes | bytearray = b"s" * 100 if case == "small" else b"L" * 10_000

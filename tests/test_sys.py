@@ -11,6 +11,7 @@ the common ground (or the backend-specific fact, named as such).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from gevwire._sys import (
+    BYTES_OFFSET,
     EAGAIN,
     EV_ERROR,
     EV_HUP,
@@ -41,6 +43,7 @@ from gevwire._sys import (
     Waker,
     address_of,
     alloc,
+    bytes_address,
     check,
     close,
     get_errno,
@@ -453,6 +456,35 @@ def test_alloc_returns_zeroed_buffer_and_matching_pointer() -> None:
     assert buffer == bytes(100)
     assert ptr.value == address
     assert address_of(buffer) == address
+
+
+@pytest.mark.parametrize("data", [b"x", b"gevwire", bytes(range(256)) * 40,
+                                  b"\0" * 100_000], ids=["1", "7", "10240", "100000"])
+def test_bytes_address_is_where_the_bytes_data_lies(data: bytes) -> None:
+    assert BYTES_OFFSET > 0  # CPython: ob_sval, after the object's header
+    address = bytes_address(data)
+    assert address == id(data) + BYTES_OFFSET
+    assert ctypes.string_at(address, len(data)) == data
+    half = len(data) // 2
+    assert ctypes.string_at(address + half, len(data) - half) == data[half:]
+
+
+def test_bytes_address_is_what_the_kernel_reads(socks: Sockets) -> None:
+    a, b = socks.pair()
+    data = b"0123456789abcdef"
+    iov = Iovecs(2)
+    iov.formats[2].pack_into(iov.buffer, 0, bytes_address(data) + 10, 6,
+                             bytes_address(data), 4)
+    assert raw_writev(a.fileno(), iov.ptr, 2) == 10
+    assert b.recv(100) == b"abcdef0123"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="io_uring is Linux only")
+def test_io_uring_uses_the_one_bytes_address() -> None:
+    from gevwire._sys import _uring
+
+    assert _uring.bytes_address is bytes_address
+    assert _uring.BYTES_OFFSET == BYTES_OFFSET
 
 
 # -- Acceptor / parse_sockaddr ---------------------------------------------------------

@@ -27,10 +27,11 @@ from gevwire._sys._calls import (
     writev,
 )
 from gevwire._sys._libc import (
+    BYTES_OFFSET,
     Pointer,
     address_of,
     alloc,
-    bytes_data_address,
+    bytes_address,
     check,
     get_errno,
     os_error,
@@ -40,6 +41,7 @@ from gevwire._sys._poller import EV_ERROR, EV_HUP, EV_RDHUP, EV_READ, EV_WRITE, 
 from gevwire._sys._waker import Waker
 
 __all__ = [
+    "BYTES_OFFSET",
     "EAGAIN",
     "EINTR",
     "EV_ERROR",
@@ -56,7 +58,7 @@ __all__ = [
     "Waker",
     "address_of",
     "alloc",
-    "bytes_data_address",
+    "bytes_address",
     "check",
     "close",
     "get_errno",

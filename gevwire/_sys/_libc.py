@@ -28,10 +28,12 @@ import sys
 from typing import Any
 
 __all__ = [
+    "BYTES_OFFSET",
     "PLATFORM",
     "Pointer",
     "address_of",
     "alloc",
+    "bytes_address",
     "check",
     "foreign",
     "foreign_blocking",
@@ -93,10 +95,28 @@ def check(result: int, what: str = "") -> int:
     return result
 
 
-def bytes_data_address(data: bytes) -> int:
-    """Return the address of a ``bytes`` object's data: valid while ``data`` lives, for
-    the kernel to read from (never write through it)."""
-    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+def _bytes_offset() -> int:
+    """Offset of a ``bytes`` object's data from its ``id()`` (CPython's ``ob_sval``),
+    found once by asking ctypes for the data of two probes; -1 if they disagree."""
+    offsets = {(ctypes.cast(ctypes.c_char_p(probe), ctypes.c_void_p).value or 0) - id(probe)
+               for probe in (b"gevwire-probe", b"another one")}
+    return offsets.pop() if len(offsets) == 1 else -1
+
+
+#: Offset of a ``bytes`` object's data from ``id()``, -1 if this interpreter does not
+#: lay bytes out at a fixed offset (then :func:`bytes_address` must not be used: io_uring
+#: is refused and a ring buffer copies rather than hold a reply by reference).
+BYTES_OFFSET = _bytes_offset()
+
+
+def bytes_address(data: bytes) -> int:
+    """Address of the bytes of ``data`` (CPython): valid while ``data`` is referenced,
+    for the kernel to read from (never write through it).
+
+    ``bytes`` are immutable and never move.  No ctypes object is made: this is
+    ``id(data)`` plus :data:`BYTES_OFFSET`, checked once at import.
+    """
+    return id(data) + BYTES_OFFSET
 
 
 def address_of(buffer: bytearray | mmap.mmap) -> int:

@@ -45,7 +45,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from gevwire._sys._libc import foreign, foreign_blocking, get_errno, os_error
+from gevwire._sys._libc import (
+    BYTES_OFFSET,
+    bytes_address,
+    foreign,
+    foreign_blocking,
+    get_errno,
+    os_error,
+)
 
 __all__ = [
     "BYTES_OFFSET",
@@ -198,30 +205,6 @@ def buffer_address(buffer: Any) -> int:
         del view
 
 
-def _bytes_offset() -> int:
-    probe = b"gevwire-probe"
-    offset = (ctypes.cast(ctypes.c_char_p(probe), ctypes.c_void_p).value or 0) - id(probe)
-    other = b"another one"
-    if (ctypes.cast(ctypes.c_char_p(other), ctypes.c_void_p).value or 0) - id(other) != offset:
-        return -1
-    return offset
-
-
-#: Offset of a ``bytes`` object's data from ``id()`` (CPython's ``ob_sval``), -1 if the
-#: interpreter does not lay bytes out at a fixed offset.
-_BYTES_OFFSET = BYTES_OFFSET = _bytes_offset()
-
-
-def bytes_address(data: bytes) -> int:
-    """Address of the bytes of ``data`` (CPython): valid while ``data`` is referenced.
-
-    ``bytes`` are immutable and never move, so a submission may point at them as long as
-    the caller keeps a reference until the operation's completion.  No ctypes object is
-    made: this is ``id(data)`` plus a constant checked at import.
-    """
-    return id(data) + _BYTES_OFFSET
-
-
 # -- availability ----------------------------------------------------------------------
 
 
@@ -254,7 +237,7 @@ def _check() -> str:
         return f"io_uring is Linux only (this is {sys.platform})"
     if _syscall is None:
         return "libc has no syscall()"
-    if _BYTES_OFFSET < 0:
+    if BYTES_OFFSET < 0:
         return "this Python does not store bytes at a fixed offset"
     if os.environ.get("GEVWIRE_NO_URING"):
         return "disabled by GEVWIRE_NO_URING"
