@@ -229,9 +229,11 @@ def test_a_session_whose_expiry_timer_is_late_is_dropped_before_a_refusal(
     late, kept = unique("late"), unique("kept")
     leave(port, connect(late, 5))
     leave(port, connect(kept, 4))
+    # (each deadline is set when the server has seen its connection close)
+    assert wait_until(lambda: all(mqtt.sessions[cid].deadline is not None
+                                  for cid in (late, kept)), WAIT)
     with mqtt.lock:  # as a late timer leaves it: its deadline passed, still stored
         session = mqtt.sessions[late]
-        assert session.deadline is not None and mqtt.sessions[kept].deadline is not None
         session.deadline = mqtt._next_deadline = time.monotonic() - 1.0
     client, ack = dial(port, connect(unique("new"), 5))
     with client:
