@@ -469,9 +469,7 @@ class WaitingPipeline(FramePipeline):
             if size > self._max_output:
                 self._over_cap(size)
                 return
-            data = pending[0] if len(pending) == 1 else b"".join(pending)
-            pending.clear()
-            self._transport._write_batch(data if type(data) is bytes else bytes(data))
+            self._write_gathered(size, self._transport._write_batch)
 
     def _hold_back(self, frames: list[Any]) -> None:
         """Keep ``frames`` unstarted and stop reading until work ends."""

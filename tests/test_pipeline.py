@@ -20,6 +20,7 @@ from gevwire.codecs.resp import RespCodec
 from gevwire.codecs.websocket import Opcode, WebSocketCodec
 from gevwire.pipeline import _JOIN_MAX, Counters, FramePipeline
 from gevwire.ringbuffer import BufferPool, RingBuffer
+from gevwire.waiting import WaitingPipeline
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.io]
 
@@ -448,6 +449,23 @@ def test_a_large_part_is_written_by_itself_never_copied_into_a_join(high_water: 
     assert writes in ([b"a<", handler.payload, b">", b"b"], [b"a<", handler.payload, b">b"])
     assert writes[1] is handler.payload
     assert wire.sent == b"a<" + handler.payload + b">b"
+
+
+def test_a_waiting_pipeline_keeps_a_large_part_out_of_the_join_too() -> None:
+    """The replies of a read that a waiting pipeline answers at once (nothing in flight)
+    leave as FramePipeline's do: the large payload as the very object the codec gave."""
+    handler = Header()
+    wire = Wire()
+
+    class Conn:
+        loop = None
+
+    pipeline = WaitingPipeline(Conn(), handler, Parts(), wire, Counters(), high_water=1 << 30)
+    wire.pipeline = pipeline
+    assert pipeline.received(b"a\nbig\nb\n") is None
+    writes = [data for kind, data in wire.calls if kind in ("write", "batch")]
+    assert writes == [b"a<", handler.payload, b">b"]
+    assert writes[1] is handler.payload
 
 
 def test_replies_under_the_join_limit_still_leave_as_one_write() -> None:
