@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gevwire._sys import _uring
+from gevwire._sys import _uring, address_of
 from gevwire._sys._uring import CQE_F_BUFFER, CQE_F_MORE, BufferRing, Ring
 
 AVAILABLE, REASON = _uring.availability()
@@ -101,7 +101,7 @@ def test_send_and_recv_into_an_address() -> None:
         data = b"hello io_uring"
         r.send(a.fileno(), _uring.bytes_address(data), len(data), 1)
         buf = bytearray(64)
-        r.recv(b.fileno(), _uring.buffer_address(buf), len(buf), 2)
+        r.recv(b.fileno(), address_of(buf), len(buf), 2)
         got = dict((ud, res) for ud, res, _ in reap(r, 2))
         assert got == {1: len(data), 2: len(data)}
         assert bytes(buf[: len(data)]) == data
@@ -135,7 +135,7 @@ def test_writev_gathers(ring: Ring) -> None:
         iov = bytearray(32)
         struct.pack_into("=QQQQ", iov, 0, _uring.bytes_address(parts[0]), 3,
                          _uring.bytes_address(parts[1]), 5)
-        ring.writev(a.fileno(), _uring.buffer_address(iov), 2, 9)
+        ring.writev(a.fileno(), address_of(iov), 2, 9)
         assert reap(ring, 1)[0][:2] == (9, 8)
         assert b.recv(100) == b"abcdefgh"
     finally:
@@ -231,7 +231,7 @@ def test_cancel_a_pending_recv_and_a_missing_one(ring: Ring) -> None:
     a, b = socket.socketpair()
     try:
         buf = bytearray(16)
-        ring.recv(b.fileno(), _uring.buffer_address(buf), 16, 1)
+        ring.recv(b.fileno(), address_of(buf), 16, 1)
         ring.enter(0)
         ring.cancel(1, 2)
         ring.cancel(999, 3)

@@ -47,6 +47,7 @@ from typing import Any
 
 from gevwire._sys._libc import (
     BYTES_OFFSET,
+    address_of,
     bytes_address,
     foreign,
     foreign_blocking,
@@ -76,7 +77,6 @@ __all__ = [
     "Ring",
     "UringUnavailable",
     "availability",
-    "buffer_address",
     "bytes_address",
 ]
 
@@ -194,15 +194,6 @@ def _sys(fn: Any, nr: int, *args: int) -> int:
     if result < 0:
         return -get_errno()
     return result
-
-
-def buffer_address(buffer: Any) -> int:
-    """Address of a writable buffer (``bytearray`` / ``mmap``) that will not move."""
-    view = ctypes.c_char.from_buffer(buffer)
-    try:
-        return ctypes.addressof(view)
-    finally:
-        del view
 
 
 # -- availability ----------------------------------------------------------------------
@@ -339,7 +330,7 @@ class Ring:
             params[:] = bytes(_PARAMS.size)
             _U32.pack_into(params, 4, cq_entries)
             _U32.pack_into(params, 8, flags)
-            last = _sys(_syscall, _NR_SETUP, entries, buffer_address(params))
+            last = _sys(_syscall, _NR_SETUP, entries, address_of(params))
             if last >= 0:
                 break
             if last != -errno.EINVAL:
@@ -395,9 +386,9 @@ class Ring:
         struct.pack_into(f"={sq_entries}I", sq, sq_array, *range(sq_entries))
         self.pending = 0  # SQEs queued since the last enter
         self._arg = bytearray(_GETEVENTS_ARG.size)
-        self._arg_ptr = ctypes.c_void_p(buffer_address(self._arg))
+        self._arg_ptr = ctypes.c_void_p(address_of(self._arg))
         self._ts = bytearray(_TIMESPEC.size)
-        self._ts_addr = buffer_address(self._ts)
+        self._ts_addr = address_of(self._ts)
         _GETEVENTS_ARG.pack_into(self._arg, 0, 0, 0, 0, self._ts_addr)
 
     def _map(self, size: int, offset: int) -> mmap.mmap:
@@ -423,7 +414,7 @@ class Ring:
         """The opcodes this kernel supports (``IORING_REGISTER_PROBE``)."""
         count = 256
         buf = bytearray(16 + 8 * count)
-        result = self.register(_REGISTER_PROBE, buffer_address(buf), count)
+        result = self.register(_REGISTER_PROBE, address_of(buf), count)
         if result < 0:
             raise os_error(-result, "io_uring_register(PROBE)")
         ops_len = buf[1]
@@ -595,15 +586,15 @@ class BufferRing:
         self.count = count
         self.size = size
         self._ring = mmap.mmap(-1, count * _BUF.size)  # anonymous: page aligned, zeroed
-        self._ring_addr = buffer_address(self._ring)
+        self._ring_addr = address_of(self._ring)
         self._rv = memoryview(self._ring)
         self.buffers = bytearray(count * size)
-        self.base = buffer_address(self.buffers)
+        self.base = address_of(self.buffers)
         self.view = memoryview(self.buffers)
         self._mask = count - 1
         reg = bytearray(_BUF_REG.size)
         _BUF_REG.pack_into(reg, 0, self._ring_addr, count, group, 0, 0, 0, 0)
-        result = ring.register(_REGISTER_PBUF_RING, buffer_address(reg), 1)
+        result = ring.register(_REGISTER_PBUF_RING, address_of(reg), 1)
         if result < 0:
             self.view.release()
             self._rv.release()
@@ -641,7 +632,7 @@ class BufferRing:
         reg = bytearray(_BUF_REG.size)
         _BUF_REG.pack_into(reg, 0, 0, 0, self.group, 0, 0, 0, 0)
         if self._uring.fd >= 0:
-            self._uring.register(_UNREGISTER_PBUF_RING, buffer_address(reg), 1)
+            self._uring.register(_UNREGISTER_PBUF_RING, address_of(reg), 1)
         self.view.release()
         self._rv.release()
         self._ring.close()
