@@ -126,6 +126,7 @@ subscribers on other loops through ``conn.send``, which is thread-safe.
     python examples/mqtt_broker.py --max-subscription-levels 20000 --max-retained-visits 100000
     python examples/mqtt_broker.py --receive-maximum 100 --topic-alias-maximum 10 --sys-interval 10
     python examples/mqtt_broker.py --max-session-expiry 86400 --max-sessions 10000
+    python examples/mqtt_broker.py --max-connections 10000
     mosquitto_sub -p 1883 -t 'sensors/#' -v &
     mosquitto_pub -p 1883 -t sensors/kitchen -m 21.5 -V mqttv5 -D publish user-property k v
 
@@ -219,6 +220,10 @@ MAX_SESSION_EXPIRY = 86_400
 #: or not: a CONNECT that would add one more is refused.  Each costs a few KiB, and up
 #: to its queue of messages.
 MAX_SESSIONS = 10_000
+#: Connections open at once (``--max-connections``; the server's ``max_connections``):
+#: past it a connection is accepted and closed at once.  Each costs ~1 KiB idle, and
+#: its clean session (subscriptions, queue) while it lasts.
+MAX_CONNECTIONS = 10_000
 #: The MQTT 5.0 properties of a PUBLISH that travel with it to subscribers (its Message
 #: Expiry Interval travels too, as what is left of it).
 FORWARDED = frozenset({"payload_format_indicator", "content_type", "response_topic",
@@ -1592,6 +1597,9 @@ def main() -> None:
                         help="sessions that outlive their connection stored at once, of "
                              "connected clients or not; a CONNECT that would add one more "
                              "is refused")
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                        help="connections open at once; more are accepted and closed at "
+                             "once (0: none; the clean sessions they hold end with them)")
     parser.add_argument("--sys-interval", type=float, default=SYS_INTERVAL,
                         help="seconds between publications of $SYS/broker/ (0: none)")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
@@ -1615,8 +1623,11 @@ def main() -> None:
                         sys_interval=args.sys_interval)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.max_connections < 0:
+        parser.error("max_connections must be >= 0")
     server = gevwire.Server(broker, address=f"{args.host}:{args.port}", loops=args.loops,
                             codec=codec, on_start=broker.start,
+                            max_connections=args.max_connections,
                             **ssl_server_options(parser, args))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -765,7 +765,8 @@ def test_limits_out_of_range_are_refused_on_the_command_line() -> None:
                           ("--max-queued", "-1"), ("--max-topic-levels", "0"),
                           ("--max-retained-visits", "-1"), ("--max-sessions", "0"),
                           ("--max-session-expiry", "-1"),
-                          ("--max-session-expiry", "4294967296")):
+                          ("--max-session-expiry", "4294967296"),
+                          ("--max-connections", "-1")):
         done = subprocess.run([sys.executable, str(EXAMPLES / "mqtt_broker.py"), "--port",
                                "0", option, value], env=example_env(), capture_output=True,
                               text=True, timeout=WAIT + STOP_TIMEOUT)

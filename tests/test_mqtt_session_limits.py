@@ -8,6 +8,7 @@ counters and its log; one test runs the command line.  Every wait is bounded.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import uuid
 from typing import Any
@@ -259,5 +260,21 @@ def test_the_session_limits_are_checked_and_set_from_the_command_line() -> None:
             assert ack.properties["session_expiry_interval"] == 5
             assert refused(port, connect(unique("second"), 5)) == m.ConnAck(0x97, False, {})
             assert refused(port, connect(unique("third"), 4)) == m.ConnAck(3, False)
+            assert client.request(m.PingReq()) == m.PingResp()
+        assert proc.poll() is None
+
+
+def test_max_connections_closes_a_connection_past_it_at_once() -> None:
+    """``--max-connections``: past it a connection is accepted and closed at once, and
+    a client under it is served."""
+    with example_server("mqtt_broker.py", "--quiet", "--max-connections", "1") as (proc,
+                                                                                 port):
+        client, ack = dial(port, connect(unique("only"), 5, clean=True))
+        with client:
+            assert ack.return_code == 0
+            extra = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+            with extra:
+                extra.sendall(m.mqtt().encode(connect(unique("extra"), 4, clean=True)))
+                assert extra.recv(16) == b""  # closed, never answered
             assert client.request(m.PingReq()) == m.PingResp()
         assert proc.poll() is None
