@@ -57,6 +57,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import timeit
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -262,9 +263,11 @@ class Row:
 
 
 def measure(fn: Callable[[], object], n_frames: int, repeat: int, min_time: float,
-            use_gc: bool) -> tuple[float, float]:
-    """(best, median) seconds per frame, ``timeit``-style."""
-    timer = timeit.Timer(fn, setup="gc.enable()" if use_gc else "pass", globals={"gc": gc})
+            use_gc: bool, cpu: bool = False) -> tuple[float, float]:
+    """(best, median) seconds per frame, ``timeit``-style (``cpu``: this process's CPU
+    time rather than the wall clock's)."""
+    timer = timeit.Timer(fn, setup="gc.enable()" if use_gc else "pass", globals={"gc": gc},
+                         timer=time.process_time if cpu else time.perf_counter)
     number = 1
     while True:  # calibrate like Timer.autorange, but to min_time
         elapsed = timer.timeit(number)
@@ -365,7 +368,8 @@ def run(args: argparse.Namespace) -> list[Row]:
                 if args.gevwire_only and not name.startswith("gevwire") and name not in (
                         "hand-written struct", "construct compiled"):
                     continue
-                best, median = measure(fn, len(frames), args.repeat, args.min_time, args.gc)
+                best, median = measure(fn, len(frames), args.repeat, args.min_time, args.gc,
+                                       args.cpu_time)
                 row = Row(fmt.name, size, len(frames), name, best * 1e6, median * 1e6, 1 / best)
                 group[name] = row
                 print(f"  {fmt.name} {size} B {name}: {row.best_us:.3f} µs/frame",
@@ -449,6 +453,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    "DIR REV): an A/B of gevwire's paths, this checkout's code against it, "
                    "in --rounds interleaved rounds of child processes")
     p.add_argument("--rounds", type=int, default=5, help="with --base-tree: rounds (5)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time by this process's CPU time, not the wall clock (on a shared "
+                   "machine, time waiting for a core is not counted; --base-tree sets it)")
     args = p.parse_args(argv)
     if args.repeat < 1 or args.min_time <= 0 or args.stream_bytes < 1 or args.rounds < 1:
         p.error("--repeat, --min-time and --stream-bytes must be positive")
@@ -464,39 +471,56 @@ _AB_PATHS = {"gevwire view": "decode_view", "gevwire bytes": "decode_bytes",
              "gevwire ring": "ring"}
 
 
+def _without(argv: Sequence[str], options: tuple[str, ...]) -> list[str]:
+    """``argv`` without ``options`` (as ``--opt value`` or ``--opt=value``)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not arg.startswith(tuple(o + "=" for o in options)):
+            kept.append(arg)
+    return kept
+
+
 def run_ab(args: argparse.Namespace, argv: Sequence[str]) -> str:
     """Rounds of this benchmark's gevwire rows, alternately on the code of ``--base-tree``
     and of this checkout (each in a child process whose PYTHONPATH starts with its tree),
-    the order swapped every round; the median over rounds of each row's median."""
+    one format and size at a time, the order swapped every round; CPU time; a round's
+    figure is its best sample, the result the median of the rounds' figures."""
     base = args.base_tree.resolve()
     if not (base / "gevwire" / "__init__.py").is_file():
         raise SystemExit(f"--base-tree {base}: not a gevwire checkout")
     here = Path(__file__).resolve().parent.parent
-    child = [a for a in argv]
-    i = child.index("--base-tree") if "--base-tree" in child else -1
-    if i >= 0:
-        del child[i : i + 2]
-    else:
-        child = [a for a in child if not a.startswith("--base-tree=")]
+    child = _without(argv, ("--base-tree", "--formats", "--sizes", "--json"))
     trees = {"base": base, "new": here}
     got: dict[tuple[str, int, str, str], list[float]] = {}
+    cases = [(fmt, size) for fmt in (args.formats or DEFAULT_FORMATS) for size in args.sizes]
     with tempfile.TemporaryDirectory(prefix="codec-ab-") as tmp:
         for r in range(args.rounds):
-            for label in (("base", "new") if r % 2 == 0 else ("new", "base")):
-                out = Path(tmp) / f"{label}{r}.json"
-                env = dict(os.environ)
-                env["PYTHONPATH"] = os.pathsep.join(
-                    p for p in (str(trees[label]), env.get("PYTHONPATH", "")) if p)
-                subprocess.run([sys.executable, __file__, *child, "--gevwire-only",
-                                "--json", str(out)], env=env, check=True,
-                               stdout=subprocess.DEVNULL, cwd=trees[label])
-                for row in json.loads(out.read_text())["rows"]:
-                    if row["decoder"] in _AB_PATHS:
-                        key = (row["format"], row["payload"], row["decoder"], label)
-                        got.setdefault(key, []).append(row["median_us"])
+            # One format and size at a time, base and new back to back, so that both
+            # see the same load on a shared machine.
+            for fmt, size in cases:
+                for label in (("base", "new") if r % 2 == 0 else ("new", "base")):
+                    out = Path(tmp) / f"{label}.json"
+                    env = dict(os.environ)
+                    env["PYTHONPATH"] = os.pathsep.join(
+                        p for p in (str(trees[label]), env.get("PYTHONPATH", "")) if p)
+                    subprocess.run([sys.executable, __file__, *child, "--gevwire-only",
+                                    "--cpu-time",
+                                    f"--formats={fmt}", f"--sizes={size}",
+                                    "--json", str(out)], env=env, check=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   cwd=trees[label])
+                    for row in json.loads(out.read_text())["rows"]:
+                        if row["decoder"] in _AB_PATHS:
+                            key = (row["format"], row["payload"], row["decoder"], label)
+                            got.setdefault(key, []).append(row["best_us"])
             print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr)
     lines = [f"{args.rounds} rounds, base {base}, stream {args.stream_bytes} B; "
-             "µs per frame, median of the rounds' medians", "",
+             "CPU µs per frame, median of the rounds' best samples", "",
              "| format | payload | path | base µs | new µs | change |",
              "|---|---|---|---:|---:|---:|"]
     for (fmt, payload, decoder, label), values in got.items():
