@@ -61,13 +61,14 @@ COPY_ONCE_FRAME = 2048
 # written once, here, and specialised per format when the codec is made (as `_builder`
 # is), because a test per frame for what is fixed per format (is there a builder? can
 # the length be negative?) costs 5-8% of a small frame's cut.  Placeholders: {unpack}
-# reads the header into `length` (and `raw` for a builder), {size} the header's size,
-# {plus} the adjustment, {bad} the checks that stop the cut, {frame} what is appended.
+# reads the header into `raw` for a builder, {size} is the header's size, {length} the
+# payload's length (its field plus the adjustment), {bad} the checks that stop the cut,
+# {frame} what is appended.
 _PREFIX_LOOP = """\
 while pos <= last:
     {unpack}
     start = pos + {size}
-    stop = start + length{plus}
+    stop = start + {length}
     if {bad}:
         break  # incomplete, too large or malformed: decode() says which
     append({frame})
@@ -77,15 +78,15 @@ while pos <= last:
 # Around it: a memoryview read is copied to bytes once when it is small (COPY_ONCE_*)
 # and its frames are cut as bytes slices; a larger one gives each payload a copy of its
 # own; a read of at most `limit` bytes cannot hold a whole frame over it, so that check
-# is left out (-0.1 us per 8-frame read).  `most`: the largest field value within it.
+# is left out (-0.1 us per 8-frame read).  `most`: the largest payload within it.
 _PREFIX_CUT = """\
-def cut(view, limit):
+def cut(view, limit{default}):
     frames = []
     append = frames.append
     n = len(view)
     last = n - {size}  # the last offset where a whole header fits
     pos = 0
-    most = limit - {size}{minus}
+    most = limit - {size}
     if not isinstance(view, bytes):
         if last < 0:
             return frames, 0
@@ -108,28 +109,31 @@ def prefix_cutter(
     adjust: int,
     signed: bool,
     build: Callable[[Any, bytes], Any] | None = None,
+    limit: int | None = None,
 ) -> CutFn:
     """A `cut` for frames of a `size`-byte header, then a payload of ``header[at] +
     adjust`` bytes, where `read(buf, offset)` unpacks the header.  A frame is the payload
     (``bytes``) or ``build(header, payload)``.  `signed`: the field can be negative.
+    `limit`: the default of the cut's own `limit` (then ``cut(view)`` serves as a
+    decoder's ``cut_view``).
     """
     plus = f" + {adjust}" if adjust > 0 else f" - {-adjust}" if adjust else ""
-    minus = f" - {adjust}" if adjust > 0 else f" + {-adjust}" if adjust else ""
-    unpack = ("length, = unpack_from(view, pos)" if build is None and at == 0 else
-              f"raw = unpack_from(view, pos)\n    length = raw[{at}]")
+    # Without a builder the header is not kept: one store and load less per frame.
+    unpack = "" if build is None else "raw = unpack_from(view, pos)"
+    length = (f"unpack_from(view, pos)[{at}]" if build is None else f"raw[{at}]") + plus
 
     def loop(indent: int, frame: str, limited: bool) -> str:
         bad = ["stop > n"]
         if limited:
-            bad.append("length > most")
+            bad.append("stop - start > most")
         if signed or adjust < 0:
             bad.append("stop < start")
-        text = _PREFIX_LOOP.format(unpack=unpack, size=size, plus=plus, bad=" or ".join(bad),
+        text = _PREFIX_LOOP.format(unpack=unpack, size=size, length=length, bad=" or ".join(bad),
                                    frame=frame if build is None else f"build(raw, {frame})")
         return textwrap.indent(text, " " * indent)
 
     source = _PREFIX_CUT.format(
-        size=size, at=at, plus=plus, minus=minus,
+        default="" if limit is None else f"={int(limit)}", size=size, at=at, plus=plus,
         copy_each=loop(12, "view[start:stop].tobytes()", True),
         within_limit=loop(8, "view[start:stop]", False),
         checked=loop(8, "view[start:stop]", True),
