@@ -519,17 +519,22 @@ def run_ab(args: argparse.Namespace, argv: Sequence[str]) -> str:
                             key = (row["format"], row["payload"], row["decoder"], label)
                             got.setdefault(key, []).append(row["best_us"])
             print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr)
-    lines = [f"{args.rounds} rounds, base {base}, stream {args.stream_bytes} B; "
-             "CPU µs per frame, median of the rounds' best samples", "",
-             "| format | payload | path | base µs | new µs | change |",
-             "|---|---|---|---:|---:|---:|"]
+    lines = [f"{args.rounds} rounds, base {base}, stream {args.stream_bytes} B; CPU µs "
+             "per frame: median and least of the rounds' best samples; paired: the median "
+             "of each round's new ÷ base (both timed back to back)", "",
+             "| format | payload | path | base µs | new µs | change | least: base / new "
+             "| change | paired |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for (fmt, payload, decoder, label), values in got.items():
         if label != "base":
             continue
-        old = statistics.median(values)
-        new = statistics.median(got[(fmt, payload, decoder, "new")])
+        news = got[(fmt, payload, decoder, "new")]
+        old, new = statistics.median(values), statistics.median(news)
+        paired = statistics.median(n / b for n, b in zip(news, values, strict=True))
         lines.append(f"| {fmt} | {_size(payload)} | {_AB_PATHS[decoder]} | {old:.3f} | "
-                     f"{new:.3f} | {(new / old - 1) * 100:+.1f}% |")
+                     f"{new:.3f} | {(new / old - 1) * 100:+.1f}% | {min(values):.3f} / "
+                     f"{min(news):.3f} | {(min(news) / min(values) - 1) * 100:+.1f}% | "
+                     f"{(paired - 1) * 100:+.1f}% |")
     return "\n".join(lines)
 
 
