@@ -68,11 +68,11 @@ _PREFIX_LOOP = """\
 while pos <= last:
     {unpack}
     start = pos + {size}
-    stop = start + {length}
+    pos = start + {length}  # the frame's end: where the next one starts
     if {bad}:
-        break  # incomplete, too large or malformed: decode() says which
+        pos = start - {size}  # incomplete, too large or malformed: decode() says which
+        break
     append({frame})
-    pos = stop
 """
 
 # Around it: a memoryview read is copied to bytes once when it is small (COPY_ONCE_*)
@@ -86,17 +86,19 @@ def cut(view, limit{default}):
     n = len(view)
     last = n - {size}  # the last offset where a whole header fits
     pos = 0
-    most = limit - {size}
+    unpack_from = UNPACK_FROM
     if not isinstance(view, bytes):
         if last < 0:
             return frames, 0
         if n > COPY_ONCE_READ or unpack_from(view, 0)[{at}]{plus} > COPY_ONCE_FRAME:
+            most = limit - {size}
 {copy_each}
             return frames, pos
         view = view.tobytes()
     if n <= limit:
 {within_limit}
     else:
+        most = limit - {size}
 {checked}
     return frames, pos
 """
@@ -123,22 +125,22 @@ def prefix_cutter(
     length = (f"unpack_from(view, pos)[{at}]" if build is None else f"raw[{at}]") + plus
 
     def loop(indent: int, frame: str, limited: bool) -> str:
-        bad = ["stop > n"]
+        bad = ["pos > n"]
         if limited:
-            bad.append("stop - start > most")
+            bad.append("pos - start > most")
         if signed or adjust < 0:
-            bad.append("stop < start")
+            bad.append("pos < start")
         text = _PREFIX_LOOP.format(unpack=unpack, size=size, length=length, bad=" or ".join(bad),
                                    frame=frame if build is None else f"build(raw, {frame})")
         return textwrap.indent(text, " " * indent)
 
     source = _PREFIX_CUT.format(
         default="" if limit is None else f"={int(limit)}", size=size, at=at, plus=plus,
-        copy_each=loop(12, "view[start:stop].tobytes()", True),
-        within_limit=loop(8, "view[start:stop]", False),
-        checked=loop(8, "view[start:stop]", True),
+        copy_each=loop(12, "view[start:pos].tobytes()", True),
+        within_limit=loop(8, "view[start:pos]", False),
+        checked=loop(8, "view[start:pos]", True),
     )
-    env: dict[str, Any] = {"unpack_from": read, "build": build,
+    env: dict[str, Any] = {"UNPACK_FROM": read, "build": build,
                            "COPY_ONCE_READ": COPY_ONCE_READ, "COPY_ONCE_FRAME": COPY_ONCE_FRAME}
     exec(source, env)
     cut: CutFn = env["cut"]
