@@ -59,11 +59,11 @@ COPY_ONCE_FRAME = 2048
 # the payload: `Prefixed(<int>, GreedyBytes)` (the frame is the payload) and a Struct of
 # fixed fields then `Bytes(this.x +- k)` (the frame is `build(header, payload)`).  It is
 # written once, here, and specialised per format when the codec is made (as `_builder`
-# is), because a test per frame for what is fixed per format (is there a builder? can
-# the length be negative?) costs 5-8% of a small frame's cut.  Placeholders: {unpack}
-# reads the header into `raw` for a builder, {size} is the header's size, {length} the
-# payload's length (its field plus the adjustment), {bad} the checks that stop the cut,
-# {frame} what is appended.
+# is), because testing per frame what is fixed per format (is there a builder? can the
+# length be negative?) made a 16 B frame's cut 17% dearer (0.144 -> 0.168 us).
+# Placeholders: {unpack} reads the header into `raw` for a builder, {size} is the
+# header's size, {length} the payload's length (its field plus the adjustment), {bad}
+# the checks that stop the cut, {frame} what is appended.
 _PREFIX_LOOP = """\
 while pos <= last:
     {unpack}
