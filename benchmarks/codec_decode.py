@@ -50,10 +50,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import statistics
 import struct
+import subprocess
 import sys
+import tempfile
+import time
 import timeit
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -78,6 +82,8 @@ HEADER8 = c.Struct(
     "payload" / c.Bytes(c.this.length),
 )
 VARINT = c.Prefixed(c.VarInt, c.GreedyBytes)
+PREFIX32_INCL = c.Prefixed(c.Int32ub, c.GreedyBytes, includelength=True)
+PREFIX32_SIGNED = c.Prefixed(c.Int32sb, c.GreedyBytes)
 
 Frames = list[Any]
 StreamDecoder = Callable[[memoryview], tuple[Frames, int]]
@@ -107,6 +113,27 @@ def hand_prefix32(view: memoryview) -> tuple[Frames, int]:
         append(view[pos + 4 : end].tobytes())
         pos = end
     return frames, pos
+
+
+def hand_prefix32_checked(length_struct: struct.Struct, adjust: int) -> StreamDecoder:
+    """A 4-byte length that may be negative (signed, or counting itself: ``adjust``)."""
+    unpack_from = length_struct.unpack_from
+
+    def hand(view: memoryview) -> tuple[Frames, int]:
+        frames: Frames = []
+        append = frames.append
+        pos = 0
+        n = len(view)
+        while n - pos >= 4:
+            length = unpack_from(view, pos)[0] + adjust
+            end = pos + 4 + length
+            if length < 0 or length > MAX_FRAME or end > n:
+                break
+            append(view[pos + 4 : end].tobytes())
+            pos = end
+        return frames, pos
+
+    return hand
 
 
 def hand_header8(view: memoryview) -> tuple[Frames, int]:
@@ -190,10 +217,17 @@ FORMATS: tuple[Format, ...] = (
         hand_header8,
     ),
     Format("varint", VARINT, lambda i, p: p, hand_varint),
+    Format("prefix32incl", PREFIX32_INCL, lambda i, p: p,
+           hand_prefix32_checked(_U32, -4)),
+    Format("prefix32s", PREFIX32_SIGNED, lambda i, p: p,
+           hand_prefix32_checked(struct.Struct(">i"), 0)),
 )
 
+#: Measured unless --formats names others (the variants of prefix32 are for A/Bs of
+#: the length-prefix cutter: a length that counts itself, a signed length).
+DEFAULT_FORMATS = ("prefix32", "header8", "varint")
 
-FIXED_HEADER_FORMATS = frozenset({"prefix32", "header8"})
+FIXED_HEADER_FORMATS = frozenset({"prefix32", "header8", "prefix32incl", "prefix32s"})
 
 
 def make_stream(fmt: Format, payload_size: int, stream_bytes: int) -> tuple[bytes, list[bytes]]:
@@ -229,9 +263,11 @@ class Row:
 
 
 def measure(fn: Callable[[], object], n_frames: int, repeat: int, min_time: float,
-            use_gc: bool) -> tuple[float, float]:
-    """(best, median) seconds per frame, ``timeit``-style."""
-    timer = timeit.Timer(fn, setup="gc.enable()" if use_gc else "pass", globals={"gc": gc})
+            use_gc: bool, cpu: bool = False) -> tuple[float, float]:
+    """(best, median) seconds per frame, ``timeit``-style (``cpu``: this process's CPU
+    time rather than the wall clock's)."""
+    timer = timeit.Timer(fn, setup="gc.enable()" if use_gc else "pass", globals={"gc": gc},
+                         timer=time.process_time if cpu else time.perf_counter)
     number = 1
     while True:  # calibrate like Timer.autorange, but to min_time
         elapsed = timer.timeit(number)
@@ -321,7 +357,7 @@ def check(fmt: Format, stream: bytes, frames: list[bytes],
 def run(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     for fmt in FORMATS:
-        if args.formats and fmt.name not in args.formats:
+        if fmt.name not in (args.formats or DEFAULT_FORMATS):
             continue
         for size in args.sizes:
             stream, frames = make_stream(fmt, size, args.stream_bytes)
@@ -329,7 +365,11 @@ def run(args: argparse.Namespace) -> list[Row]:
             check(fmt, stream, frames, decoders)
             group: dict[str, Row] = {}
             for name, fn in decoders.items():
-                best, median = measure(fn, len(frames), args.repeat, args.min_time, args.gc)
+                if args.gevwire_only and not name.startswith("gevwire") and name not in (
+                        "hand-written struct", "construct compiled"):
+                    continue
+                best, median = measure(fn, len(frames), args.repeat, args.min_time, args.gc,
+                                       args.cpu_time)
                 row = Row(fmt.name, size, len(frames), name, best * 1e6, median * 1e6, 1 / best)
                 group[name] = row
                 print(f"  {fmt.name} {size} B {name}: {row.best_us:.3f} µs/frame",
@@ -406,8 +446,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="comma list of: " + ", ".join(f.name for f in FORMATS))
     p.add_argument("--gc", action="store_true", help="keep the cyclic GC on while timing")
     p.add_argument("--json", type=Path, help="write the rows to this file")
+    p.add_argument("--gevwire-only", action="store_true",
+                   help="time only gevwire's paths (and the two yardsticks the ratios need)")
+    p.add_argument("--base-tree", type=Path,
+                   help="a checkout of the code before a change (git worktree add --detach "
+                   "DIR REV): an A/B of gevwire's paths, this checkout's code against it, "
+                   "in --rounds interleaved rounds of child processes")
+    p.add_argument("--rounds", type=int, default=5, help="with --base-tree: rounds (5)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time by this process's CPU time, not the wall clock (on a shared "
+                   "machine, time waiting for a core is not counted; --base-tree sets it)")
     args = p.parse_args(argv)
-    if args.repeat < 1 or args.min_time <= 0 or args.stream_bytes < 1:
+    if args.repeat < 1 or args.min_time <= 0 or args.stream_bytes < 1 or args.rounds < 1:
         p.error("--repeat, --min-time and --stream-bytes must be positive")
     if any(s < 0 or s > MAX_FRAME - 16 for s in args.sizes):
         p.error(f"payload sizes must be in 0..{MAX_FRAME - 16}")
@@ -417,8 +467,82 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+_AB_PATHS = {"gevwire view": "decode_view", "gevwire bytes": "decode_bytes",
+             "gevwire ring": "ring"}
+
+
+def _without(argv: Sequence[str], options: tuple[str, ...]) -> list[str]:
+    """``argv`` without ``options`` (as ``--opt value`` or ``--opt=value``)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not arg.startswith(tuple(o + "=" for o in options)):
+            kept.append(arg)
+    return kept
+
+
+def run_ab(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """Rounds of this benchmark's gevwire rows, alternately on the code of ``--base-tree``
+    and of this checkout (each in a child process whose PYTHONPATH starts with its tree),
+    one format and size at a time, the order swapped every round; CPU time; a round's
+    figure is its best sample, the result the median of the rounds' figures."""
+    base = args.base_tree.resolve()
+    if not (base / "gevwire" / "__init__.py").is_file():
+        raise SystemExit(f"--base-tree {base}: not a gevwire checkout")
+    here = Path(__file__).resolve().parent.parent
+    child = _without(argv, ("--base-tree", "--formats", "--sizes", "--json"))
+    trees = {"base": base, "new": here}
+    got: dict[tuple[str, int, str, str], list[float]] = {}
+    cases = [(fmt, size) for fmt in (args.formats or DEFAULT_FORMATS) for size in args.sizes]
+    with tempfile.TemporaryDirectory(prefix="codec-ab-") as tmp:
+        for r in range(args.rounds):
+            # One format and size at a time, base and new back to back, so that both
+            # see the same load on a shared machine.
+            for fmt, size in cases:
+                for label in (("base", "new") if r % 2 == 0 else ("new", "base")):
+                    out = Path(tmp) / f"{label}.json"
+                    env = dict(os.environ)
+                    env["PYTHONPATH"] = os.pathsep.join(
+                        p for p in (str(trees[label]), env.get("PYTHONPATH", "")) if p)
+                    subprocess.run([sys.executable, __file__, *child, "--gevwire-only",
+                                    "--cpu-time",
+                                    f"--formats={fmt}", f"--sizes={size}",
+                                    "--json", str(out)], env=env, check=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   cwd=trees[label])
+                    for row in json.loads(out.read_text())["rows"]:
+                        if row["decoder"] in _AB_PATHS:
+                            key = (row["format"], row["payload"], row["decoder"], label)
+                            got.setdefault(key, []).append(row["best_us"])
+            print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr)
+    lines = [f"{args.rounds} rounds, base {base}, stream {args.stream_bytes} B; CPU µs "
+             "per frame: median and least of the rounds' best samples; paired: the median "
+             "of each round's new ÷ base (both timed back to back)", "",
+             "| format | payload | path | base µs | new µs | change | least: base / new "
+             "| change | paired |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for (fmt, payload, decoder, label), values in got.items():
+        if label != "base":
+            continue
+        news = got[(fmt, payload, decoder, "new")]
+        old, new = statistics.median(values), statistics.median(news)
+        paired = statistics.median(n / b for n, b in zip(news, values, strict=True))
+        lines.append(f"| {fmt} | {_size(payload)} | {_AB_PATHS[decoder]} | {old:.3f} | "
+                     f"{new:.3f} | {(new / old - 1) * 100:+.1f}% | {min(values):.3f} / "
+                     f"{min(news):.3f} | {(min(news) / min(values) - 1) * 100:+.1f}% | "
+                     f"{(paired - 1) * 100:+.1f}% |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.base_tree is not None:
+        print(run_ab(args, sys.argv[1:] if argv is None else argv))
+        return 0
     print(f"Python {sys.version.split()[0]}, construct {c.version_string}, "
           f"{platform.platform()}; {args.repeat} samples of >= {args.min_time:g} s, "
           f"GC {'on' if args.gc else 'off'} while timing", file=sys.stderr)

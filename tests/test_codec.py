@@ -564,3 +564,80 @@ def test_an_encode_error_names_the_field_once(fast: bool) -> None:
     assert " at header.version: " in text and text.count("cannot encode") == 1
     with pytest.raises(EncodeError, match=r" at header\.kind: missing$"):
         codec.encode({"header": {"version": 1}, "data": b""})  # (magic builds itself)
+
+
+# The length-prefix cutter (``_fastcodec.prefix_cutter``) serves Prefixed(<int>,
+# GreedyBytes) and fixed fields + Bytes(this.x +- k).  Each: how a header announcing a
+# payload of n bytes is written, and one whose length is negative (None: cannot be).
+_CUTTER_FORMATS: dict[str, tuple[Any, Any, bytes | None]] = {
+    "prefixed": (PREFIXED, lambda n: struct.pack(">I", n), None),
+    "includelength": (c.Prefixed(c.Int16ul, c.GreedyBytes, includelength=True),
+                      lambda n: struct.pack("<H", n + 2), struct.pack("<H", 1)),
+    "signed": (c.Prefixed(c.Int32sb, c.GreedyBytes), lambda n: struct.pack(">i", n),
+               struct.pack(">i", -5)),
+    "header": (HEADER, lambda n: struct.pack(">BBHI", 1, 0, 7, n), None),
+    "header_adjusted": (
+        c.Struct("len" / c.Int16ub, "kind" / c.Int8ub, "data" / c.Bytes(c.this.len - 3)),
+        lambda n: struct.pack(">HB", n + 3, 9), struct.pack(">HB", 1, 9)),
+    "header_signed": (c.Struct("n" / c.Int16sb, "d" / c.Bytes(c.this.n + 1)),
+                      lambda n: struct.pack(">h", n - 1), struct.pack(">h", -5)),
+}
+# Reads: bytes (decode_bytes) or a memoryview (decode_view); within max_frame_size (4 KiB
+# here) or longer; a small view copied once, one over 16 KiB or whose first payload is
+# over 2 KiB cut with a copy per frame.  (goods before the stop, first payload size)
+_CUTTER_READS = {
+    "bytes": (False, 3, 10),
+    "bytes_over_limit": (False, 400, 10),
+    "view_copied_once": (True, 3, 10),
+    "view_over_16k": (True, 1200, 10),
+    "view_first_over_2k": (True, 1, 3000),
+}
+
+
+@pytest.mark.parametrize(("fmt", "read", "stop"), [
+    (fmt, read, stop) for fmt in sorted(_CUTTER_FORMATS) for read in sorted(_CUTTER_READS)
+    for stop in ("none", "incomplete", "too_large", "negative")
+    if stop != "negative" or _CUTTER_FORMATS[fmt][2] is not None])
+def test_length_prefix_cut_stops_just_before_what_decode_reports(
+        fmt: str, read: str, stop: str) -> None:
+    """Every branch of the one length-prefix loop cuts every whole frame before the
+    stop, uses exactly their bytes, and leaves the stop to decode(): an incomplete
+    frame waits, one over the limit is FrameTooLarge, a negative length a FrameError."""
+    schema, header, negative = _CUTTER_FORMATS[fmt]
+    as_view, count, first = _CUTTER_READS[read]
+    codec = Codec(schema, max_frame_size=4096)
+    goods = [header(size) + bytes([i % 251]) * size
+             for i, size in enumerate([first] + [10 + i % 7 for i in range(count - 1)])]
+    after = header(3) + b"end"  # a whole frame after the stop: never cut
+    over = 4097 - len(header(0))  # the payload of a frame one byte over the limit
+    if stop == "too_large":  # a frame of exactly the limit is cut, one byte more is not
+        goods.append(header(over - 1) + b"L" * (over - 1))
+    rest = {"none": b"",
+            "incomplete": goods[0][:-1],
+            "too_large": header(over) + b"x" * over + after,
+            "negative": (negative or b"") + b"x" * 20 + after}[stop]
+    stream = b"".join(goods) + rest
+    decoder = codec.decoder()
+    if as_view:
+        frames, used = decoder.decode_view(memoryview(bytearray(stream)))
+    else:
+        frames, used = decoder.decode_bytes(stream)
+    assert used == sum(map(len, goods))
+    assert frames == [schema.parse(g) for g in goods]
+    payloads = [f if type(f) is bytes else f[list(f)[-1]] for f in frames]
+    assert all(type(p) is bytes for p in payloads)
+    ring = RingBuffer()
+    ring.write(stream[used:])
+    if stop in ("none", "incomplete"):
+        assert decoder.decode(ring) is None and ring.length == len(rest)
+    else:
+        with pytest.raises(FrameTooLarge if stop == "too_large" else FrameError) as info:
+            decoder.decode(ring)
+        assert stop != "negative" or not isinstance(info.value, FrameTooLarge)
+
+
+def test_a_replaced_parse_frame_sees_every_prefixed_bytes_frame() -> None:
+    codec = CountingCodec(PREFIXED)
+    frames, used = codec.decoder().decode_view(memoryview(codec.encode(b"hi") * 5))
+    assert frames == [b"hi"] * 5 and used == 30
+    assert codec.parses == 5

@@ -45,6 +45,7 @@ HEADER = cs.Struct(
 )
 PREFIXED32 = cs.Prefixed(cs.Int32ub, cs.GreedyBytes)
 PREFIXED_VARINT = cs.Prefixed(cs.VarInt, cs.GreedyBytes)
+PREFIXED32_INCL = cs.Prefixed(cs.Int32ub, cs.GreedyBytes, includelength=True)
 FIXED = cs.Struct(
     "a" / cs.Float64l,
     "b" / cs.Int64sl,
@@ -187,6 +188,9 @@ CASES = [
     Case("header", HEADER, header_values()),
     Case("prefixed32", PREFIXED32, payloads),
     Case("prefixed_varint", PREFIXED_VARINT, st.binary(max_size=300)),
+    Case("prefixed32_incl", PREFIXED32_INCL, payloads),  # a length that counts itself
+    Case("prefixed16s", cs.Prefixed(cs.Int16sl, cs.GreedyBytes), payloads),  # signed
+    Case("prefixed24", cs.Prefixed(cs.Int24ub, cs.GreedyBytes), payloads),  # not a struct
     Case("fixed", FIXED, fixed_values),
     Case("nested", NESTED, nested_values()),
     Case("prefixed_struct", PREFIXED_STRUCT, prefixed_struct_values),
@@ -235,6 +239,9 @@ CASE_IDS = [c.name for c in CASES]
 HEADER_SIZES = {
     "header": (8, 8),
     "prefixed32": (4, 4),
+    "prefixed32_incl": (4, 4),
+    "prefixed16s": (2, 2),
+    "prefixed24": (3, 3),
     "prefixed_varint": (1, MAX_VARINT_BYTES),
     "fixed": (0, 0),
     "nested": (5, 5),
