@@ -1609,8 +1609,10 @@ def test_the_memory_budget_closes_the_largest_holders_past_its_hard_mark(
     assert server.stats()["buffered_bytes"] == 0  # every ring gave its storage back
     # The same attack again, measured from after the first: the threads' glibc arenas
     # keep a varying few MiB after a first round (2 to 9 MiB measured over a fresh
-    # process, then -4 to +3 MiB round to round), so the baseline is taken after one,
-    # as Baseline says.  What the second leaves must be within the slack.
+    # process, then -4 to +3 MiB round to round, +6.4 once on Python 3.13), so the
+    # baseline is taken after one, as Baseline says.  What the second leaves must be
+    # within 8 MiB: a leak of what this guards, the rings of the connections it closes
+    # (10 or more a round, 2 MiB each), would be 20 MiB or more.
     base = Baseline(server)
     again, socks = _budget_round(server, partial, stats["budget_closes"])
     assert again["budget_closes"] - stats["budget_closes"] >= 10
@@ -1619,7 +1621,7 @@ def test_the_memory_budget_closes_the_largest_holders_past_its_hard_mark(
     del partial  # the test's own 2 MiB is not the server's to give back
     assert wait_until(lambda: open_count(server) == 0, 10)
     assert server.stats()["buffered_bytes"] == 0
-    base.check(4 * MiB)
+    base.check(8 * MiB)
     assert gevwire_log.unexpected(gevwire.MemoryBudgetExceeded) == []
     print(f"\n[memory budget] 24 peers x 2 MiB of 4 MiB frames under max_buffered_bytes="
           f"{soft // MiB} MiB: {stats['budget_closes']} closed, {stats['budget_pauses']} "
