@@ -1598,11 +1598,13 @@ def test_the_memory_budget_closes_the_largest_holders_past_its_hard_mark(
     assert stats["budget_pauses"] > 0
     # Held storage never ran far past the hard mark: resident growth stays under it plus
     # what one loop turn reads before the check (a read per connection: READ_MAX into
-    # its ring, plus the spare buffer), and some slack.  Without the budget: +48 MiB.
+    # its ring, plus the spare buffer), and 8 MiB of slack for the process's other
+    # allocations (4 MiB was passed by 0.3 and 2.7 MiB on a loaded 2-core machine).
+    # Without the budget: +48 MiB, well over this bound (about 28 MiB).
     # (On io_uring, plus the provided-buffer ring the kernel receives into, resident by
     # design: Baseline.check allows it too.)
     one_turn = len(socks) * (READ_MAX + 64 * KiB)
-    assert peak < hard + one_turn + 4 * MiB + first.loop_buffers, (
+    assert peak < hard + one_turn + 8 * MiB + first.loop_buffers, (
         f"peak RSS growth {peak / MiB:.1f} MiB")
     close_all(socks)
     assert wait_until(lambda: open_count(server) == 1, 10)  # the control
