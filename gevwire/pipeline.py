@@ -513,7 +513,13 @@ class FramePipeline:
     def _write_parts(self, write: Callable[[bytes], None]) -> None:
         """Write what is gathered with ``write``: runs of small parts joined, a part
         over ``_JOIN_MAX`` (a large payload after its frame header) by itself, never
-        copied into a joined one."""
+        copied into a joined one.
+
+        A write may close the connection (past the hard cap): the pipeline is then
+        reset, and the parts left are dropped with the rest of its output.  A graceful
+        close asked for meanwhile (``stopped``) is no reason to stop: the reply it cut
+        would leave a frame header without its payload.
+        """
         pending = self.pending
         parts = pending.copy()
         pending.clear()
@@ -525,10 +531,12 @@ class FramePipeline:
             if run:
                 write(b"".join(run))
                 run.clear()
-            if self.stopped:
-                return
+                if self.pending is not pending:  # reset: the connection closed
+                    return
             write(part if type(part) is bytes else bytes(part))
-        if run and not self.stopped:
+            if self.pending is not pending:
+                return
+        if run:
             write(b"".join(run))
 
     def connected(self) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import construct as c  # type: ignore[import-untyped]
 import pytest
-from conftest import ServeFn, peer_closed, wait_until
+from conftest import ServeFn, peer_closed, recv_until_eof, wait_until
 
 import gevwire
 from gevwire import DecoderContractError, FrameError, FrameTooLarge
@@ -516,3 +516,58 @@ def test_a_flush_in_the_middle_of_a_read_writes_a_large_part_unjoined(
     assert writes[:2] + writes[3:] == [b"<abababab>", b"<", b">"]
     assert writes[2] is Pieces.big  # the payload itself, never copied into a join
     assert split == [3]
+
+
+class Closer(Header):
+    """As :class:`Header`, and ``big`` asks for a graceful close before its reply."""
+
+    def on_message(self, conn: Any, frame: Any) -> Any:
+        if frame == b"big":
+            conn.close()
+        return super().on_message(conn, frame)
+
+
+def test_a_close_asked_by_the_handler_does_not_cut_its_large_reply() -> None:
+    """``close()`` in a handler still sends the reply it returns: all of it, not the
+    header of a large one without its payload."""
+    handler = Closer()
+    pipeline, wire, _ = make(handler, Parts(), high_water=1 << 30)
+    assert pipeline.received(b"a\nbig\nb\n") is None
+    writes = [data for kind, data in wire.calls if kind == "batch"]
+    assert writes == [b"a<", handler.payload, b">"]  # (b: after the close, not dispatched)
+    assert writes[1] is handler.payload
+    assert ("close", None) in wire.calls
+
+
+def test_a_connection_closed_under_a_write_gets_no_more_parts() -> None:
+    """A write that closes the connection (past the hard cap the transport resets the
+    pipeline) ends the parts: nothing is written to a closed connection."""
+    handler = Header()
+    pipeline, wire, _ = make(handler, Parts(), high_water=1 << 30)
+
+    def write_then_close(data: bytes) -> None:
+        wire.calls.append(("batch", data))
+        pipeline.release()  # as Connection._close_now does
+
+    wire._write_batch = write_then_close  # type: ignore[method-assign]
+    assert pipeline.received(b"a\nbig\nb\n") is None
+    assert wire.calls == [("batch", b"a<")]
+
+
+def test_a_large_reply_of_a_handler_that_closes_reaches_the_peer_whole(
+        serve: ServeFn) -> None:
+    big = b"p" * (1 << 20)
+
+    class CloseAfter(gevwire.Handler):
+        def on_message(self, conn: gevwire.Connection, frame: bytes) -> bytes:
+            if frame == b"big":
+                conn.close()
+                return big
+            return frame
+
+    server = serve(CloseAfter(), codec=length_field(initial_bytes_to_strip=4,
+                                                    max_frame_size=2 << 20))
+    with socket.create_connection(server.address[:2], timeout=10) as sock:
+        sock.sendall(struct.pack(">I", 1) + b"a" + struct.pack(">I", 3) + b"big")
+        assert recv_until_eof(sock) == (struct.pack(">I", 1) + b"a"
+                                        + struct.pack(">I", len(big)) + big)
