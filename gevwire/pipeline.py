@@ -237,13 +237,23 @@ class FramePipeline:
         if type(message) is bytes:  # its encoding costs at most its own size
             data = self._codec.encode(message)
         else:  # a container of references may encode to much more: measured first
-            parts: list[bytes] = []
-            size = self._codec.encode_into(parts, message)
-            if size > self._max_output:
-                raise WriteBufferFull(
-                    f"a message of {size} bytes exceeds max_write_buffer={self._max_output}")
+            parts = self.encode_parts(message)
             data = parts[0] if len(parts) == 1 else b"".join(parts)
         return data if type(data) is bytes else bytes(data)
+
+    def encode_parts(self, message: Any) -> list[bytes]:
+        """``message`` encoded as the parts the codec's ``encode_into`` gives, unjoined
+        (a large payload stays the object it was).
+
+        Raises :class:`~gevwire.WriteBufferFull` when they add up to more than
+        ``max_output``.
+        """
+        parts: list[bytes] = []
+        size = self._codec.encode_into(parts, message)
+        if size > self._max_output:
+            raise WriteBufferFull(
+                f"a message of {size} bytes exceeds max_write_buffer={self._max_output}")
+        return parts
 
     # -- reads -------------------------------------------------------------------------
 
