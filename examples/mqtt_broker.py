@@ -1189,8 +1189,11 @@ class Broker(gevwire.Router):
         packet_id = packet.packet_id
         props: EncodedProperties | None = None
         expires: float | None = None
-        if client.v5 and packet.properties:
-            alias = packet.properties.get("topic_alias")
+        # A decoded PUBLISH carries its properties as a dict (EncodedProperties are only
+        # made to be sent).
+        in_props = packet.properties if isinstance(packet.properties, dict) else None
+        if client.v5 and in_props:
+            alias = in_props.get("topic_alias")
             if alias is not None:
                 if alias > self.topic_alias_maximum:
                     self._disconnect(client, 0x94, f"topic alias {alias} over the maximum "
@@ -1204,10 +1207,10 @@ class Broker(gevwire.Router):
                         self._disconnect(client, 0x82, f"unknown topic alias {alias}")
                         return None
                     topic = known
-            if "subscription_identifier" in packet.properties:
+            if "subscription_identifier" in in_props:
                 self._disconnect(client, 0x82, "PUBLISH with a subscription identifier")
                 return None
-            props, expires = self._forwarded(packet.properties)
+            props, expires = self._forwarded(in_props)
         self.received += 1
         refused = 0
         if topic_levels(topic) > self.max_topic_levels:
