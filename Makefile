@@ -22,7 +22,8 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check gevwire codecs tests examples benchmarks fuzz
 	$(PY) -m mypy gevwire codecs
-	MYPYPATH=fuzz $(PY) -m mypy fuzz/fuzzkit fuzz/run.py
+	$(PY) -m mypy examples
+	MYPYPATH=fuzz $(PY) -m mypy fuzz/fuzzkit fuzz/run.py fuzz/soak.py
 
 # Test modules that serve sockets are marked ``io`` and run a second time on io_uring
 # ("auto": it falls back to epoll, and says so in pytest's header, where the kernel

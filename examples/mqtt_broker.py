@@ -108,6 +108,11 @@ What it does, by packet:
 - Keep-alive: a client silent for 1.5x its keep-alive is closed (MQTT 5.0: DISCONNECT
   0x8D first).  One loop timer per connection, re-armed only when it fires (packets just
   stamp the time).
+- A connection that sends no CONNECT within ``connect_timeout`` seconds (10) is closed.
+  Its timer is cancelled when CONNECT is accepted or the connection closes, and, like
+  the keep-alive timer, refers to the connection weakly: a cancelled timer stays in the
+  loop's heap until it is due (gevwire removes cancelled timers lazily), and must not
+  keep a closed connection's buffers and state alive until then.
 - A packet before CONNECT, a second CONNECT, a packet only a server sends, or a
   malformed packet closes the connection, as the spec asks; an MQTT 5.0 client is told
   why first (DISCONNECT 0x81 malformed, 0x82 protocol error, 0x95 packet too large).
@@ -145,6 +150,7 @@ import signal
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from types import FrameType
 from typing import Any
@@ -174,6 +180,7 @@ from gevwire.codecs.mqtt import (
     valid_topic_filter,
 )
 from gevwire.errors import FrameError, FrameTooLarge
+from gevwire.timers import TimerHandle
 
 log = logging.getLogger("mqtt_broker")
 
@@ -207,7 +214,7 @@ MAX_KEEP_ALIVE = 65535
 SYS_INTERVAL = 10.0
 #: A client whose messages are dropped is logged at most once per this many seconds.
 DROP_LOG_INTERVAL = 10.0
-#: A connection that sends no CONNECT within this many seconds is closed.
+#: A connection that sends no CONNECT within this many seconds is closed (default).
 CONNECT_TIMEOUT = 10.0
 PROTOCOLS = {("MQTT", 4), ("MQIsdp", 3), ("MQTT", 5)}
 #: A Session Expiry Interval that never ends (what 3.1.1's ``clean_session=0`` asks for).
@@ -335,6 +342,7 @@ class Client:
     """One connection's state (``conn.context``) once it has sent CONNECT."""
 
     __slots__ = (
+        "__weakref__",  # (the keep-alive timer's reference: see _arm_keep_alive)
         "alias_max_out",
         "aliases_in",
         "aliases_out",
@@ -359,7 +367,7 @@ class Client:
         self.keep_alive = keep_alive
         self.last_seen = time.monotonic()
         self.disconnected = False  # sent DISCONNECT: the will is dropped
-        self.timer: Any = None
+        self.timer: TimerHandle | None = None
         self.v5 = packet.protocol_level == 5
         self.window = window  # QoS 1 and 2 messages in flight to it, at most
         props = packet.properties or {}
@@ -748,7 +756,8 @@ class Broker(gevwire.Router):
     longest a session outlives its connection, in seconds (:data:`NEVER`: no limit);
     ``max_sessions``: the sessions that outlive their connection stored at once (a
     CONNECT that would add one more is refused); ``sys_interval``: seconds between
-    publications of ``$SYS/broker/`` (0: none), from :meth:`start`.
+    publications of ``$SYS/broker/`` (0: none), from :meth:`start`;
+    ``connect_timeout``: seconds a connection may take to send CONNECT.
     """
 
     def __init__(self, codec: MqttCodec, *, max_inflight: int = MAX_INFLIGHT,
@@ -761,7 +770,8 @@ class Broker(gevwire.Router):
                  max_keep_alive: int = MAX_KEEP_ALIVE,
                  max_session_expiry: int = MAX_SESSION_EXPIRY,
                  max_sessions: int = MAX_SESSIONS,
-                 sys_interval: float = SYS_INTERVAL) -> None:
+                 sys_interval: float = SYS_INTERVAL,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
         if not 1 <= max_inflight <= 0xFFFF:
             raise ValueError("max_inflight must be in 1..65535 (packet identifiers)")
         if max_queued < 0:
@@ -784,6 +794,8 @@ class Broker(gevwire.Router):
             raise ValueError("max_sessions must be >= 1")
         if sys_interval < 0:
             raise ValueError("sys_interval must be >= 0 (0: no $SYS tree)")
+        if not connect_timeout > 0:
+            raise ValueError("connect_timeout must be > 0")
         super().__init__(key="type")
         self.codec = codec
         self.max_inflight = max_inflight
@@ -797,6 +809,10 @@ class Broker(gevwire.Router):
         self.max_session_expiry = max_session_expiry
         self.max_sessions = max_sessions
         self.sys_interval = sys_interval
+        self.connect_timeout = connect_timeout
+        # The CONNECT timer of each connection that has not sent CONNECT yet (each
+        # connection's entry is set and taken on its own loop's thread).
+        self._connect_timers: dict[gevwire.Connection, TimerHandle] = {}
         # Reentrant: a send on the loop thread may close a connection (its write buffer
         # overflowed), which runs on_close, which takes the lock again.
         self.lock = threading.RLock()
@@ -864,12 +880,22 @@ class Broker(gevwire.Router):
     # -- connection lifecycle -----------------------------------------------------------
 
     def on_connect(self, conn: Any) -> None:  # type: ignore[override]
-        conn.loop.run_after(CONNECT_TIMEOUT, self._check_connected, conn)
+        self._connect_timers[conn] = conn.loop.run_after(
+            self.connect_timeout, self._check_connected, weakref.ref(conn))
 
-    def _check_connected(self, conn: gevwire.Connection) -> None:
+    def _check_connected(self, ref: weakref.ref[gevwire.Connection]) -> None:
+        conn = ref()
+        if conn is None:
+            return
+        self._connect_timers.pop(conn, None)
         if conn.context is None and conn.connected:
-            log.info("%r sent no CONNECT in %.0fs: closing", conn, CONNECT_TIMEOUT)
+            log.info("%r sent no CONNECT in %.1fs: closing", conn, self.connect_timeout)
             conn.close()
+
+    def _stop_connect_timer(self, conn: gevwire.Connection) -> None:
+        timer = self._connect_timers.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
 
     def on_message(self, conn: gevwire.Connection, frame: Any) -> Any:
         client: Client | None = conn.context
@@ -901,11 +927,13 @@ class Broker(gevwire.Router):
         client.conn.close()
 
     def on_close(self, conn: Any) -> None:  # type: ignore[override]
+        self._stop_connect_timer(conn)
         client: Client | None = conn.context
         if client is None:
             return
         if client.timer is not None:
             client.timer.cancel()
+            client.timer = None
         with self.lock:
             self.connected -= 1
             session = client.session
@@ -1014,8 +1042,18 @@ class Broker(gevwire.Router):
             if session.expiry:
                 self.stored -= 1
 
-    def _check_keep_alive(self, client: Client) -> None:
+    def _arm_keep_alive(self, client: Client, delay: float) -> None:
+        """Check ``client``'s keep-alive in ``delay`` seconds.  The timer refers to it
+        weakly: cancelled at close, it stays in the loop's heap until due (as long as
+        1.5x the keep-alive), and must not hold the closed connection until then."""
+        client.timer = client.conn.loop.run_after(delay, self._check_keep_alive,
+                                                  weakref.ref(client))
+
+    def _check_keep_alive(self, ref: weakref.ref[Client]) -> None:
         """Keep-alive timer: close a client silent for 1.5x keep-alive (spec 3.1.2.10)."""
+        client = ref()
+        if client is None:
+            return
         client.timer = None
         conn = client.conn
         if not conn.connected:
@@ -1023,7 +1061,7 @@ class Broker(gevwire.Router):
         limit = client.keep_alive * 1.5
         left = client.last_seen + limit - time.monotonic()
         if left > 0:
-            client.timer = conn.loop.run_after(left, self._check_keep_alive, client)
+            self._arm_keep_alive(client, left)
             return
         log.info("%s silent for %.1fs (keep-alive %ds): closing",
                  client.session.client_id, limit, client.keep_alive)
@@ -1128,6 +1166,7 @@ class Broker(gevwire.Router):
             client.alias_max_out = min(client.alias_max_out, self.topic_alias_maximum)
             session.client = client
             conn.context = client
+            self._stop_connect_timer(conn)
             self.connected += 1
             conn.send(ConnAck(0, present, connack_props))
             for message in list(session.inflight.values()):  # unacknowledged, in order
@@ -1137,8 +1176,7 @@ class Broker(gevwire.Router):
                     self._send_publish(client, message)  # DUP: it was sent before
             self._fill_window(session)  # then what waited in the queue
         if keep_alive:
-            client.timer = conn.loop.run_after(keep_alive * 1.5, self._check_keep_alive,
-                                               client)
+            self._arm_keep_alive(client, keep_alive * 1.5)
         log.info("%s connected (MQTT level %d, clean %s, keep-alive %ds)", client_id,
                  packet.protocol_level, packet.clean_session, keep_alive)
         return None
@@ -1151,8 +1189,11 @@ class Broker(gevwire.Router):
         packet_id = packet.packet_id
         props: EncodedProperties | None = None
         expires: float | None = None
-        if client.v5 and packet.properties:
-            alias = packet.properties.get("topic_alias")
+        # A decoded PUBLISH carries its properties as a dict (EncodedProperties are only
+        # made to be sent).
+        in_props = packet.properties if isinstance(packet.properties, dict) else None
+        if client.v5 and in_props:
+            alias = in_props.get("topic_alias")
             if alias is not None:
                 if alias > self.topic_alias_maximum:
                     self._disconnect(client, 0x94, f"topic alias {alias} over the maximum "
@@ -1166,10 +1207,10 @@ class Broker(gevwire.Router):
                         self._disconnect(client, 0x82, f"unknown topic alias {alias}")
                         return None
                     topic = known
-            if "subscription_identifier" in packet.properties:
+            if "subscription_identifier" in in_props:
                 self._disconnect(client, 0x82, "PUBLISH with a subscription identifier")
                 return None
-            props, expires = self._forwarded(packet.properties)
+            props, expires = self._forwarded(in_props)
         self.received += 1
         refused = 0
         if topic_levels(topic) > self.max_topic_levels:
@@ -1602,6 +1643,9 @@ def main() -> None:
                              "once (0: none; the clean sessions they hold end with them)")
     parser.add_argument("--sys-interval", type=float, default=SYS_INTERVAL,
                         help="seconds between publications of $SYS/broker/ (0: none)")
+    parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT,
+                        help="seconds a connection may take to send CONNECT; then it is "
+                             "closed")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     add_ssl_arguments(parser)  # --ssl-certfile, --ssl-keyfile ... (MQTT over TLS: 8883)
     args = parser.parse_args()
@@ -1620,7 +1664,8 @@ def main() -> None:
                         max_keep_alive=args.max_keep_alive,
                         max_session_expiry=args.max_session_expiry,
                         max_sessions=args.max_sessions,
-                        sys_interval=args.sys_interval)
+                        sys_interval=args.sys_interval,
+                        connect_timeout=args.connect_timeout)
     except ValueError as exc:
         parser.error(str(exc))
     if args.max_connections < 0:

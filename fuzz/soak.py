@@ -587,7 +587,7 @@ def run(seconds: float, targets: list[str], good: int, hostile: int,
     if not servers:
         raise SystemExit("no target could be started: " + json.dumps(unavailable))
     stop = tally.stop
-    threads = []
+    threads: list[threading.Thread] = []
     for name, child in servers.items():
         for k in range(good):
             corrupt = inject == "wrong-reply" and k == 0

@@ -237,13 +237,23 @@ class FramePipeline:
         if type(message) is bytes:  # its encoding costs at most its own size
             data = self._codec.encode(message)
         else:  # a container of references may encode to much more: measured first
-            parts: list[bytes] = []
-            size = self._codec.encode_into(parts, message)
-            if size > self._max_output:
-                raise WriteBufferFull(
-                    f"a message of {size} bytes exceeds max_write_buffer={self._max_output}")
+            parts = self.encode_parts(message)
             data = parts[0] if len(parts) == 1 else b"".join(parts)
         return data if type(data) is bytes else bytes(data)
+
+    def encode_parts(self, message: Any) -> list[bytes]:
+        """``message`` encoded as the parts the codec's ``encode_into`` gives, unjoined
+        (a large payload stays the object it was).
+
+        Raises :class:`~gevwire.WriteBufferFull` when they add up to more than
+        ``max_output``.
+        """
+        parts: list[bytes] = []
+        size = self._codec.encode_into(parts, message)
+        if size > self._max_output:
+            raise WriteBufferFull(
+                f"a message of {size} bytes exceeds max_write_buffer={self._max_output}")
+        return parts
 
     # -- reads -------------------------------------------------------------------------
 
@@ -513,7 +523,13 @@ class FramePipeline:
     def _write_parts(self, write: Callable[[bytes], None]) -> None:
         """Write what is gathered with ``write``: runs of small parts joined, a part
         over ``_JOIN_MAX`` (a large payload after its frame header) by itself, never
-        copied into a joined one."""
+        copied into a joined one.
+
+        A write may close the connection (past the hard cap): the pipeline is then
+        reset, and the parts left are dropped with the rest of its output.  A graceful
+        close asked for meanwhile (``stopped``) is no reason to stop: the reply it cut
+        would leave a frame header without its payload.
+        """
         pending = self.pending
         parts = pending.copy()
         pending.clear()
@@ -525,10 +541,12 @@ class FramePipeline:
             if run:
                 write(b"".join(run))
                 run.clear()
-            if self.stopped:
-                return
+                if self.pending is not pending:  # reset: the connection closed
+                    return
             write(part if type(part) is bytes else bytes(part))
-        if run and not self.stopped:
+            if self.pending is not pending:
+                return
+        if run:
             write(b"".join(run))
 
     def connected(self) -> None:

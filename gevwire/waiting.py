@@ -323,8 +323,9 @@ class Work:
         self.started = started
         self.coroutine = coroutine
         self.done = False
-        #: The reply, encoded, once done (None: no reply).
-        self.data: bytes | None = None
+        #: The reply's encoded parts, unjoined, once done (None: not done yet; empty:
+        #: no reply, or sent already).
+        self.data: list[bytes] | None = None
         #: The asyncio task or the executor's future (to cancel).
         self.handle: Any = None
         self.timer: TimerHandle | None = None
@@ -369,7 +370,8 @@ class WaitingPipeline(FramePipeline):
         self._max_pending = max_pending
         self._timeout = handler_timeout
         self._ordered = ordered
-        #: Work and ready replies in frame order (the replies wait for the work ahead).
+        #: Work and ready replies in frame order (the replies wait for the work ahead;
+        #: each as its encoded parts, unjoined).
         self._queue: deque[Work | bytes] = deque()
         self._queued_bytes = 0  # in the queue's ready replies
         #: Frames read while they could not start (``max_pending`` in flight, or an
@@ -451,7 +453,7 @@ class WaitingPipeline(FramePipeline):
                     if self._queued_bytes > self._max_output:
                         self._over_cap(self._queued_bytes)
                         break
-                    queue.append(parts[0] if len(parts) == 1 else b"".join(parts))
+                    queue.extend(parts)  # (unjoined: see after_work)
                 else:  # (handlers' sends, gathered here too, are never held back)
                     self._codec.encode_into(pending, result)
                     counters.frames_out += 1
@@ -488,7 +490,7 @@ class WaitingPipeline(FramePipeline):
             loop.frames_waiting += 1
             loop.frames_offloaded += 1
         else:
-            work.data = b""  # (on_connect: counted apart from frames, no reply)
+            work.data = []  # (on_connect: counted apart from frames, no reply)
         if coroutine:
             self._offloader.run_coroutine(loop, call, work, self, self._timeout)
         else:
@@ -519,7 +521,7 @@ class WaitingPipeline(FramePipeline):
             self.fail(error)
         elif result is not None:
             try:
-                work.data = self.encode(result)
+                work.data = self.encode_parts(result)
                 self._counters.frames_out += 1
             except WriteBufferFull as exc:
                 self.fail(exc, abort=True)
@@ -551,7 +553,12 @@ class WaitingPipeline(FramePipeline):
 
     def after_work(self) -> None:
         """Send the replies now in order, start what was held back, and tell a closing
-        transport when nothing is in flight."""
+        transport when nothing is in flight.
+
+        The replies leave as a read's do (:meth:`_write_gathered`): small parts joined
+        into one write, a part over the join limit (a large payload) written by itself,
+        never copied.
+        """
         queue = self._queue
         ready: list[bytes] = []
         if self._ordered:
@@ -562,19 +569,24 @@ class WaitingPipeline(FramePipeline):
                     ready.append(head)
                 elif head.done:
                     if head.data:
-                        ready.append(head.data)
+                        ready += head.data
                 else:
                     break
                 queue.popleft()
         else:  # (the queue holds work only)
             for work in queue:
                 if isinstance(work, Work) and work.done and work.data:
-                    ready.append(work.data)
-                    work.data = b""
+                    ready += work.data
+                    work.data = []
             while queue and isinstance(queue[0], Work) and queue[0].done:
                 queue.popleft()
         if ready and not self._closed:
-            self._transport._write(ready[0] if len(ready) == 1 else b"".join(ready))
+            pending = self.pending
+            if pending:  # (not expected: what a read gathers leaves at its end)
+                pending += ready
+            else:
+                self.pending = pending = ready
+            self._write_gathered(sum(map(len, pending)), self._transport._write)
         connecting = self._connecting
         if connecting is not None and connecting.done:
             self._connecting = None

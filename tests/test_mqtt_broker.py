@@ -9,6 +9,8 @@ on different threads.  Every wait is bounded and the broker is always killed.
 
 from __future__ import annotations
 
+import gc
+import math
 import queue
 import shutil
 import signal
@@ -17,11 +19,13 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from conftest import wait_until
 from example_process import (
     EXAMPLES,
     STOP_TIMEOUT,
@@ -284,6 +288,85 @@ def test_keep_alive_spares_a_client_that_pings(port: int) -> None:
             assert client.request(m.PingReq()) == m.PingResp()
             time.sleep(0.4)
         assert not client.wait_closed(0.2)
+
+
+# -- the CONNECT timeout ---------------------------------------------------------------
+
+
+def watched_broker(**options: Any) -> tuple[Any, list[weakref.ref[Any]], list[Any]]:
+    """An in-process broker that keeps a weak reference to each server-side connection
+    and the CONNECT timer it started for it."""
+    refs: list[weakref.ref[Any]] = []
+    timers: list[Any] = []
+
+    class Watched(broker_module().Broker):  # type: ignore[misc]
+        def on_connect(self, conn: Any) -> None:
+            refs.append(weakref.ref(conn))
+            super().on_connect(conn)
+            timers.append(self._connect_timers[conn])
+
+    return Watched(CODEC, sys_interval=0, **options), refs, timers
+
+
+@pytest.mark.parametrize("sends_connect", [True, False])
+def test_a_closed_connection_is_not_held_by_its_timers(serve: Any, sends_connect: bool) -> None:
+    """A client that connects (with a keep-alive), maybe sends CONNECT, and goes: its
+    connection is freed at once, not held by its timers until they would be due
+    (CONNECT: 10 s; keep-alive: 90 s).  Cancelling is not enough: the loop drops a
+    cancelled timer only once it reaches the top of its heap, and a busy broker has
+    live timers ahead of it (here the CONNECT timer of a client that came first)."""
+    broker, refs, timers = watched_broker()
+    port = serve(broker, codec=CODEC, loops=1).address[1]
+    started = time.monotonic()
+    with raw_client(port) as earlier:  # its CONNECT timer is due first, and stays live
+        assert wait_until(lambda: timers)
+        connect = m.Connect(f"gone-{unique()}", keep_alive=60) if sends_connect else None
+        with raw_client(port, connect):
+            assert wait_until(lambda: len(timers) == 2)
+            # Cancelled once CONNECT is accepted (before its CONNACK), else running.
+            assert timers[1].cancelled is sends_connect
+        assert wait_until(lambda: len(broker._connect_timers) == 1)  # (no CONNECT: on_close)
+        assert timers[1].cancelled and not timers[0].cancelled
+        timers.clear()  # (the test's own references)
+
+        def freed() -> bool:
+            gc.collect()
+            return refs[1]() is None
+
+        assert wait_until(freed, timeout=3.0), "a closed connection is still referenced"
+        assert time.monotonic() - started < broker.connect_timeout / 2
+        assert refs[0]() is not None and not earlier.wait_closed(0)
+
+
+def test_a_connection_that_sends_no_connect_is_closed_at_connect_timeout(serve: Any) -> None:
+    broker, refs, timers = watched_broker(connect_timeout=0.3)
+    port = serve(broker, codec=CODEC, loops=1).address[1]
+    started = time.monotonic()
+    with raw_client(port) as silent:
+        assert wait_until(lambda: refs)
+        with raw_client(port, m.Connect(f"p-{unique()}")) as prompt:
+            assert silent.wait_closed(5.0), "a client that sent no CONNECT was not closed"
+            assert 0.25 < time.monotonic() - started < 3.0
+            time.sleep(0.4)  # past the prompt client's timeout too: cancelled at CONNECT
+            assert prompt.request(m.PingReq()) == m.PingResp()
+            assert not prompt.wait_closed(0.1)
+            assert [timer.cancelled for timer in timers] == [False, True]
+            timers.clear()
+
+            def freed() -> bool:
+                gc.collect()
+                return refs[0]() is None
+
+            assert wait_until(freed), "the connection closed at its timeout is still held"
+    assert wait_until(lambda: not broker._connect_timers)
+
+
+def test_connect_timeout_is_checked() -> None:
+    module = broker_module()
+    assert module.Broker(CODEC).connect_timeout == module.CONNECT_TIMEOUT == 10.0
+    for bad in (0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="connect_timeout"):
+            module.Broker(CODEC, connect_timeout=bad)
 
 
 def test_raw_qos1_packet_ids_and_puback(port: int) -> None:
@@ -766,7 +849,7 @@ def test_limits_out_of_range_are_refused_on_the_command_line() -> None:
                           ("--max-retained-visits", "-1"), ("--max-sessions", "0"),
                           ("--max-session-expiry", "-1"),
                           ("--max-session-expiry", "4294967296"),
-                          ("--max-connections", "-1")):
+                          ("--max-connections", "-1"), ("--connect-timeout", "0")):
         done = subprocess.run([sys.executable, str(EXAMPLES / "mqtt_broker.py"), "--port",
                                "0", option, value], env=example_env(), capture_output=True,
                               text=True, timeout=WAIT + STOP_TIMEOUT)

@@ -10,7 +10,7 @@ from typing import Any
 
 import construct as c  # type: ignore[import-untyped]
 import pytest
-from conftest import ServeFn, peer_closed, wait_until
+from conftest import ServeFn, peer_closed, recv_until_eof, wait_until
 
 import gevwire
 from gevwire import DecoderContractError, FrameError, FrameTooLarge
@@ -516,3 +516,187 @@ def test_a_flush_in_the_middle_of_a_read_writes_a_large_part_unjoined(
     assert writes[:2] + writes[3:] == [b"<abababab>", b"<", b">"]
     assert writes[2] is Pieces.big  # the payload itself, never copied into a join
     assert split == [3]
+
+
+class Closer(Header):
+    """As :class:`Header`, and ``big`` asks for a graceful close before its reply."""
+
+    def on_message(self, conn: Any, frame: Any) -> Any:
+        if frame == b"big":
+            conn.close()
+        return super().on_message(conn, frame)
+
+
+def test_a_close_asked_by_the_handler_does_not_cut_its_large_reply() -> None:
+    """``close()`` in a handler still sends the reply it returns: all of it, not the
+    header of a large one without its payload."""
+    handler = Closer()
+    pipeline, wire, _ = make(handler, Parts(), high_water=1 << 30)
+    assert pipeline.received(b"a\nbig\nb\n") is None
+    writes = [data for kind, data in wire.calls if kind == "batch"]
+    assert writes == [b"a<", handler.payload, b">"]  # (b: after the close, not dispatched)
+    assert writes[1] is handler.payload
+    assert ("close", None) in wire.calls
+
+
+def test_a_connection_closed_under_a_write_gets_no_more_parts() -> None:
+    """A write that closes the connection (past the hard cap the transport resets the
+    pipeline) ends the parts: nothing is written to a closed connection."""
+    handler = Header()
+    pipeline, wire, _ = make(handler, Parts(), high_water=1 << 30)
+
+    def write_then_close(data: bytes) -> None:
+        wire.calls.append(("batch", data))
+        pipeline.release()  # as Connection._close_now does
+
+    wire._write_batch = write_then_close  # type: ignore[method-assign]
+    assert pipeline.received(b"a\nbig\nb\n") is None
+    assert wire.calls == [("batch", b"a<")]
+
+
+def test_a_large_reply_of_a_handler_that_closes_reaches_the_peer_whole(
+        serve: ServeFn) -> None:
+    big = b"p" * (1 << 20)
+
+    class CloseAfter(gevwire.Handler):
+        def on_message(self, conn: gevwire.Connection, frame: bytes) -> bytes:
+            if frame == b"big":
+                conn.close()
+                return big
+            return frame
+
+    server = serve(CloseAfter(), codec=length_field(initial_bytes_to_strip=4,
+                                                    max_frame_size=2 << 20))
+    with socket.create_connection(server.address[:2], timeout=10) as sock:
+        sock.sendall(struct.pack(">I", 1) + b"a" + struct.pack(">I", 3) + b"big")
+        assert recv_until_eof(sock) == (struct.pack(">I", 1) + b"a"
+                                        + struct.pack(">I", len(big)) + big)
+
+
+class Loop:
+    """What a waiting pipeline asks of its event loop, no thread behind it."""
+
+    now = 0.0
+    frames_waiting = 0
+    frames_offloaded = 0
+    offload_wait = 0.0
+
+
+class Hand:
+    """An offloader that keeps each coroutine's work for the test to end by hand."""
+
+    def __init__(self) -> None:
+        self.works: list[Any] = []
+
+    def run_coroutine(self, loop: Any, coro: Any, work: Any, pipe: Any,
+                      timeout: float | None) -> None:
+        coro.close()
+        self.works.append(work)
+
+
+class Slow(Header):
+    """As :class:`Header`, and ``slow`` waits (its work ends when the test says)."""
+
+    def on_message(self, conn: Any, frame: Any) -> Any:
+        if frame == b"slow":
+            return self.wait()
+        return super().on_message(conn, frame)
+
+    async def wait(self) -> None:
+        """(never run: :class:`Hand` ends the work)"""
+
+
+class WaitingWire(Wire):
+    """A :class:`Wire` with what a waiting pipeline asks of its transport besides."""
+
+    def _hold_for_work(self) -> None:
+        pass
+
+    def _unhold_for_work(self) -> None:
+        pass
+
+    def _work_done(self) -> None:
+        self.calls.append(("work done", None))
+
+    def _closed(self) -> None:
+        self.calls.append(("closed", None))
+
+
+def waiting(handler: Any) -> tuple[WaitingPipeline, Wire, Hand]:
+    wire, hand = WaitingWire(), Hand()
+
+    class Conn:
+        loop = Loop()
+
+        def close(self) -> None:
+            wire._close_gracefully()
+
+    pipeline = WaitingPipeline(Conn(), handler, Parts(), wire, Counters(),
+                               high_water=1 << 30, offloader=hand)  # type: ignore[arg-type]
+    wire.pipeline = pipeline
+    return pipeline, wire, hand
+
+
+def writes_of(wire: Wire) -> list[bytes]:
+    return [data for kind, data in wire.calls if kind in ("write", "batch")]
+
+
+def test_a_large_reply_queued_behind_work_in_flight_leaves_unjoined_in_order() -> None:
+    """A reply that waits for the frame ahead of it keeps its parts: when that frame's
+    work ends, the small parts around the large payload are joined and the payload goes
+    out as the very object the handler gave, all in frame order."""
+    handler = Slow()
+    pipeline, wire, hand = waiting(handler)
+    assert pipeline.received(b"slow\na\nbig\nb\n") is None
+    assert writes_of(wire) == []  # all behind the work in flight
+    pipeline.work_done(hand.works[0], b"S", None)
+    writes = writes_of(wire)
+    assert writes == [b"Sa<", handler.payload, b">b"]
+    assert writes[1] is handler.payload
+    assert pipeline._queued_bytes == 0
+
+
+def test_a_waiting_handlers_large_reply_leaves_unjoined_with_those_behind_it() -> None:
+    """The reply of the work itself, released with the replies queued behind it."""
+    handler = Slow()
+    pipeline, wire, hand = waiting(handler)
+    assert pipeline.received(b"slow\nslow\nb\n") is None
+    pipeline.work_done(hand.works[1], b"T", None)  # the second ends first: it waits
+    assert writes_of(wire) == []
+    pipeline.work_done(hand.works[0], [b"<", handler.payload, b">"], None)
+    writes = writes_of(wire)
+    assert writes == [b"<", handler.payload, b">Tb"]
+    assert writes[1] is handler.payload
+
+
+def test_small_replies_released_together_leave_in_one_write() -> None:
+    pipeline, wire, hand = waiting(Slow())
+    assert pipeline.received(b"slow\na\nb\n") is None
+    pipeline.work_done(hand.works[0], [b"S", b"s"], None)
+    assert wire.calls == [("write", b"Ssab")]
+
+
+def test_unordered_replies_keep_a_large_part_unjoined_too() -> None:
+    handler = Slow()
+    pipeline, wire, hand = waiting(handler)
+    pipeline._ordered = False
+    assert pipeline.received(b"slow\nslow\n") is None
+    pipeline.work_done(hand.works[1], [b"<", handler.payload, b">"], None)
+    pipeline.work_done(hand.works[0], b"S", None)
+    writes = writes_of(wire)
+    assert writes == [b"<", handler.payload, b">", b"S"]
+    assert writes[1] is handler.payload
+
+
+def test_a_graceful_close_waits_for_work_and_sends_a_large_reply_whole() -> None:
+    """Closing with work in flight: the replies behind it still leave, all of them."""
+    handler = Slow()
+    pipeline, wire, hand = waiting(handler)
+    assert pipeline.received(b"slow\nbig\n") is None
+    pipeline.conn.close()
+    assert pipeline.stopped
+    pipeline.work_done(hand.works[0], b"S", None)
+    writes = writes_of(wire)
+    assert writes == [b"S<", handler.payload, b">"]
+    assert writes[1] is handler.payload
+    assert wire.calls[-1] == ("work done", None)  # then the transport closes

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ import pytest
 from conftest import recv_until_eof, set_linger_reset, wait_until
 
 import gevwire
+from gevwire.codecs import length_field
 from gevwire.codecs.line import line
 from gevwire.pipeline import FramePipeline
 from gevwire.waiting import WaitingPipeline
@@ -683,3 +686,45 @@ def test_an_async_handler_awaits_drained_between_chunks(serve: Any) -> None:
     assert size == 4 * (len(chunk) + 1) + 5
     assert progress == [0, 1, 2, 3]
     sock.close()
+
+
+@pytest.mark.parametrize("closing", [False, True])
+def test_a_large_reply_behind_work_in_flight_reaches_the_peer_whole_in_order(
+        closing: bool) -> None:
+    """A 4 MiB reply queued behind an ``async`` frame, and the ``async`` frame's own large
+    reply, leave unjoined (see test_pipeline) and reach the peer whole, in frame order;
+    also when the client's EOF asks for a graceful close while the work is in flight."""
+    payload = os.urandom(4 << 20)
+    router = gevwire.Router(key=lambda frame: frame[:3])
+
+    @router.on(b"slo")
+    async def slow(conn: gevwire.Connection, frame: bytes) -> bytes:
+        await asyncio.sleep(0.2)
+        return frame + payload
+
+    @router.on(b"big")
+    def big(conn: gevwire.Connection, frame: bytes) -> bytes:
+        return payload
+
+    router.on(b"sma")(lambda conn, frame: frame)
+    codec = length_field(initial_bytes_to_strip=4, max_frame_size=8 << 20)
+    server = gevwire.Server(router, address="127.0.0.1:0", codec=codec).start()
+    try:
+        sock = client(server)
+        frames = [b"slow", b"small 1", b"big", b"small 2"]
+        sock.sendall(b"".join(struct.pack(">I", len(f)) + f for f in frames))
+        replies = [b"slow" + payload, b"small 1", payload, b"small 2"]
+        expected = b"".join(struct.pack(">I", len(r)) + r for r in replies)
+        if closing:
+            sock.shutdown(socket.SHUT_WR)
+            assert recv_until_eof(sock) == expected
+        else:
+            data = b""
+            while len(data) < len(expected):
+                chunk = sock.recv(1 << 20)
+                assert chunk, f"EOF after {len(data)} of {len(expected)} bytes"
+                data += chunk
+            assert data == expected
+        sock.close()
+    finally:
+        server.stop()
