@@ -3,7 +3,10 @@
 A heap costs O(log n) per timer and nothing per loop turn beyond a look at its top,
 which is what a reactor whose timers are mostly far-off idle deadlines needs.
 Cancelled timers stay in the heap until they reach the top (lazy deletion); when more
-than half the heap is cancelled it is rebuilt, so cancel-heavy use cannot grow it.
+than half the heap is cancelled it is rebuilt, so cancel-heavy use cannot grow it.  A
+cancelled timer lets go of its callback and arguments at once (as asyncio's handles
+do): what they refer to, a closed connection say, is not kept until the timer's
+deadline.
 """
 
 from __future__ import annotations
@@ -59,7 +62,9 @@ class TimerHandle:
     def cancel(self) -> None:
         """Stop the timer; safe from any thread and more than once."""
         if not self.cancelled:
-            self.cancelled = True
+            self.cancelled = True  # (before the callback goes: see TimerQueue.run_due)
+            self._callback = _cancelled
+            self._args = ()
             if self._queued:
                 self._queue._cancelled += 1
 
@@ -67,8 +72,14 @@ class TimerHandle:
         return (self._deadline, self._seq) < (other._deadline, other._seq)
 
     def __repr__(self) -> str:
-        state = "cancelled" if self.cancelled else f"at {self._deadline:.3f}"
-        return f"<TimerHandle {getattr(self._callback, '__qualname__', self._callback)} {state}>"
+        if self.cancelled:
+            return "<TimerHandle cancelled>"
+        name = getattr(self._callback, "__qualname__", self._callback)
+        return f"<TimerHandle {name} at {self._deadline:.3f}>"
+
+
+def _cancelled(*args: Any) -> None:
+    """What a cancelled timer holds instead of its callback."""
 
 
 class TimerQueue:
@@ -121,13 +132,17 @@ class TimerQueue:
         while heap and heap[0]._deadline <= now:
             handle = heapq.heappop(heap)
             handle._queued = False
+            # Taken before the check: cancel() (from any thread) marks the timer
+            # cancelled before it lets go of them, so a pair read half-cleared is
+            # never called.
+            callback, args = handle._callback, handle._args
             if handle.cancelled:
                 self._cancelled = max(0, self._cancelled - 1)
                 continue
             try:
-                handle._callback(*handle._args)
+                callback(*args)
             except Exception:
-                log.exception("timer callback %r failed", handle._callback)
+                log.exception("timer callback %r failed", callback)
             if handle._interval is not None and not handle.cancelled:
                 # Next deadline from the scheduled one, not from now, so a periodic
                 # timer does not drift; skip missed beats after a stall.

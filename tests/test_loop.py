@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -253,6 +255,29 @@ def test_cancelled_run_after_never_fires(running: Running) -> None:
     assert wait_until(lambda: fired == ["kept"], 5)
     time.sleep(0.05)
     assert fired == ["kept"]
+
+
+def test_a_cancelled_timer_lets_go_of_its_callback_and_arguments(running: Running) -> None:
+    """Cancelled, a far-off timer stays in the heap until its deadline; what its
+    callback and arguments refer to (a closed connection, say) must not stay with it."""
+
+    class Held:
+        def fire(self, other: object) -> None:
+            raise AssertionError("a cancelled timer fired")
+
+    held, argument = Held(), Held()
+    held_ref, argument_ref = weakref.ref(held), weakref.ref(argument)
+    handle = running.loop.run_after(3600, held.fire, argument)
+    repeating = running.loop.run_every(3600, held.fire, argument)
+    del held, argument
+    gc.collect()
+    assert held_ref() is not None and argument_ref() is not None  # (scheduled: held)
+    handle.cancel()
+    repeating.cancel()
+    gc.collect()
+    assert held_ref() is None and argument_ref() is None
+    assert running.call(lambda: len(running.loop._timers)) == 0
+    assert repr(handle) == "<TimerHandle cancelled>"
 
 
 def test_run_every_rejects_a_non_positive_interval(running: Running) -> None:

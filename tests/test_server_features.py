@@ -3,10 +3,12 @@ balancing, Unix sockets and IPv6, stats."""
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import tempfile
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -48,6 +50,37 @@ def test_idle_connection_is_closed_and_active_one_is_not() -> None:
         assert server.stats()["errors"].get("idle_timeout") == 1
         idle.close()
         active.close()
+
+
+def test_a_closed_connection_is_not_kept_until_its_timers_deadlines() -> None:
+    """A connection's idle, frame and close timers are cancelled when it closes; their
+    deadlines (an hour here) are far off, and the loop's timer heap keeps a cancelled
+    timer until then: the connection must not be kept with it."""
+
+    class Remember(Echo):
+        def __init__(self) -> None:
+            super().__init__()
+            self.connections: list[weakref.ref[gevwire.Connection]] = []
+
+        def on_connect(self, conn: gevwire.Connection) -> None:
+            self.connections.append(weakref.ref(conn))
+
+    handler = Remember()
+    with gevwire.Server(handler, address="127.0.0.1:0", idle_timeout=3600,
+                        frame_timeout=3600) as server:
+        # A live timer due before theirs: the heap drops a cancelled timer when it
+        # reaches the top, so without one ahead they would leave at the next turn.
+        ahead = [loop.run_after(1800, lambda: None) for loop in server.loops]
+        for _ in range(3):
+            with client(server) as sock:
+                sock.sendall(b"\x00" * 8)
+                assert recv_exactly(sock, 8) == b"\x00" * 8
+        assert wait_until(lambda: server.stats()["connections_open"] == 0, 5)
+        gc.collect()
+        assert len(handler.connections) == 3
+        assert [ref() for ref in handler.connections] == [None] * 3
+        for timer in ahead:
+            timer.cancel()
 
 
 def test_idle_timeout_must_be_positive() -> None:
