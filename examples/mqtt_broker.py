@@ -109,10 +109,8 @@ What it does, by packet:
   0x8D first).  One loop timer per connection, re-armed only when it fires (packets just
   stamp the time).
 - A connection that sends no CONNECT within ``connect_timeout`` seconds (10) is closed.
-  Its timer is cancelled when CONNECT is accepted or the connection closes, and, like
-  the keep-alive timer, refers to the connection weakly: a cancelled timer stays in the
-  loop's heap until it is due (gevwire removes cancelled timers lazily), and must not
-  keep a closed connection's buffers and state alive until then.
+  Its timer is cancelled when CONNECT is accepted or the connection closes, as the
+  keep-alive timer is at close (a cancelled timer lets go of the connection at once).
 - A packet before CONNECT, a second CONNECT, a packet only a server sends, or a
   malformed packet closes the connection, as the spec asks; an MQTT 5.0 client is told
   why first (DISCONNECT 0x81 malformed, 0x82 protocol error, 0x95 packet too large).
@@ -150,7 +148,6 @@ import signal
 import threading
 import time
 import uuid
-import weakref
 from collections import deque
 from types import FrameType
 from typing import Any
@@ -342,7 +339,6 @@ class Client:
     """One connection's state (``conn.context``) once it has sent CONNECT."""
 
     __slots__ = (
-        "__weakref__",  # (the keep-alive timer's reference: see _arm_keep_alive)
         "alias_max_out",
         "aliases_in",
         "aliases_out",
@@ -881,12 +877,9 @@ class Broker(gevwire.Router):
 
     def on_connect(self, conn: Any) -> None:  # type: ignore[override]
         self._connect_timers[conn] = conn.loop.run_after(
-            self.connect_timeout, self._check_connected, weakref.ref(conn))
+            self.connect_timeout, self._check_connected, conn)
 
-    def _check_connected(self, ref: weakref.ref[gevwire.Connection]) -> None:
-        conn = ref()
-        if conn is None:
-            return
+    def _check_connected(self, conn: gevwire.Connection) -> None:
         self._connect_timers.pop(conn, None)
         if conn.context is None and conn.connected:
             log.info("%r sent no CONNECT in %.1fs: closing", conn, self.connect_timeout)
@@ -1043,17 +1036,12 @@ class Broker(gevwire.Router):
                 self.stored -= 1
 
     def _arm_keep_alive(self, client: Client, delay: float) -> None:
-        """Check ``client``'s keep-alive in ``delay`` seconds.  The timer refers to it
-        weakly: cancelled at close, it stays in the loop's heap until due (as long as
-        1.5x the keep-alive), and must not hold the closed connection until then."""
+        """Check ``client``'s keep-alive in ``delay`` seconds (cancelled at close)."""
         client.timer = client.conn.loop.run_after(delay, self._check_keep_alive,
-                                                  weakref.ref(client))
+                                                  client)
 
-    def _check_keep_alive(self, ref: weakref.ref[Client]) -> None:
+    def _check_keep_alive(self, client: Client) -> None:
         """Keep-alive timer: close a client silent for 1.5x keep-alive (spec 3.1.2.10)."""
-        client = ref()
-        if client is None:
-            return
         client.timer = None
         conn = client.conn
         if not conn.connected:

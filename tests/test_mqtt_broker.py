@@ -312,9 +312,10 @@ def watched_broker(**options: Any) -> tuple[Any, list[weakref.ref[Any]], list[An
 def test_a_closed_connection_is_not_held_by_its_timers(serve: Any, sends_connect: bool) -> None:
     """A client that connects (with a keep-alive), maybe sends CONNECT, and goes: its
     connection is freed at once, not held by its timers until they would be due
-    (CONNECT: 10 s; keep-alive: 90 s).  Cancelling is not enough: the loop drops a
+    (CONNECT: 10 s; keep-alive: 90 s).  The broker cancels them; the loop drops a
     cancelled timer only once it reaches the top of its heap, and a busy broker has
-    live timers ahead of it (here the CONNECT timer of a client that came first)."""
+    live timers ahead of it (here the CONNECT timer of a client that came first), so a
+    cancelled timer must let go of what it would have called."""
     broker, refs, timers = watched_broker()
     port = serve(broker, codec=CODEC, loops=1).address[1]
     started = time.monotonic()
