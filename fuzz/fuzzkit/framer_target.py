@@ -24,7 +24,7 @@ from construct import this
 from fuzzkit.case import Case, split
 from fuzzkit.codec_target import compare, decode_only, feed_reads, same
 from fuzzkit.target import RINGS, ByteReader, HarnessFailure, Target
-from gevwire import codecs  # type: ignore[attr-defined,unused-ignore]
+from gevwire import codecs
 from gevwire.codec import BaseCodec, Codec
 from gevwire.loop import SPARE_SIZE
 from gevwire.testing import feed

@@ -27,7 +27,7 @@ from fuzzkit.codec_target import SKIP, CodecTarget, ConstructTarget
 from fuzzkit.framer_target import FramerTarget
 from fuzzkit.ring_target import RingTarget
 from fuzzkit.target import on_load, register
-from gevwire import codecs  # type: ignore[attr-defined,unused-ignore]
+from gevwire import codecs
 from gevwire.codec import BaseCodec, Codec
 from gevwire.testing import strategy_for
 
