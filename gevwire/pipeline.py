@@ -317,39 +317,43 @@ class FramePipeline:
             return
         # An incomplete frame, or one the batch cutter leaves to decode() (errors,
         # discards): the ring takes it, and decode() runs after this read's frames.
+        # (Not the batch cutter again: it has just declined these very bytes.)
         self.input.write(memoryview(data)[used:])
         if frames:
             self.dispatch(frames)
         if not self.stopped:
-            self.cut_ring()
+            self.cut_ring(batch=False)
 
-    def cut_ring(self) -> None:
+    def cut_ring(self, *, batch: bool = True) -> None:
         """Cut every whole frame buffered in ``input`` and dispatch them.
 
         For a transport that reads into the ring itself (``readv`` while a partial frame
-        is buffered) and for what :meth:`received` left there.
+        is buffered) and for what :meth:`received` left there.  ``batch=False``: the
+        batch cutter is not tried first (``decode`` alone is the contract; the caller
+        knows the batch cutter declined what is buffered).
         """
         if self.stopped:  # closing: nothing more is cut
             return
         ring = self.input
         buffered = ring._len
         frames: list[Any] = []
-        first, second = ring.peek_all()
-        if not second:
-            # Contiguous: cut whole frames with the batch path, leaving decode() only
-            # the tail or whatever the batch cutter declined.
-            try:
-                frames, used = self._decoder.decode_view(first)
-            except Exception as exc:
-                self.fail(exc)
-                return
-            if used:
-                if not 0 <= used <= len(first):
-                    self.fail(DecoderContractError(
-                        f"{type(self._decoder).__name__}.decode_view used {used} of "
-                        f"{len(first)} bytes"))
+        if batch:
+            first, second = ring.peek_all()
+            if not second:
+                # Contiguous: cut whole frames with the batch path, leaving decode() only
+                # the tail or whatever the batch cutter declined.
+                try:
+                    frames, used = self._decoder.decode_view(first)
+                except Exception as exc:
+                    self.fail(exc)
                     return
-                ring.retrieve(used)
+                if used:
+                    if not 0 <= used <= len(first):
+                        self.fail(DecoderContractError(
+                            f"{type(self._decoder).__name__}.decode_view used {used} of "
+                            f"{len(first)} bytes"))
+                        return
+                    ring.retrieve(used)
         decode = self._decoder.decode
         progress: DecodeProgress | None = None
         start = ring._len

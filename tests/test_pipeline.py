@@ -122,6 +122,44 @@ def test_a_partial_frame_waits_in_the_ring_and_its_reply_follows_the_earlier_one
     assert pipeline.input.length == 0
 
 
+def test_a_read_ending_in_a_partial_frame_is_batch_cut_once() -> None:
+    """The batch cutter declined the read's tail (a partial frame): the ring takes it
+    and ``decode`` alone looks at it, not the batch cutter a second time."""
+    calls: list[str] = []
+
+    class Counted(gevwire.Decoder):
+        def __init__(self, inner: gevwire.Decoder) -> None:
+            self.inner = inner
+
+        def decode(self, ring: RingBuffer) -> Any:
+            calls.append("decode")
+            return self.inner.decode(ring)
+
+        def decode_view(self, view: memoryview) -> tuple[list[Any], int]:
+            calls.append("decode_view")
+            return self.inner.decode_view(view)
+
+        def decode_bytes(self, data: bytes) -> tuple[list[Any], int]:
+            calls.append("decode_bytes")
+            return self.inner.decode_bytes(data)
+
+    class Counting(gevwire.Codec):
+        def decoder(self) -> gevwire.Decoder:
+            return Counted(super().decoder())
+
+    pipeline, wire, counters = make(Upper(), Counting(c.Prefixed(c.Int32ub, c.GreedyBytes)))
+    whole, partial = b"\x00\x00\x00\x02ab", b"\x00\x00\x00\x03c"
+    assert pipeline.received(whole + partial) is None
+    assert calls == ["decode_bytes", "decode"]
+    assert wire.sent == b"\x00\x00\x00\x02AB" and pipeline.input.length == len(partial)
+    calls.clear()
+    assert pipeline.received(b"de") is None  # the ring holds a partial: cut from it
+    assert calls == ["decode_view"]
+    assert wire.sent == b"\x00\x00\x00\x02AB\x00\x00\x00\x03CDE"
+    assert pipeline.input.length == 0
+    assert (counters.frames_in, counters.frames_out) == (2, 2)
+
+
 def test_view_reads_keep_no_reference_to_the_reused_buffer() -> None:
     pipeline, wire, _ = make(Upper(), view_reads=True)
     buffer = bytearray(b"abc\nde")
