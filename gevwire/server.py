@@ -22,7 +22,7 @@ from typing import Any
 
 import construct  # type: ignore[import-untyped]
 
-from gevwire._socket_io import ReadinessIO
+from gevwire._socket_io import ReadinessIO, SocketIO
 from gevwire._sys import close as sys_close
 from gevwire._sys import set_nodelay
 from gevwire._uring.connection import UringIO
@@ -841,8 +841,9 @@ class _InProcess(_Runner):
             return
         server = self._server
         # PROXY headers are read by readiness (on io_uring, on the loop's epoll).
-        io: Any = UringIO if isinstance(loop, UringLoop) and not server.options.proxy_protocol \
-            else ReadinessIO
+        io: type[SocketIO] = ReadinessIO
+        if isinstance(loop, UringLoop) and not server.options.proxy_protocol:
+            io = UringIO
         try:
             if server.ssl is None:
                 conn = Connection(loop, fd, peer, server.handler, server.codec,
