@@ -17,6 +17,7 @@ import construct as c  # type: ignore[import-untyped]
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_pipeline import Wire
 
 import gevwire
 from gevwire import pipeline as pipeline_module
@@ -36,36 +37,6 @@ FORMATS = {
     "Int16ub including itself": (c.Prefixed(c.Int16ub, c.GreedyBytes, includelength=True),
                                  ">H", -2),
 }
-
-
-class Wire:
-    """A transport that records what it is asked, in order."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-        self.pipeline: FramePipeline | None = None
-
-    def _write(self, data: bytes) -> None:
-        self.calls.append(("write", bytes(data)))
-
-    def _write_batch(self, data: bytes) -> None:
-        self.calls.append(("batch", bytes(data)))
-
-    def _close_gracefully(self) -> None:
-        self.calls.append(("close", None))
-        assert self.pipeline is not None
-        self.pipeline.stopped = True
-
-    def _close_now(self) -> None:
-        self.calls.append(("abort", None))
-        assert self.pipeline is not None
-        self.pipeline.stopped = True
-
-    def _refuses_sends(self) -> bool:
-        return False
-
-    def _partial_frame_started(self) -> None:
-        self.calls.append(("partial", None))
 
 
 class Actor(gevwire.Handler):
