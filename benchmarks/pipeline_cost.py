@@ -19,7 +19,8 @@ big-endian length + payload) and produces the same reply bytes (checked before t
 - ``gevwire pipeline``: ``FramePipeline.received`` with ``examples/framed_echo.py``'s codec
   and handler and a transport that keeps what it is given: cut, dispatch, the checks a
   connection needs (its close, the write water mark, ``max_write_buffer``, errors,
-  counters), encode, gather.
+  counters), encode, gather. Compiled (``gevwire._speedups``) where it was built, and
+  then once more on the Python path.
 
 A connection adds its read, write and loop turn to every row alike; on uvloop those are
 C. ``run_echo.py --framed`` gives the whole figure.
@@ -47,7 +48,7 @@ import construct as c  # type: ignore[import-untyped]
 
 import gevwire
 from gevwire.codec import Codec
-from gevwire.pipeline import Counters, FramePipeline
+from gevwire.pipeline import COMPILED, Counters, FramePipeline
 
 BENCH_DIR = Path(__file__).resolve().parent
 _PREFIX = struct.Struct(">I")
@@ -123,10 +124,12 @@ def asyncio_protocol() -> tuple[Callable[[bytes], None], KeepingTransport]:
     return protocol.data_received, transport
 
 
-def gevwire_pipeline() -> tuple[Callable[[bytes], Any], KeepingTransport]:
+def gevwire_pipeline(compiled: bool = True) -> tuple[Callable[[bytes], Any], KeepingTransport]:
     transport = KeepingTransport()
     codec = Codec(c.Prefixed(c.Int32ub, c.GreedyBytes))
     pipeline = FramePipeline(object(), Echo(), codec, transport, Counters())
+    if not compiled:
+        pipeline._spans = None  # (the Python path, as without gevwire._speedups)
 
     def received(data: bytes) -> None:
         reply = pipeline.received(data)  # (one frame: the reply, for the caller to write)
@@ -193,8 +196,12 @@ def main(argv: list[str] | None = None) -> int:
                                ("hand-written + a handler call", True)):
         cut = hand_written(handler_call)
         rows.append((name, cut, _returned(cut, data)))
-    for name, make in (("asyncio Protocol", asyncio_protocol),
-                       ("gevwire pipeline", gevwire_pipeline)):
+    makers: list[tuple[str, Callable[[], tuple[Callable[[bytes], Any], KeepingTransport]]]] = [
+        ("asyncio Protocol", asyncio_protocol),
+        ("gevwire pipeline" + (", compiled" if COMPILED else ""), gevwire_pipeline)]
+    if COMPILED:
+        makers.append(("gevwire pipeline, Python path", lambda: gevwire_pipeline(False)))
+    for name, make in makers:
         call, transport = make()
         rows.append((name, call, _written(call, transport, data)))
     for name, _, output in rows:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any, Generic
 
@@ -299,6 +300,8 @@ class Codec(BaseCodec[Any]):
         # of all — gets a decoder and encoder of its own: one unpack and one slice per
         # frame, the cost of hand-written framing.
         self._bytes_prefix = _bytes_prefix(schema)
+        #: For the compiled cutter, when the bytes-prefix encoder is this codec's.
+        self.spans: SpanParams | None = None
         if self.fast is not None:
             self.layout = self.fast.layout
             self.parse_frame: Callable[[Buffer, int, int], Any] = self.fast.decode
@@ -324,6 +327,7 @@ class Codec(BaseCodec[Any]):
             self.encode = self._prefix_encoder(*self._bytes_prefix)  # type: ignore[method-assign,assignment]
             if type(self).encode_into is BaseCodec.encode_into:
                 self.encode_into = self._prefix_encoder_into(*self._bytes_prefix)  # type: ignore[method-assign,assignment]
+                self.spans = _span_params(*self._bytes_prefix, max_frame_size)
 
     def _prefix_encoder(self, fmt: struct.Struct, extra: int) -> Callable[[Any], bytes]:
         """``encode`` for ``Prefixed(<int>, GreedyBytes)``: one pack for bytes payloads."""
@@ -402,6 +406,19 @@ class Codec(BaseCodec[Any]):
             reason = "missing"
         at = f" at {path}" if path else ""
         return EncodeError(f"cannot encode {message!r}{at}: {reason}")
+
+
+#: What the compiled cutter (``gevwire._speedups``) needs of a ``Prefixed(<int>,
+#: GreedyBytes)`` codec: header size, big-endian, signed, the adjustment to the payload
+#: size, the largest payload, and the length packer of its replies.
+SpanParams = tuple[int, bool, bool, int, int, Callable[[int], bytes]]
+
+
+def _span_params(fmt: struct.Struct, adjust: int, max_frame_size: int) -> SpanParams:
+    order = fmt.format[0]
+    big = order in ">!" or (order in "@=" and sys.byteorder == "big")
+    return (fmt.size, big, fmt.format[-1] in "bhilq", adjust, max_frame_size - fmt.size,
+            _length_packer(fmt, adjust))
 
 
 def _length_packer(fmt: struct.Struct, extra: int) -> Callable[[int], bytes]:

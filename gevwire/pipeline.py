@@ -31,15 +31,35 @@ without consuming bytes) is a :class:`DecoderContractError` instead of a hung lo
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from gevwire.codec import BaseCodec, Decoder
+from gevwire._fastcodec import COPY_ONCE_READ
+from gevwire.codec import BaseCodec, Decoder, SpanParams, _BytesPrefixDecoder
 from gevwire.errors import ConnectionClosed, DecoderContractError, FrameError, WriteBufferFull
 from gevwire.ringbuffer import RingBuffer
 
 __all__ = ["Counters", "DecodeProgress", "FramePipeline", "PipelineCounters", "Transport"]
+
+# The compiled cutting and dispatch of Prefixed(<int>, GreedyBytes) reads, when it was
+# built (an optional extension: without a C compiler the pure path below serves alone;
+# GEVWIRE_PURE_PYTHON=1 turns it off, to compare or to test the pure path).
+_speedups: Any
+try:
+    if os.environ.get("GEVWIRE_PURE_PYTHON"):
+        raise ImportError("GEVWIRE_PURE_PYTHON is set")
+    _speedups = importlib.import_module("gevwire._speedups")
+except ImportError:
+    _speedups = None
+_span: Callable[..., tuple[int, int]] | None = getattr(_speedups, "span", None)
+_dispatch_span: Callable[..., tuple[int, int, BaseException | None]] | None = getattr(
+    _speedups, "dispatch", None)
+
+#: True when the compiled path is in use (see above).
+COMPILED = _span is not None
 
 log = logging.getLogger("gevwire")
 
@@ -156,6 +176,7 @@ class FramePipeline:
         "_high_water",
         "_max_output",
         "_reraise",
+        "_spans",
         "_transport",
         "_view_reads",
         "conn",
@@ -227,6 +248,12 @@ class FramePipeline:
         self.stopped = False
         #: ``counters.now`` when the buffered partial frame began (0.0: none).
         self.partial_since = 0.0
+        # The compiled path: a bytes-prefix codec's decoder and encoder, and the plain
+        # dispatch (not a subclass's).
+        self._spans: SpanParams | None = None
+        if (_span is not None and type(decoder) is _BytesPrefixDecoder
+                and type(self).dispatch is FramePipeline.dispatch):
+            self._spans = getattr(codec, "spans", None)
 
     def encode(self, message: Any) -> bytes:
         """``message`` encoded by the connection's codec (what ``send`` writes).
@@ -272,8 +299,18 @@ class FramePipeline:
                 ring.write(data)
                 self.cut_ring()
             return None
+        spans = self._spans
         try:
-            if self._view_reads:
+            if spans is not None and _span is not None and (
+                    type(data) is bytes or len(data) <= COPY_ONCE_READ):
+                if type(data) is not bytes:  # a view read: copied once (as the batch
+                    data = bytes(data)  # cutter copies a small one), never kept
+                used, cut = _span(data, spans[0], spans[1], spans[2], spans[3], spans[4])
+                if cut > 0:
+                    self._dispatch_compiled(data, used, cut, spans)
+                    return None
+                frames = [data[spans[0]:]] if cut < 0 else []  # (-1: one whole frame)
+            elif self._view_reads:
                 frames, used = self._decoder.decode_view(data)
             else:
                 frames, used = self._decoder.decode_bytes(data)
@@ -305,6 +342,36 @@ class FramePipeline:
         if frames:
             self.dispatch(frames)
         return None
+
+    def _dispatch_compiled(self, data: bytes, used: int, cut: int, spans: SpanParams) -> None:
+        """``keep_rest`` and ``dispatch`` for the ``cut`` whole frames in
+        ``data[:used]``, compiled (``gevwire._speedups``): the same effects in the same
+        order."""
+        assert _dispatch_span is not None
+        rest = used != len(data)
+        if rest:
+            self.input.write(memoryview(data)[used:])
+        pending = self.pending
+        if pending is _NO_PENDING:
+            pending = self.pending = []
+        counters = self._counters
+        counters.frames_in += cut
+        self.gathered = 0
+        self.dispatching = True
+        replies, gathered, error = _dispatch_span(
+            data, used, self, self.handler.on_message, self.conn, pending,
+            self._codec.encode_into, spans[5], spans[0], spans[1], spans[2], spans[3],
+            self._high_water)
+        counters.frames_out += replies
+        self.dispatching = False
+        if error is not None:
+            if pending:
+                self.flush_gathered()
+            self.fail(error)
+        elif pending:
+            self._write_dispatched(gathered)
+        if rest and not self.stopped:
+            self.cut_ring(batch=False)
 
     def keep_rest(self, data: Any, used: int, frames: list[Any]) -> None:
         """The batch cutter used ``used`` bytes of a read (not all): dispatch its
@@ -453,13 +520,18 @@ class FramePipeline:
         self.dispatching = False
         counters.frames_out += replies
         if pending:
-            size = gathered + self.gathered  # (a bound: the exact sum is taken only
-            if size > self._max_output:  # when it might be over)
-                size = sum(map(len, pending))
-                if size > self._max_output:
-                    self._over_cap(size)
-                    return
-            self._write_gathered(size, self._transport._write_batch)
+            self._write_dispatched(gathered)
+
+    def _write_dispatched(self, gathered: int) -> None:
+        """Write a read's replies (``gathered`` bytes of them, plus the handlers'
+        sends), or close past ``max_output``."""
+        size = gathered + self.gathered  # (a bound: the exact sum is taken only
+        if size > self._max_output:  # when it might be over)
+            size = sum(map(len, self.pending))
+            if size > self._max_output:
+                self._over_cap(size)
+                return
+        self._write_gathered(size, self._transport._write_batch)
 
     def gather(self, data: bytes) -> int:
         """A handler's ``send`` during dispatch: queue ``data`` with the read's replies;
