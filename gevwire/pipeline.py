@@ -38,7 +38,14 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from gevwire._fastcodec import COPY_ONCE_READ
-from gevwire.codec import BaseCodec, Decoder, SpanParams, _BytesPrefixDecoder
+from gevwire.codec import (
+    BaseCodec,
+    Decoder,
+    RawCodec,
+    SpanParams,
+    _BytesPrefixDecoder,
+    _RawDecoder,
+)
 from gevwire.errors import ConnectionClosed, DecoderContractError, FrameError, WriteBufferFull
 from gevwire.ringbuffer import RingBuffer
 
@@ -175,6 +182,7 @@ class FramePipeline:
         "_frame_timeout",
         "_high_water",
         "_max_output",
+        "_raw",
         "_reraise",
         "_spans",
         "_transport",
@@ -251,6 +259,9 @@ class FramePipeline:
         # The compiled path: a bytes-prefix codec's decoder and encoder, and the plain
         # dispatch (not a subclass's).
         self._spans: SpanParams | None = None
+        # RawCodec itself (not a subclass): a bytes read is one frame and a bytes reply
+        # is sent as it is, so neither its decoder nor its encode is called for them.
+        self._raw = type(decoder) is _RawDecoder and type(codec) is RawCodec
         if (_span is not None and type(decoder) is _BytesPrefixDecoder
                 and type(self).dispatch is FramePipeline.dispatch):
             self._spans = getattr(codec, "spans", None)
@@ -299,48 +310,53 @@ class FramePipeline:
                 ring.write(data)
                 self.cut_ring()
             return None
-        spans = self._spans
-        try:
-            if spans is not None and _span is not None and (
-                    type(data) is bytes or len(data) <= COPY_ONCE_READ):
-                if type(data) is not bytes:  # a view read: copied once (as the batch
-                    data = bytes(data)  # cutter copies a small one), never kept
-                used, cut = _span(data, spans[0], spans[1], spans[2], spans[3], spans[4])
-                if cut > 0:
-                    self._dispatch_compiled(data, used, cut, spans)
-                    return None
-                frames = [data[spans[0]:]] if cut < 0 else []  # (-1: one whole frame)
-            elif self._view_reads:
-                frames, used = self._decoder.decode_view(data)
-            else:
-                frames, used = self._decoder.decode_bytes(data)
-        except Exception as exc:
-            self.fail(exc)  # the read is dropped: the decoder could not say where it ends
-            return None
-        if used != len(data):
-            self.keep_rest(data, used, frames)
-            return None
-        if len(frames) == 1:
-            counters = self._counters
-            counters.frames_in += 1
-            # Not "dispatching": a handler's send() is written at once, before this reply.
+        if self._raw:  # RawCodec: the read is the frame (a view's copy), a bytes reply
+            frame: Any = data if type(data) is bytes else bytes(data)  # is sent as it is
+        else:
+            spans = self._spans
             try:
-                reply = self.handler.on_message(self.conn, frames[0])
-                if reply is not None:
-                    if type(reply) is bytes:  # (encode, inlined for the echo path)
-                        data = self._codec.encode(reply)
-                        counters.frames_out += 1
-                        return data if type(data) is bytes else bytes(data)
-                    encoded = self.encode(reply)
-                    counters.frames_out += 1
-                    return encoded
-            except WriteBufferFull as exc:
-                self.fail(exc, abort=True)
+                if spans is not None and _span is not None and (
+                        type(data) is bytes or len(data) <= COPY_ONCE_READ):
+                    if type(data) is not bytes:  # a view read: copied once (as the batch
+                        data = bytes(data)  # cutter copies a small one), never kept
+                    used, cut = _span(data, spans[0], spans[1], spans[2], spans[3],
+                                      spans[4])
+                    if cut > 0:
+                        self._dispatch_compiled(data, used, cut, spans)
+                        return None
+                    frames = [data[spans[0]:]] if cut < 0 else []  # (-1: one whole frame)
+                elif self._view_reads:
+                    frames, used = self._decoder.decode_view(data)
+                else:
+                    frames, used = self._decoder.decode_bytes(data)
             except Exception as exc:
-                self.fail(exc)
-            return None
-        if frames:
-            self.dispatch(frames)
+                self.fail(exc)  # the read is dropped: the decoder could not say where it ends
+                return None
+            if used != len(data):
+                self.keep_rest(data, used, frames)
+                return None
+            if len(frames) != 1:
+                if frames:
+                    self.dispatch(frames)
+                return None
+            frame = frames[0]
+        counters = self._counters
+        counters.frames_in += 1
+        # Not "dispatching": a handler's send() is written at once, before this reply.
+        try:
+            reply = self.handler.on_message(self.conn, frame)
+            if reply is not None:
+                if type(reply) is bytes:  # (encode, inlined for the echo path)
+                    data = reply if self._raw else self._codec.encode(reply)
+                    counters.frames_out += 1
+                    return data if type(data) is bytes else bytes(data)
+                encoded = self.encode(reply)
+                counters.frames_out += 1
+                return encoded
+        except WriteBufferFull as exc:
+            self.fail(exc, abort=True)
+        except Exception as exc:
+            self.fail(exc)
         return None
 
     def _dispatch_compiled(self, data: bytes, used: int, cut: int, spans: SpanParams) -> None:

@@ -105,6 +105,72 @@ def test_a_read_of_one_frame_returns_its_reply_for_the_transport_to_write() -> N
     assert (counters.frames_in, counters.frames_out) == (1, 1)
 
 
+class Answer(gevwire.Handler):
+    """Replies to each frame with what ``reply(frame)`` gives."""
+
+    def __init__(self, reply: Any) -> None:
+        self.reply = reply
+        self.frames: list[Any] = []
+        self.errors: list[BaseException] = []
+
+    def on_message(self, conn: Any, frame: Any) -> Any:
+        self.frames.append(frame)
+        return self.reply(frame)
+
+    def on_error(self, conn: Any, error: BaseException) -> None:
+        self.errors.append(error)
+
+
+@pytest.mark.parametrize("view_reads", [False, True])
+@pytest.mark.parametrize(("reply", "sent"), [
+    (lambda f: f, b"abc"),
+    (lambda f: bytearray(f) + b"!", b"abc!"),
+    (lambda f: "é", "é".encode()),
+    (lambda f: None, None),
+])
+def test_a_raw_read_is_one_frame_and_its_reply_is_encoded_as_raw_codec_says(
+        view_reads: bool, reply: Any, sent: bytes | None) -> None:
+    handler = Answer(reply)
+    pipeline, wire, counters = make(handler, gevwire.RawCodec(), view_reads=view_reads)
+    buffer = bytearray(b"abc")
+    got = pipeline.received(memoryview(buffer) if view_reads else bytes(buffer))
+    buffer[:] = b"xyz"  # (a view read's buffer is reused: the frame is a copy)
+    assert handler.frames == [b"abc"] and type(handler.frames[0]) is bytes
+    assert got == sent and (got is None or type(got) is bytes)
+    assert (counters.frames_in, counters.frames_out) == (1, 0 if sent is None else 1)
+    assert wire.calls == []
+
+
+def test_a_raw_reply_raw_codec_refuses_is_a_handler_error() -> None:
+    handler = Answer(lambda f: 42)
+    pipeline, _, counters = make(handler, gevwire.RawCodec())
+    assert pipeline.received(b"abc") is None
+    assert [type(e) for e in handler.errors] == [TypeError]
+    assert counters.frames_out == 0
+
+
+class Shouting(gevwire.RawCodec):
+    """A RawCodec whose decoder and encode are its own: both must be used."""
+
+    class Decoder(gevwire.Decoder):
+        def decode(self, ring: RingBuffer) -> bytes | None:
+            return ring.read_all().lower() if ring.length else None
+
+    def decoder(self) -> gevwire.Decoder:
+        return self.Decoder()
+
+    def encode(self, message: Any) -> bytes:
+        return super().encode(message).upper()
+
+
+def test_a_raw_codec_subclass_keeps_its_own_decoder_and_encode() -> None:
+    handler = Answer(lambda f: f + b"!")
+    pipeline, wire, _ = make(handler, Shouting())
+    got = pipeline.received(b"AbC")  # (the generic decoder: its reply leaves as a batch)
+    assert (got or b"") + wire.sent == b"ABC!"
+    assert handler.frames == [b"abc"]
+
+
 def test_the_replies_of_a_read_of_many_frames_leave_as_one_batch_in_order() -> None:
     pipeline, wire, counters = make(Upper())
     assert pipeline.received(b"a\nb\nc\n") is None
