@@ -21,7 +21,7 @@ import abc
 import errno
 import logging
 import socket
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from gevwire._connstate import _CLOSED, _FLUSHING, _LINGERING
 from gevwire._sys import (
@@ -127,6 +127,12 @@ class SocketIO(abc.ABC):
         """TLS: read the peer's records for the connection's ``_shutdown_received``
         until its close_notify or EOF (which close the connection)."""
         self.linger()
+
+    def attach_tls_path(self, path: Any) -> None:
+        """TLS, the handshake done: the compiled step (``gevwire._speedups.TLSPath``)
+        now takes the connection's reads (a completion backend hands them to it through
+        ``conn._tls_read``; a readiness backend lets it read the socket too)."""
+        return  # (a completion backend: nothing more)
 
     @abc.abstractmethod
     def release(self) -> None:
@@ -511,12 +517,19 @@ class ReadinessTLSIO(ReadinessIO):
                 if received:
                     loop.bytes_in += len(received)
                     conn._last_active = loop.now
-                    conn._tls_received(received)
+                    conn._tls_read(received)
                 else:
                     conn._tls_eof()
                     return
         if events & EV_WRITE and conn._state != _CLOSED:
             self._handle_write()
+
+    def attach_tls_path(self, path: Any) -> None:
+        """Read events go to the compiled step, which reads into the loop's spare
+        buffer and writes records itself (this class's ``_on_events`` serves the rest:
+        it hands them back)."""
+        path.read_into(self.loop.spare)
+        self.loop.replace_callback(self._token, path.on_events)
 
     def await_close_notify(self) -> None:
         self.loop.replace_callback(self._token, self._on_shutdown_events)

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gevwire._compiled import speedups as _speedups
 from gevwire._connstate import (
     _CLOSED,
     _FLUSHING,
@@ -839,7 +840,7 @@ class TLSConnection(Connection):
     after the replies, then waits for the peer's up to ``ssl_shutdown_timeout``.
     """
 
-    __slots__ = ("_record_since", "_tls", "_tls_timer")
+    __slots__ = ("_record_since", "_tls", "_tls_read", "_tls_timer")
 
     def __init__(
         self,
@@ -861,6 +862,9 @@ class TLSConnection(Connection):
         self._tls_timer: TimerHandle | None = None
         self._record_since = 0.0  # loop.now when the buffered partial record began
         tls.track_records = options.frame_timeout is not None
+        #: What the I/O object hands each read's ciphertext to: _tls_received, or once
+        #: the handshake is done, the compiled step's (see _use_compiled_path).
+        self._tls_read: Callable[[bytes | memoryview], None] = self._tls_received
         super().__init__(loop, fd, peer_addr, handler, codec, options, on_closed,
                          io=io.tls_io)
 
@@ -897,6 +901,7 @@ class TLSConnection(Connection):
         tls = self._tls
         if tls.handshake_done:
             super()._connected()
+            self._use_compiled_path()
             return
         self._tls_timer = self.loop.run_after(self._options.ssl_handshake_timeout,
                                                     self._check_handshake)
@@ -957,6 +962,7 @@ class TLSConnection(Connection):
                 self._tls_timer = None
             if self._state < _FLUSHING:
                 super()._connected()  # on_connect, with the session known
+                self._use_compiled_path()
         if plain and self._state < _FLUSHING:
             reply = self._pipe.received(plain)
             if reply is not None:
@@ -965,6 +971,18 @@ class TLSConnection(Connection):
             self._on_eof()
         elif self._options.frame_timeout is not None and tls.handshake_done:
             self._track_partial_record(bool(plain))
+
+    def _use_compiled_path(self) -> None:
+        """The handshake is done: the compiled step (``gevwire._speedups.TLSPath``, when
+        built) takes the records from here on; it hands back to the methods of this
+        class every case but the steady one.  Not with ``frame_timeout``, whose record
+        tracking stays here."""
+        tls = self._tls
+        if _speedups is None or tls.track_records or self._state >= _FLUSHING:
+            return
+        path = _speedups.TLSPath(self, self._io, tls, *tls.compiled_parts())
+        self._tls_read = path.received
+        self._io.attach_tls_path(path)
 
     def _track_partial_record(self, progress: bool) -> None:
         """``frame_timeout`` for a partial TLS record: the plaintext ring cannot see a
@@ -1064,6 +1082,7 @@ class TLSConnection(Connection):
             self._tls_timer.cancel()
             self._tls_timer = None
         super()._close_now()
+        self._tls_read = self._tls_received  # (the compiled step holds OpenSSL's state)
         # After on_close (which may read what was negotiated: it stays readable).
         # Connections are freed by the cyclic GC; OpenSSL's state must not wait for it.
         self._tls.release()

@@ -31,12 +31,11 @@ without consuming bytes) is a :class:`DecoderContractError` instead of a hung lo
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from gevwire._compiled import speedups as _speedups
 from gevwire._fastcodec import COPY_ONCE_READ
 from gevwire.codec import (
     BaseCodec,
@@ -52,15 +51,7 @@ from gevwire.ringbuffer import RingBuffer
 __all__ = ["Counters", "DecodeProgress", "FramePipeline", "PipelineCounters", "Transport"]
 
 # The compiled cutting and dispatch of Prefixed(<int>, GreedyBytes) reads, when it was
-# built (an optional extension: without a C compiler the pure path below serves alone;
-# GEVWIRE_PURE_PYTHON=1 turns it off, to compare or to test the pure path).
-_speedups: Any
-try:
-    if os.environ.get("GEVWIRE_PURE_PYTHON"):
-        raise ImportError("GEVWIRE_PURE_PYTHON is set")
-    _speedups = importlib.import_module("gevwire._speedups")
-except ImportError:
-    _speedups = None
+# built (see gevwire._compiled; without it the pure path below serves alone).
 _span: Callable[..., tuple[int, int]] | None = getattr(_speedups, "span", None)
 _dispatch_span: Callable[..., tuple[int, int, BaseException | None]] | None = getattr(
     _speedups, "dispatch", None)

@@ -236,6 +236,14 @@ class TLSSession:
         self.closed = True
         self.eof = True
 
+    def compiled_parts(self) -> tuple[ssl.MemoryBIO, ssl.MemoryBIO, Any]:
+        """For the compiled step (``gevwire._speedups.TLSPath``): the incoming and
+        outgoing MemoryBIOs, and the object whose ``read`` / ``write`` / ``pending``
+        move the records: the ``SSLObject``'s own C object where the standard library
+        has one (its Python wrapper adds a call level), else the ``SSLObject``."""
+        obj = self._obj
+        return self._incoming, self._outgoing, getattr(obj, "_sslobj", obj)
+
     # -- what was negotiated -----------------------------------------------------------
 
     @property

@@ -440,7 +440,7 @@ class UringTLSIO(UringIO):
                             self._held = deque()
                         self._held.append(bytes(view))
                     else:
-                        conn._tls_received(view)
+                        conn._tls_read(view)
                         if conn._pipe.stopped:  # close() asked: the peer is still sending
                             self._discarded = True
                 elif state == _LINGERING and conn._tls.closed:
