@@ -143,7 +143,7 @@ cdef class TLSPath:
     """One TLS connection's records after its handshake, compiled.
 
     ``received(data)`` is ``TLSConnection._tls_received(data)``; ``on_events(events)``
-    (a readiness loop's callback, when made with the loop's ``spare`` buffer) is
+    (a readiness loop's callback, after :meth:`read_into`) is
     ``ReadinessTLSIO._on_events(events)``: the same effects in the same order.  The
     steady state runs here (ciphertext read into ``spare``, copied into the session's
     MemoryBIO, decrypted, the plaintext to ``FramePipeline.received``, a reply encrypted
